@@ -1,0 +1,153 @@
+/*
+ * cruster/client.h -- calling entities.
+ *
+ * A call addresses (entity type, entity id, method) and carries a payload of
+ * bytes. The runtime routes it to the runner owning the entity's shard.
+ *
+ *   send    waits for the handler's answer (callback, or _sync blocking)
+ *   notify  fire-and-forget: completes once the message is accepted (in the
+ *           entity's mailbox, or durably stored when persisted)
+ *
+ * Delivery classes: a call is persisted (at-least-once, through message
+ * storage) when the method is declared CRUSTER_RPC_PERSISTED on this runner,
+ * when the call sets CRUSTER_CALL_PERSISTED, or when it has a deliver_at
+ * time. Otherwise it is at-most-once. A persisted call gets a fresh request
+ * id each time; with an idempotency key, the id is derived from the key
+ * (cruster_persisted_request_id) and later calls with the same key get the
+ * stored reply without running the handler again.
+ *
+ * Every call has a deadline: "default_call_timeout" unless the options say
+ * otherwise. When it passes the caller gets CRUSTER_E_TIMEOUT, the handler
+ * sees cruster_request_cancelled() == 1, and a late answer is dropped.
+ */
+#ifndef CRUSTER_CLIENT_H
+#define CRUSTER_CLIENT_H
+
+#include "common.h"
+#include "entity.h"
+#include "runtime.h"
+#include "status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Call flags; combine with |. */
+typedef enum cruster_call_flags {
+  /** Deliver through message storage (at-least-once). */
+  CRUSTER_CALL_PERSISTED = 1u << 0,
+  /**
+   * Run the completion callback on the runtime's loop thread instead of a
+   * worker. Only for callbacks that are short and never block (setting a
+   * promise, signalling a condition variable): it saves a thread hop.
+   */
+  CRUSTER_CALL_INLINE_CALLBACK = 1u << 1
+} cruster_call_flags;
+
+/*
+ * Per-call options. Initialise with CRUSTER_CALL_OPTS_INIT (which sets
+ * `size`), then set what you need; pass NULL for all defaults. The struct
+ * and what it points to are only read during the call.
+ */
+typedef struct cruster_call_opts {
+  /** sizeof(cruster_call_opts) as compiled by the caller: lets the struct grow. */
+  size_t size;
+  /** cruster_call_flags. */
+  unsigned flags;
+  /** Deadline in milliseconds from now; 0 = "default_call_timeout". */
+  int64_t timeout_ms;
+  /** Idempotency key bytes (persisted calls); NULL = none. */
+  const void *idempotency_key;
+  size_t idempotency_key_len;
+  /** Do not deliver before this Unix time in ms; 0 = now. Implies persisted. */
+  int64_t deliver_at_ms;
+  /**
+   * The request being handled when an entity calls another entity: marks
+   * the call as internal, so protected methods may be called. NULL for a
+   * public client.
+   */
+  const cruster_request *caller;
+} cruster_call_opts;
+
+#define CRUSTER_CALL_OPTS_INIT {sizeof(cruster_call_opts), 0u, 0, NULL, 0u, 0, NULL}
+
+/*
+ * cruster_reply_fn
+ *   Completion of a call. `status` is CRUSTER_OK or an error (a cruster
+ *   code, or the application code the handler failed with). On success
+ *   `data`/`len` is the answer; on error `message` says why (never NULL on
+ *   error, NULL on success). Pointers are valid only during the callback.
+ * Threads: a worker thread of the runtime, or its loop thread with
+ *   CRUSTER_CALL_INLINE_CALLBACK. It must not call cruster_runtime_stop or
+ *   cruster_runtime_free.
+ */
+typedef void (*cruster_reply_fn)(void *user, int status, const void *data, size_t len,
+                                 const char *message);
+
+/*
+ * cruster_send
+ *   Calls `method` on entity (`type`, `id`) with `len` bytes at `payload`
+ *   (copied; NULL allowed for len 0) and reports the answer to `fn`.
+ *   Strings must be NUL-terminated UTF-8 names / ids (see common.h limits).
+ * Returns: CRUSTER_OK: the call was accepted and `fn` will be called exactly
+ *   once, later, with the outcome (CRUSTER_E_UNKNOWN_ENTITY_TYPE,
+ *   CRUSTER_E_UNKNOWN_METHOD, CRUSTER_E_FORBIDDEN, CRUSTER_E_MAILBOX_FULL,
+ *   CRUSTER_E_TIMEOUT, CRUSTER_E_INTERRUPTED, CRUSTER_E_SHUTTING_DOWN,
+ *   CRUSTER_E_PERSISTENCE, the handler's own error, ...).
+ *   Any other value: nothing happened and `fn` is never called --
+ *   CRUSTER_E_INVALID_ARGUMENT (NULL, empty or invalid name or id, bad
+ *   options), CRUSTER_E_PAYLOAD_TOO_LARGE (over "max_payload_size", or id
+ *   over CRUSTER_MAX_ENTITY_ID_LEN), CRUSTER_E_STATE (not started),
+ *   CRUSTER_E_SHUTTING_DOWN, CRUSTER_E_NOMEM.
+ * Threads: any.
+ */
+CRUSTER_API cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *id,
+                                        const char *method, const void *payload, size_t len,
+                                        const cruster_call_opts *opts, cruster_reply_fn fn,
+                                        void *user);
+
+/*
+ * cruster_notify
+ *   Like cruster_send, but completes as soon as the message is accepted
+ *   (queued in the instance's mailbox, or stored when persisted); the
+ *   handler's answer is discarded. `fn` may be NULL; otherwise it receives
+ *   CRUSTER_OK (with no data) or the reason the message was not accepted.
+ * Returns: as cruster_send.
+ * Threads: any.
+ */
+CRUSTER_API cruster_status cruster_notify(cruster_runtime *rt, const char *type, const char *id,
+                                          const char *method, const void *payload, size_t len,
+                                          const cruster_call_opts *opts, cruster_reply_fn fn,
+                                          void *user);
+
+/*
+ * cruster_send_sync
+ *   Blocking cruster_send. On CRUSTER_OK, `*reply` receives the answer (a
+ *   buffer with a NUL byte after the last one, release with cruster_free;
+ *   may be NULL when `reply` is NULL) and `*reply_len` its size. On failure
+ *   the status is returned and `*err` (if err is not NULL) says why.
+ * Threads: any, including handlers (the pool grows while one blocks); not
+ *   the loop thread (returns CRUSTER_E_STATE there).
+ */
+CRUSTER_API cruster_status cruster_send_sync(cruster_runtime *rt, const char *type,
+                                             const char *id, const char *method,
+                                             const void *payload, size_t len,
+                                             const cruster_call_opts *opts, void **reply,
+                                             size_t *reply_len, cruster_error **err);
+
+/*
+ * cruster_notify_sync
+ *   Blocking cruster_notify: returns once the message is accepted or
+ *   refused.
+ * Threads: as cruster_send_sync.
+ */
+CRUSTER_API cruster_status cruster_notify_sync(cruster_runtime *rt, const char *type,
+                                               const char *id, const char *method,
+                                               const void *payload, size_t len,
+                                               const cruster_call_opts *opts,
+                                               cruster_error **err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CRUSTER_CLIENT_H */

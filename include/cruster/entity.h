@@ -1,0 +1,221 @@
+/*
+ * cruster/entity.h -- entity types, their RPCs, and the request handle.
+ *
+ * An entity type is a named set of RPC handlers. An instance (type + id) is
+ * created on its first message on the runner that owns its shard, and
+ * evicted after being idle for its max idle time. Instances hold no state of
+ * their own: keep state in your database.
+ *
+ *   cruster_entity_def *d;
+ *   cruster_entity_def_new("Counter", &d, &err);
+ *   cruster_entity_def_add_rpc(d, "increment", CRUSTER_RPC_PERSISTED, on_increment, app, &err);
+ *   cruster_entity_def_add_rpc(d, "get", 0, on_get, app, &err);
+ *   cruster_runtime_register_entity(rt, d, &err);
+ *   cruster_entity_def_free(d);
+ *
+ * Handlers run on the runtime's worker pool, never on its loop thread. A
+ * handler answers through its request handle -- before it returns, or later
+ * from any thread -- exactly once, with cruster_request_reply or
+ * cruster_request_fail.
+ */
+#ifndef CRUSTER_ENTITY_H
+#define CRUSTER_ENTITY_H
+
+#include "common.h"
+#include "runtime.h"
+#include "status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** A definition of an entity type, built before registration. Opaque. */
+typedef struct cruster_entity_def cruster_entity_def;
+/** A reusable bundle of RPCs that several entity types can include. Opaque. */
+typedef struct cruster_rpc_group cruster_rpc_group;
+/** One incoming message, handed to a handler. Opaque. */
+typedef struct cruster_request cruster_request;
+
+/** RPC flags; combine with |. 0 = non-persisted and public. */
+typedef enum cruster_rpc_flags {
+  /** Calls are written to message storage first: at-least-once delivery. */
+  CRUSTER_RPC_PERSISTED = 1u << 0,
+  /** Callable from entities and workflows only, never from a public client. */
+  CRUSTER_RPC_PROTECTED = 1u << 1,
+  /** Never dispatchable (an internal helper, declared for completeness). */
+  CRUSTER_RPC_PRIVATE = 1u << 2
+} cruster_rpc_flags;
+
+/*
+ * cruster_rpc_fn
+ *   A handler. `req` is yours until you answer it (reply or fail), which
+ *   frees it. `user` is the pointer given with the RPC.
+ * Threads: runs on a worker thread of the runtime.
+ */
+typedef void (*cruster_rpc_fn)(void *user, cruster_request *req);
+
+/*
+ * cruster_entity_def_new
+ *   Starts a definition of entity type `name` (1..CRUSTER_MAX_NAME_LEN bytes
+ *   of UTF-8, no control characters). Defaults: shard group "default"; max
+ *   idle time, mailbox capacity and concurrency from the runtime's config
+ *   ("entity_max_idle_time", "entity_mailbox_capacity",
+ *   "entity_max_concurrent_requests").
+ * Returns: CRUSTER_OK with *out set (free with cruster_entity_def_free);
+ *   CRUSTER_E_INVALID_ARGUMENT (bad name, NULL out); CRUSTER_E_NOMEM.
+ * Threads: any; a definition is used from one thread at a time.
+ */
+CRUSTER_API cruster_status cruster_entity_def_new(const char *name, cruster_entity_def **out,
+                                                  cruster_error **err);
+
+/** Frees a definition (registration copies it). NULL is a no-op. */
+CRUSTER_API void cruster_entity_def_free(cruster_entity_def *def);
+
+/*
+ * cruster_entity_def_set_shard_group
+ *   Sets the shard group (a name as for types). It must be one of the
+ *   runtime's "shard_groups", or registration fails.
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT; CRUSTER_E_NOMEM.
+ */
+CRUSTER_API cruster_status cruster_entity_def_set_shard_group(cruster_entity_def *def,
+                                                              const char *group,
+                                                              cruster_error **err);
+
+/*
+ * cruster_entity_def_set_max_idle_time
+ *   An instance with no message in its mailbox for `ms` milliseconds (>= 1)
+ *   is evicted; its next message creates it again.
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (ms < 1).
+ */
+CRUSTER_API cruster_status cruster_entity_def_set_max_idle_time(cruster_entity_def *def,
+                                                                int64_t ms, cruster_error **err);
+
+/*
+ * cruster_entity_def_set_mailbox_capacity
+ *   At most `capacity` (>= 1) messages may be queued or running in one
+ *   instance; further calls get CRUSTER_E_MAILBOX_FULL (persisted messages
+ *   wait in storage instead and are delivered when room frees).
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (capacity < 1).
+ */
+CRUSTER_API cruster_status cruster_entity_def_set_mailbox_capacity(cruster_entity_def *def,
+                                                                   int64_t capacity,
+                                                                   cruster_error **err);
+
+/*
+ * cruster_entity_def_set_concurrency
+ *   Up to `n` handlers of one instance run at once (0 = no limit). With 1,
+ *   the default, messages run one at a time in arrival order.
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (n < 0).
+ */
+CRUSTER_API cruster_status cruster_entity_def_set_concurrency(cruster_entity_def *def, int64_t n,
+                                                              cruster_error **err);
+
+/*
+ * cruster_entity_def_add_rpc
+ *   Adds RPC `method` (a name as for types) handled by `fn` with `user`,
+ *   with `flags` from cruster_rpc_flags. `user` must stay valid while the
+ *   runtime it is registered with lives.
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (bad name or flags, fn
+ *   NULL); CRUSTER_E_ALREADY_EXISTS (method already defined); CRUSTER_E_NOMEM.
+ */
+CRUSTER_API cruster_status cruster_entity_def_add_rpc(cruster_entity_def *def, const char *method,
+                                                      unsigned flags, cruster_rpc_fn fn,
+                                                      void *user, cruster_error **err);
+
+/*
+ * cruster_rpc_group_new / cruster_rpc_group_free / cruster_rpc_group_add_rpc
+ *   An RPC group is a named bundle of RPCs defined once and included in
+ *   several entity types. Its methods behave exactly like the entity's own;
+ *   handlers see the including entity's type and id in their request.
+ *   add_rpc is as cruster_entity_def_add_rpc.
+ */
+CRUSTER_API cruster_status cruster_rpc_group_new(const char *name, cruster_rpc_group **out,
+                                                 cruster_error **err);
+CRUSTER_API void cruster_rpc_group_free(cruster_rpc_group *group);
+CRUSTER_API cruster_status cruster_rpc_group_add_rpc(cruster_rpc_group *group, const char *method,
+                                                     unsigned flags, cruster_rpc_fn fn, void *user,
+                                                     cruster_error **err);
+
+/*
+ * cruster_entity_def_add_group
+ *   Includes a copy of `group`'s RPCs in the definition (later changes of
+ *   the group do not affect it).
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT; CRUSTER_E_ALREADY_EXISTS
+ *   (a method of the group clashes with one already in the definition; the
+ *   message names both); CRUSTER_E_NOMEM.
+ */
+CRUSTER_API cruster_status cruster_entity_def_add_group(cruster_entity_def *def,
+                                                        const cruster_rpc_group *group,
+                                                        cruster_error **err);
+
+/*
+ * cruster_runtime_register_entity
+ *   Registers a copy of `def` with the runtime (before or after start).
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (no RPCs, NULL);
+ *   CRUSTER_E_INVALID_CONFIG (shard group not in "shard_groups");
+ *   CRUSTER_E_ALREADY_EXISTS (type already registered);
+ *   CRUSTER_E_SHUTTING_DOWN; CRUSTER_E_NOMEM.
+ * Threads: any.
+ */
+CRUSTER_API cruster_status cruster_runtime_register_entity(cruster_runtime *rt,
+                                                           const cruster_entity_def *def,
+                                                           cruster_error **err);
+
+/*
+ * Request accessors. Valid from the handler's start until the request is
+ * answered; every returned pointer lives as long as the request. Any thread.
+ */
+/** The request payload (`*len` receives its size; the pointer may be NULL for 0 bytes). */
+CRUSTER_API const void *cruster_request_payload(const cruster_request *req, size_t *len);
+CRUSTER_API const char *cruster_request_entity_type(const cruster_request *req);
+CRUSTER_API const char *cruster_request_entity_id(const cruster_request *req);
+CRUSTER_API const char *cruster_request_method(const cruster_request *req);
+CRUSTER_API const char *cruster_request_shard_group(const cruster_request *req);
+CRUSTER_API int32_t cruster_request_shard(const cruster_request *req);
+/** The request id: a snowflake, or derived from the idempotency key. */
+CRUSTER_API int64_t cruster_request_id(const cruster_request *req);
+/** 1 if the message came through message storage. */
+CRUSTER_API int cruster_request_is_persisted(const cruster_request *req);
+/** 1 if the caller is another entity or a workflow (not a public client). */
+CRUSTER_API int cruster_request_from_entity(const cruster_request *req);
+/** The runtime that delivered the request. */
+CRUSTER_API cruster_runtime *cruster_request_runtime(const cruster_request *req);
+
+/*
+ * cruster_request_cancelled
+ *   Returns 1 once nobody needs the answer any more: the caller's deadline
+ *   passed, the instance is being interrupted (shard moved away, runtime
+ *   stopping). A long handler should check it and give up early. Any thread.
+ */
+CRUSTER_API int cruster_request_cancelled(const cruster_request *req);
+
+/*
+ * cruster_request_reply
+ *   Answers with success and `len` bytes at `data` (copied; NULL allowed for
+ *   len 0), and frees `req` -- whatever the result.
+ * Returns: CRUSTER_OK (also when the caller already gave up: the answer is
+ *   then dropped); CRUSTER_E_PAYLOAD_TOO_LARGE (larger than
+ *   "max_payload_size": the caller gets that error instead);
+ *   CRUSTER_E_SHUTTING_DOWN (the runtime stopped first);
+ *   CRUSTER_E_INVALID_ARGUMENT (req NULL, or data NULL with len > 0).
+ * Threads: any.
+ */
+CRUSTER_API cruster_status cruster_request_reply(cruster_request *req, const void *data,
+                                                 size_t len);
+
+/*
+ * cruster_request_fail
+ *   Answers with an error: `status` (negative: a cruster code or an
+ *   application code <= CRUSTER_E_APPLICATION) and `message` (copied; NULL =
+ *   the code's standard message), which reach the caller unchanged. Frees
+ *   `req`. A status >= 0 is replaced by CRUSTER_E_HANDLER.
+ * Returns: as cruster_request_reply.
+ * Threads: any.
+ */
+CRUSTER_API cruster_status cruster_request_fail(cruster_request *req, int status,
+                                                const char *message);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CRUSTER_ENTITY_H */
