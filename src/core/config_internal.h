@@ -1,0 +1,56 @@
+/* Internal: the layout of cruster_config. Durations are milliseconds. */
+#ifndef CORE_CONFIG_INTERNAL_H
+#define CORE_CONFIG_INTERNAL_H
+
+#include <cruster/config.h>
+#include "log.h"
+
+struct cruster_config {
+  char *runner_address;        /* "127.0.0.1:9000" */
+  char *runner_listen_address; /* NULL = bind runner_address */
+  int64_t runner_weight;       /* 1; 0 = drain */
+  char **shard_groups;         /* ["default"] */
+  size_t n_shard_groups;
+  int64_t shards_per_group; /* 300 */
+  int64_t runner_lock_ttl;  /* 30000 */
+  int64_t runner_lock_refresh_interval;   /* 10000 */
+  int64_t entity_max_idle_time;           /* 60000 */
+  int64_t entity_termination_timeout;     /* 15000 */
+  int64_t entity_mailbox_capacity;        /* 100 */
+  int64_t entity_max_concurrent_requests; /* 1; 0 = unbounded */
+  int64_t storage_poll_interval;          /* 500 */
+  int64_t storage_inbox_size;             /* 1000 */
+  int64_t runner_poll_interval;           /* 5000 */
+  int64_t shard_rebalance_debounce;       /* 3000 */
+  int64_t shard_rebalance_retry_interval; /* 2000 */
+  int64_t entity_crash_max_retries;       /* 0 = unlimited */
+  int64_t entity_crash_initial_backoff;   /* 500 */
+  int64_t entity_crash_max_backoff;       /* 10000 */
+  int64_t storage_message_max_retries;    /* 10; 0 = never dead-letter */
+  int64_t shard_lock_refresh_max_failures; /* 3 */
+  int64_t entity_registration_timeout;    /* 5000 */
+  int64_t send_retry_interval;            /* 100 */
+  int64_t singleton_crash_backoff_base;   /* 1000 */
+  int64_t send_retry_count;               /* 3 */
+  int64_t storage_resumption_max_retries; /* 0 = unlimited */
+  int64_t grpc_connect_timeout;           /* 5000 */
+  int64_t last_read_guard_interval;       /* 600000; 0 disables */
+  char *shard_assignment_strategy;        /* "rendezvous" (the only one) */
+  int64_t detachment_window;              /* 200 */
+  int64_t detachment_recover_window;      /* 500 */
+  int64_t detachment_enabled;             /* 0 */
+  int64_t keepalive_failure_threshold;    /* 3 */
+  int64_t acquire_retry_interval;         /* 200 */
+  int64_t acquire_retry_window;           /* 2000 */
+  /* cruster's own fields */
+  int64_t default_call_timeout; /* 30000 */
+  int64_t max_payload_size;     /* 4194304 bytes */
+  int64_t worker_threads;       /* 4 */
+  int64_t worker_threads_max;   /* 64 */
+  core_logger logger;
+};
+
+/* 1 if `group` is one of cfg->shard_groups. */
+int core_config_has_group(const cruster_config *cfg, const char *group);
+
+#endif

@@ -1,0 +1,22 @@
+/* Internal: building cruster_error objects and status helpers. */
+#ifndef CORE_ERROR_H
+#define CORE_ERROR_H
+
+#include <cruster/status.h>
+
+struct cruster_error {
+  int status;
+  char *message; /* never NULL */
+};
+
+/* Allocates an error with `status` and a printf-formatted message. Returns
+ * NULL when out of memory. */
+cruster_error *core_error_new(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* If `err` is not NULL, stores a new error there (freeing nothing: *err must
+ * be NULL or garbage the caller does not own). Always returns `status`, so
+ * callers can write `return core_error_set(err, CRUSTER_E_X, "...")`. */
+int core_error_set(cruster_error **err, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,20 @@
+/* Internal: logging through the configured callback. */
+#ifndef CORE_LOG_H
+#define CORE_LOG_H
+
+#include <cruster/config.h>
+
+typedef struct core_logger {
+  cruster_log_fn fn; /* NULL = default stderr sink */
+  void *user;
+  cruster_log_level min_level;
+} core_logger;
+
+/* Formats and emits one record if level >= min_level. Thread-safe. The
+ * default sink writes "cruster <LEVEL> [component] message\n" to stderr with
+ * one write. */
+void core_log(const core_logger *lg, cruster_log_level level, const char *component,
+              const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+int core_log_enabled(const core_logger *lg, cruster_log_level level);
+
+#endif

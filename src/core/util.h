@@ -1,0 +1,29 @@
+/* Internal: small helpers shared by every layer. */
+#ifndef CORE_UTIL_H
+#define CORE_UTIL_H
+
+#include <cruster/status.h>
+#include <stddef.h>
+#include <stdint.h>
+
+char *core_strdup(const char *s);                 /* NULL on OOM or s NULL */
+void *core_memdup(const void *p, size_t len);     /* len 0 -> non-NULL 1-byte buffer */
+int64_t core_now_ms(void);                        /* Unix time, ms (CLOCK_REALTIME) */
+int64_t core_mono_ms(void);                       /* monotonic ms */
+uint64_t core_mono_ns(void);                      /* monotonic ns */
+
+/* 1 if `s` (len bytes) is valid UTF-8 without NUL; 0 otherwise. */
+int core_utf8_valid(const char *s, size_t len);
+
+/* Checks a name (entity type, method, shard group, group): non-NULL,
+ * 1..CRUSTER_MAX_NAME_LEN bytes, valid UTF-8, no control characters.
+ * `what` names it in the error ("entity type"). */
+cruster_status core_check_name(const char *what, const char *s, cruster_error **err);
+/* Checks an entity id: non-NULL, 1..CRUSTER_MAX_ENTITY_ID_LEN bytes (longer:
+ * CRUSTER_E_PAYLOAD_TOO_LARGE), valid UTF-8. */
+cruster_status core_check_entity_id(const char *s, cruster_error **err);
+
+/* Parses "host:port" (port 1..65535, host non-empty; "[v6]:port" allowed). */
+int core_parse_hostport(const char *s, char *host, size_t hostsz, int *port);
+
+#endif
