@@ -182,8 +182,8 @@ static void compensate(rt_pool *p) {
     int rc = spawn_worker(p);
     if (rc != 0) {
       if (p->lg)
-        core_log(p->lg, CRUSTER_LOG_ERROR, POOL_COMPONENT,
-                 "cannot start a compensating worker: %s", uv_strerror(rc));
+        core_log(p->lg, CRUSTER_LOG_ERROR, POOL_COMPONENT, "cannot start a compensating worker: %s",
+                 uv_strerror(rc));
       return;
     }
     pool_log(p, CRUSTER_LOG_DEBUG, "started a worker for a blocked one", p->total, p->blocked);
@@ -234,8 +234,8 @@ cruster_status rt_pool_new(int min_threads, int max_threads, const core_logger *
     int rc = spawn_worker(p);
     if (rc != 0) {
       uv_mutex_unlock(&p->mu);
-      if (lg) core_log(lg, CRUSTER_LOG_ERROR, POOL_COMPONENT, "cannot start worker: %s",
-                       uv_strerror(rc));
+      if (lg)
+        core_log(lg, CRUSTER_LOG_ERROR, POOL_COMPONENT, "cannot start worker: %s", uv_strerror(rc));
       rt_pool_free(p);
       return (rc == UV_ENOMEM || rc == UV_EAGAIN) ? CRUSTER_E_NOMEM : CRUSTER_E_INTERNAL;
     }

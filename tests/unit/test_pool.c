@@ -189,7 +189,8 @@ static void jobs_from_many_submitters_run_exactly_once(void **state) {
     assert_int_equal(atomic_load(&args[s].failures), 0);
   }
   rt_pool_shutdown(p);
-  for (int i = 0; i < SUBMITTERS * PER_SUBMITTER; i++) assert_int_equal(atomic_load(&items[i].runs), 1);
+  for (int i = 0; i < SUBMITTERS * PER_SUBMITTER; i++)
+    assert_int_equal(atomic_load(&items[i].runs), 1);
   assert_true(gauge_value(m, "cluster_worker_queue_depth") == 0);
   assert_true(gauge_value(m, "cluster_worker_threads_busy") == 0);
   assert_true(gauge_value(m, "cluster_worker_threads") == 0);
@@ -256,7 +257,8 @@ static chain *chain_new(rt_pool *p, cruster_metrics *m, int n) {
   assert_int_equal(uv_mutex_init(&c->mu), 0);
   assert_int_equal(uv_cond_init(&c->cv), 0);
   latch_init(&c->finished);
-  for (int k = 0; k < n; k++) c->links[k] = (chain_link){{chain_link_job, &c->links[k], NULL}, c, k, 0};
+  for (int k = 0; k < n; k++)
+    c->links[k] = (chain_link){{chain_link_job, &c->links[k], NULL}, c, k, 0};
   return c;
 }
 
@@ -386,7 +388,8 @@ static void drain_parent_job(void *arg) {
   drain_ctx *d = arg;
   int i = latch_get(&d->parents); /* one worker: parents run one at a time */
   d->child[i] = (rt_job){drain_child_job, d, NULL};
-  if (rt_pool_submit(d->p, &d->child[i]) != CRUSTER_OK) atomic_fetch_add(&d->child_submit_failures, 1);
+  if (rt_pool_submit(d->p, &d->child[i]) != CRUSTER_OK)
+    atomic_fetch_add(&d->child_submit_failures, 1);
   latch_add(&d->parents);
 }
 
@@ -466,7 +469,8 @@ static void concurrent_shutdowns_all_return(void **state) {
     assert_int_equal(rt_pool_submit(p, &jobs[i]), CRUSTER_OK);
   }
   uv_thread_t th[3];
-  for (int i = 0; i < 3; i++) assert_int_equal(uv_thread_create(&th[i], concurrent_shutdown_main, p), 0);
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(uv_thread_create(&th[i], concurrent_shutdown_main, p), 0);
   rt_pool_shutdown(p);
   for (int i = 0; i < 3; i++) uv_thread_join(&th[i]);
   rt_job k = {noop_job, NULL, NULL};
@@ -534,6 +538,45 @@ static void block_enter_outside_a_worker_is_a_noop(void **state) {
   core_metrics_free(m);
 }
 
+typedef struct nest_ctx {
+  rt_pool *p;
+  cruster_metrics *m;
+  double seen[4]; /* blocked gauge after enter, enter, leave, leave */
+  latch done;
+} nest_ctx;
+
+static void nest_job(void *arg) {
+  nest_ctx *c = arg;
+  rt_pool_block_enter(c->p);
+  c->seen[0] = gauge_value(c->m, "cluster_worker_threads_blocked");
+  rt_pool_block_enter(c->p);
+  c->seen[1] = gauge_value(c->m, "cluster_worker_threads_blocked");
+  rt_pool_block_leave(c->p);
+  c->seen[2] = gauge_value(c->m, "cluster_worker_threads_blocked");
+  rt_pool_block_leave(c->p);
+  c->seen[3] = gauge_value(c->m, "cluster_worker_threads_blocked");
+  latch_add(&c->done);
+}
+
+static void nested_block_counts_the_worker_once(void **state) {
+  (void)state;
+  nest_ctx c;
+  memset(&c, 0, sizeof c);
+  latch_init(&c.done);
+  c.m = core_metrics_new();
+  assert_int_equal(rt_pool_new(1, 4, &quiet, c.m, &c.p), CRUSTER_OK);
+  rt_job j = {nest_job, &c, NULL};
+  assert_int_equal(rt_pool_submit(c.p, &j), CRUSTER_OK);
+  assert_true(latch_wait(&c.done, 1));
+  rt_pool_free(c.p); /* joins the worker: its writes are visible below */
+  assert_true(c.seen[0] == 1);
+  assert_true(c.seen[1] == 1);
+  assert_true(c.seen[2] == 1);
+  assert_true(c.seen[3] == 0);
+  core_metrics_free(c.m);
+  latch_destroy(&c.done);
+}
+
 static void invalid_arguments_are_rejected(void **state) {
   (void)state;
   rt_pool *p = (rt_pool *)&p;
@@ -562,6 +605,7 @@ int main(void) {
       cmocka_unit_test(concurrent_shutdowns_all_return),
       cmocka_unit_test(is_worker_only_inside_jobs_of_that_pool),
       cmocka_unit_test(block_enter_outside_a_worker_is_a_noop),
+      cmocka_unit_test(nested_block_counts_the_worker_once),
       cmocka_unit_test(invalid_arguments_are_rejected),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
