@@ -321,7 +321,10 @@ static void p_shards(cruster_config *c) { c->shards_per_group = 0; }
 static void p_weight(cruster_config *c) { c->runner_weight = -1; }
 static void p_mailbox(cruster_config *c) { c->entity_mailbox_capacity = 0; }
 static void p_inbox(cruster_config *c) { c->storage_inbox_size = 0; }
-static void p_groups_empty(cruster_config *c) { c->n_shard_groups = 0; }
+static void p_groups_empty(cruster_config *c) {
+  free(c->shard_groups[0]);
+  c->n_shard_groups = 0;
+}
 static void p_groups_badname(cruster_config *c) { c->shard_groups[0][0] = '\0'; }
 static void p_groups_dup(cruster_config *c) {
   char **g = realloc(c->shard_groups, 2 * sizeof *g);
