@@ -6,8 +6,10 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -226,6 +228,29 @@ static void log_filters_by_level_and_formats(void **state) {
   assert_true(core_log_enabled(NULL, CRUSTER_LOG_INFO));
 }
 
+static void default_sink_writes_one_line_to_stderr(void **state) {
+  (void)state;
+  FILE *tmp = tmpfile();
+  assert_non_null(tmp);
+  fflush(stderr);
+  int saved = dup(STDERR_FILENO);
+  assert_true(saved >= 0);
+  assert_true(dup2(fileno(tmp), STDERR_FILENO) >= 0);
+  core_logger lg = {NULL, NULL, CRUSTER_LOG_DEBUG};
+  core_log(&lg, CRUSTER_LOG_WARN, "storage", "poll failed: %s", "timeout");
+  core_log(&lg, CRUSTER_LOG_TRACE, "storage", "below the level");
+  core_log(NULL, CRUSTER_LOG_ERROR, "runtime", "no logger");
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  char buf[256] = {0};
+  rewind(tmp);
+  size_t n = fread(buf, 1, sizeof buf - 1, tmp);
+  fclose(tmp);
+  buf[n] = '\0';
+  assert_string_equal(buf, "cruster WARN [storage] poll failed: timeout\n"
+                           "cruster ERROR [runtime] no logger\n");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(utf8_accepts_valid_sequences),
@@ -238,6 +263,7 @@ int main(void) {
       cmocka_unit_test(strdup_and_memdup_copy),
       cmocka_unit_test(clocks_are_plausible_and_monotonic),
       cmocka_unit_test(log_filters_by_level_and_formats),
+      cmocka_unit_test(default_sink_writes_one_line_to_stderr),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
