@@ -49,6 +49,7 @@ libdir=$(cache_value CMAKE_INSTALL_LIBDIR)
 san_flags=()
 case $(cache_value CRUSTER_SANITIZE) in
   ON | On | on | TRUE | True | true | 1 | YES | Yes | yes)
+    # shellcheck disable=SC2054 # the commas belong to the flag
     san_flags=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
     ;;
 esac
