@@ -217,11 +217,6 @@ static em_instance *instance_get(cruster_runtime *rt, em_type *t, const char *id
   return in;
 }
 
-int em_instance_backlogged(cruster_runtime *rt, em_type *t, const char *id) {
-  em_instance *in = instance_get(rt, t, id, 0);
-  return in ? in->backlog : 0;
-}
-
 void em_reaper_fire(uv_timer_t *timer) {
   cruster_runtime *rt = timer->data;
   int64_t now = core_mono_ms(), next = 0;

@@ -154,7 +154,5 @@ void em_reaper_fire(uv_timer_t *t);
 /* Stop: cancel running handlers, fail queued messages. */
 void em_interrupt_all(cruster_runtime *rt);
 void em_free_all(cruster_runtime *rt);
-/* The instance's backlog flag (persisted messages waiting for room). */
-int em_instance_backlogged(cruster_runtime *rt, em_type *t, const char *id);
 
 #endif

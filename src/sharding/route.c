@@ -52,7 +52,13 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
     save_free(s);
     return;
   }
-  if (r == ST_SAVED) {
+  if (r == ST_SAVED_QUEUED) {
+    /* Older messages for this entity wait in storage: the poll delivers
+     * them in order, this one after them. */
+    core_metric_add(rt->m.st_saved, 1);
+    if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
+    rt_poll_schedule(rt, 0);
+  } else if (r == ST_SAVED) {
     core_metric_add(rt->m.st_saved, 1);
     if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
     if (s->claim && !rt->stopping && !rt->closed) {
@@ -107,7 +113,7 @@ static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc
   c->env = NULL;
   s->type = t;
   s->rpc_index = rpc_index;
-  s->claim = env->deliver_at <= core_now_ms() && !em_instance_backlogged(rt, t, env->id);
+  s->claim = env->deliver_at <= core_now_ms();
   s->call = c;
   c->save = s;
   rt->storage->ops->save_request(rt->storage, s->env, s->claim, on_saved, s);

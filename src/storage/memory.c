@@ -19,9 +19,23 @@ typedef struct mem_msg {
 } mem_msg;
 
 typedef struct mem_store {
-  rt_map msgs; /* request id -> mem_msg */
+  rt_map msgs;    /* request id -> mem_msg */
+  rt_map waiting; /* "type\0id" -> count of unclaimed unprocessed immediate messages */
   mem_msg *head, *tail;
 } mem_store;
+
+/* Per-entity count of stored immediate messages nobody is delivering. */
+static intptr_t waiting_add(mem_store *m, const rt_env *e, intptr_t delta) {
+  if (e->deliver_at > 0) return 0;
+  char key[2 * (CRUSTER_MAX_ENTITY_ID_LEN + 2)];
+  size_t lt = strlen(e->type), li = strlen(e->id);
+  memcpy(key, e->type, lt + 1);
+  memcpy(key + lt + 1, e->id, li);
+  intptr_t n = (intptr_t)rt_map_get(&m->waiting, key, lt + 1 + li) + delta;
+  if (n <= 0) rt_map_del(&m->waiting, key, lt + 1 + li);
+  else if (rt_map_put(&m->waiting, key, lt + 1 + li, (void *)n) != 0) return -1;
+  return n;
+}
 
 static void unlink_fifo(mem_store *m, mem_msg *x) {
   if (x->prev) x->prev->next = x->next; else m->head = x->next;
@@ -63,12 +77,20 @@ static void mem_save_request(cruster_storage *s, const rt_env *e, int claim, st_
     return;
   }
   x->env = copy;
+  int queued = claim && waiting_add(m, e, 0) > 0;
+  if (queued) claim = 0;
+  if (!claim && waiting_add(m, e, 1) < 0) {
+    rt_map_idel(&m->msgs, e->request_id);
+    msg_free(x);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory storing a message", ST_SAVED, NULL);
+    return;
+  }
   x->claimed = claim;
   x->attempts = claim ? 1 : 0;
   x->prev = m->tail;
   if (m->tail) m->tail->next = x; else m->head = x;
   m->tail = x;
-  cb(ud, CRUSTER_OK, NULL, ST_SAVED, NULL);
+  cb(ud, CRUSTER_OK, NULL, queued ? ST_SAVED_QUEUED : ST_SAVED, NULL);
 }
 
 static void mem_save_reply(cruster_storage *s, int64_t request_id, const st_reply *r,
@@ -80,6 +102,7 @@ static void mem_save_reply(cruster_storage *s, int64_t request_id, const st_repl
     return;
   }
   unlink_fifo(m, x);
+  if (!x->claimed) waiting_add(m, x->env, -1);
   if (!x->env->keyed) {
     /* Nobody can ask for this reply again: its id was fresh. */
     rt_map_idel(&m->msgs, request_id);
@@ -132,6 +155,7 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
         }
         x->claimed = 1;
         x->attempts++;
+        waiting_add(m, e, -1);
         out[n++] = copy;
       }
     }
@@ -147,6 +171,7 @@ static void mem_release(cruster_storage *s, int64_t request_id, int attempt) {
   mem_msg *x = rt_map_iget(&m->msgs, request_id);
   if (!x || x->processed || !x->claimed) return;
   x->claimed = 0;
+  waiting_add(m, x->env, 1);
   if (!attempt && x->attempts > 0) x->attempts--;
 }
 
@@ -170,6 +195,7 @@ static void mem_destroy(cruster_storage *s) {
   mem_store *m = s->impl;
   rt_map_each(&m->msgs, free_entry, NULL);
   rt_map_clear(&m->msgs);
+  rt_map_clear(&m->waiting);
   free(m);
   free(s);
 }
@@ -190,6 +216,7 @@ cruster_status cruster_storage_memory_new(cruster_storage **out, cruster_error *
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   }
   rt_map_init(&m->msgs);
+  rt_map_init(&m->waiting);
   s->ops = &mem_ops;
   s->impl = m;
   *out = s;

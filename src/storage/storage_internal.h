@@ -11,6 +11,8 @@
 
 typedef enum st_save_result {
   ST_SAVED = 0,             /* new message stored (and claimed when asked) */
+  ST_SAVED_QUEUED = 3,      /* stored unclaimed: older messages for the same
+                               entity wait in storage, so it must follow them */
   ST_DUPLICATE_PENDING = 1, /* same request id stored, no exit reply yet */
   ST_DUPLICATE_REPLIED = 2  /* same request id stored, with its exit reply */
 } st_save_result;
@@ -38,7 +40,10 @@ typedef struct st_ops {
   /* Called once by cruster_runtime_new on the loop thread. */
   cruster_status (*attach)(cruster_storage *s, cruster_runtime *rt, cruster_error **err);
   /* Stores a request unless its id exists. With claim=1 a new message is
-   * marked as being delivered by this runner (not returned by poll). */
+   * marked as being delivered by this runner (not returned by poll) -- unless
+   * an older unclaimed message for the same entity (deliver_at 0) is still
+   * stored: then it is stored unclaimed (ST_SAVED_QUEUED), which keeps
+   * per-entity send order. */
   void (*save_request)(cruster_storage *s, const rt_env *m, int claim, st_save_cb cb, void *ud);
   /* Stores the exit reply (first one wins) and marks the message processed. */
   void (*save_reply)(cruster_storage *s, int64_t request_id, const st_reply *r, st_done_cb cb,
