@@ -33,6 +33,7 @@ typedef struct field {
 static cruster_status check_hostport(const char *name, const char *v, cruster_error **err);
 static cruster_status check_optional_hostport(const char *name, const char *v, cruster_error **err);
 static cruster_status check_strategy(const char *name, const char *v, cruster_error **err);
+static cruster_status check_table_name(const char *name, const char *v, cruster_error **err);
 
 #define OFF(f) offsetof(struct cruster_config, f)
 #define INT(f, lo, hi, d) {#f, K_INT, OFF(f), 0, lo, hi, d, NULL}
@@ -80,6 +81,12 @@ static const field fields[] = {
     INT(max_payload_size, 1, 1073741824, "4194304"),
     INT(worker_threads, 1, 1024, "4"),
     INT(worker_threads_max, 1, 1024, "64"),
+    DUR(storage_retention, 0, "24h"),
+    BOOL(storage_auto_migrate, "false"),
+    STR(storage_migrations_table, "cruster_migrations", check_table_name),
+    INT(storage_pool_size, 1, 64, "4"),
+    INT(storage_batch_size, 1, 10000, "256"),
+    DUR(storage_retry_backoff, 1, "200ms"),
 };
 
 #define N_FIELDS (sizeof fields / sizeof fields[0])
@@ -137,6 +144,31 @@ static cruster_status check_hostport(const char *name, const char *v, cruster_er
 
 static cruster_status check_optional_hostport(const char *name, const char *v, cruster_error **err) {
   return v ? check_hostport(name, v, err) : CRUSTER_OK;
+}
+
+/* A PostgreSQL identifier, optionally schema-qualified: [A-Za-z_][A-Za-z0-9_]*, <= 63 each. */
+static cruster_status check_table_name(const char *name, const char *v, cruster_error **err) {
+  int ok = v && *v;
+  size_t part = 0;
+  int parts = 1;
+  for (const char *p = v; ok && *p; p++) {
+    char c = *p;
+    if (c == '.') {
+      ok = part > 0 && parts < 2;
+      parts++;
+      part = 0;
+      continue;
+    }
+    int alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    int digit = c >= '0' && c <= '9';
+    ok = (alpha || (digit && part > 0)) && ++part <= 63;
+  }
+  if (!ok || part == 0)
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                          "%s must be a table name like \"cruster_migrations\" or "
+                          "\"schema.table\" (letters, digits, _), got \"%s\"",
+                          name, v ? v : "(unset)");
+  return CRUSTER_OK;
 }
 
 static cruster_status check_strategy(const char *name, const char *v, cruster_error **err) {

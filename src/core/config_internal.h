@@ -47,6 +47,12 @@ struct cruster_config {
   int64_t max_payload_size;     /* 4194304 bytes */
   int64_t worker_threads;       /* 4 */
   int64_t worker_threads_max;   /* 64 */
+  int64_t storage_retention;          /* 24h; processed messages and replies kept this long; 0 = forever */
+  int64_t storage_auto_migrate;       /* 0; apply migrations when the runtime starts */
+  char *storage_migrations_table;     /* "cruster_migrations" */
+  int64_t storage_pool_size;          /* 4 connections */
+  int64_t storage_batch_size;         /* 256 writes per commit at most */
+  int64_t storage_retry_backoff;      /* 200ms; first redelivery delay, doubling, capped at 30 s */
   core_logger logger;
 };
 
