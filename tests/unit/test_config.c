@@ -56,6 +56,12 @@ static const struct {
     {"max_payload_size", "4194304"},
     {"worker_threads", "4"},
     {"worker_threads_max", "64"},
+    {"storage_retention", "86400000ms"},
+    {"storage_auto_migrate", "false"},
+    {"storage_migrations_table", "cruster_migrations"},
+    {"storage_pool_size", "4"},
+    {"storage_batch_size", "256"},
+    {"storage_retry_backoff", "200ms"},
 };
 #define N_DEFAULTS (sizeof defaults / sizeof defaults[0])
 
@@ -155,6 +161,12 @@ static const struct {
     {"max_payload_size", "1073741824", "1073741824"},
     {"worker_threads", "2", "2"},
     {"worker_threads_max", "1024", "1024"},
+    {"storage_retention", "2h", "7200000ms"},
+    {"storage_auto_migrate", "yes", "true"},
+    {"storage_migrations_table", "app.schema_versions", "app.schema_versions"},
+    {"storage_pool_size", "8", "8"},
+    {"storage_batch_size", "1000", "1000"},
+    {"storage_retry_backoff", "1s", "1000ms"},
 };
 
 static void every_field_is_settable_by_text(void **state) {
@@ -392,13 +404,13 @@ static void validate_names_the_field_of_each_rule(void **state) {
 static int zero_allowed(const char *name) {
   static const char *const ok[] = {"last_read_guard_interval", "detachment_window",
                                    "detachment_recover_window", "acquire_retry_interval",
-                                   "acquire_retry_window"};
+                                   "acquire_retry_window", "storage_retention"};
   for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
     if (strcmp(ok[i], name) == 0) return 1;
   return 0;
 }
 
-static void every_duration_must_be_positive_except_five(void **state) {
+static void every_duration_must_be_positive_except_six(void **state) {
   (void)state;
   int durations = 0, zero_ok = 0;
   for (size_t i = 0; i < N_DEFAULTS; i++) {
@@ -431,8 +443,8 @@ static void every_duration_must_be_positive_except_five(void **state) {
     expect_error(cruster_config_set(cfg, name, "-1ms", &e), CRUSTER_E_INVALID_CONFIG, &e, name, NULL);
     cruster_config_free(cfg);
   }
-  assert_int_equal(durations, 20);
-  assert_int_equal(zero_ok, 5);
+  assert_int_equal(durations, 22);
+  assert_int_equal(zero_ok, 6);
 }
 
 static void log_sink(void *user, cruster_log_level l, const char *c, const char *m) {
@@ -495,7 +507,7 @@ int main(void) {
       T(int_access_and_kind_mismatches),
       T(unknown_field_is_invalid_argument),
       T(validate_names_the_field_of_each_rule),
-      T(every_duration_must_be_positive_except_five),
+      T(every_duration_must_be_positive_except_six),
       T(copy_is_deep),
       T(logger_defaults_to_stderr_at_info),
   };
