@@ -56,7 +56,7 @@ typedef struct cruster_call_opts {
   unsigned flags;
   /** Deadline in milliseconds from now; 0 = "default_call_timeout". */
   int64_t timeout_ms;
-  /** Idempotency key bytes (persisted calls); NULL = none. */
+  /** Idempotency key bytes; NULL = none. A key makes the call persisted. */
   const void *idempotency_key;
   size_t idempotency_key_len;
   /** Do not deliver before this Unix time in ms; 0 = now. Implies persisted. */
@@ -146,6 +146,82 @@ CRUSTER_API cruster_status cruster_notify_sync(cruster_runtime *rt, const char *
                                                const void *payload, size_t len,
                                                const cruster_call_opts *opts,
                                                cruster_error **err);
+
+/*
+ * cruster_poll_reply
+ *   Reads, without waiting, the stored reply of the persisted call made to
+ *   (`type`, `id`, `method`) with idempotency key `key` (`key_len` bytes).
+ *   `*ready` becomes 1 when the call has been answered: then the return
+ *   value is the answer's status, with `*reply`/`*reply_len` (release with
+ *   cruster_free; may be NULL) on success and `*err` saying why on failure.
+ *   `*ready` is 0 while the message is stored but not answered yet.
+ * Returns: the answer's status when ready; CRUSTER_OK when pending;
+ *   CRUSTER_E_NOT_FOUND when no message with that key is stored (never
+ *   sent, or removed after "storage_retention"); CRUSTER_E_PERSISTENCE;
+ *   CRUSTER_E_INVALID_ARGUMENT; CRUSTER_E_STATE; CRUSTER_E_SHUTTING_DOWN.
+ * Threads: any but the loop thread.
+ */
+CRUSTER_API cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type,
+                                              const char *id, const char *method,
+                                              const void *key, size_t key_len, int *ready,
+                                              void **reply, size_t *reply_len,
+                                              cruster_error **err);
+
+/*
+ * cruster_join_reply
+ *   Waits for the answer of the persisted call identified as for
+ *   cruster_poll_reply and reports it to `fn` (as cruster_send does), within
+ *   the options' deadline. An answer already stored is reported at once.
+ * Returns: as cruster_send (CRUSTER_E_NOT_FOUND reaches `fn` when no such
+ *   message is stored).
+ * Threads: any.
+ */
+CRUSTER_API cruster_status cruster_join_reply(cruster_runtime *rt, const char *type,
+                                              const char *id, const char *method,
+                                              const void *key, size_t key_len,
+                                              const cruster_call_opts *opts, cruster_reply_fn fn,
+                                              void *user);
+
+/** A list of stored messages (dead letters). Opaque; free with cruster_message_list_free. */
+typedef struct cruster_message_list cruster_message_list;
+
+/*
+ * cruster_dead_letters
+ *   Lists up to `limit` dead letters (persisted messages that failed
+ *   delivery more than "storage_message_max_retries" times), oldest first.
+ * Returns: CRUSTER_OK with *out set (possibly empty); CRUSTER_E_PERSISTENCE
+ *   (no storage, or it failed); CRUSTER_E_INVALID_ARGUMENT; CRUSTER_E_STATE.
+ * Threads: any but the loop thread.
+ */
+CRUSTER_API cruster_status cruster_dead_letters(cruster_runtime *rt, size_t limit,
+                                                cruster_message_list **out, cruster_error **err);
+
+/*
+ * cruster_dead_letter_redeliver
+ *   Makes dead letter `request_id` deliverable again, with its attempt
+ *   count reset; it is delivered promptly. A caller waiting on its key (join)
+ *   then gets the new answer.
+ * Returns: CRUSTER_OK; CRUSTER_E_NOT_FOUND (no dead letter with that id);
+ *   CRUSTER_E_PERSISTENCE; CRUSTER_E_STATE.
+ * Threads: any but the loop thread.
+ */
+CRUSTER_API cruster_status cruster_dead_letter_redeliver(cruster_runtime *rt, int64_t request_id,
+                                                         cruster_error **err);
+
+/*
+ * Message list accessors. `i` < cruster_message_list_count(list); strings and
+ * payloads live as long as the list. Any thread.
+ */
+CRUSTER_API size_t cruster_message_list_count(const cruster_message_list *list);
+CRUSTER_API int64_t cruster_message_list_request_id(const cruster_message_list *list, size_t i);
+CRUSTER_API const char *cruster_message_list_entity_type(const cruster_message_list *list, size_t i);
+CRUSTER_API const char *cruster_message_list_entity_id(const cruster_message_list *list, size_t i);
+CRUSTER_API const char *cruster_message_list_method(const cruster_message_list *list, size_t i);
+CRUSTER_API const void *cruster_message_list_payload(const cruster_message_list *list, size_t i,
+                                                     size_t *len);
+/** Delivery attempts made. */
+CRUSTER_API int64_t cruster_message_list_attempts(const cruster_message_list *list, size_t i);
+CRUSTER_API void cruster_message_list_free(cruster_message_list *list);
 
 #ifdef __cplusplus
 }

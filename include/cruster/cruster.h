@@ -14,6 +14,7 @@
 #include "ids.h"
 #include "metrics.h"
 #include "storage.h"
+#include "pg.h"
 #include "registry.h"
 #include "runtime.h"
 #include "entity.h"
