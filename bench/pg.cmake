@@ -1,0 +1,7 @@
+# bench_pg_rpc: persisted RPC round trips through PostgreSQL storage vs
+# pgbench's single-row INSERT on the same server. Included from
+# bench/CMakeLists.txt (include(${CMAKE_CURRENT_SOURCE_DIR}/pg.cmake)); needs
+# CRUSTER_TEST_PG at run time (scripts/dev bench sets it).
+add_executable(bench_pg_rpc ${CMAKE_CURRENT_LIST_DIR}/bench_pg_rpc.c)
+target_compile_definitions(bench_pg_rpc PRIVATE _POSIX_C_SOURCE=200809L)
+target_link_libraries(bench_pg_rpc PRIVATE cruster_static)
