@@ -168,6 +168,16 @@ public:
     check(cruster_config_validate(h_, &err), &err);
   }
 
+  /** Replaces the log sink (see cruster_config_set_logger); `user` must outlive the runtime. */
+  config &set_logger(cruster_log_fn fn, void *user, cruster_log_level min_level) & {
+    cruster_config_set_logger(h_, fn, user, min_level);
+    return *this;
+  }
+  /** Only records at `min_level` and above, to stderr. */
+  config &log_level(cruster_log_level min_level) & {
+    return set_logger(nullptr, nullptr, min_level);
+  }
+
   cruster_config *handle() const noexcept { return h_; }
   cruster_config *release() noexcept { return std::exchange(h_, nullptr); }
   explicit operator bool() const noexcept { return h_ != nullptr; }
@@ -309,22 +319,33 @@ template <class... G> struct groups {};
 class entity_options {
 public:
   constexpr entity_options() = default;
-  constexpr entity_options name(const char *v) const { return with(&entity_options::name_, v); }
+  constexpr entity_options name(const char *v) const {
+    entity_options o = *this;
+    o.name_ = v;
+    return o;
+  }
   constexpr entity_options shard_group(const char *v) const {
-    return with(&entity_options::shard_group_, v);
+    entity_options o = *this;
+    o.shard_group_ = v;
+    return o;
   }
   template <class Rep, class Period>
   constexpr entity_options max_idle_time(std::chrono::duration<Rep, Period> v) const {
-    return with(&entity_options::max_idle_ms_,
-                static_cast<int64_t>(
-                    std::chrono::duration_cast<std::chrono::milliseconds>(v).count()));
+    entity_options o = *this;
+    o.max_idle_ms_ = static_cast<int64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(v).count());
+    return o;
   }
   constexpr entity_options mailbox_capacity(int64_t v) const {
-    return with(&entity_options::mailbox_capacity_, v);
+    entity_options o = *this;
+    o.mailbox_capacity_ = v;
+    return o;
   }
   /** Handlers of one instance running at once; 0 = no limit. */
   constexpr entity_options concurrency(int64_t v) const {
-    return with(&entity_options::concurrency_, v);
+    entity_options o = *this;
+    o.concurrency_ = v;
+    return o;
   }
 
   constexpr const char *name() const { return name_; }
@@ -334,11 +355,6 @@ public:
   constexpr int64_t concurrency() const { return concurrency_; }
 
 private:
-  template <class F, class V> constexpr entity_options with(F field, V v) const {
-    entity_options o = *this;
-    o.*field = v;
-    return o;
-  }
   const char *name_ = nullptr;
   const char *shard_group_ = nullptr;
   int64_t max_idle_ms_ = -1;
@@ -1221,6 +1237,7 @@ private:
   template <class T, class... A, class... G>
   static std::unique_ptr<detail::instance<T, groups<G...>>>
   make_instance(T entity, std::tuple<A...> args, groups<G...> *) {
+    (void)args; // unused when T includes no groups
     return std::make_unique<detail::instance<T, groups<G...>>>(
         std::move(entity), std::tuple<G...>(detail::pick_group<G>(args)...));
   }
