@@ -12,7 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The installed cmocka.h declares its functions without C linkage for C++.
+extern "C" {
 #include <cmocka.h>
+}
 
 #include <map>
 #include <mutex>
