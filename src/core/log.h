@@ -12,7 +12,8 @@ typedef struct core_logger {
 
 /* Formats and emits one record if level >= min_level. Thread-safe. The
  * default sink writes "cruster <LEVEL> [component] message\n" to stderr with
- * one write. */
+ * one write. `lg` NULL = the default sink at CRUSTER_LOG_INFO. Newlines in
+ * the message become spaces (a record is one line). */
 void core_log(const core_logger *lg, cruster_log_level level, const char *component,
               const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 int core_log_enabled(const core_logger *lg, cruster_log_level level);

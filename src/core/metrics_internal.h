@@ -16,7 +16,10 @@ void core_metrics_free(cruster_metrics *m);
  * braces ("entity_type=\"Counter\",outcome=\"ok\""), NULL or "" for none; the
  * caller escapes values (core_metrics_escape). `help` is used the first time
  * a name is seen. Kind mismatch with an existing name -> NULL. The pointer
- * stays valid until core_metrics_free. NULL on OOM. */
+ * stays valid until core_metrics_free. NULL on OOM, and when `name` is not a
+ * valid Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*).
+ * Counters ignore negative (and NaN) increments and core_metric_set; gauges
+ * take both; histograms take only core_metric_observe. */
 core_metric *core_metrics_get(cruster_metrics *m, core_metric_kind kind, const char *name,
                               const char *help, const char *labels);
 

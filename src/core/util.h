@@ -23,7 +23,10 @@ cruster_status core_check_name(const char *what, const char *s, cruster_error **
  * CRUSTER_E_PAYLOAD_TOO_LARGE), valid UTF-8. */
 cruster_status core_check_entity_id(const char *s, cruster_error **err);
 
-/* Parses "host:port" (port 1..65535, host non-empty; "[v6]:port" allowed). */
+/* Parses "host:port" (port 1..65535, host non-empty; "[v6]:port" allowed).
+ * Returns 0 on success, -1 when `s` is not a valid host:port or the host does
+ * not fit in `hostsz` bytes. The host is stored without brackets. `host` and
+ * `port` may be NULL to only validate. */
 int core_parse_hostport(const char *s, char *host, size_t hostsz, int *port);
 
 #endif

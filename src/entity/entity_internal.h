@@ -1,0 +1,85 @@
+/* Internal: entity types, instances, and the request (delivery) object. */
+#ifndef EM_ENTITY_INTERNAL_H
+#define EM_ENTITY_INTERNAL_H
+
+#include "runtime/runtime_internal.h"
+
+typedef struct em_rpc {
+  char *name;
+  char *group; /* RPC group it came from, NULL for the entity's own */
+  unsigned flags;
+  cruster_rpc_fn fn;
+  void *user;
+} em_rpc;
+
+typedef struct em_rpc_list {
+  em_rpc *v;
+  size_t n, cap;
+} em_rpc_list;
+
+struct cruster_entity_def {
+  char *name;
+  char *shard_group;
+  int64_t max_idle_ms; /* -1 = config default */
+  int64_t mailbox;     /* -1 = config default */
+  int64_t concurrency; /* -1 = config default */
+  em_rpc_list rpcs;
+};
+
+struct cruster_rpc_group {
+  char *name;
+  em_rpc_list rpcs;
+};
+
+struct em_type {
+  char *name;
+  char *shard_group;
+  int64_t max_idle_ms, mailbox, concurrency;
+  em_rpc_list rpcs;
+  em_instance *idle_head, *idle_tail; /* instances with nothing to do, oldest first */
+  core_metric *m_instances, *m_evictions, *m_mailbox_full, *m_ok, *m_err, *m_duration;
+};
+
+struct em_instance {
+  em_type *type;
+  char *key; /* "type\0id" (klen = key_len) */
+  size_t key_len;
+  const char *id;
+  cruster_request *q_head, *q_tail; /* queued, not running */
+  size_t queued, running;
+  int64_t idle_since; /* monotonic ms */
+  em_instance *idle_prev, *idle_next;
+  int in_idle;
+  int backlog; /* persisted messages for it wait in storage for room */
+};
+
+struct cruster_request {
+  rt_job job;
+  rt_cmd done;
+  cruster_runtime *rt;
+  em_instance *inst;
+  const em_rpc *rpc;
+  rt_env *env;
+  rt_call *call; /* waiting caller (non-persisted), or NULL */
+  cruster_request *next;                /* mailbox queue */
+  cruster_request *live_prev, *live_next; /* runtime's list of live deliveries */
+  uint64_t started_ns;
+  int running;
+  _Atomic int cancelled;
+  _Atomic int answered;
+  /* the answer, written by the answering thread before posting `done` */
+  int status;
+  void *reply;
+  size_t reply_len;
+  char *errmsg;
+};
+
+void em_rpc_list_free(em_rpc_list *l);
+int em_rpc_list_add(em_rpc_list *l, const char *name, const char *group, unsigned flags,
+                    cruster_rpc_fn fn, void *user);
+const em_rpc *em_rpc_list_find(const em_rpc_list *l, const char *name);
+
+/* Frees a delivery (loop thread). */
+void em_request_free(cruster_runtime *rt, cruster_request *r);
+
+#endif

@@ -1,0 +1,445 @@
+/* The entity manager: types, instances, mailboxes, concurrency, idle
+ * eviction. Runs on the loop thread; handlers run on the worker pool. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/util.h"
+#include "entity/entity_internal.h"
+#include "storage/storage_internal.h"
+
+/* ---- registration ------------------------------------------------------- */
+
+typedef struct reg_cmd {
+  rt_cmd cmd;
+  em_type *type;
+  int status;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  int done;
+} reg_cmd;
+
+static void type_free(em_type *t) {
+  if (!t) return;
+  free(t->name);
+  free(t->shard_group);
+  em_rpc_list_free(&t->rpcs);
+  free(t);
+}
+
+static void register_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+  reg_cmd *r = (reg_cmd *)cmd;
+  int st = CRUSTER_OK;
+  if (atomic_load(&rt->state) >= RT_STOPPING || rt->closed)
+    st = CRUSTER_E_SHUTTING_DOWN;
+  else if (rt_map_get(&rt->types, r->type->name, strlen(r->type->name)))
+    st = CRUSTER_E_ALREADY_EXISTS;
+  else if (rt_map_put(&rt->types, r->type->name, strlen(r->type->name), r->type) != 0)
+    st = CRUSTER_E_NOMEM;
+  else
+    core_metric_set(rt->m.entity_types, (double)rt->types.count);
+  uv_mutex_lock(&r->mu);
+  r->status = st;
+  r->done = 1;
+  uv_cond_signal(&r->cv);
+  uv_mutex_unlock(&r->mu);
+}
+
+static core_metric *type_metric(cruster_runtime *rt, core_metric_kind kind, const char *name,
+                                const char *help, const char *type, const char *extra) {
+  char esc[2 * CRUSTER_MAX_NAME_LEN + 2], labels[3 * CRUSTER_MAX_NAME_LEN];
+  core_metrics_escape(type, esc, sizeof(esc));
+  snprintf(labels, sizeof(labels), "entity_type=\"%s\"%s", esc, extra ? extra : "");
+  return core_metrics_get(rt->metrics, kind, name, help, labels);
+}
+
+cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruster_entity_def *d,
+                                               cruster_error **err) {
+  if (!rt || !d) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt and def must not be NULL");
+  if (d->rpcs.n == 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "entity type '%s' has no RPCs", d->name);
+  if (!core_config_has_group(rt->cfg, d->shard_group))
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                          "entity type '%s' uses shard group '%s', which is not in shard_groups; "
+                          "no runner would ever own it",
+                          d->name, d->shard_group);
+  if (atomic_load(&rt->state) >= RT_STOPPING)
+    return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+  em_type *t = calloc(1, sizeof(*t));
+  if (!t) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  t->name = core_strdup(d->name);
+  t->shard_group = core_strdup(d->shard_group);
+  int oom = !t->name || !t->shard_group;
+  for (size_t i = 0; !oom && i < d->rpcs.n; i++) {
+    const em_rpc *x = &d->rpcs.v[i];
+    oom = em_rpc_list_add(&t->rpcs, x->name, x->group, x->flags, x->fn, x->user) != 0;
+  }
+  if (oom) {
+    type_free(t);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  t->max_idle_ms = d->max_idle_ms >= 0 ? d->max_idle_ms : rt->cfg->entity_max_idle_time;
+  t->mailbox = d->mailbox >= 0 ? d->mailbox : rt->cfg->entity_mailbox_capacity;
+  t->concurrency = d->concurrency >= 0 ? d->concurrency : rt->cfg->entity_max_concurrent_requests;
+  t->m_instances = type_metric(rt, CORE_GAUGE, "cluster_entities",
+                               "Entity instances alive on this runner", t->name, NULL);
+  t->m_evictions = type_metric(rt, CORE_COUNTER, "cluster_entity_evictions_total",
+                               "Entity instances evicted after their max idle time", t->name, NULL);
+  t->m_mailbox_full = type_metric(rt, CORE_COUNTER, "cluster_mailbox_full_total",
+                                  "Messages refused because the instance's mailbox was full",
+                                  t->name, NULL);
+  t->m_ok = type_metric(rt, CORE_COUNTER, "cluster_messages_handled_total",
+                        "Messages answered by a handler, by outcome", t->name, ",outcome=\"ok\"");
+  t->m_err = type_metric(rt, CORE_COUNTER, "cluster_messages_handled_total",
+                         "Messages answered by a handler, by outcome", t->name, ",outcome=\"error\"");
+  t->m_duration = type_metric(rt, CORE_HISTOGRAM, "cluster_handler_duration_seconds",
+                              "Time from a handler's start to its answer", t->name, NULL);
+  reg_cmd r;
+  memset(&r, 0, sizeof(r));
+  r.cmd.fn = register_on_loop;
+  r.type = t;
+  uv_mutex_init(&r.mu);
+  uv_cond_init(&r.cv);
+  int st;
+  if (rt_post(rt, &r.cmd) != 0) {
+    st = CRUSTER_E_SHUTTING_DOWN;
+  } else {
+    uv_mutex_lock(&r.mu);
+    while (!r.done) uv_cond_wait(&r.cv, &r.mu);
+    uv_mutex_unlock(&r.mu);
+    st = r.status;
+  }
+  uv_cond_destroy(&r.cv);
+  uv_mutex_destroy(&r.mu);
+  if (st != CRUSTER_OK) {
+    type_free(t);
+    if (st == CRUSTER_E_ALREADY_EXISTS)
+      return core_error_set(err, st, "entity type '%s' is already registered", d->name);
+    if (st == CRUSTER_E_SHUTTING_DOWN)
+      return core_error_set(err, st, "the runtime is shutting down");
+    return core_error_set(err, st, "out of memory");
+  }
+  core_log(rt->lg, CRUSTER_LOG_DEBUG, "entity", "registered entity type '%s' (%zu RPCs)", d->name,
+           d->rpcs.n);
+  return CRUSTER_OK;
+}
+
+em_type *em_type_find(cruster_runtime *rt, const char *name) {
+  return rt_map_get(&rt->types, name, strlen(name));
+}
+
+int em_lookup_rpc(em_type *t, const char *method, int internal, char *msg, size_t msgsz) {
+  for (size_t i = 0; i < t->rpcs.n; i++) {
+    const em_rpc *r = &t->rpcs.v[i];
+    if (strcmp(r->name, method) != 0) continue;
+    if (r->flags & CRUSTER_RPC_PRIVATE) {
+      snprintf(msg, msgsz, "method '%s' of entity type '%s' is private and cannot be called",
+               method, t->name);
+      return CRUSTER_E_UNKNOWN_METHOD;
+    }
+    if ((r->flags & CRUSTER_RPC_PROTECTED) && !internal) {
+      snprintf(msg, msgsz,
+               "method '%s' of entity type '%s' is protected: only entities and workflows may call it",
+               method, t->name);
+      return CRUSTER_E_FORBIDDEN;
+    }
+    return (int)i;
+  }
+  snprintf(msg, msgsz, "entity type '%s' has no method '%s'", t->name, method);
+  return CRUSTER_E_UNKNOWN_METHOD;
+}
+
+/* ---- instances ------------------------------------------------------------ */
+
+static void idle_remove(em_instance *in) {
+  if (!in->in_idle) return;
+  em_type *t = in->type;
+  if (in->idle_prev) in->idle_prev->idle_next = in->idle_next; else t->idle_head = in->idle_next;
+  if (in->idle_next) in->idle_next->idle_prev = in->idle_prev; else t->idle_tail = in->idle_prev;
+  in->idle_prev = in->idle_next = NULL;
+  in->in_idle = 0;
+}
+
+static void reaper_arm(cruster_runtime *rt, int64_t due_mono) {
+  int64_t delay = due_mono - core_mono_ms();
+  if (delay < 0) delay = 0;
+  if (uv_is_active((uv_handle_t *)&rt->reaper_timer) &&
+      (int64_t)uv_timer_get_due_in(&rt->reaper_timer) <= delay)
+    return;
+  uv_timer_start(&rt->reaper_timer, em_reaper_fire, (uint64_t)delay, 0);
+}
+
+static void idle_append(cruster_runtime *rt, em_instance *in) {
+  em_type *t = in->type;
+  in->idle_since = core_mono_ms();
+  in->idle_prev = t->idle_tail;
+  in->idle_next = NULL;
+  if (t->idle_tail) t->idle_tail->idle_next = in; else t->idle_head = in;
+  t->idle_tail = in;
+  in->in_idle = 1;
+  if (!rt->stopping && !rt->closed) reaper_arm(rt, in->idle_since + t->max_idle_ms);
+}
+
+static void instance_free(cruster_runtime *rt, em_instance *in) {
+  idle_remove(in);
+  rt_map_del(&rt->instances, in->key, in->key_len);
+  core_metric_add(in->type->m_instances, -1);
+  free(in->key);
+  free(in);
+}
+
+static em_instance *instance_get(cruster_runtime *rt, em_type *t, const char *id, int create) {
+  size_t lt = strlen(t->name), li = strlen(id);
+  char stackkey[512];
+  char *key = lt + li + 1 <= sizeof(stackkey) ? stackkey : malloc(lt + li + 1);
+  if (!key) return NULL;
+  memcpy(key, t->name, lt);
+  key[lt] = 0;
+  memcpy(key + lt + 1, id, li);
+  em_instance *in = rt_map_get(&rt->instances, key, lt + li + 1);
+  if (!in && create) {
+    in = calloc(1, sizeof(*in));
+    char *k = in ? malloc(lt + li + 2) : NULL;
+    if (!k || (memcpy(k, key, lt + li + 1), k[lt + li + 1] = 0,
+               rt_map_put(&rt->instances, k, lt + li + 1, in) != 0)) {
+      free(k);
+      free(in);
+      in = NULL;
+    } else {
+      in->type = t;
+      in->key = k;
+      in->key_len = lt + li + 1;
+      in->id = k + lt + 1;
+      core_metric_add(t->m_instances, 1);
+    }
+  }
+  if (key != stackkey) free(key);
+  return in;
+}
+
+void em_reaper_fire(uv_timer_t *timer) {
+  cruster_runtime *rt = timer->data;
+  int64_t now = core_mono_ms(), next = 0;
+  for (size_t b = 0; b < rt->types.nbuckets; b++) {
+    for (rt_map_entry *e = rt->types.buckets[b]; e; e = e->next) {
+      em_type *t = e->value;
+      while (t->idle_head && now - t->idle_head->idle_since >= t->max_idle_ms) {
+        em_instance *in = t->idle_head;
+        core_log(rt->lg, CRUSTER_LOG_TRACE, "entity", "evicting idle %s/%s", t->name, in->id);
+        core_metric_add(t->m_evictions, 1);
+        instance_free(rt, in);
+      }
+      if (t->idle_head) {
+        int64_t due = t->idle_head->idle_since + t->max_idle_ms;
+        if (next == 0 || due < next) next = due;
+      }
+    }
+  }
+  if (next) reaper_arm(rt, next);
+}
+
+/* ---- delivery ------------------------------------------------------------- */
+
+static void live_link(cruster_runtime *rt, cruster_request *r) {
+  r->live_prev = NULL;
+  r->live_next = rt->live_head;
+  if (rt->live_head) rt->live_head->live_prev = r;
+  rt->live_head = r;
+}
+
+static void live_unlink(cruster_runtime *rt, cruster_request *r) {
+  if (r->live_prev) r->live_prev->live_next = r->live_next; else rt->live_head = r->live_next;
+  if (r->live_next) r->live_next->live_prev = r->live_prev;
+  r->live_prev = r->live_next = NULL;
+}
+
+void em_request_free(cruster_runtime *rt, cruster_request *r) {
+  live_unlink(rt, r);
+  if (r->call) r->call->req = NULL;
+  free(r->env);
+  free(r->reply);
+  free(r->errmsg);
+  free(r);
+}
+
+static void run_handler(void *arg) {
+  cruster_request *r = arg;
+  r->started_ns = core_mono_ns();
+  r->rpc->fn(r->rpc->user, r);
+}
+
+static void request_done(cruster_runtime *rt, rt_cmd *cmd);
+
+static void pump(cruster_runtime *rt, em_instance *in) {
+  int64_t limit = in->type->concurrency;
+  while (in->q_head && (limit == 0 || (int64_t)in->running < limit)) {
+    cruster_request *r = in->q_head;
+    in->q_head = r->next;
+    if (!in->q_head) in->q_tail = NULL;
+    in->queued--;
+    r->next = NULL;
+    if (!r->env->persisted && r->env->is_request && !r->call) {
+      /* Its caller gave up before it started: nobody wants the answer. */
+      em_request_free(rt, r);
+      continue;
+    }
+    r->running = 1;
+    in->running++;
+    rt->running++;
+    r->job.fn = run_handler;
+    r->job.arg = r;
+    if (rt_pool_submit(rt->pool, &r->job) != CRUSTER_OK) {
+      r->status = CRUSTER_E_SHUTTING_DOWN;
+      r->errmsg = core_strdup("the runtime is shutting down");
+      atomic_store(&r->answered, 1);
+      request_done(rt, &r->done);
+    }
+  }
+  if (in->running == 0 && in->queued == 0 && !in->in_idle) idle_append(rt, in);
+}
+
+int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_call *call,
+               int *backlogged) {
+  if (backlogged) *backlogged = 0;
+  if (rt->stopping || rt->closed) return CRUSTER_E_SHUTTING_DOWN;
+  em_instance *in = instance_get(rt, t, env->id, 1);
+  if (!in) return CRUSTER_E_NOMEM;
+  if ((int64_t)(in->queued + in->running) >= t->mailbox) {
+    core_metric_add(t->m_mailbox_full, 1);
+    if (env->persisted) in->backlog = 1;
+    if (backlogged) *backlogged = 1;
+    if (in->running == 0 && in->queued == 0 && !in->in_idle) idle_append(rt, in);
+    return CRUSTER_E_MAILBOX_FULL;
+  }
+  cruster_request *r = calloc(1, sizeof(*r));
+  if (!r) return CRUSTER_E_NOMEM;
+  r->rt = rt;
+  r->inst = in;
+  r->rpc = &t->rpcs.v[rpc_index];
+  r->env = env;
+  r->call = call;
+  r->done.fn = request_done;
+  if (call) call->req = r;
+  live_link(rt, r);
+  idle_remove(in);
+  if (in->q_tail) in->q_tail->next = r; else in->q_head = r;
+  in->q_tail = r;
+  in->queued++;
+  pump(rt, in);
+  return CRUSTER_OK;
+}
+
+/* ---- completion ------------------------------------------------------------ */
+
+static void persist_done(void *ud, int status, const char *errmsg) {
+  cruster_request *r = ud;
+  cruster_runtime *rt = r->rt;
+  if (status != CRUSTER_OK) {
+    /* The reply is not durable: give the message back so it runs again. */
+    core_metric_add(rt->m.st_errors, 1);
+    core_log(rt->lg, CRUSTER_LOG_ERROR, "storage", "saving the reply of request %lld failed: %s",
+             (long long)r->env->request_id, errmsg ? errmsg : cruster_status_message(status));
+    rt->storage->ops->release(rt->storage, r->env->request_id, 1);
+    rt_poll_schedule(rt, rt->cfg->send_retry_interval);
+  } else {
+    core_metric_add(rt->m.st_replies, 1);
+    rt_waiters_resolve(rt, r->env->request_id, r->status, r->reply, r->reply_len, r->errmsg);
+  }
+  em_request_free(rt, r);
+}
+
+static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
+  cruster_request *r = (cruster_request *)((char *)cmd - offsetof(cruster_request, done));
+  if (rt->closed) {
+    em_request_free(rt, r);
+    return;
+  }
+  em_instance *in = r->inst;
+  em_type *t = in->type;
+  r->running = 0;
+  in->running--;
+  rt->running--;
+  core_metric_add(r->status == CRUSTER_OK ? t->m_ok : t->m_err, 1);
+  core_metric_observe(t->m_duration, (double)(core_mono_ns() - r->started_ns) / 1e9);
+  if (r->env->persisted && rt->storage) {
+    st_reply rep = {r->status, r->reply, r->reply_len, r->errmsg};
+    rt->storage->ops->save_reply(rt->storage, r->env->request_id, &rep, persist_done, r);
+  } else {
+    if (r->call)
+      rt_call_complete(rt, r->call, r->status, r->reply, r->reply_len, r->errmsg);
+    em_request_free(rt, r);
+  }
+  if (in->backlog && (int64_t)(in->queued + in->running) < t->mailbox) {
+    in->backlog = 0;
+    rt_poll_schedule(rt, 0);
+  }
+  pump(rt, in);
+  rt_stop_check(rt);
+}
+
+/* Called from any thread by cruster_request_reply/fail. */
+int em_request_answer(cruster_request *r, int status, const void *data, size_t len,
+                      const char *msg) {
+  if (atomic_exchange(&r->answered, 1)) return CRUSTER_E_INVALID_ARGUMENT;
+  r->status = status;
+  if (status == CRUSTER_OK) {
+    r->reply = core_memdup(data, len);
+    r->reply_len = len;
+    if (!r->reply) {
+      r->status = CRUSTER_E_NOMEM;
+      r->errmsg = core_strdup("out of memory copying the reply");
+    }
+  } else {
+    r->errmsg = core_strdup(msg ? msg : cruster_status_message(status));
+  }
+  if (rt_post(r->rt, &r->done) != 0) return CRUSTER_E_SHUTTING_DOWN;
+  return CRUSTER_OK;
+}
+
+/* ---- stop ------------------------------------------------------------------ */
+
+void em_interrupt_all(cruster_runtime *rt) {
+  for (cruster_request *r = rt->live_head; r; r = r->live_next)
+    if (r->running) atomic_store(&r->cancelled, 1);
+  for (size_t b = 0; b < rt->instances.nbuckets; b++) {
+    for (rt_map_entry *e = rt->instances.buckets[b]; e; e = e->next) {
+      em_instance *in = e->value;
+      while (in->q_head) {
+        cruster_request *r = in->q_head;
+        in->q_head = r->next;
+        in->queued--;
+        if (r->env->persisted && rt->storage)
+          rt->storage->ops->release(rt->storage, r->env->request_id, 0);
+        if (r->call)
+          rt_call_complete(rt, r->call, CRUSTER_E_INTERRUPTED,
+                           NULL, 0, "entity interrupted due to shard movement or shutdown");
+        em_request_free(rt, r);
+      }
+      in->q_tail = NULL;
+    }
+  }
+}
+
+static void free_instance_entry(void *ctx, rt_map_entry *e) {
+  (void)ctx;
+  em_instance *in = e->value;
+  free(in->key);
+  free(in);
+}
+
+static void free_type_entry(void *ctx, rt_map_entry *e) {
+  (void)ctx;
+  type_free(e->value);
+}
+
+void em_free_all(cruster_runtime *rt) {
+  while (rt->live_head) {
+    cruster_request *r = rt->live_head;
+    r->call = NULL;
+    em_request_free(rt, r);
+  }
+  rt_map_each(&rt->instances, free_instance_entry, NULL);
+  rt_map_clear(&rt->instances);
+  rt_map_each(&rt->types, free_type_entry, NULL);
+  rt_map_clear(&rt->types);
+}

@@ -1,0 +1,132 @@
+/* Chained hash map; FNV-1a for byte keys, a 64-bit mixer for int keys. */
+#include "runtime/map.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t hash_bytes(const void *key, size_t len) {
+  const unsigned char *p = key;
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < len; i++) {
+    h ^= p[i];
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+static uint64_t hash_int(int64_t k) {
+  uint64_t x = (uint64_t)k;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+void rt_map_init(rt_map *m) { memset(m, 0, sizeof(*m)); }
+
+void rt_map_clear(rt_map *m) {
+  for (size_t i = 0; i < m->nbuckets; i++) {
+    rt_map_entry *e = m->buckets[i];
+    while (e) {
+      rt_map_entry *n = e->next;
+      free(e);
+      e = n;
+    }
+  }
+  free(m->buckets);
+  rt_map_init(m);
+}
+
+static int grow(rt_map *m) {
+  size_t nb = m->nbuckets ? m->nbuckets * 2 : 16;
+  rt_map_entry **b = calloc(nb, sizeof(*b));
+  if (!b) return -1;
+  for (size_t i = 0; i < m->nbuckets; i++) {
+    rt_map_entry *e = m->buckets[i];
+    while (e) {
+      rt_map_entry *n = e->next;
+      size_t j = e->hash & (nb - 1);
+      e->next = b[j];
+      b[j] = e;
+      e = n;
+    }
+  }
+  free(m->buckets);
+  m->buckets = b;
+  m->nbuckets = nb;
+  return 0;
+}
+
+static rt_map_entry **find(const rt_map *m, uint64_t h, const void *key, size_t klen, int ikey_mode,
+                           int64_t ikey) {
+  if (!m->nbuckets) return NULL;
+  rt_map_entry **pp = &m->buckets[h & (m->nbuckets - 1)];
+  for (; *pp; pp = &(*pp)->next) {
+    rt_map_entry *e = *pp;
+    if (e->hash != h) continue;
+    if (ikey_mode ? e->ikey == ikey : (e->klen == klen && memcmp(e->key, key, klen) == 0))
+      return pp;
+  }
+  return NULL;
+}
+
+static int put(rt_map *m, uint64_t h, const void *key, size_t klen, int64_t ikey, int ikey_mode,
+               void *value) {
+  rt_map_entry **pp = find(m, h, key, klen, ikey_mode, ikey);
+  if (pp) {
+    (*pp)->value = value;
+    return 0;
+  }
+  if ((m->count + 1) * 4 > m->nbuckets * 3 && grow(m) != 0) return -1;
+  rt_map_entry *e = malloc(sizeof(*e) + (ikey_mode ? 0 : klen + 1));
+  if (!e) return -1;
+  e->hash = h;
+  e->ikey = ikey;
+  e->klen = ikey_mode ? 0 : klen;
+  e->value = value;
+  if (!ikey_mode) {
+    if (klen) memcpy(e->key, key, klen);
+    e->key[klen] = 0;
+  }
+  size_t j = h & (m->nbuckets - 1);
+  e->next = m->buckets[j];
+  m->buckets[j] = e;
+  m->count++;
+  return 0;
+}
+
+static void *del(rt_map *m, rt_map_entry **pp) {
+  if (!pp) return NULL;
+  rt_map_entry *e = *pp;
+  void *v = e->value;
+  *pp = e->next;
+  free(e);
+  m->count--;
+  return v;
+}
+
+void *rt_map_get(const rt_map *m, const void *key, size_t klen) {
+  rt_map_entry **pp = find(m, hash_bytes(key, klen), key, klen, 0, 0);
+  return pp ? (*pp)->value : NULL;
+}
+int rt_map_put(rt_map *m, const void *key, size_t klen, void *value) {
+  return put(m, hash_bytes(key, klen), key, klen, 0, 0, value);
+}
+void *rt_map_del(rt_map *m, const void *key, size_t klen) {
+  return del(m, find(m, hash_bytes(key, klen), key, klen, 0, 0));
+}
+void *rt_map_iget(const rt_map *m, int64_t key) {
+  rt_map_entry **pp = find(m, hash_int(key), NULL, 0, 1, key);
+  return pp ? (*pp)->value : NULL;
+}
+int rt_map_iput(rt_map *m, int64_t key, void *value) {
+  return put(m, hash_int(key), NULL, 0, key, 1, value);
+}
+void *rt_map_idel(rt_map *m, int64_t key) { return del(m, find(m, hash_int(key), NULL, 0, 1, key)); }
+
+void rt_map_each(const rt_map *m, void (*fn)(void *ctx, rt_map_entry *e), void *ctx) {
+  for (size_t i = 0; i < m->nbuckets; i++)
+    for (rt_map_entry *e = m->buckets[i]; e; e = e->next) fn(ctx, e);
+}

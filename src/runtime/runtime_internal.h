@@ -1,0 +1,158 @@
+/* Internal: the runtime object, its loop-thread command queue, envelopes and
+ * calls. Everything below "loop-owned" is touched only on the loop thread. */
+#ifndef RT_RUNTIME_INTERNAL_H
+#define RT_RUNTIME_INTERNAL_H
+
+#include <cruster/cruster.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "core/config_internal.h"
+#include "core/log.h"
+#include "core/metrics_internal.h"
+#include "core/snowflake.h"
+#include "runtime/map.h"
+#include "runtime/pool.h"
+
+typedef struct em_type em_type;
+typedef struct em_instance em_instance;
+typedef struct rt_call rt_call;
+
+/* A command executed on the loop thread. Embedded in a larger struct. */
+typedef struct rt_cmd rt_cmd;
+typedef void (*rt_cmd_fn)(cruster_runtime *rt, rt_cmd *cmd);
+struct rt_cmd {
+  rt_cmd_fn fn;
+  rt_cmd *next;
+};
+
+/* An addressed message: one allocation holding strings and payload. */
+typedef struct rt_env {
+  int64_t request_id;
+  const char *type, *id, *method;
+  const void *payload;
+  size_t len;
+  int32_t shard;
+  int64_t deliver_at; /* Unix ms, 0 = now */
+  unsigned char internal;   /* sent by an entity/workflow */
+  unsigned char persisted;  /* went through message storage */
+  unsigned char is_request; /* 1 = send (a caller waits), 0 = notify */
+  unsigned char keyed;      /* request id derived from an idempotency key */
+  char group[CRUSTER_MAX_NAME_LEN + 1];
+  char data[];
+} rt_env;
+
+rt_env *rt_env_new(const char *type, const char *id, const char *method, const void *payload,
+                   size_t len);
+rt_env *rt_env_copy(const rt_env *e);
+
+enum { RT_NEW = 0, RT_STARTED = 1, RT_STOPPING = 2, RT_STOPPED = 3 };
+enum { RT_CALL_SEND = 0, RT_CALL_NOTIFY = 1 };
+
+/* A caller waiting for an answer (send) or an acceptance (notify). */
+struct rt_call {
+  rt_cmd cmd;
+  int kind;
+  unsigned flags;
+  rt_env *env; /* owned until handed to a delivery */
+  int64_t deadline_ms; /* monotonic */
+  void *key;
+  size_t key_len;
+  cruster_reply_fn fn;
+  void *user;
+  /* loop-owned */
+  size_t heap_idx;            /* index in the deadline heap, SIZE_MAX if none */
+  int64_t request_id;
+  cruster_request *req;       /* local delivery answering this call */
+  struct rt_save *save;       /* storage write this call waits for */
+  rt_call *wnext;             /* next waiter on the same persisted request id */
+  int waiting;                /* listed in rt->waiters */
+  int internal;               /* made by an entity/workflow (opts->caller) */
+};
+
+/* Per-runtime metric series the hot paths update. */
+typedef struct rt_metrics {
+  core_metric *entity_types, *shards, *runners, *runners_healthy, *singletons, *detached;
+  core_metric *calls_timeout, *calls_rejected, *calls_inflight;
+  core_metric *st_saved, *st_duplicates, *st_replies, *st_dead_letters, *st_errors;
+} rt_metrics;
+
+struct cruster_runtime {
+  cruster_config *cfg;
+  const core_logger *lg;
+  cruster_metrics *metrics;
+  rt_metrics m;
+  core_snowflake snowflake;
+  cruster_storage *storage;
+  cruster_registry *registry;
+  rt_pool *pool;
+  char *runner_address;
+
+  _Atomic int state;
+  uv_thread_t loop_thread;
+  int loop_started;
+  uv_mutex_t cmd_mu;
+  rt_cmd *cmd_head, *cmd_tail;
+  int cmd_closed; /* under cmd_mu: the loop no longer takes commands */
+
+  /* ---- loop-owned ---- */
+  uv_loop_t loop;
+  uv_async_t async;
+  uv_timer_t deadline_timer;
+  uv_timer_t reaper_timer;
+  uv_timer_t poll_timer;
+  uv_timer_t stop_timer;
+  rt_call **heap;
+  size_t heap_len, heap_cap;
+  rt_map types;     /* name -> em_type* */
+  rt_map instances; /* "type\0id" -> em_instance* */
+  rt_map waiters;   /* persisted request id -> rt_call* list */
+  cruster_request *live_head; /* every delivery not yet freed */
+  size_t running;             /* handlers running */
+  int closed;                 /* stop finished its drain: answers are dropped */
+  int poll_scheduled;
+  struct rt_stop_ctx *stopping;
+};
+
+/* Posts a command to the loop. Returns 0, or -1 if the loop is gone. */
+int rt_post(cruster_runtime *rt, rt_cmd *cmd);
+/* 1 if the calling thread is the loop thread. */
+int rt_on_loop(cruster_runtime *rt);
+
+/* Runs a user callback: inline on the loop when `inline_cb`, else on the
+ * pool (falling back to inline when the pool is gone). Copies data/msg. */
+void rt_invoke_reply(cruster_runtime *rt, cruster_reply_fn fn, void *user, int inline_cb,
+                     int status, const void *data, size_t len, const char *msg);
+
+/* ---- calls (sharding/client.c) ---- */
+void rt_call_complete(cruster_runtime *rt, rt_call *c, int status, const void *data, size_t len,
+                      const char *msg);
+void rt_call_free(rt_call *c);
+void rt_deadline_fire(uv_timer_t *t);
+/* Resolves every waiter of a persisted request id. */
+void rt_waiters_resolve(cruster_runtime *rt, int64_t request_id, int status, const void *data,
+                        size_t len, const char *msg);
+/* Stop: fails every waiting call with `status`. */
+void rt_calls_fail_all(cruster_runtime *rt, int status, const char *msg);
+
+/* ---- persisted delivery (sharding/dispatch.c) ---- */
+void rt_poll_schedule(cruster_runtime *rt, int64_t delay_ms);
+void rt_poll_fire(uv_timer_t *t);
+/* Called when a handler finishes during stop. */
+void rt_stop_check(cruster_runtime *rt);
+
+/* ---- entity manager (entity/manager.c) ---- */
+em_type *em_type_find(cruster_runtime *rt, const char *name);
+/* Delivers `env` (ownership passes on success) to the instance; `call` may
+ * be NULL. Returns CRUSTER_OK, CRUSTER_E_MAILBOX_FULL, or
+ * CRUSTER_E_SHUTTING_DOWN/NOMEM (env then still the caller's). */
+int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_call *call,
+               int *backlogged);
+/* Finds the dispatchable RPC for a call; fills an error message on failure. */
+int em_lookup_rpc(em_type *t, const char *method, int internal, char *msg, size_t msgsz);
+void em_reaper_fire(uv_timer_t *t);
+/* Stop: cancel running handlers, fail queued messages. */
+void em_interrupt_all(cruster_runtime *rt);
+void em_free_all(cruster_runtime *rt);
+
+#endif

@@ -1,0 +1,206 @@
+/* The public call API: cruster_send / cruster_notify and their blocking
+ * forms. Validates on the caller's thread, then hands the call to the loop. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/util.h"
+#include "entity/entity_internal.h"
+#include "sharding/sharding_internal.h"
+
+#define MAX_KEY_LEN 65536
+
+/* Fields of cruster_call_opts present in the caller's struct. */
+#define OPT_HAS(o, field) \
+  ((o) && (o)->size >= offsetof(cruster_call_opts, field) + sizeof((o)->field))
+
+static int submit(cruster_runtime *rt, int kind, const char *type, const char *id,
+                  const char *method, const void *payload, size_t len,
+                  const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
+                  cruster_error **err) {
+  if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
+  if (kind == RT_CALL_SEND && !fn)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "a send needs a reply callback");
+  int st;
+  if ((st = core_check_name("entity type", type, err)) != CRUSTER_OK) return st;
+  if ((st = core_check_entity_id(id, err)) != CRUSTER_OK) return st;
+  if ((st = core_check_name("method name", method, err)) != CRUSTER_OK) return st;
+  if (!payload && len > 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "payload is NULL but len is %zu", len);
+  if ((int64_t)len > rt->cfg->max_payload_size)
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
+                          "payload of %zu bytes exceeds max_payload_size (%lld bytes)", len,
+                          (long long)rt->cfg->max_payload_size);
+  unsigned flags = 0;
+  int64_t timeout = 0, deliver_at = 0;
+  const void *key = NULL;
+  size_t key_len = 0;
+  const cruster_request *caller = NULL;
+  if (opts) {
+    if (opts->size < offsetof(cruster_call_opts, caller) + sizeof(opts->caller))
+      return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                            "cruster_call_opts.size is %zu; initialise it with CRUSTER_CALL_OPTS_INIT",
+                            opts->size);
+    flags = opts->flags;
+    timeout = opts->timeout_ms;
+    key = opts->idempotency_key;
+    key_len = opts->idempotency_key_len;
+    deliver_at = opts->deliver_at_ms;
+    caller = opts->caller;
+  }
+  if (flags & ~(unsigned)(CRUSTER_CALL_PERSISTED | CRUSTER_CALL_INLINE_CALLBACK))
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "unknown call flags 0x%x", flags);
+  if (timeout < 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "timeout_ms must be >= 0, got %lld",
+                          (long long)timeout);
+  if (deliver_at < 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "deliver_at_ms must be >= 0, got %lld",
+                          (long long)deliver_at);
+  if (!key && key_len > 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                          "idempotency_key is NULL but its length is %zu", key_len);
+  if (key && key_len == 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "idempotency_key must not be empty");
+  if (key_len > MAX_KEY_LEN)
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
+                          "idempotency key of %zu bytes exceeds %d bytes", key_len, MAX_KEY_LEN);
+  int state = atomic_load(&rt->state);
+  if (state == RT_NEW)
+    return core_error_set(err, CRUSTER_E_STATE, "the runtime is not started");
+  if (state != RT_STARTED)
+    return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+
+  rt_call *c = calloc(1, sizeof(*c));
+  if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  c->env = rt_env_new(type, id, method, payload, len);
+  c->key = key ? core_memdup(key, key_len) : NULL;
+  if (!c->env || (key && !c->key)) {
+    rt_call_free(c);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  c->key_len = key_len;
+  c->kind = kind;
+  c->flags = flags;
+  c->fn = fn;
+  c->user = user;
+  c->internal = caller != NULL;
+  c->env->deliver_at = deliver_at;
+  c->deadline_ms = core_mono_ms() + (timeout > 0 ? timeout : rt->cfg->default_call_timeout);
+  if (deliver_at > 0 && timeout == 0) {
+    /* A delayed call's default deadline counts from its delivery time. */
+    int64_t wait = deliver_at - core_now_ms();
+    if (wait > 0) c->deadline_ms += wait;
+  }
+  c->cmd.fn = rt_route;
+  if (rt_post(rt, &c->cmd) != 0) {
+    rt_call_free(c);
+    return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
+  }
+  return CRUSTER_OK;
+}
+
+cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *id,
+                            const char *method, const void *payload, size_t len,
+                            const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
+  return submit(rt, RT_CALL_SEND, type, id, method, payload, len, opts, fn, user, NULL);
+}
+
+cruster_status cruster_notify(cruster_runtime *rt, const char *type, const char *id,
+                              const char *method, const void *payload, size_t len,
+                              const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
+  return submit(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, fn, user, NULL);
+}
+
+/* ---- blocking forms ------------------------------------------------------- */
+
+typedef struct sync_wait {
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  int done;
+  int status;
+  void *data;
+  size_t len;
+  char *msg;
+} sync_wait;
+
+static void sync_cb(void *user, int status, const void *data, size_t len, const char *msg) {
+  sync_wait *w = user;
+  void *copy = NULL;
+  char *m = NULL;
+  if (status == CRUSTER_OK) {
+    copy = malloc(len + 1);
+    if (copy) {
+      if (len) memcpy(copy, data, len);
+      ((char *)copy)[len] = 0;
+    } else {
+      status = CRUSTER_E_NOMEM;
+    }
+  }
+  if (status != CRUSTER_OK) m = core_strdup(msg ? msg : cruster_status_message(status));
+  uv_mutex_lock(&w->mu);
+  w->status = status;
+  w->data = copy;
+  w->len = len;
+  w->msg = m;
+  w->done = 1;
+  uv_cond_signal(&w->cv);
+  uv_mutex_unlock(&w->mu);
+}
+
+static int call_sync(cruster_runtime *rt, int kind, const char *type, const char *id,
+                     const char *method, const void *payload, size_t len,
+                     const cruster_call_opts *opts, void **reply, size_t *reply_len,
+                     cruster_error **err) {
+  if (reply) *reply = NULL;
+  if (reply_len) *reply_len = 0;
+  if (err) *err = NULL;
+  if (rt && rt_on_loop(rt))
+    return core_error_set(err, CRUSTER_E_STATE, "blocking calls are not allowed on the loop thread");
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  if (opts) {
+    if (opts->size < sizeof(o))
+      return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                            "cruster_call_opts.size is %zu; initialise it with CRUSTER_CALL_OPTS_INIT",
+                            opts->size);
+    memcpy(&o, opts, sizeof(o));
+    o.size = sizeof(o);
+  }
+  o.flags |= CRUSTER_CALL_INLINE_CALLBACK;
+  sync_wait w;
+  memset(&w, 0, sizeof(w));
+  uv_mutex_init(&w.mu);
+  uv_cond_init(&w.cv);
+  int st = submit(rt, kind, type, id, method, payload, len, &o, sync_cb, &w, err);
+  if (st == CRUSTER_OK) {
+    rt_pool_block_enter(rt->pool);
+    uv_mutex_lock(&w.mu);
+    while (!w.done) uv_cond_wait(&w.cv, &w.mu);
+    uv_mutex_unlock(&w.mu);
+    rt_pool_block_leave(rt->pool);
+    st = w.status;
+    if (st == CRUSTER_OK) {
+      if (reply) *reply = w.data; else free(w.data);
+      if (reply_len) *reply_len = w.len;
+    } else {
+      core_error_set(err, st, "%s", w.msg ? w.msg : cruster_status_message(st));
+      free(w.data);
+    }
+    free(w.msg);
+  }
+  uv_cond_destroy(&w.cv);
+  uv_mutex_destroy(&w.mu);
+  return st;
+}
+
+cruster_status cruster_send_sync(cruster_runtime *rt, const char *type, const char *id,
+                                 const char *method, const void *payload, size_t len,
+                                 const cruster_call_opts *opts, void **reply, size_t *reply_len,
+                                 cruster_error **err) {
+  return call_sync(rt, RT_CALL_SEND, type, id, method, payload, len, opts, reply, reply_len, err);
+}
+
+cruster_status cruster_notify_sync(cruster_runtime *rt, const char *type, const char *id,
+                                   const char *method, const void *payload, size_t len,
+                                   const cruster_call_opts *opts, cruster_error **err) {
+  return call_sync(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, NULL, NULL, err);
+}

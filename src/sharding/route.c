@@ -1,0 +1,247 @@
+/* Routing calls to entities (single-node: every shard is local) and the
+ * persisted path: store first, then push to the owner; the poll loop is the
+ * safety net that redelivers what was not answered. Loop thread only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+#include "entity/entity_internal.h"
+#include "sharding/sharding_internal.h"
+#include "storage/storage_internal.h"
+
+static void reject(cruster_runtime *rt, rt_call *c, int status, const char *msg) {
+  core_metric_add(rt->m.calls_rejected, 1);
+  rt_call_complete(rt, c, status, NULL, 0, msg);
+}
+
+/* ---- persisted ------------------------------------------------------------ */
+
+static void save_free(rt_save *s) {
+  if (s->call) s->call->save = NULL;
+  free(s->env);
+  free(s);
+}
+
+static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, rt_env *env) {
+  int backlogged = 0;
+  int64_t id = env->request_id;
+  int st = em_deliver(rt, t, env, rpc_index, NULL, &backlogged);
+  if (st == CRUSTER_OK) return;
+  /* Not handed to a handler: it stays in storage for the poll loop. */
+  free(env);
+  rt->storage->ops->release(rt->storage, id, 0);
+  if (st != CRUSTER_E_MAILBOX_FULL && st != CRUSTER_E_SHUTTING_DOWN)
+    rt_poll_schedule(rt, rt->cfg->send_retry_interval);
+}
+
+static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
+                     const st_reply *existing) {
+  rt_save *s = ud;
+  cruster_runtime *rt = s->rt;
+  rt_call *c = s->call;
+  if (status != CRUSTER_OK) {
+    core_metric_add(rt->m.st_errors, 1);
+    core_log(rt->lg, CRUSTER_LOG_ERROR, "storage", "storing a message for %s/%s failed: %s",
+             s->env->type, s->env->id, errmsg ? errmsg : cruster_status_message(status));
+    if (c) {
+      char msg[512];
+      snprintf(msg, sizeof(msg), "message storage failed: %s",
+               errmsg ? errmsg : cruster_status_message(status));
+      rt_call_complete(rt, c, CRUSTER_E_PERSISTENCE, NULL, 0, msg);
+    }
+    save_free(s);
+    return;
+  }
+  if (r == ST_SAVED_QUEUED) {
+    /* Older messages for this entity wait in storage: the poll delivers
+     * them in order, this one after them. */
+    core_metric_add(rt->m.st_saved, 1);
+    if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
+    rt_poll_schedule(rt, 0);
+  } else if (r == ST_SAVED) {
+    core_metric_add(rt->m.st_saved, 1);
+    if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
+    if (s->claim && !rt->stopping && !rt->closed) {
+      rt_env *env = s->env;
+      s->env = NULL;
+      deliver_persisted(rt, s->type, s->rpc_index, env);
+    } else if (s->claim) {
+      rt->storage->ops->release(rt->storage, s->env->request_id, 0);
+    } else {
+      int64_t delay = s->env->deliver_at - core_now_ms();
+      rt_poll_schedule(rt, delay > 0 ? delay : 0);
+    }
+  } else {
+    core_metric_add(rt->m.st_duplicates, 1);
+    if (r == ST_DUPLICATE_REPLIED && existing) {
+      /* Idempotency: the stored answer, without running again. */
+      if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
+      rt_waiters_resolve(rt, s->env->request_id, existing->status, existing->data, existing->len,
+                         existing->message);
+    } else {
+      if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
+      rt_poll_schedule(rt, 0);
+    }
+  }
+  save_free(s);
+}
+
+static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc_index) {
+  rt_env *env = c->env;
+  if (!rt->storage) {
+    reject(rt, c, CRUSTER_E_PERSISTENCE,
+           "this call is persisted but the runtime has no message storage");
+    return;
+  }
+  env->persisted = 1;
+  if (c->key) {
+    env->request_id = cruster_persisted_request_id(env->type, env->id, env->method, c->key, c->key_len);
+    env->keyed = 1;
+  } else if (core_snowflake_next(&rt->snowflake, &env->request_id) != CRUSTER_OK) {
+    reject(rt, c, CRUSTER_E_CLOCK_DRIFT, "the clock moved backwards by more than 5 s");
+    return;
+  }
+  c->request_id = env->request_id;
+  rt_save *s = calloc(1, sizeof(*s));
+  if (!s || (c->kind == RT_CALL_SEND && rt_waiter_add(rt, c) != 0)) {
+    free(s);
+    reject(rt, c, CRUSTER_E_NOMEM, "out of memory");
+    return;
+  }
+  s->rt = rt;
+  s->env = env;
+  c->env = NULL;
+  s->type = t;
+  s->rpc_index = rpc_index;
+  s->claim = env->deliver_at <= core_now_ms();
+  s->call = c;
+  c->save = s;
+  rt->storage->ops->save_request(rt->storage, s->env, s->claim, on_saved, s);
+}
+
+/* ---- routing --------------------------------------------------------------- */
+
+void rt_route(cruster_runtime *rt, rt_cmd *cmd) {
+  rt_call *c = (rt_call *)cmd;
+  c->heap_idx = SIZE_MAX;
+  if (atomic_load(&rt->state) != RT_STARTED || rt->stopping || rt->closed) {
+    rt_call_complete(rt, c, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "the runtime is shutting down");
+    return;
+  }
+  if (rt_heap_insert(rt, c) != 0) {
+    rt_call_complete(rt, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
+    return;
+  }
+  rt_env *env = c->env;
+  em_type *t = em_type_find(rt, env->type);
+  char msg[CRUSTER_MAX_NAME_LEN * 2 + 128];
+  if (!t) {
+    snprintf(msg, sizeof(msg), "no entity type '%s' is registered", env->type);
+    reject(rt, c, CRUSTER_E_UNKNOWN_ENTITY_TYPE, msg);
+    return;
+  }
+  int idx = em_lookup_rpc(t, env->method, c->internal, msg, sizeof(msg));
+  if (idx < 0) {
+    reject(rt, c, idx, msg);
+    return;
+  }
+  const em_rpc *rpc = &t->rpcs.v[idx];
+  snprintf(env->group, sizeof(env->group), "%s", t->shard_group);
+  env->shard = cruster_shard_for(env->id, strlen(env->id), (int32_t)rt->cfg->shards_per_group);
+  env->internal = (unsigned char)c->internal;
+  env->is_request = c->kind == RT_CALL_SEND;
+  if ((rpc->flags & CRUSTER_RPC_PERSISTED) || (c->flags & CRUSTER_CALL_PERSISTED) ||
+      env->deliver_at > 0 || c->key) {
+    route_persisted(rt, c, t, idx);
+    return;
+  }
+  if (core_snowflake_next(&rt->snowflake, &env->request_id) != CRUSTER_OK) {
+    reject(rt, c, CRUSTER_E_CLOCK_DRIFT, "the clock moved backwards by more than 5 s");
+    return;
+  }
+  c->request_id = env->request_id;
+  int st = em_deliver(rt, t, env, idx, c->kind == RT_CALL_SEND ? c : NULL, NULL);
+  if (st != CRUSTER_OK) {
+    if (st == CRUSTER_E_MAILBOX_FULL)
+      snprintf(msg, sizeof(msg), "the mailbox of %s/%s is full (capacity %lld)", env->type, env->id,
+               (long long)t->mailbox);
+    else
+      snprintf(msg, sizeof(msg), "%s", cruster_status_message(st));
+    reject(rt, c, st, msg);
+    return;
+  }
+  c->env = NULL; /* the delivery owns it now */
+  if (c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
+}
+
+/* ---- the poll loop ---------------------------------------------------------- */
+
+void rt_poll_schedule(cruster_runtime *rt, int64_t delay_ms) {
+  if (!rt->storage || atomic_load(&rt->state) != RT_STARTED || rt->stopping || rt->closed) return;
+  if (delay_ms < 0) delay_ms = 0;
+  if (uv_is_active((uv_handle_t *)&rt->poll_timer) &&
+      (int64_t)uv_timer_get_due_in(&rt->poll_timer) <= delay_ms)
+    return;
+  if (rt->poll_scheduled) return; /* a poll is running; it reschedules itself */
+  uv_timer_start(&rt->poll_timer, rt_poll_fire, (uint64_t)delay_ms, 0);
+}
+
+static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, size_t n,
+                      const int64_t *dead, size_t ndead) {
+  cruster_runtime *rt = ud;
+  rt->poll_scheduled = 0;
+  if (status != CRUSTER_OK) {
+    core_metric_add(rt->m.st_errors, 1);
+    core_log(rt->lg, CRUSTER_LOG_WARN, "storage", "polling message storage failed: %s",
+             errmsg ? errmsg : cruster_status_message(status));
+    rt_poll_schedule(rt, rt->cfg->storage_poll_interval);
+    return;
+  }
+  for (size_t i = 0; i < ndead; i++) {
+    core_metric_add(rt->m.st_dead_letters, 1);
+    char msg[160];
+    snprintf(msg, sizeof(msg), "message %lld became a dead letter after %lld delivery attempts",
+             (long long)dead[i], (long long)rt->cfg->storage_message_max_retries + 1);
+    core_log(rt->lg, CRUSTER_LOG_WARN, "storage", "%s", msg);
+    rt_waiters_resolve(rt, dead[i], CRUSTER_E_DEAD_LETTER, NULL, 0, msg);
+  }
+  for (size_t i = 0; i < n; i++) {
+    rt_env *env = msgs[i];
+    em_type *t = em_type_find(rt, env->type);
+    if (!t || rt->stopping || rt->closed) {
+      if (!t)
+        core_log(rt->lg, CRUSTER_LOG_WARN, "storage",
+                 "stored message %lld is for entity type '%s', which is not registered here",
+                 (long long)env->request_id, env->type);
+      rt->storage->ops->release(rt->storage, env->request_id, 0);
+      free(env);
+      continue;
+    }
+    char msg[CRUSTER_MAX_NAME_LEN * 2 + 128];
+    int idx = em_lookup_rpc(t, env->method, env->internal, msg, sizeof(msg));
+    if (idx < 0) {
+      st_reply rep = {idx, NULL, 0, msg};
+      rt->storage->ops->save_reply(rt->storage, env->request_id, &rep, NULL, NULL);
+      rt_waiters_resolve(rt, env->request_id, idx, NULL, 0, msg);
+      free(env);
+      continue;
+    }
+    deliver_persisted(rt, t, idx, env);
+  }
+  if (n > 0 && n >= (size_t)rt->cfg->storage_inbox_size) {
+    rt_poll_schedule(rt, 0);
+    return;
+  }
+  int64_t delay = rt->cfg->storage_poll_interval;
+  int64_t due = rt->storage->ops->next_due(rt->storage);
+  if (due > 0 && due - core_now_ms() < delay) delay = due - core_now_ms();
+  rt_poll_schedule(rt, delay);
+}
+
+void rt_poll_fire(uv_timer_t *t) {
+  cruster_runtime *rt = t->data;
+  if (!rt->storage || rt->stopping || rt->closed) return;
+  rt->poll_scheduled = 1;
+  rt->storage->ops->poll(rt->storage, core_now_ms(), (size_t)rt->cfg->storage_inbox_size,
+                         rt->cfg->storage_message_max_retries, NULL, NULL, on_polled, rt);
+}

@@ -1,0 +1,22 @@
+/* Internal: routing of calls and persisted delivery. */
+#ifndef SH_SHARDING_INTERNAL_H
+#define SH_SHARDING_INTERNAL_H
+
+#include "runtime/runtime_internal.h"
+
+/* A storage write a call (or a poll) waits for. */
+typedef struct rt_save {
+  cruster_runtime *rt;
+  rt_env *env;    /* owned */
+  em_type *type;
+  int rpc_index;
+  int claim;
+  rt_call *call;  /* NULL once the call completed (timeout) */
+} rt_save;
+
+int rt_heap_insert(cruster_runtime *rt, rt_call *c);
+int rt_waiter_add(cruster_runtime *rt, rt_call *c);
+/* Routes a call posted by cruster_send/notify (loop thread). */
+void rt_route(cruster_runtime *rt, rt_cmd *cmd);
+
+#endif

@@ -1,0 +1,228 @@
+/* In-memory message storage: at-least-once within one process. Used on the
+ * loop thread only, so it needs no lock; every operation completes inline. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/util.h"
+#include "storage/storage_internal.h"
+
+typedef struct mem_msg {
+  rt_env *env;
+  struct mem_msg *prev, *next; /* unprocessed FIFO */
+  int processed, claimed;
+  int64_t attempts;
+  int status; /* exit reply, once processed */
+  void *data;
+  size_t len;
+  char *message;
+} mem_msg;
+
+typedef struct mem_store {
+  rt_map msgs;    /* request id -> mem_msg */
+  rt_map waiting; /* "type\0id" -> count of unclaimed unprocessed immediate messages */
+  mem_msg *head, *tail;
+} mem_store;
+
+/* Per-entity count of stored immediate messages nobody is delivering. */
+static intptr_t waiting_add(mem_store *m, const rt_env *e, intptr_t delta) {
+  if (e->deliver_at > 0) return 0;
+  char key[2 * (CRUSTER_MAX_ENTITY_ID_LEN + 2)];
+  size_t lt = strlen(e->type), li = strlen(e->id);
+  memcpy(key, e->type, lt + 1);
+  memcpy(key + lt + 1, e->id, li);
+  intptr_t n = (intptr_t)rt_map_get(&m->waiting, key, lt + 1 + li) + delta;
+  if (n <= 0) rt_map_del(&m->waiting, key, lt + 1 + li);
+  else if (rt_map_put(&m->waiting, key, lt + 1 + li, (void *)n) != 0) return -1;
+  return n;
+}
+
+static void unlink_fifo(mem_store *m, mem_msg *x) {
+  if (x->prev) x->prev->next = x->next; else m->head = x->next;
+  if (x->next) x->next->prev = x->prev; else m->tail = x->prev;
+  x->prev = x->next = NULL;
+}
+
+static void msg_free(mem_msg *x) {
+  free(x->env);
+  free(x->data);
+  free(x->message);
+  free(x);
+}
+
+static cruster_status mem_attach(cruster_storage *s, cruster_runtime *rt, cruster_error **err) {
+  (void)s; (void)rt; (void)err;
+  return CRUSTER_OK;
+}
+
+static void mem_save_request(cruster_storage *s, const rt_env *e, int claim, st_save_cb cb,
+                             void *ud) {
+  mem_store *m = s->impl;
+  mem_msg *x = rt_map_iget(&m->msgs, e->request_id);
+  if (x) {
+    if (x->processed) {
+      st_reply r = {x->status, x->data, x->len, x->message};
+      cb(ud, CRUSTER_OK, NULL, ST_DUPLICATE_REPLIED, &r);
+    } else {
+      cb(ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
+    }
+    return;
+  }
+  x = calloc(1, sizeof(*x));
+  rt_env *copy = x ? rt_env_copy(e) : NULL;
+  if (!copy || rt_map_iput(&m->msgs, e->request_id, x) != 0) {
+    free(copy);
+    free(x);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory storing a message", ST_SAVED, NULL);
+    return;
+  }
+  x->env = copy;
+  int queued = claim && waiting_add(m, e, 0) > 0;
+  if (queued) claim = 0;
+  if (!claim && waiting_add(m, e, 1) < 0) {
+    rt_map_idel(&m->msgs, e->request_id);
+    msg_free(x);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory storing a message", ST_SAVED, NULL);
+    return;
+  }
+  x->claimed = claim;
+  x->attempts = claim ? 1 : 0;
+  x->prev = m->tail;
+  if (m->tail) m->tail->next = x; else m->head = x;
+  m->tail = x;
+  cb(ud, CRUSTER_OK, NULL, queued ? ST_SAVED_QUEUED : ST_SAVED, NULL);
+}
+
+static void mem_save_reply(cruster_storage *s, int64_t request_id, const st_reply *r,
+                           st_done_cb cb, void *ud) {
+  mem_store *m = s->impl;
+  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  if (!x || x->processed) { /* first exit reply wins */
+    if (cb) cb(ud, CRUSTER_OK, NULL);
+    return;
+  }
+  unlink_fifo(m, x);
+  if (!x->claimed) waiting_add(m, x->env, -1);
+  if (!x->env->keyed) {
+    /* Nobody can ask for this reply again: its id was fresh. */
+    rt_map_idel(&m->msgs, request_id);
+    msg_free(x);
+    if (cb) cb(ud, CRUSTER_OK, NULL);
+    return;
+  }
+  x->processed = 1;
+  x->claimed = 0;
+  x->status = r->status;
+  x->len = r->len;
+  x->data = core_memdup(r->data, r->len);
+  x->message = r->message ? core_strdup(r->message) : NULL;
+  if (cb) cb(ud, CRUSTER_OK, NULL);
+}
+
+static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t max_retries,
+                     st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud) {
+  mem_store *m = s->impl;
+  size_t n = 0, nd = 0, cap = 16, dcap = 4;
+  rt_env **out = malloc(cap * sizeof(*out));
+  int64_t *dead = malloc(dcap * sizeof(*dead));
+  if (!out || !dead) {
+    free(out);
+    free(dead);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory polling messages", NULL, 0, NULL, 0);
+    return;
+  }
+  mem_msg *x = m->head;
+  while (x && n < limit) {
+    mem_msg *next = x->next;
+    rt_env *e = x->env;
+    if (!x->claimed && (e->deliver_at <= now_ms) && (!owned || owned(owned_ud, e->group, e->shard))) {
+      if (max_retries > 0 && x->attempts > max_retries) {
+        if (nd == dcap) {
+          int64_t *d2 = realloc(dead, (dcap *= 2) * sizeof(*dead));
+          if (!d2) break;
+          dead = d2;
+        }
+        dead[nd++] = e->request_id;
+        st_reply r = {CRUSTER_E_DEAD_LETTER, NULL, 0, "max retries exceeded"};
+        mem_save_reply(s, e->request_id, &r, NULL, NULL);
+      } else {
+        rt_env *copy = rt_env_copy(e);
+        if (!copy) break;
+        if (n == cap) {
+          rt_env **o2 = realloc(out, (cap *= 2) * sizeof(*out));
+          if (!o2) { free(copy); break; }
+          out = o2;
+        }
+        x->claimed = 1;
+        x->attempts++;
+        waiting_add(m, e, -1);
+        out[n++] = copy;
+      }
+    }
+    x = next;
+  }
+  cb(ud, CRUSTER_OK, NULL, out, n, dead, nd);
+  free(out);
+  free(dead);
+}
+
+static void mem_release(cruster_storage *s, int64_t request_id, int attempt) {
+  mem_store *m = s->impl;
+  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  if (!x || x->processed || !x->claimed) return;
+  x->claimed = 0;
+  waiting_add(m, x->env, 1);
+  if (!attempt && x->attempts > 0) x->attempts--;
+}
+
+static int64_t mem_next_due(cruster_storage *s) {
+  mem_store *m = s->impl;
+  int64_t best = 0;
+  for (mem_msg *x = m->head; x; x = x->next)
+    if (!x->claimed && x->env->deliver_at > 0 && (best == 0 || x->env->deliver_at < best))
+      best = x->env->deliver_at;
+  return best;
+}
+
+static void mem_detach(cruster_storage *s) { (void)s; }
+
+static void free_entry(void *ctx, rt_map_entry *e) {
+  (void)ctx;
+  msg_free(e->value);
+}
+
+static void mem_destroy(cruster_storage *s) {
+  mem_store *m = s->impl;
+  rt_map_each(&m->msgs, free_entry, NULL);
+  rt_map_clear(&m->msgs);
+  rt_map_clear(&m->waiting);
+  free(m);
+  free(s);
+}
+
+static const st_ops mem_ops = {
+    "memory",      mem_attach,   mem_save_request, mem_save_reply, mem_poll,
+    mem_release,   mem_next_due, mem_detach,       mem_destroy,
+};
+
+cruster_status cruster_storage_memory_new(cruster_storage **out, cruster_error **err) {
+  if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
+  *out = NULL;
+  cruster_storage *s = calloc(1, sizeof(*s));
+  mem_store *m = calloc(1, sizeof(*m));
+  if (!s || !m) {
+    free(s);
+    free(m);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  rt_map_init(&m->msgs);
+  rt_map_init(&m->waiting);
+  s->ops = &mem_ops;
+  s->impl = m;
+  *out = s;
+  return CRUSTER_OK;
+}
+
+void cruster_storage_free(cruster_storage *s) {
+  if (s) s->ops->destroy(s);
+}

@@ -1,0 +1,72 @@
+/* Internal: the message-storage interface. Backends implement st_ops; the
+ * runtime calls them on its loop thread only. A backend may complete a call
+ * synchronously (inside the call) or later on the loop thread; callers must
+ * accept both. */
+#ifndef ST_STORAGE_INTERNAL_H
+#define ST_STORAGE_INTERNAL_H
+
+#include <cruster/storage.h>
+
+#include "runtime/runtime_internal.h"
+
+typedef enum st_save_result {
+  ST_SAVED = 0,             /* new message stored (and claimed when asked) */
+  ST_SAVED_QUEUED = 3,      /* stored unclaimed: older messages for the same
+                               entity wait in storage, so it must follow them */
+  ST_DUPLICATE_PENDING = 1, /* same request id stored, no exit reply yet */
+  ST_DUPLICATE_REPLIED = 2  /* same request id stored, with its exit reply */
+} st_save_result;
+
+/* An exit reply. */
+typedef struct st_reply {
+  int status; /* CRUSTER_OK or the failure code */
+  const void *data;
+  size_t len;
+  const char *message; /* failure text, NULL on success */
+} st_reply;
+
+typedef void (*st_save_cb)(void *ud, int status, const char *errmsg, st_save_result r,
+                           const st_reply *existing);
+typedef void (*st_done_cb)(void *ud, int status, const char *errmsg);
+/* `msgs` (owned by the callee: free each with free()) are claimed messages to
+ * deliver; `dead` are request ids that just became dead letters. */
+typedef void (*st_poll_cb)(void *ud, int status, const char *errmsg, rt_env **msgs, size_t n,
+                           const int64_t *dead, size_t ndead);
+/* 1 if this runner owns the shard right now. */
+typedef int (*st_owned_fn)(void *ud, const char *group, int32_t shard);
+
+typedef struct st_ops {
+  const char *name;
+  /* Called once by cruster_runtime_new on the loop thread. */
+  cruster_status (*attach)(cruster_storage *s, cruster_runtime *rt, cruster_error **err);
+  /* Stores a request unless its id exists. With claim=1 a new message is
+   * marked as being delivered by this runner (not returned by poll) -- unless
+   * an older unclaimed message for the same entity (deliver_at 0) is still
+   * stored: then it is stored unclaimed (ST_SAVED_QUEUED), which keeps
+   * per-entity send order. */
+  void (*save_request)(cruster_storage *s, const rt_env *m, int claim, st_save_cb cb, void *ud);
+  /* Stores the exit reply (first one wins) and marks the message processed. */
+  void (*save_reply)(cruster_storage *s, int64_t request_id, const st_reply *r, st_done_cb cb,
+                     void *ud);
+  /* Claims up to `limit` due, unprocessed, unclaimed messages of owned
+   * shards, oldest first (FIFO per entity). Each claim is one delivery
+   * attempt; a message claimed more than `max_retries` times (> 0) becomes a
+   * dead letter (exit reply CRUSTER_E_DEAD_LETTER) and is reported in dead. */
+  void (*poll)(cruster_storage *s, int64_t now_ms, size_t limit, int64_t max_retries,
+               st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud);
+  /* Gives a claimed message back without an answer. attempt=0 when it was
+   * never handed to a handler (mailbox full): then it does not count. */
+  void (*release)(cruster_storage *s, int64_t request_id, int attempt);
+  /* Earliest deliver_at (Unix ms) among unprocessed unclaimed messages, 0 if none. */
+  int64_t (*next_due)(cruster_storage *s);
+  /* Called by the runtime's stop on the loop thread, before free. */
+  void (*detach)(cruster_storage *s);
+  void (*destroy)(cruster_storage *s);
+} st_ops;
+
+struct cruster_storage {
+  const st_ops *ops;
+  void *impl;
+};
+
+#endif

@@ -1,0 +1,74 @@
+/* Shared helpers for runtime tests (header-only, static functions). */
+#ifndef TEST_SUPPORT_H
+#define TEST_SUPPORT_H
+
+#include <cruster/cruster.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void ts_quiet_log(void *user, cruster_log_level level, const char *component,
+                         const char *message) {
+  (void)user;
+  if (level >= CRUSTER_LOG_WARN) fprintf(stderr, "[%s] %s\n", component, message);
+}
+
+/* A started single-node runtime with memory storage. extra: "name=value;..." */
+static cruster_runtime *ts_runtime(const char *extra, cruster_entity_def **defs, size_t ndefs) {
+  cruster_config *cfg = cruster_config_new();
+  cruster_config_set_logger(cfg, ts_quiet_log, NULL, CRUSTER_LOG_WARN);
+  if (extra) {
+    char *buf = strdup(extra), *save = NULL;
+    for (char *kv = strtok_r(buf, ";", &save); kv; kv = strtok_r(NULL, ";", &save)) {
+      char *eq = strchr(kv, '=');
+      *eq = 0;
+      cruster_error *e = NULL;
+      if (cruster_config_set(cfg, kv, eq + 1, &e) != CRUSTER_OK) {
+        fprintf(stderr, "config %s: %s\n", kv, cruster_error_message(e));
+        abort();
+      }
+    }
+    free(buf);
+  }
+  cruster_storage *st = NULL;
+  cruster_storage_memory_new(&st, NULL);
+  cruster_runtime *rt = NULL;
+  cruster_error *err = NULL;
+  if (cruster_runtime_new(cfg, st, NULL, &rt, &err) != CRUSTER_OK) {
+    fprintf(stderr, "runtime_new: %s\n", cruster_error_message(err));
+    abort();
+  }
+  cruster_config_free(cfg);
+  for (size_t i = 0; i < ndefs; i++) {
+    if (cruster_runtime_register_entity(rt, defs[i], &err) != CRUSTER_OK) {
+      fprintf(stderr, "register: %s\n", cruster_error_message(err));
+      abort();
+    }
+  }
+  if (cruster_runtime_start(rt, &err) != CRUSTER_OK) abort();
+  return rt;
+}
+
+static void ts_sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static double ts_metric(cruster_runtime *rt, const char *name, const char *labels) {
+  double v = -1;
+  if (cruster_metrics_value(cruster_runtime_metrics(rt), name, labels, &v) != CRUSTER_OK) return -1;
+  return v;
+}
+
+/* Waits (up to 10 s) until fn(arg) is true. Returns 1 if it became true. */
+static int ts_eventually(int (*fn)(void *), void *arg) {
+  for (int i = 0; i < 2000; i++) {
+    if (fn(arg)) return 1;
+    ts_sleep_ms(5);
+  }
+  return fn(arg);
+}
+
+#endif
