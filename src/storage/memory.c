@@ -96,9 +96,10 @@ static void mem_save_request(cruster_storage *s, const rt_env *e, int claim, st_
   cb(ud, CRUSTER_OK, NULL, queued ? ST_SAVED_QUEUED : ST_SAVED, NULL);
 }
 
-static void mem_save_reply(cruster_storage *s, int64_t request_id, const st_reply *r,
-                           st_done_cb cb, void *ud) {
+static void mem_save_reply(cruster_storage *s, const rt_env *e, const st_reply *r, st_done_cb cb,
+                           void *ud) {
   mem_store *m = s->impl;
+  int64_t request_id = e->request_id;
   mem_msg *x = rt_map_iget(&m->msgs, request_id);
   if (!x || x->processed) { /* first exit reply wins */
     if (cb) cb(ud, CRUSTER_OK, NULL);
@@ -147,7 +148,7 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
         }
         dead[nd++] = e->request_id;
         st_reply r = {CRUSTER_E_DEAD_LETTER, NULL, 0, "max retries exceeded"};
-        mem_save_reply(s, e->request_id, &r, NULL, NULL);
+        mem_save_reply(s, e, &r, NULL, NULL);
       } else {
         rt_env *copy = rt_env_copy(e);
         if (!copy) break;
@@ -169,9 +170,9 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
   free(dead);
 }
 
-static void mem_release(cruster_storage *s, int64_t request_id, int attempt) {
+static void mem_release(cruster_storage *s, const rt_env *e, int attempt) {
   mem_store *m = s->impl;
-  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  mem_msg *x = rt_map_iget(&m->msgs, e->request_id);
   if (!x || x->processed || !x->claimed) return;
   x->claimed = 0;
   waiting_add(m, x->env, 1);

@@ -68,7 +68,7 @@ typedef struct st_ops {
    * per-entity send order. */
   void (*save_request)(cruster_storage *s, const rt_env *m, int claim, st_save_cb cb, void *ud);
   /* Stores the exit reply (first one wins) and marks the message processed. */
-  void (*save_reply)(cruster_storage *s, int64_t request_id, const st_reply *r, st_done_cb cb,
+  void (*save_reply)(cruster_storage *s, const rt_env *m, const st_reply *r, st_done_cb cb,
                      void *ud);
   /* Claims up to `limit` due, unprocessed, unclaimed messages of owned
    * shards, oldest first (FIFO per entity). Each claim is one delivery
@@ -78,7 +78,7 @@ typedef struct st_ops {
                st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud);
   /* Gives a claimed message back without an answer. attempt=0 when it was
    * never handed to a handler (mailbox full): then it does not count. */
-  void (*release)(cruster_storage *s, int64_t request_id, int attempt);
+  void (*release)(cruster_storage *s, const rt_env *m, int attempt);
   /* Earliest deliver_at (Unix ms) among unprocessed unclaimed messages, 0 if none. */
   int64_t (*next_due)(cruster_storage *s);
   /* Looks up a message and its exit reply. */
