@@ -12,6 +12,8 @@
  *   BENCH_IDS      distinct entity ids (default 1024)
  *   BENCH_PAYLOAD  payload bytes (default 16)
  *   BENCH_WORKERS  if set, the runtime's "worker_threads" (default: config default)
+ *   BENCH_ONLY     run only the cases whose name contains this text; names are
+ *                  hop1 hop64 sync1 sync64 async1 async64 (for profiling)
  *
  * What a "round trip" is (see bench/README.md):
  *   hop        thread A pushes a token on B's queue and wakes B's uv_async; B
@@ -50,6 +52,9 @@ static int g_workers = 0;
 static char **g_ids;
 static char *g_payload_buf;
 static atomic_int g_errors;
+static const char *g_only;
+
+static int want(const char *name) { return !g_only || !*g_only || strstr(name, g_only) != NULL; }
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -502,6 +507,7 @@ int main(void) {
   g_nids = (int)env_double("BENCH_IDS", 1024);
   g_payload = (size_t)env_double("BENCH_PAYLOAD", 16);
   g_workers = (int)env_double("BENCH_WORKERS", 0);
+  g_only = getenv("BENCH_ONLY");
   g_ids = calloc((size_t)g_nids, sizeof(char *));
   for (int i = 0; i < g_nids; i++) {
     char buf[32];
@@ -523,9 +529,14 @@ int main(void) {
   fflush(stdout);
 
   const int callers_list[2] = {1, 64};
-  result hop[2];
+  char name[32];
+  result hop[2], sync_r[2], async_r[2];
+  int have_hop[2] = {0, 0}, have_sync[2] = {0, 0}, have_async[2] = {0, 0};
   for (int i = 0; i < 2; i++) {
+    snprintf(name, sizeof(name), "hop%d", callers_list[i]);
+    if (!want(name)) continue;
     hop[i] = bench_hop(callers_list[i]);
+    have_hop[i] = 1;
     print_result("hop", "uv_async", callers_list[i], &hop[i]);
   }
 
@@ -533,24 +544,29 @@ int main(void) {
   /* Creates the instances once, so no case pays for their creation. */
   run_sync(rt, 64, g_warmup, 0);
 
-  result sync_r[2], async_r[2];
   for (int i = 0; i < 2; i++) {
     int n = callers_list[i];
-    run_sync(rt, n, g_warmup, 0);
-    sync_r[i] = run_sync(rt, n, g_seconds, rec_cap(2e6));
-    print_result("local_rpc", "sync_threads", n, &sync_r[i]);
-
+    snprintf(name, sizeof(name), "sync%d", n);
+    if (want(name)) {
+      run_sync(rt, n, g_warmup, 0);
+      sync_r[i] = run_sync(rt, n, g_seconds, rec_cap(2e6));
+      have_sync[i] = 1;
+      print_result("local_rpc", "sync_threads", n, &sync_r[i]);
+    }
+    snprintf(name, sizeof(name), "async%d", n);
+    if (!want(name)) continue;
     rec w, r;
     rec_init(&w, 0);
     run_async(rt, n, g_warmup, &w);
     rec_init(&r, rec_cap(2e6));
     async_r[i] = run_async(rt, n, g_seconds, &r);
+    have_async[i] = 1;
     free(r.lat);
     print_result("local_rpc", "async", n, &async_r[i]);
   }
   for (int i = 0; i < 2; i++) {
-    print_ratio("sync_threads", callers_list[i], &sync_r[i], &hop[i]);
-    print_ratio("async", callers_list[i], &async_r[i], &hop[i]);
+    if (have_hop[i] && have_sync[i]) print_ratio("sync_threads", callers_list[i], &sync_r[i], &hop[i]);
+    if (have_hop[i] && have_async[i]) print_ratio("async", callers_list[i], &async_r[i], &hop[i]);
   }
 
   cruster_runtime_free(rt);
