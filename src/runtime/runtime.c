@@ -54,9 +54,12 @@ int rt_post(cruster_runtime *rt, rt_cmd *cmd) {
   int was_empty = rt->cmd_head == NULL;
   if (rt->cmd_tail) rt->cmd_tail->next = cmd; else rt->cmd_head = cmd;
   rt->cmd_tail = cmd;
-  /* The loop drains the whole queue per wake-up, so one wake per batch.
+  /* The loop drains the whole queue per wake-up, so one wake per batch, and
+   * none while it is draining: it checks the queue again (under this lock)
+   * before it returns to sleep. That spares the eventfd write and libuv's
+   * spin in uv__async_io when the loop wakes mid-send.
    * Sent under the lock: close_on_loop closes the handle under it too. */
-  if (was_empty) uv_async_send(&rt->async);
+  if (was_empty && !rt->cmd_draining) uv_async_send(&rt->async);
   uv_mutex_unlock(&rt->cmd_mu);
   return 0;
 }
@@ -66,6 +69,7 @@ static void drain_commands(cruster_runtime *rt) {
     uv_mutex_lock(&rt->cmd_mu);
     rt_cmd *c = rt->cmd_head;
     rt->cmd_head = rt->cmd_tail = NULL;
+    rt->cmd_draining = c != NULL;
     uv_mutex_unlock(&rt->cmd_mu);
     if (!c) return;
     while (c) {

@@ -94,6 +94,8 @@ struct cruster_runtime {
   uv_mutex_t cmd_mu;
   rt_cmd *cmd_head, *cmd_tail;
   int cmd_closed; /* under cmd_mu: the loop no longer takes commands */
+  int cmd_draining; /* under cmd_mu: the loop is in drain_commands and will
+                     * look at the queue again before it sleeps */
 
   /* ---- loop-owned ---- */
   uv_loop_t loop;
