@@ -64,20 +64,34 @@ int rt_post(cruster_runtime *rt, rt_cmd *cmd) {
   return 0;
 }
 
+cruster_status rt_submit(cruster_runtime *rt, rt_job *job) {
+  if (!rt->defer_wakes) return rt_pool_submit(rt->pool, job);
+  cruster_status st = rt_pool_submit_deferred(rt->pool, job);
+  if (st == CRUSTER_OK) rt->wake_pending = 1;
+  return st;
+}
+
 static void drain_commands(cruster_runtime *rt) {
+  int outer = rt->defer_wakes; /* close_on_loop drains from inside a drain */
+  rt->defer_wakes = 1;
   for (;;) {
     uv_mutex_lock(&rt->cmd_mu);
     rt_cmd *c = rt->cmd_head;
     rt->cmd_head = rt->cmd_tail = NULL;
     rt->cmd_draining = c != NULL;
     uv_mutex_unlock(&rt->cmd_mu);
-    if (!c) return;
+    if (!c) break;
     while (c) {
       rt_cmd *next = c->next;
       c->fn(rt, c);
       c = next;
     }
+    if (rt->wake_pending) {
+      rt->wake_pending = 0;
+      rt_pool_wake(rt->pool);
+    }
   }
+  rt->defer_wakes = outer;
 }
 
 static void on_async(uv_async_t *a) { drain_commands(a->data); }
@@ -174,7 +188,7 @@ void rt_invoke_reply(cruster_runtime *rt, cruster_reply_fn fn, void *user, int i
       j->job.fn = cb_job_run;
       j->job.arg = j;
       if ((status != CRUSTER_OK || j->data) && (!msg || j->msg) &&
-          rt_pool_submit(rt->pool, &j->job) == CRUSTER_OK)
+          rt_submit(rt, &j->job) == CRUSTER_OK)
         return;
       free(j->data);
       free(j->msg);
