@@ -288,7 +288,7 @@ static void pump(cruster_runtime *rt, em_instance *in) {
     rt->running++;
     r->job.fn = run_handler;
     r->job.arg = r;
-    if (rt_pool_submit(rt->pool, &r->job) != CRUSTER_OK) {
+    if (rt_submit(rt, &r->job) != CRUSTER_OK) {
       r->status = CRUSTER_E_SHUTTING_DOWN;
       r->errmsg = core_strdup("the runtime is shutting down");
       atomic_store(&r->answered, 1);
