@@ -288,7 +288,7 @@ static void pump(cruster_runtime *rt, em_instance *in) {
     rt->running++;
     r->job.fn = run_handler;
     r->job.arg = r;
-    if (rt_pool_submit(rt->pool, &r->job) != CRUSTER_OK) {
+    if (rt_submit(rt, &r->job) != CRUSTER_OK) {
       r->status = CRUSTER_E_SHUTTING_DOWN;
       r->errmsg = core_strdup("the runtime is shutting down");
       atomic_store(&r->answered, 1);
@@ -339,7 +339,7 @@ static void persist_done(void *ud, int status, const char *errmsg) {
     core_metric_add(rt->m.st_errors, 1);
     core_log(rt->lg, CRUSTER_LOG_ERROR, "storage", "saving the reply of request %lld failed: %s",
              (long long)r->env->request_id, errmsg ? errmsg : cruster_status_message(status));
-    rt->storage->ops->release(rt->storage, r->env->request_id, 1);
+    rt->storage->ops->release(rt->storage, r->env, 1);
     rt_poll_schedule(rt, rt->cfg->send_retry_interval);
   } else {
     core_metric_add(rt->m.st_replies, 1);
@@ -363,7 +363,7 @@ static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
   core_metric_observe(t->m_duration, (double)(core_mono_ns() - r->started_ns) / 1e9);
   if (r->env->persisted && rt->storage) {
     st_reply rep = {r->status, r->reply, r->reply_len, r->errmsg};
-    rt->storage->ops->save_reply(rt->storage, r->env->request_id, &rep, persist_done, r);
+    rt->storage->ops->save_reply(rt->storage, r->env, &rep, persist_done, r);
   } else {
     if (r->call)
       rt_call_complete(rt, r->call, r->status, r->reply, r->reply_len, r->errmsg);
@@ -409,7 +409,7 @@ void em_interrupt_all(cruster_runtime *rt) {
         in->q_head = r->next;
         in->queued--;
         if (r->env->persisted && rt->storage)
-          rt->storage->ops->release(rt->storage, r->env->request_id, 0);
+          rt->storage->ops->release(rt->storage, r->env, 0);
         if (r->call)
           rt_call_complete(rt, r->call, CRUSTER_E_INTERRUPTED,
                            NULL, 0, "entity interrupted due to shard movement or shutdown");

@@ -252,15 +252,9 @@ fail:
   return CRUSTER_E_NOMEM;
 }
 
-cruster_status rt_pool_submit(rt_pool *p, rt_job *job) {
-  if (!p || !job || !job->fn) return CRUSTER_E_INVALID_ARGUMENT;
-  job->next = NULL;
-
-  uv_mutex_lock(&p->mu);
-  if (p->state >= POOL_STOPPING) {
-    uv_mutex_unlock(&p->mu);
-    return CRUSTER_E_SHUTTING_DOWN;
-  }
+/* Queues a job; mu held. CRUSTER_OK or CRUSTER_E_SHUTTING_DOWN. */
+static cruster_status enqueue(rt_pool *p, rt_job *job) {
+  if (p->state >= POOL_STOPPING) return CRUSTER_E_SHUTTING_DOWN;
   if (p->tail)
     p->tail->next = job;
   else
@@ -268,6 +262,18 @@ cruster_status rt_pool_submit(rt_pool *p, rt_job *job) {
   p->tail = job;
   p->depth++;
   gauge(p->m_depth, p->depth);
+  return CRUSTER_OK;
+}
+
+cruster_status rt_pool_submit(rt_pool *p, rt_job *job) {
+  if (!p || !job || !job->fn) return CRUSTER_E_INVALID_ARGUMENT;
+  job->next = NULL;
+
+  uv_mutex_lock(&p->mu);
+  if (enqueue(p, job) != CRUSTER_OK) {
+    uv_mutex_unlock(&p->mu);
+    return CRUSTER_E_SHUTTING_DOWN;
+  }
   int wake = 0;
   if (p->idle > 0) {
     p->idle--;
@@ -282,6 +288,30 @@ cruster_status rt_pool_submit(rt_pool *p, rt_job *job) {
    * (The pool outlives this call: freeing it concurrently is not allowed.) */
   if (wake) uv_cond_signal(&p->work_cv);
   return CRUSTER_OK;
+}
+
+cruster_status rt_pool_submit_deferred(rt_pool *p, rt_job *job) {
+  if (!p || !job || !job->fn) return CRUSTER_E_INVALID_ARGUMENT;
+  job->next = NULL;
+  uv_mutex_lock(&p->mu);
+  cruster_status st = enqueue(p, job);
+  uv_mutex_unlock(&p->mu);
+  return st;
+}
+
+void rt_pool_wake(rt_pool *p) {
+  if (!p) return;
+  int n = 0;
+  uv_mutex_lock(&p->mu);
+  /* As many claims as queued jobs, at most: busy workers drain the rest. */
+  while (p->idle > 0 && p->wakeups < p->depth) {
+    p->idle--;
+    p->wakeups++;
+    n++;
+  }
+  if (p->blocked > 0) compensate(p);
+  uv_mutex_unlock(&p->mu);
+  while (n-- > 0) uv_cond_signal(&p->work_cv);
 }
 
 int rt_pool_is_worker(rt_pool *p) { return p && uv_key_get(&p->self) != NULL; }

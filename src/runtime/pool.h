@@ -35,6 +35,15 @@ cruster_status rt_pool_new(int min_threads, int max_threads, const core_logger *
  * while shutdown is draining the queue still run. */
 cruster_status rt_pool_submit(rt_pool *p, rt_job *job);
 
+/* Queues a job like rt_pool_submit but wakes no idle worker: the caller
+ * batches jobs and must call rt_pool_wake afterwards (workers that are busy
+ * take it meanwhile). Returns as rt_pool_submit. */
+cruster_status rt_pool_submit_deferred(rt_pool *p, rt_job *job);
+
+/* Wakes idle workers for queued jobs that no worker is heading for yet (one
+ * per job, as rt_pool_submit would have), and compensates blocked workers. */
+void rt_pool_wake(rt_pool *p);
+
 /* 1 if the calling thread is one of this pool's workers. */
 int rt_pool_is_worker(rt_pool *p);
 

@@ -54,26 +54,44 @@ int rt_post(cruster_runtime *rt, rt_cmd *cmd) {
   int was_empty = rt->cmd_head == NULL;
   if (rt->cmd_tail) rt->cmd_tail->next = cmd; else rt->cmd_head = cmd;
   rt->cmd_tail = cmd;
-  /* The loop drains the whole queue per wake-up, so one wake per batch.
+  /* The loop drains the whole queue per wake-up, so one wake per batch, and
+   * none while it is draining: it checks the queue again (under this lock)
+   * before it returns to sleep. That spares the eventfd write and libuv's
+   * spin in uv__async_io when the loop wakes mid-send.
    * Sent under the lock: close_on_loop closes the handle under it too. */
-  if (was_empty) uv_async_send(&rt->async);
+  if (was_empty && !rt->cmd_draining) uv_async_send(&rt->async);
   uv_mutex_unlock(&rt->cmd_mu);
   return 0;
 }
 
+cruster_status rt_submit(cruster_runtime *rt, rt_job *job) {
+  if (!rt->defer_wakes) return rt_pool_submit(rt->pool, job);
+  cruster_status st = rt_pool_submit_deferred(rt->pool, job);
+  if (st == CRUSTER_OK) rt->wake_pending = 1;
+  return st;
+}
+
 static void drain_commands(cruster_runtime *rt) {
+  int outer = rt->defer_wakes; /* close_on_loop drains from inside a drain */
+  rt->defer_wakes = 1;
   for (;;) {
     uv_mutex_lock(&rt->cmd_mu);
     rt_cmd *c = rt->cmd_head;
     rt->cmd_head = rt->cmd_tail = NULL;
+    rt->cmd_draining = c != NULL;
     uv_mutex_unlock(&rt->cmd_mu);
-    if (!c) return;
+    if (!c) break;
     while (c) {
       rt_cmd *next = c->next;
       c->fn(rt, c);
       c = next;
     }
+    if (rt->wake_pending) {
+      rt->wake_pending = 0;
+      rt_pool_wake(rt->pool);
+    }
   }
+  rt->defer_wakes = outer;
 }
 
 static void on_async(uv_async_t *a) { drain_commands(a->data); }
@@ -170,7 +188,7 @@ void rt_invoke_reply(cruster_runtime *rt, cruster_reply_fn fn, void *user, int i
       j->job.fn = cb_job_run;
       j->job.arg = j;
       if ((status != CRUSTER_OK || j->data) && (!msg || j->msg) &&
-          rt_pool_submit(rt->pool, &j->job) == CRUSTER_OK)
+          rt_submit(rt, &j->job) == CRUSTER_OK)
         return;
       free(j->data);
       free(j->msg);

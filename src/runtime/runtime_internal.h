@@ -94,6 +94,8 @@ struct cruster_runtime {
   uv_mutex_t cmd_mu;
   rt_cmd *cmd_head, *cmd_tail;
   int cmd_closed; /* under cmd_mu: the loop no longer takes commands */
+  int cmd_draining; /* under cmd_mu: the loop is in drain_commands and will
+                     * look at the queue again before it sleeps */
 
   /* ---- loop-owned ---- */
   uv_loop_t loop;
@@ -110,12 +112,18 @@ struct cruster_runtime {
   cruster_request *live_head; /* every delivery not yet freed */
   size_t running;             /* handlers running */
   int closed;                 /* stop finished its drain: answers are dropped */
+  int defer_wakes;            /* in drain_commands: pool wakes wait for the batch end */
+  int wake_pending;           /* jobs were queued with their wake deferred */
   int poll_scheduled;
   struct rt_stop_ctx *stopping;
 };
 
 /* Posts a command to the loop. Returns 0, or -1 if the loop is gone. */
 int rt_post(cruster_runtime *rt, rt_cmd *cmd);
+/* Loop thread only: queues a job on the pool. Inside a command batch the
+ * worker wake-ups are deferred to the batch end (one pass, no wake-preempt
+ * ping-pong between the loop and workers per job). */
+cruster_status rt_submit(cruster_runtime *rt, rt_job *job);
 /* 1 if the calling thread is the loop thread. */
 int rt_on_loop(cruster_runtime *rt);
 

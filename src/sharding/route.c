@@ -24,12 +24,11 @@ static void save_free(rt_save *s) {
 
 static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, rt_env *env) {
   int backlogged = 0;
-  int64_t id = env->request_id;
   int st = em_deliver(rt, t, env, rpc_index, NULL, &backlogged);
   if (st == CRUSTER_OK) return;
   /* Not handed to a handler: it stays in storage for the poll loop. */
+  rt->storage->ops->release(rt->storage, env, 0);
   free(env);
-  rt->storage->ops->release(rt->storage, id, 0);
   if (st != CRUSTER_E_MAILBOX_FULL && st != CRUSTER_E_SHUTTING_DOWN)
     rt_poll_schedule(rt, rt->cfg->send_retry_interval);
 }
@@ -66,7 +65,7 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
       s->env = NULL;
       deliver_persisted(rt, s->type, s->rpc_index, env);
     } else if (s->claim) {
-      rt->storage->ops->release(rt->storage, s->env->request_id, 0);
+      rt->storage->ops->release(rt->storage, s->env, 0);
     } else {
       int64_t delay = s->env->deliver_at - core_now_ms();
       rt_poll_schedule(rt, delay > 0 ? delay : 0);
@@ -213,7 +212,7 @@ static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, s
         core_log(rt->lg, CRUSTER_LOG_WARN, "storage",
                  "stored message %lld is for entity type '%s', which is not registered here",
                  (long long)env->request_id, env->type);
-      rt->storage->ops->release(rt->storage, env->request_id, 0);
+      rt->storage->ops->release(rt->storage, env, 0);
       free(env);
       continue;
     }
@@ -221,7 +220,7 @@ static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, s
     int idx = em_lookup_rpc(t, env->method, env->internal, msg, sizeof(msg));
     if (idx < 0) {
       st_reply rep = {idx, NULL, 0, msg};
-      rt->storage->ops->save_reply(rt->storage, env->request_id, &rep, NULL, NULL);
+      rt->storage->ops->save_reply(rt->storage, env, &rep, NULL, NULL);
       rt_waiters_resolve(rt, env->request_id, idx, NULL, 0, msg);
       free(env);
       continue;

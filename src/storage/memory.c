@@ -12,6 +12,7 @@ typedef struct mem_msg {
   struct mem_msg *prev, *next; /* unprocessed FIFO */
   int processed, claimed;
   int64_t attempts;
+  int64_t seq;
   int status; /* exit reply, once processed */
   void *data;
   size_t len;
@@ -22,6 +23,7 @@ typedef struct mem_store {
   rt_map msgs;    /* request id -> mem_msg */
   rt_map waiting; /* "type\0id" -> count of unclaimed unprocessed immediate messages */
   mem_msg *head, *tail;
+  int64_t next_seq;
 } mem_store;
 
 /* Per-entity count of stored immediate messages nobody is delivering. */
@@ -77,6 +79,7 @@ static void mem_save_request(cruster_storage *s, const rt_env *e, int claim, st_
     return;
   }
   x->env = copy;
+  x->seq = ++m->next_seq;
   int queued = claim && waiting_add(m, e, 0) > 0;
   if (queued) claim = 0;
   if (!claim && waiting_add(m, e, 1) < 0) {
@@ -93,9 +96,10 @@ static void mem_save_request(cruster_storage *s, const rt_env *e, int claim, st_
   cb(ud, CRUSTER_OK, NULL, queued ? ST_SAVED_QUEUED : ST_SAVED, NULL);
 }
 
-static void mem_save_reply(cruster_storage *s, int64_t request_id, const st_reply *r,
-                           st_done_cb cb, void *ud) {
+static void mem_save_reply(cruster_storage *s, const rt_env *e, const st_reply *r, st_done_cb cb,
+                           void *ud) {
   mem_store *m = s->impl;
+  int64_t request_id = e->request_id;
   mem_msg *x = rt_map_iget(&m->msgs, request_id);
   if (!x || x->processed) { /* first exit reply wins */
     if (cb) cb(ud, CRUSTER_OK, NULL);
@@ -103,7 +107,7 @@ static void mem_save_reply(cruster_storage *s, int64_t request_id, const st_repl
   }
   unlink_fifo(m, x);
   if (!x->claimed) waiting_add(m, x->env, -1);
-  if (!x->env->keyed) {
+  if (!x->env->keyed && r->status != CRUSTER_E_DEAD_LETTER) {
     /* Nobody can ask for this reply again: its id was fresh. */
     rt_map_idel(&m->msgs, request_id);
     msg_free(x);
@@ -144,7 +148,7 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
         }
         dead[nd++] = e->request_id;
         st_reply r = {CRUSTER_E_DEAD_LETTER, NULL, 0, "max retries exceeded"};
-        mem_save_reply(s, e->request_id, &r, NULL, NULL);
+        mem_save_reply(s, e, &r, NULL, NULL);
       } else {
         rt_env *copy = rt_env_copy(e);
         if (!copy) break;
@@ -166,9 +170,9 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
   free(dead);
 }
 
-static void mem_release(cruster_storage *s, int64_t request_id, int attempt) {
+static void mem_release(cruster_storage *s, const rt_env *e, int attempt) {
   mem_store *m = s->impl;
-  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  mem_msg *x = rt_map_iget(&m->msgs, e->request_id);
   if (!x || x->processed || !x->claimed) return;
   x->claimed = 0;
   waiting_add(m, x->env, 1);
@@ -182,6 +186,91 @@ static int64_t mem_next_due(cruster_storage *s) {
     if (!x->claimed && x->env->deliver_at > 0 && (best == 0 || x->env->deliver_at < best))
       best = x->env->deliver_at;
   return best;
+}
+
+static void mem_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb, void *ud) {
+  mem_store *m = s->impl;
+  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  if (!x) {
+    cb(ud, CRUSTER_OK, NULL, 0, 0, NULL);
+    return;
+  }
+  st_reply r = {x->status, x->data, x->len, x->message};
+  cb(ud, CRUSTER_OK, NULL, 1, x->processed, x->processed ? &r : NULL);
+}
+
+typedef struct dead_ctx {
+  mem_msg **v;
+  size_t n, cap;
+  int oom;
+} dead_ctx;
+
+static void collect_dead(void *ctx, rt_map_entry *e) {
+  dead_ctx *d = ctx;
+  mem_msg *x = e->value;
+  if (!x->processed || x->status != CRUSTER_E_DEAD_LETTER || d->oom) return;
+  if (d->n == d->cap) {
+    size_t cap = d->cap ? d->cap * 2 : 16;
+    mem_msg **v = realloc(d->v, cap * sizeof(*v));
+    if (!v) {
+      d->oom = 1;
+      return;
+    }
+    d->v = v;
+    d->cap = cap;
+  }
+  d->v[d->n++] = x;
+}
+
+static int by_seq(const void *a, const void *b) {
+  int64_t x = (*(mem_msg *const *)a)->seq, y = (*(mem_msg *const *)b)->seq;
+  return x < y ? -1 : x > y;
+}
+
+static void mem_list_dead(cruster_storage *s, size_t limit, st_list_cb cb, void *ud) {
+  mem_store *m = s->impl;
+  dead_ctx d = {NULL, 0, 0, 0};
+  rt_map_each(&m->msgs, collect_dead, &d);
+  size_t cap = 0;
+  cruster_message_list *l = d.oom ? NULL : st_list_new(0);
+  if (l) {
+    if (d.n) qsort(d.v, d.n, sizeof(*d.v), by_seq);
+    for (size_t i = 0; i < d.n && i < limit; i++) {
+      rt_env *e = rt_env_copy(d.v[i]->env);
+      if (!e || st_list_add(l, &cap, e, d.v[i]->attempts) != 0) {
+        cruster_message_list_free(l);
+        l = NULL;
+        break;
+      }
+    }
+  }
+  free(d.v);
+  if (!l) cb(ud, CRUSTER_E_NOMEM, "out of memory listing dead letters", NULL);
+  else cb(ud, CRUSTER_OK, NULL, l);
+}
+
+static void mem_redeliver(cruster_storage *s, int64_t request_id, st_done_cb cb, void *ud) {
+  mem_store *m = s->impl;
+  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  if (!x || !x->processed || x->status != CRUSTER_E_DEAD_LETTER) {
+    cb(ud, CRUSTER_E_NOT_FOUND, "no dead letter with that request id");
+    return;
+  }
+  free(x->data);
+  free(x->message);
+  x->data = NULL;
+  x->message = NULL;
+  x->processed = 0;
+  x->claimed = 0;
+  x->attempts = 0;
+  x->status = 0;
+  x->seq = ++m->next_seq;
+  x->prev = m->tail;
+  x->next = NULL;
+  if (m->tail) m->tail->next = x; else m->head = x;
+  m->tail = x;
+  waiting_add(m, x->env, 1);
+  cb(ud, CRUSTER_OK, NULL);
 }
 
 static void mem_detach(cruster_storage *s) { (void)s; }
@@ -201,8 +290,18 @@ static void mem_destroy(cruster_storage *s) {
 }
 
 static const st_ops mem_ops = {
-    "memory",      mem_attach,   mem_save_request, mem_save_reply, mem_poll,
-    mem_release,   mem_next_due, mem_detach,       mem_destroy,
+    .name = "memory",
+    .attach = mem_attach,
+    .save_request = mem_save_request,
+    .save_reply = mem_save_reply,
+    .poll = mem_poll,
+    .release = mem_release,
+    .next_due = mem_next_due,
+    .get_reply = mem_get_reply,
+    .list_dead = mem_list_dead,
+    .redeliver = mem_redeliver,
+    .detach = mem_detach,
+    .destroy = mem_destroy,
 };
 
 cruster_status cruster_storage_memory_new(cruster_storage **out, cruster_error **err) {

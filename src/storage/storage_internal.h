@@ -35,6 +35,28 @@ typedef void (*st_poll_cb)(void *ud, int status, const char *errmsg, rt_env **ms
 /* 1 if this runner owns the shard right now. */
 typedef int (*st_owned_fn)(void *ud, const char *group, int32_t shard);
 
+/* found = a message with that id is stored; processed = it has its exit reply (r). */
+typedef void (*st_reply_cb)(void *ud, int status, const char *errmsg, int found, int processed,
+                            const st_reply *r);
+
+/* A dead letter, as listed. */
+typedef struct st_dead {
+  rt_env *env; /* owned */
+  int64_t attempts;
+} st_dead;
+
+struct cruster_message_list {
+  size_t n;
+  st_dead *v;
+};
+
+/* `list` is the callee's (free with cruster_message_list_free). */
+typedef void (*st_list_cb)(void *ud, int status, const char *errmsg, cruster_message_list *list);
+
+cruster_message_list *st_list_new(size_t cap);
+/* Appends (takes env); returns 0 or -1 on OOM (env then freed). */
+int st_list_add(cruster_message_list *l, size_t *cap, rt_env *env, int64_t attempts);
+
 typedef struct st_ops {
   const char *name;
   /* Called once by cruster_runtime_new on the loop thread. */
@@ -46,7 +68,7 @@ typedef struct st_ops {
    * per-entity send order. */
   void (*save_request)(cruster_storage *s, const rt_env *m, int claim, st_save_cb cb, void *ud);
   /* Stores the exit reply (first one wins) and marks the message processed. */
-  void (*save_reply)(cruster_storage *s, int64_t request_id, const st_reply *r, st_done_cb cb,
+  void (*save_reply)(cruster_storage *s, const rt_env *m, const st_reply *r, st_done_cb cb,
                      void *ud);
   /* Claims up to `limit` due, unprocessed, unclaimed messages of owned
    * shards, oldest first (FIFO per entity). Each claim is one delivery
@@ -56,9 +78,16 @@ typedef struct st_ops {
                st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud);
   /* Gives a claimed message back without an answer. attempt=0 when it was
    * never handed to a handler (mailbox full): then it does not count. */
-  void (*release)(cruster_storage *s, int64_t request_id, int attempt);
+  void (*release)(cruster_storage *s, const rt_env *m, int attempt);
   /* Earliest deliver_at (Unix ms) among unprocessed unclaimed messages, 0 if none. */
   int64_t (*next_due)(cruster_storage *s);
+  /* Looks up a message and its exit reply. */
+  void (*get_reply)(cruster_storage *s, int64_t request_id, st_reply_cb cb, void *ud);
+  /* Lists up to `limit` dead letters, oldest first. */
+  void (*list_dead)(cruster_storage *s, size_t limit, st_list_cb cb, void *ud);
+  /* Turns dead letter `request_id` back into an undelivered message with no
+   * attempts; CRUSTER_E_NOT_FOUND when it is not a dead letter. */
+  void (*redeliver)(cruster_storage *s, int64_t request_id, st_done_cb cb, void *ud);
   /* Called by the runtime's stop on the loop thread, before free. */
   void (*detach)(cruster_storage *s);
   void (*destroy)(cruster_storage *s);

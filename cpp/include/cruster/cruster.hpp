@@ -1,0 +1,1251 @@
+/*
+ * cruster/cruster.hpp -- the C++17 layer over the cruster C API.
+ *
+ * Header-only and thin: every type that owns something owns exactly one C
+ * handle (move-only, the destructor frees it); there are no threads, caches
+ * or hidden state. Errors are cruster::error exceptions carrying the status.
+ *
+ *   struct Counter {
+ *     Store* store;
+ *     int64_t increment(const IncrementRequest& r);
+ *     int64_t get(cruster::context& ctx);
+ *     static constexpr auto rpcs = cruster::rpcs(
+ *         cruster::rpc<&Counter::increment>("increment", cruster::persisted),
+ *         cruster::rpc<&Counter::get>("get"));
+ *   };
+ *
+ *   cruster::runtime rt(cruster::config{}, cruster::memory_storage());
+ *   auto counter = rt.register_entity(Counter{&store});
+ *   rt.start();
+ *   int64_t v = counter.call<&Counter::increment>("counter-1", IncrementRequest{5});
+ *
+ * See docs/cpp.md for the guide.
+ */
+#ifndef CRUSTER_CRUSTER_HPP
+#define CRUSTER_CRUSTER_HPP
+
+#include <cruster/cruster.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <future>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace cruster {
+
+/** The version of the library actually linked ("MAJOR.MINOR.PATCH"). */
+inline const char *version() noexcept { return cruster_version(); }
+
+// ===========================================================================
+// Errors
+// ===========================================================================
+
+/*
+ * An error from cruster or from a handler: status() is a cruster_status
+ * (negative) or an application code (<= CRUSTER_E_APPLICATION), what() the
+ * message. Handlers may throw it to fail a request with a chosen code.
+ */
+class error : public std::runtime_error {
+public:
+  error(int status, const std::string &message)
+      : std::runtime_error(message.empty() ? std::string(cruster_status_message(status)) : message),
+        status_(status) {}
+  explicit error(int status) : error(status, std::string()) {}
+
+  int status() const noexcept { return status_; }
+  /** The status constant's name ("CRUSTER_E_TIMEOUT", "CRUSTER_E_APPLICATION"). */
+  const char *status_name() const noexcept { return cruster_status_name(status_); }
+
+private:
+  int status_;
+};
+
+/*
+ * check
+ *   For results of the C API: frees *err (and sets it to NULL) and throws
+ *   cruster::error when status is not CRUSTER_OK. Safe to write as
+ *   check(cruster_x(..., &err), &err): *err is read inside, after the call.
+ */
+inline void check(int status, cruster_error **err = nullptr) {
+  std::string message;
+  if (err != nullptr && *err != nullptr) {
+    message = cruster_error_message(*err);
+    cruster_error_free(*err);
+    *err = nullptr;
+  }
+  if (status != CRUSTER_OK) throw error(status, message);
+}
+
+// ===========================================================================
+// Configuration, storage
+// ===========================================================================
+
+/* A runner configuration (cruster_config). Setters chain; each throws
+ * cruster::error (CRUSTER_E_INVALID_ARGUMENT for an unknown name,
+ * CRUSTER_E_INVALID_CONFIG for a bad value). */
+class config {
+public:
+  config() : h_(cruster_config_new()) {
+    if (h_ == nullptr) throw error(CRUSTER_E_NOMEM);
+  }
+  /** Takes ownership of `owned`. */
+  explicit config(cruster_config *owned) noexcept : h_(owned) {}
+  ~config() { cruster_config_free(h_); }
+  config(const config &) = delete;
+  config &operator=(const config &) = delete;
+  config(config &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  config &operator=(config &&o) noexcept {
+    if (this != &o) {
+      cruster_config_free(h_);
+      h_ = std::exchange(o.h_, nullptr);
+    }
+    return *this;
+  }
+
+  /** A deep copy (copies are explicit: a config is a handle). */
+  config copy() const {
+    cruster_config *c = cruster_config_copy(h_);
+    if (c == nullptr) throw error(CRUSTER_E_NOMEM);
+    return config(c);
+  }
+
+  config &set(const std::string &name, const std::string &value) & {
+    cruster_error *err = nullptr;
+    check(cruster_config_set(h_, name.c_str(), value.c_str(), &err), &err);
+    return *this;
+  }
+  config &set(const std::string &name, int64_t value) & {
+    cruster_error *err = nullptr;
+    check(cruster_config_set_int(h_, name.c_str(), value, &err), &err);
+    return *this;
+  }
+  template <class Rep, class Period>
+  config &set(const std::string &name, std::chrono::duration<Rep, Period> value) & {
+    return set(name,
+               static_cast<int64_t>(
+                   std::chrono::duration_cast<std::chrono::milliseconds>(value).count()));
+  }
+  /* Rvalue overloads so `cruster::config{}.set(...).set(...)` can be passed on. */
+  config &&set(const std::string &name, const std::string &value) && {
+    return std::move(set(name, value));
+  }
+  config &&set(const std::string &name, int64_t value) && { return std::move(set(name, value)); }
+  template <class Rep, class Period>
+  config &&set(const std::string &name, std::chrono::duration<Rep, Period> value) && {
+    return std::move(set(name, value));
+  }
+
+  /** The text form of a field ("500ms", "default,premium"). */
+  std::string get(const std::string &name) const {
+    char *out = nullptr;
+    cruster_error *err = nullptr;
+    check(cruster_config_get(h_, name.c_str(), &out, &err), &err);
+    std::string s(out != nullptr ? out : "");
+    cruster_free(out);
+    return s;
+  }
+  int64_t get_int(const std::string &name) const {
+    int64_t v = 0;
+    cruster_error *err = nullptr;
+    check(cruster_config_get_int(h_, name.c_str(), &v, &err), &err);
+    return v;
+  }
+  /** Checks the whole config as the runtime will; throws CRUSTER_E_INVALID_CONFIG. */
+  void validate() const {
+    cruster_error *err = nullptr;
+    check(cruster_config_validate(h_, &err), &err);
+  }
+
+  /** Replaces the log sink (see cruster_config_set_logger); `user` must outlive the runtime. */
+  config &set_logger(cruster_log_fn fn, void *user, cruster_log_level min_level) & {
+    cruster_config_set_logger(h_, fn, user, min_level);
+    return *this;
+  }
+  /** Only records at `min_level` and above, to stderr. */
+  config &log_level(cruster_log_level min_level) & {
+    return set_logger(nullptr, nullptr, min_level);
+  }
+
+  cruster_config *handle() const noexcept { return h_; }
+  cruster_config *release() noexcept { return std::exchange(h_, nullptr); }
+  explicit operator bool() const noexcept { return h_ != nullptr; }
+
+private:
+  cruster_config *h_;
+};
+
+/* A message storage backend not yet handed to a runtime. */
+class storage {
+public:
+  storage() noexcept = default;
+  explicit storage(cruster_storage *owned) noexcept : h_(owned) {}
+  ~storage() { cruster_storage_free(h_); }
+  storage(const storage &) = delete;
+  storage &operator=(const storage &) = delete;
+  storage(storage &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  storage &operator=(storage &&o) noexcept {
+    if (this != &o) {
+      cruster_storage_free(h_);
+      h_ = std::exchange(o.h_, nullptr);
+    }
+    return *this;
+  }
+  cruster_storage *handle() const noexcept { return h_; }
+  cruster_storage *release() noexcept { return std::exchange(h_, nullptr); }
+  explicit operator bool() const noexcept { return h_ != nullptr; }
+
+private:
+  cruster_storage *h_ = nullptr;
+};
+
+/** In-memory message storage (at-least-once within this process). */
+inline storage memory_storage() {
+  cruster_storage *s = nullptr;
+  cruster_error *err = nullptr;
+  check(cruster_storage_memory_new(&s, &err), &err);
+  return storage(s);
+}
+
+// ===========================================================================
+// Codecs
+// ===========================================================================
+
+/*
+ * codec<T>: how a request or result type travels as bytes. The default is
+ * JSON through nlohmann::json (give the type to_json/from_json, e.g. with
+ * NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE). Specialise it for a type to use
+ * another encoding:
+ *
+ *   template <> struct cruster::codec<Point> {
+ *     static std::string encode(const Point& p);
+ *     static Point decode(const void* data, std::size_t len);  // throw on bad input
+ *   };
+ *
+ * decode should throw cruster::error(CRUSTER_E_MALFORMED) on bad input; any
+ * other exception it throws is reported as CRUSTER_E_MALFORMED as well.
+ * Codecs run on worker threads and, for futures, on the runtime's loop
+ * thread: keep them short and never block in them.
+ */
+template <class T, class Enable = void> struct codec {
+  static std::string encode(const T &value) {
+    try {
+      nlohmann::json j = value;
+      return j.dump();
+    } catch (const nlohmann::json::exception &e) {
+      throw error(CRUSTER_E_INVALID_ARGUMENT, std::string("cruster: cannot encode: ") + e.what());
+    }
+  }
+  static T decode(const void *data, std::size_t len) {
+    const char *p = static_cast<const char *>(data);
+    try {
+      return nlohmann::json::parse(p, p + (p != nullptr ? len : 0)).template get<T>();
+    } catch (const nlohmann::json::exception &e) {
+      throw error(CRUSTER_E_MALFORMED, std::string("cruster: cannot decode: ") + e.what());
+    }
+  }
+};
+
+// ===========================================================================
+// Declaring RPCs
+// ===========================================================================
+
+/** RPC kind and visibility; combine with |. */
+struct rpc_flags {
+  unsigned bits = 0;
+  constexpr rpc_flags operator|(rpc_flags o) const noexcept { return rpc_flags{bits | o.bits}; }
+};
+/** At-most-once, callable by anyone (the default). */
+inline constexpr rpc_flags public_{0u};
+/** Written to message storage first: at-least-once. */
+inline constexpr rpc_flags persisted{CRUSTER_RPC_PERSISTED};
+/** Callable from entities only (context::client), not from a public client. */
+inline constexpr rpc_flags protected_{CRUSTER_RPC_PROTECTED};
+/** Never callable: an internal helper, declared for completeness. */
+inline constexpr rpc_flags private_{CRUSTER_RPC_PRIVATE};
+
+/** One RPC: member function M under `name`. Made by cruster::rpc<&T::m>(...). */
+template <auto M> struct rpc_def {
+  static constexpr auto method = M;
+  const char *name;
+  unsigned flags;
+};
+
+template <auto M> constexpr rpc_def<M> rpc(const char *name, rpc_flags flags = public_) {
+  static_assert(std::is_member_function_pointer_v<decltype(M)>,
+                "cruster: rpc<&T::method>: the template argument must be a member function");
+  return rpc_def<M>{name, flags.bits};
+}
+
+/** The list of a class's RPCs, as `static constexpr auto rpcs = cruster::rpcs(...)`. */
+template <class... Defs> struct rpc_list {
+  std::tuple<Defs...> defs;
+};
+
+namespace detail {
+template <class D> struct is_rpc_def : std::false_type {};
+template <auto M> struct is_rpc_def<rpc_def<M>> : std::true_type {};
+} // namespace detail
+
+template <class... Defs> constexpr rpc_list<Defs...> rpcs(Defs... defs) {
+  static_assert((detail::is_rpc_def<Defs>::value && ...),
+                "cruster: rpcs(...) takes cruster::rpc<&T::method>(\"name\", flags) entries");
+  return rpc_list<Defs...>{std::tuple<Defs...>(defs...)};
+}
+
+/** The RPC groups an entity includes: `using groups = cruster::groups<Auditable>;` */
+template <class... G> struct groups {};
+
+/*
+ * Entity options (all optional), as
+ *   static constexpr auto options = cruster::entity_options()
+ *       .name("user").shard_group("premium").max_idle_time(std::chrono::minutes(5))
+ *       .mailbox_capacity(50).concurrency(4);
+ * Unset fields take the runtime's defaults. The type name may also be given
+ * as `static constexpr const char* name = "user";`; otherwise it is the
+ * struct's name without namespaces.
+ */
+class entity_options {
+public:
+  constexpr entity_options() = default;
+  constexpr entity_options name(const char *v) const {
+    entity_options o = *this;
+    o.name_ = v;
+    return o;
+  }
+  constexpr entity_options shard_group(const char *v) const {
+    entity_options o = *this;
+    o.shard_group_ = v;
+    return o;
+  }
+  template <class Rep, class Period>
+  constexpr entity_options max_idle_time(std::chrono::duration<Rep, Period> v) const {
+    entity_options o = *this;
+    o.max_idle_ms_ = static_cast<int64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(v).count());
+    return o;
+  }
+  constexpr entity_options mailbox_capacity(int64_t v) const {
+    entity_options o = *this;
+    o.mailbox_capacity_ = v;
+    return o;
+  }
+  /** Handlers of one instance running at once; 0 = no limit. */
+  constexpr entity_options concurrency(int64_t v) const {
+    entity_options o = *this;
+    o.concurrency_ = v;
+    return o;
+  }
+
+  constexpr const char *name() const { return name_; }
+  constexpr const char *shard_group() const { return shard_group_; }
+  constexpr int64_t max_idle_time_ms() const { return max_idle_ms_; }
+  constexpr int64_t mailbox_capacity() const { return mailbox_capacity_; }
+  constexpr int64_t concurrency() const { return concurrency_; }
+
+private:
+  const char *name_ = nullptr;
+  const char *shard_group_ = nullptr;
+  int64_t max_idle_ms_ = -1;
+  int64_t mailbox_capacity_ = -1;
+  int64_t concurrency_ = -1;
+};
+
+// ===========================================================================
+// Call options and results
+// ===========================================================================
+
+/* Per-call options; setters chain: call_options().timeout(100ms).idempotency_key("k"). */
+class call_options {
+public:
+  using clock = std::chrono::system_clock;
+
+  /** Deadline from now; zero = the runtime's "default_call_timeout". */
+  template <class Rep, class Period> call_options &timeout(std::chrono::duration<Rep, Period> d) {
+    timeout_ = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+    return *this;
+  }
+  /** Idempotency key: a persisted call with the same key gets the stored reply. */
+  call_options &idempotency_key(std::string key) {
+    key_ = std::move(key);
+    has_key_ = true;
+    return *this;
+  }
+  /** Do not deliver before `t` (implies persisted). */
+  call_options &deliver_at(clock::time_point t) {
+    deliver_at_ = t;
+    return *this;
+  }
+  /** Deliver through message storage even if the method is not declared persisted. */
+  call_options &persisted(bool on = true) {
+    persisted_ = on;
+    return *this;
+  }
+
+  std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  const std::optional<std::string> idempotency_key() const {
+    return has_key_ ? std::optional<std::string>(key_) : std::nullopt;
+  }
+  std::optional<clock::time_point> deliver_at() const noexcept { return deliver_at_; }
+  bool persisted() const noexcept { return persisted_; }
+
+  /** The C options; they point into *this, so keep *this alive while they are used. */
+  cruster_call_opts to_c(const cruster_request *caller = nullptr) const noexcept {
+    cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+    o.flags = persisted_ ? unsigned(CRUSTER_CALL_PERSISTED) : 0u;
+    o.timeout_ms = timeout_.count();
+    if (has_key_) {
+      o.idempotency_key = key_.data();
+      o.idempotency_key_len = key_.size();
+    }
+    if (deliver_at_) {
+      o.deliver_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            deliver_at_->time_since_epoch())
+                            .count();
+    }
+    o.caller = caller;
+    return o;
+  }
+
+private:
+  std::chrono::milliseconds timeout_{0};
+  std::string key_;
+  bool has_key_ = false;
+  std::optional<clock::time_point> deliver_at_;
+  bool persisted_ = false;
+};
+
+/* The outcome of an asynchronous call handed to a callback: a value or an error. */
+template <class T> class result {
+public:
+  static result success(T value) { return result(CRUSTER_OK, std::string(), std::move(value)); }
+  static result failure(int status, std::string message) {
+    return result(status, std::move(message), std::nullopt);
+  }
+
+  bool ok() const noexcept { return status_ == CRUSTER_OK; }
+  explicit operator bool() const noexcept { return ok(); }
+  int status() const noexcept { return status_; }
+  const std::string &message() const noexcept { return message_; }
+  /** The value; throws the error when the call failed. */
+  T &value() & {
+    throw_if_failed();
+    return *value_;
+  }
+  const T &value() const & {
+    throw_if_failed();
+    return *value_;
+  }
+  T &&value() && {
+    throw_if_failed();
+    return std::move(*value_);
+  }
+  /** The error as an exception object (meaningful when !ok()). */
+  cruster::error error() const { return cruster::error(status_, message_); }
+
+private:
+  result(int status, std::string message, std::optional<T> value)
+      : status_(status), message_(std::move(message)), value_(std::move(value)) {}
+  void throw_if_failed() const {
+    if (!ok()) throw cruster::error(status_, message_);
+  }
+  int status_;
+  std::string message_;
+  std::optional<T> value_;
+};
+
+template <> class result<void> {
+public:
+  static result success() { return result(CRUSTER_OK, std::string()); }
+  static result failure(int status, std::string message) {
+    return result(status, std::move(message));
+  }
+  bool ok() const noexcept { return status_ == CRUSTER_OK; }
+  explicit operator bool() const noexcept { return ok(); }
+  int status() const noexcept { return status_; }
+  const std::string &message() const noexcept { return message_; }
+  /** Throws the error when the call failed. */
+  void value() const {
+    if (!ok()) throw cruster::error(status_, message_);
+  }
+  cruster::error error() const { return cruster::error(status_, message_); }
+
+private:
+  result(int status, std::string message) : status_(status), message_(std::move(message)) {}
+  int status_;
+  std::string message_;
+};
+
+template <class T, bool Internal> class basic_client;
+
+// ===========================================================================
+// The handler's view of its request
+// ===========================================================================
+
+/*
+ * context: the request being handled, passed to handlers that take
+ * `cruster::context&` as first parameter. Valid only during the handler call.
+ */
+class context {
+public:
+  explicit context(cruster_request *req) noexcept : req_(req) {}
+  context(const context &) = delete;
+  context &operator=(const context &) = delete;
+
+  std::string_view entity_id() const noexcept { return cruster_request_entity_id(req_); }
+  std::string_view entity_type() const noexcept { return cruster_request_entity_type(req_); }
+  std::string_view method() const noexcept { return cruster_request_method(req_); }
+  std::string_view shard_group() const noexcept { return cruster_request_shard_group(req_); }
+  int32_t shard() const noexcept { return cruster_request_shard(req_); }
+  int64_t request_id() const noexcept { return cruster_request_id(req_); }
+  /** True once nobody needs the answer (deadline passed, shard moving, stopping). */
+  bool cancelled() const noexcept { return cruster_request_cancelled(req_) != 0; }
+  /** True if the message came through message storage. */
+  bool persisted() const noexcept { return cruster_request_is_persisted(req_) != 0; }
+  /** True if the caller is another entity (through its context::client). */
+  bool from_entity() const noexcept { return cruster_request_from_entity(req_) != 0; }
+
+  /*
+   * A client for calling entity type T on behalf of this request: protected
+   * methods are callable through it. Use it during the handler only.
+   */
+  template <class T> basic_client<T, true> client() const;
+
+  cruster_request *handle() const noexcept { return req_; }
+  cruster_runtime *runtime_handle() const noexcept { return cruster_request_runtime(req_); }
+
+private:
+  cruster_request *req_;
+};
+
+// ===========================================================================
+// Implementation details: signatures, names, visibility
+// ===========================================================================
+
+namespace detail {
+
+/** The request type of a method that takes none; sent as JSON null. */
+struct no_request {};
+
+template <class... A> struct args_traits {
+  static_assert(sizeof...(A) <= 2, "cruster: an rpc takes at most (cruster::context&, Request)");
+};
+template <> struct args_traits<> {
+  static constexpr bool takes_context = false;
+  static constexpr bool has_request = false;
+  using request = no_request;
+  using request_param = no_request;
+};
+template <class A> struct args_traits<A> {
+  static constexpr bool takes_context = std::is_same_v<std::decay_t<A>, context>;
+  static constexpr bool has_request = !takes_context;
+  using request = std::conditional_t<takes_context, no_request, std::decay_t<A>>;
+  using request_param = std::conditional_t<takes_context, no_request, A>;
+  static_assert(!takes_context || std::is_lvalue_reference_v<A>,
+                "cruster: take the context as cruster::context&");
+};
+template <class A0, class A1> struct args_traits<A0, A1> {
+  static_assert(std::is_same_v<std::decay_t<A0>, context> && std::is_lvalue_reference_v<A0>,
+                "cruster: an rpc with two parameters takes (cruster::context&, Request)");
+  static constexpr bool takes_context = true;
+  static constexpr bool has_request = true;
+  using request = std::decay_t<A1>;
+  using request_param = A1;
+};
+
+template <class C, class R, class... A> struct method_traits_base : args_traits<A...> {
+  using owner = C;
+  using result = R;
+};
+
+template <class M> struct method_traits {
+  static_assert(std::is_member_function_pointer_v<M>,
+                "cruster: an rpc must be a member function pointer (&T::method)");
+};
+template <class C, class R, class... A>
+struct method_traits<R (C::*)(A...)> : method_traits_base<C, R, A...> {};
+template <class C, class R, class... A>
+struct method_traits<R (C::*)(A...) const> : method_traits_base<C, R, A...> {};
+template <class C, class R, class... A>
+struct method_traits<R (C::*)(A...) noexcept> : method_traits_base<C, R, A...> {};
+template <class C, class R, class... A>
+struct method_traits<R (C::*)(A...) const noexcept> : method_traits_base<C, R, A...> {};
+
+template <auto M> using traits_of = method_traits<std::remove_cv_t<decltype(M)>>;
+template <auto M> using owner_of = typename traits_of<M>::owner;
+template <auto M> using request_of = typename traits_of<M>::request;
+template <auto M> using result_of = typename traits_of<M>::result;
+
+template <class T, class = void> struct has_rpcs : std::false_type {};
+template <class T> struct has_rpcs<T, std::void_t<decltype(T::rpcs)>> : std::true_type {};
+
+template <class T, class = void> struct groups_of {
+  using type = groups<>;
+};
+template <class T> struct groups_of<T, std::void_t<typename T::groups>> {
+  using type = typename T::groups;
+};
+template <class T> using groups_of_t = typename groups_of<T>::type;
+
+template <class G> struct is_groups : std::false_type {};
+template <class... G> struct is_groups<groups<G...>> : std::true_type {};
+
+template <class C, class Gs> struct in_groups;
+template <class C, class... G>
+struct in_groups<C, groups<G...>> : std::bool_constant<(std::is_same_v<C, G> || ...)> {};
+
+/** True if entity T's client may reach a method of class C. */
+template <class T, class C>
+inline constexpr bool composes_v = std::is_same_v<T, C> || in_groups<C, groups_of_t<T>>::value;
+
+inline constexpr unsigned not_declared = ~0u;
+
+/** Flags of method M in C::rpcs, or not_declared. Compile time. */
+template <class C, auto M, std::size_t I = 0> constexpr unsigned flags_of() {
+  using defs = decltype(C::rpcs.defs);
+  if constexpr (I == std::tuple_size_v<std::remove_cv_t<defs>>) {
+    return not_declared;
+  } else if constexpr (std::is_same_v<std::tuple_element_t<I, std::remove_cv_t<defs>>,
+                                      rpc_def<M>>) {
+    return std::get<I>(C::rpcs.defs).flags;
+  } else {
+    return flags_of<C, M, I + 1>();
+  }
+}
+
+template <class C, auto M, std::size_t I = 0> constexpr const char *name_of() {
+  using defs = std::remove_cv_t<decltype(C::rpcs.defs)>;
+  if constexpr (I == std::tuple_size_v<defs>) {
+    return nullptr;
+  } else if constexpr (std::is_same_v<std::tuple_element_t<I, defs>, rpc_def<M>>) {
+    return std::get<I>(C::rpcs.defs).name;
+  } else {
+    return name_of<C, M, I + 1>();
+  }
+}
+
+template <class C, class Defs> struct all_owned_by;
+template <class C, class... D>
+struct all_owned_by<C, std::tuple<D...>>
+    : std::bool_constant<(std::is_same_v<owner_of<D::method>, C> && ...)> {};
+
+/** Checks a class used as an entity or a group. */
+template <class C> constexpr void check_rpc_class() {
+  static_assert(has_rpcs<C>::value,
+                "cruster: an entity or rpc group declares its rpcs: static constexpr auto rpcs = "
+                "cruster::rpcs(cruster::rpc<&T::method>(\"method\"), ...);");
+  if constexpr (has_rpcs<C>::value) {
+    static_assert(all_owned_by<C, std::remove_cv_t<decltype(C::rpcs.defs)>>::value,
+                  "cruster: T::rpcs lists a member function of another class (declare a group's "
+                  "methods in the group's own rpcs and include it with cruster::groups<G>)");
+  }
+}
+
+template <class T> constexpr const char *raw_type_name() noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  return __PRETTY_FUNCTION__;
+#else
+  return nullptr;
+#endif
+}
+
+/** T's unqualified name ("Counter" for app::Counter), from the compiler. */
+template <class T> std::string type_name() {
+  const char *raw = raw_type_name<T>();
+  if (raw == nullptr) return std::string();
+  std::string_view s(raw);
+  std::size_t start = s.find("T = ");
+  if (start == std::string_view::npos) return std::string();
+  start += 4;
+  int depth = 0;
+  std::size_t end = start, last = start;
+  for (; end < s.size(); ++end) {
+    char c = s[end];
+    if (c == '<' || c == '(') ++depth;
+    else if (c == '>' || c == ')') --depth;
+    else if (depth == 0 && (c == ';' || c == ']')) break;
+    else if (depth == 0 && c == ':' && end + 1 < s.size() && s[end + 1] == ':') last = end + 2;
+  }
+  return std::string(s.substr(last, end - last));
+}
+
+template <class T, class = void> struct has_options : std::false_type {};
+template <class T>
+struct has_options<T, std::void_t<decltype(&T::options)>>
+    : std::bool_constant<std::is_pointer_v<decltype(&T::options)> &&
+                         std::is_convertible_v<decltype(T::options), entity_options>> {};
+
+template <class T, class = void> struct has_name : std::false_type {};
+template <class T>
+struct has_name<T, std::void_t<decltype(&T::name)>>
+    : std::bool_constant<std::is_pointer_v<decltype(&T::name)> &&
+                         std::is_convertible_v<decltype(T::name), const char *>> {};
+
+/** The type name T registers under: options.name, then T::name, then the struct name. */
+template <class T> std::string name_for() {
+  if constexpr (has_options<T>::value) {
+    constexpr entity_options o = T::options;
+    if constexpr (o.name() != nullptr) return std::string(o.name());
+  }
+  if constexpr (has_name<T>::value) return std::string(T::name);
+  return type_name<T>();
+}
+
+template <class T> constexpr entity_options options_for() {
+  if constexpr (has_options<T>::value) {
+    return T::options;
+  } else {
+    return entity_options();
+  }
+}
+
+/** Frees buffers the library allocated. */
+struct c_free {
+  void operator()(void *p) const noexcept { cruster_free(p); }
+};
+
+/** RAII for cruster_entity_def / cruster_rpc_group while building one. */
+struct def_handle {
+  cruster_entity_def *h = nullptr;
+  explicit def_handle(const std::string &name) {
+    cruster_error *err = nullptr;
+    check(cruster_entity_def_new(name.c_str(), &h, &err), &err);
+  }
+  ~def_handle() { cruster_entity_def_free(h); }
+  def_handle(const def_handle &) = delete;
+  def_handle &operator=(const def_handle &) = delete;
+};
+struct group_handle {
+  cruster_rpc_group *h = nullptr;
+  explicit group_handle(const std::string &name) {
+    cruster_error *err = nullptr;
+    check(cruster_rpc_group_new(name.c_str(), &h, &err), &err);
+  }
+  ~group_handle() { cruster_rpc_group_free(h); }
+  group_handle(const group_handle &) = delete;
+  group_handle &operator=(const group_handle &) = delete;
+};
+
+/** Encodes a call's request (JSON null for methods without one). */
+template <auto M, class Req> std::string encode_request(const Req &req) {
+  if constexpr (traits_of<M>::has_request) {
+    return codec<request_of<M>>::encode(req);
+  } else {
+    (void)req;
+    return "null";
+  }
+}
+
+/** Decodes an answer into the method's result type. */
+template <class R> R decode_result(const void *data, std::size_t len) {
+  if constexpr (std::is_void_v<R>) {
+    (void)data;
+    (void)len;
+  } else {
+    try {
+      return codec<R>::decode(data, len);
+    } catch (const error &) {
+      throw;
+    } catch (const std::exception &e) {
+      throw error(CRUSTER_E_MALFORMED, e.what());
+    }
+  }
+}
+
+/*
+ * The C handler of method M of class Owner; `user` is the Owner instance the
+ * runtime stores. Decodes, runs the method, answers exactly once.
+ */
+template <class Owner, auto M> void handle_request(void *user, cruster_request *req) noexcept {
+  using tr = traits_of<M>;
+  using R = typename tr::result;
+  Owner *self = static_cast<Owner *>(user);
+  context ctx(req);
+
+  std::optional<typename tr::request> request;
+  if constexpr (tr::has_request) {
+    std::size_t len = 0;
+    const void *data = cruster_request_payload(req, &len);
+    try {
+      request.emplace(codec<typename tr::request>::decode(data, len));
+    } catch (const error &e) {
+      cruster_request_fail(req, e.status(), e.what());
+      return;
+    } catch (const std::exception &e) {
+      cruster_request_fail(req, CRUSTER_E_MALFORMED, e.what());
+      return;
+    } catch (...) {
+      cruster_request_fail(req, CRUSTER_E_MALFORMED, "cruster: the request could not be decoded");
+      return;
+    }
+  }
+
+  auto invoke = [&]() -> R {
+    using P = typename tr::request_param;
+    if constexpr (tr::takes_context && tr::has_request) {
+      return (self->*M)(ctx, static_cast<P &&>(*request));
+    } else if constexpr (tr::takes_context) {
+      return (self->*M)(ctx);
+    } else if constexpr (tr::has_request) {
+      return (self->*M)(static_cast<P &&>(*request));
+    } else {
+      return (self->*M)();
+    }
+  };
+
+  std::string out;
+  try {
+    if constexpr (std::is_void_v<R>) {
+      invoke();
+      out = "null";
+    } else {
+      R value = invoke();
+      try {
+        out = codec<R>::encode(value);
+      } catch (const std::exception &e) {
+        cruster_request_fail(req, CRUSTER_E_HANDLER,
+                             (std::string("cruster: cannot encode the reply: ") + e.what()).c_str());
+        return;
+      }
+    }
+  } catch (const error &e) {
+    cruster_request_fail(req, e.status(), e.what());
+    return;
+  } catch (const std::exception &e) {
+    cruster_request_fail(req, CRUSTER_E_HANDLER, e.what());
+    return;
+  } catch (...) {
+    cruster_request_fail(req, CRUSTER_E_HANDLER, "cruster: the handler threw a non-std exception");
+    return;
+  }
+  // The reply's own status (payload too large, shutting down) reaches the
+  // caller through the runtime; the handler has nobody to report it to.
+  (void)cruster_request_reply(req, out.data(), out.size());
+}
+
+/** Completion of call_async returning a future: runs inline on the loop thread. */
+template <class R>
+void complete_promise(void *user, int status, const void *data, std::size_t len,
+                      const char *message) noexcept {
+  std::unique_ptr<std::promise<R>> p(static_cast<std::promise<R> *>(user));
+  try {
+    if (status != CRUSTER_OK) {
+      p->set_exception(std::make_exception_ptr(error(status, message != nullptr ? message : "")));
+    } else if constexpr (std::is_void_v<R>) {
+      p->set_value();
+    } else {
+      p->set_value(decode_result<R>(data, len));
+    }
+  } catch (...) {
+    try {
+      p->set_exception(std::current_exception());
+    } catch (...) {
+      // Only reachable if the promise was already satisfied: nothing left to report to.
+    }
+  }
+}
+
+/** Completion of call_async with a callback: runs on a worker thread. */
+template <class R> struct callback_box {
+  std::function<void(result<R>)> fn;
+};
+
+template <class R>
+void complete_callback(void *user, int status, const void *data, std::size_t len,
+                       const char *message) noexcept {
+  std::unique_ptr<callback_box<R>> box(static_cast<callback_box<R> *>(user));
+  std::optional<result<R>> r;
+  if (status != CRUSTER_OK) {
+    r.emplace(result<R>::failure(status, message != nullptr ? message : ""));
+  } else {
+    try {
+      if constexpr (std::is_void_v<R>) {
+        r.emplace(result<R>::success());
+      } else {
+        r.emplace(result<R>::success(decode_result<R>(data, len)));
+      }
+    } catch (const error &e) {
+      r.emplace(result<R>::failure(e.status(), e.what()));
+    } catch (const std::exception &e) {
+      r.emplace(result<R>::failure(CRUSTER_E_MALFORMED, e.what()));
+    }
+  }
+  // A callback that throws terminates the program (as a thread function would).
+  box->fn(std::move(*r));
+}
+
+/** What the runtime keeps for a registered entity: its instance and group instances. */
+struct instance_base {
+  virtual ~instance_base() = default;
+};
+template <class T, class Gs> struct instance;
+template <class T, class... G> struct instance<T, groups<G...>> : instance_base {
+  T entity;
+  std::tuple<G...> group_instances;
+  instance(T e, std::tuple<G...> g) : entity(std::move(e)), group_instances(std::move(g)) {}
+};
+
+template <class X, class... A> inline constexpr std::size_t count_v = (std::size_t(std::is_same_v<X, A>) + ... + 0);
+
+/** The instance of group G among the arguments of register_entity, or G{}. */
+template <class G, class... A> G pick_group(std::tuple<A...> &args) {
+  static_assert(count_v<G, A...> <= 1,
+                "cruster: register_entity got two instances of the same rpc group");
+  if constexpr (count_v<G, A...> == 1) {
+    return std::move(std::get<G>(args));
+  } else {
+    static_assert(std::is_default_constructible_v<G>,
+                  "cruster: register_entity needs an instance of every group in T::groups that "
+                  "is not default-constructible");
+    return G{};
+  }
+}
+
+template <class Owner>
+void add_rpcs(cruster_entity_def *def, cruster_rpc_group *group, Owner *owner) {
+  std::apply(
+      [&](const auto &...d) {
+        auto add = [&](const auto &one) {
+          using D = std::decay_t<decltype(one)>;
+          cruster_error *err = nullptr;
+          cruster_rpc_fn fn = &handle_request<Owner, D::method>;
+          if (group != nullptr) {
+            check(cruster_rpc_group_add_rpc(group, one.name, one.flags, fn, owner, &err), &err);
+          } else {
+            check(cruster_entity_def_add_rpc(def, one.name, one.flags, fn, owner, &err), &err);
+          }
+        };
+        (add(d), ...);
+      },
+      Owner::rpcs.defs);
+}
+
+template <class G> void add_group(cruster_entity_def *def, G *instance) {
+  check_rpc_class<G>();
+  group_handle g(name_for<G>());
+  add_rpcs<G>(nullptr, g.h, instance);
+  cruster_error *err = nullptr;
+  check(cruster_entity_def_add_group(def, g.h, &err), &err);
+}
+
+} // namespace detail
+
+// ===========================================================================
+// Clients
+// ===========================================================================
+
+/*
+ * A client of entity type T: call its methods by member pointer. Internal
+ * clients (from context::client<T>()) call on behalf of the request being
+ * handled and may reach protected methods.
+ *
+ * A client is a small value (runtime pointer, type name, caller): copy it
+ * freely; it owns nothing and must not outlive its runtime (an internal
+ * client: its handler call).
+ */
+template <class T, bool Internal> class basic_client {
+  template <auto M> using R = detail::result_of<M>;
+  template <auto M> using Req = detail::request_of<M>;
+
+public:
+  basic_client(cruster_runtime *rt, std::string entity_type,
+               const cruster_request *caller = nullptr) noexcept
+      : rt_(rt), type_(std::move(entity_type)), caller_(caller) {}
+
+  const std::string &entity_type() const noexcept { return type_; }
+  cruster_runtime *runtime_handle() const noexcept { return rt_; }
+
+  /** Blocking call; returns the result or throws cruster::error. */
+  template <auto M> R<M> call(const std::string &id, const Req<M> &req,
+                              const call_options &opts = {}) const {
+    check_callable<M>();
+    return call_encoded<M>(id, detail::encode_request<M>(req), opts);
+  }
+  template <auto M> R<M> call(const std::string &id, const call_options &opts = {}) const {
+    check_callable<M>();
+    check_no_request<M>();
+    return call_encoded<M>(id, "null", opts);
+  }
+
+  /** Asynchronous call; the future holds the result or the cruster::error. */
+  template <auto M> std::future<R<M>> call_async(const std::string &id, const Req<M> &req,
+                                                 const call_options &opts = {}) const {
+    check_callable<M>();
+    return future_call<M>(id, detail::encode_request<M>(req), opts);
+  }
+  template <auto M>
+  std::future<R<M>> call_async(const std::string &id, const call_options &opts = {}) const {
+    check_callable<M>();
+    check_no_request<M>();
+    return future_call<M>(id, "null", opts);
+  }
+
+  /** Asynchronous call; `fn(cruster::result<R>)` runs once, on a worker thread, and must not throw. */
+  template <auto M, class F,
+            class = std::enable_if_t<std::is_invocable_v<F &, result<detail::result_of<M>>>>>
+  void call_async(const std::string &id, const Req<M> &req, F &&fn,
+                  const call_options &opts = {}) const {
+    check_callable<M>();
+    callback_call<M>(id, detail::encode_request<M>(req), std::forward<F>(fn), opts);
+  }
+  template <auto M, class F,
+            class = std::enable_if_t<std::is_invocable_v<F &, result<detail::result_of<M>>>>>
+  void call_async(const std::string &id, F &&fn, const call_options &opts = {}) const {
+    check_callable<M>();
+    check_no_request<M>();
+    callback_call<M>(id, "null", std::forward<F>(fn), opts);
+  }
+
+  /** Fire and forget: returns once the message is accepted (queued or stored). */
+  template <auto M>
+  void notify(const std::string &id, const Req<M> &req, const call_options &opts = {}) const {
+    check_callable<M>();
+    notify_encoded<M>(id, detail::encode_request<M>(req), opts);
+  }
+  template <auto M> void notify(const std::string &id, const call_options &opts = {}) const {
+    check_callable<M>();
+    check_no_request<M>();
+    notify_encoded<M>(id, "null", opts);
+  }
+
+private:
+  template <auto M> static constexpr void check_callable() {
+    using C = detail::owner_of<M>;
+    static_assert(detail::composes_v<T, C>,
+                  "cruster: this method belongs neither to the entity nor to an rpc group it "
+                  "includes (using groups = cruster::groups<...>)");
+    if constexpr (detail::composes_v<T, C>) {
+      detail::check_rpc_class<C>();
+      constexpr unsigned flags = detail::flags_of<C, M>();
+      static_assert(flags != detail::not_declared,
+                    "cruster: this member function is not an rpc: list it in its class's rpcs");
+      if constexpr (flags != detail::not_declared) {
+        static_assert((flags & CRUSTER_RPC_PRIVATE) == 0,
+                      "cruster: this method is private: it is never callable, not even from "
+                      "entities");
+        static_assert(Internal || (flags & CRUSTER_RPC_PROTECTED) == 0,
+                      "cruster: this method is protected: call it from an entity through "
+                      "context::client<T>()");
+      }
+    }
+  }
+  template <auto M> static constexpr void check_no_request() {
+    static_assert(!detail::traits_of<M>::has_request,
+                  "cruster: this rpc takes a request: pass it after the entity id");
+  }
+  template <auto M> static const char *method_name() {
+    return detail::name_of<detail::owner_of<M>, M>();
+  }
+
+  template <auto M>
+  R<M> call_encoded(const std::string &id, const std::string &payload,
+                    const call_options &opts) const {
+    cruster_call_opts o = opts.to_c(caller_);
+    void *reply = nullptr;
+    std::size_t len = 0;
+    cruster_error *err = nullptr;
+    int st = cruster_send_sync(rt_, type_.c_str(), id.c_str(), method_name<M>(), payload.data(),
+                               payload.size(), &o, &reply, &len, &err);
+    std::unique_ptr<void, detail::c_free> owned(reply);
+    check(st, &err);
+    return detail::decode_result<R<M>>(reply, len);
+  }
+
+  template <auto M>
+  std::future<R<M>> future_call(const std::string &id, const std::string &payload,
+                                const call_options &opts) const {
+    auto promise = std::make_unique<std::promise<R<M>>>();
+    std::future<R<M>> fut = promise->get_future();
+    cruster_call_opts o = opts.to_c(caller_);
+    o.flags |= CRUSTER_CALL_INLINE_CALLBACK; // setting a promise never blocks
+    check(cruster_send(rt_, type_.c_str(), id.c_str(), method_name<M>(), payload.data(),
+                       payload.size(), &o, &detail::complete_promise<R<M>>, promise.get()));
+    promise.release(); // complete_promise owns it now
+    return fut;
+  }
+
+  template <auto M, class F>
+  void callback_call(const std::string &id, const std::string &payload, F &&fn,
+                     const call_options &opts) const {
+    auto box = std::make_unique<detail::callback_box<R<M>>>();
+    box->fn = std::forward<F>(fn);
+    cruster_call_opts o = opts.to_c(caller_);
+    check(cruster_send(rt_, type_.c_str(), id.c_str(), method_name<M>(), payload.data(),
+                       payload.size(), &o, &detail::complete_callback<R<M>>, box.get()));
+    box.release(); // complete_callback owns it now
+  }
+
+  template <auto M>
+  void notify_encoded(const std::string &id, const std::string &payload,
+                      const call_options &opts) const {
+    cruster_call_opts o = opts.to_c(caller_);
+    cruster_error *err = nullptr;
+    check(cruster_notify_sync(rt_, type_.c_str(), id.c_str(), method_name<M>(), payload.data(),
+                              payload.size(), &o, &err),
+          &err);
+  }
+
+  cruster_runtime *rt_;
+  std::string type_;
+  const cruster_request *caller_;
+};
+
+/** The public client of entity T: public methods only. */
+template <class T> using entity_client = basic_client<T, false>;
+/** A client calling on behalf of a request (context::client<T>()): protected methods too. */
+template <class T> using internal_client = basic_client<T, true>;
+
+template <class T> basic_client<T, true> context::client() const {
+  detail::check_rpc_class<T>();
+  return basic_client<T, true>(cruster_request_runtime(req_), detail::name_for<T>(), req_);
+}
+
+// ===========================================================================
+// The runtime
+// ===========================================================================
+
+/*
+ * One runner (cruster_runtime). It also keeps the entity and group instances
+ * given to register_entity: they live exactly as long as the runtime, and
+ * are destroyed after its threads are joined. Move-only.
+ */
+class runtime {
+public:
+  /** A runner from `cfg` (copied); `store` is taken over (empty = no storage). */
+  explicit runtime(const config &cfg, storage store = storage()) { init(cfg, std::move(store), nullptr); }
+  /** Cluster mode: `registry` (may be NULL) is taken over, also on failure. */
+  runtime(const config &cfg, storage store, cruster_registry *registry) {
+    init(cfg, std::move(store), registry);
+  }
+  ~runtime() { reset(); }
+  runtime(const runtime &) = delete;
+  runtime &operator=(const runtime &) = delete;
+  runtime(runtime &&o) noexcept
+      : h_(std::exchange(o.h_, nullptr)), instances_(std::move(o.instances_)) {}
+  runtime &operator=(runtime &&o) noexcept {
+    if (this != &o) {
+      reset();
+      h_ = std::exchange(o.h_, nullptr);
+      instances_ = std::move(o.instances_);
+    }
+    return *this;
+  }
+
+  /** Joins the cluster and starts delivering. Not from a handler. */
+  void start() {
+    cruster_error *err = nullptr;
+    check(cruster_runtime_start(h_, &err), &err);
+  }
+  /** Stops gracefully (idempotent). Not from a handler. */
+  void stop() {
+    cruster_error *err = nullptr;
+    check(cruster_runtime_stop(h_, &err), &err);
+  }
+
+  /** Every metric in the Prometheus text format. */
+  std::string metrics() const {
+    char *out = nullptr;
+    std::size_t len = 0;
+    check(cruster_metrics_render(cruster_runtime_metrics(h_), &out, &len));
+    std::unique_ptr<char, detail::c_free> owned(out);
+    return std::string(out, len);
+  }
+  /** One series ("name", "label=\"value\""); throws CRUSTER_E_NOT_FOUND if it does not exist yet. */
+  double metric(const std::string &name, const std::string &labels = std::string()) const {
+    double v = 0;
+    check(cruster_metrics_value(cruster_runtime_metrics(h_), name.c_str(), labels.c_str(), &v));
+    return v;
+  }
+  std::string runner_address() const { return cruster_runtime_runner_address(h_); }
+
+  /*
+   * Registers entity type T handled by `entity`, including the groups of
+   * T::groups handled by `group_instances` (one per group, any order; a
+   * default-constructible group may be left out). The runtime keeps the
+   * instances until it is destroyed. Handlers of different entity ids run
+   * concurrently on worker threads against the same instances, so their
+   * member functions must be thread-safe.
+   */
+  template <class T, class... G> entity_client<T> register_entity(T entity, G... group_instances) {
+    using Gs = detail::groups_of_t<T>;
+    static_assert(detail::is_groups<Gs>::value,
+                  "cruster: T::groups must be cruster::groups<G...>");
+    static_assert((detail::in_groups<G, Gs>::value && ...),
+                  "cruster: register_entity got an instance of a group T does not include "
+                  "(using groups = cruster::groups<...>)");
+    detail::check_rpc_class<T>();
+
+    auto inst = make_instance<T>(std::move(entity), std::tuple<G...>(std::move(group_instances)...),
+                                 static_cast<Gs *>(nullptr));
+    const std::string name = detail::name_for<T>();
+    detail::def_handle def(name);
+    constexpr entity_options o = detail::options_for<T>();
+    cruster_error *err = nullptr;
+    if constexpr (o.shard_group() != nullptr) {
+      check(cruster_entity_def_set_shard_group(def.h, o.shard_group(), &err), &err);
+    }
+    if constexpr (o.max_idle_time_ms() >= 0) {
+      check(cruster_entity_def_set_max_idle_time(def.h, o.max_idle_time_ms(), &err), &err);
+    }
+    if constexpr (o.mailbox_capacity() >= 0) {
+      check(cruster_entity_def_set_mailbox_capacity(def.h, o.mailbox_capacity(), &err), &err);
+    }
+    if constexpr (o.concurrency() >= 0) {
+      check(cruster_entity_def_set_concurrency(def.h, o.concurrency(), &err), &err);
+    }
+    detail::add_rpcs<T>(def.h, nullptr, &inst->entity);
+    std::apply([&](auto &...g) -> void { (detail::add_group(def.h, &g), ...); }, inst->group_instances);
+
+    instances_.reserve(instances_.size() + 1); // so that keeping it cannot fail once registered
+    check(cruster_runtime_register_entity(h_, def.h, &err), &err);
+    instances_.push_back(std::move(inst));
+    return entity_client<T>(h_, name);
+  }
+
+  /** A public client of entity type T registered here or on another runner. */
+  template <class T> entity_client<T> client() const {
+    detail::check_rpc_class<T>();
+    return entity_client<T>(h_, detail::name_for<T>());
+  }
+
+  cruster_runtime *handle() const noexcept { return h_; }
+  explicit operator bool() const noexcept { return h_ != nullptr; }
+
+private:
+  void init(const config &cfg, storage store, cruster_registry *registry) {
+    cruster_error *err = nullptr;
+    h_ = nullptr;
+    check(cruster_runtime_new(cfg.handle(), store.release(), registry, &h_, &err), &err);
+  }
+  void reset() noexcept {
+    // The runtime joins its workers before the instances its handlers use go away.
+    cruster_runtime_free(h_);
+    h_ = nullptr;
+    instances_.clear();
+  }
+  template <class T, class... A, class... G>
+  static std::unique_ptr<detail::instance<T, groups<G...>>>
+  make_instance(T entity, std::tuple<A...> args, groups<G...> *) {
+    (void)args; // unused when T includes no groups
+    return std::make_unique<detail::instance<T, groups<G...>>>(
+        std::move(entity), std::tuple<G...>(detail::pick_group<G>(args)...));
+  }
+
+  cruster_runtime *h_ = nullptr;
+  std::vector<std::unique_ptr<detail::instance_base>> instances_;
+};
+
+} // namespace cruster
+
+#endif /* CRUSTER_CRUSTER_HPP */

@@ -1,0 +1,287 @@
+/* Stored replies and dead letters: cruster_poll_reply, cruster_join_reply,
+ * cruster_dead_letters, cruster_dead_letter_redeliver. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/util.h"
+#include "entity/entity_internal.h"
+#include "sharding/sharding_internal.h"
+#include "storage/storage_internal.h"
+
+/* A request to the loop that a user thread waits for. */
+typedef struct op {
+  rt_cmd cmd;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  int done;
+  /* in */
+  int64_t request_id;
+  size_t limit;
+  /* out */
+  int status;
+  char *msg;
+  int found, processed;
+  int reply_status; /* the stored answer's status (poll) */
+  void *data;
+  size_t len;
+  cruster_message_list *list;
+} op;
+
+static void op_finish(op *o, int status, const char *msg) {
+  uv_mutex_lock(&o->mu);
+  o->status = status;
+  if (status != CRUSTER_OK && msg) o->msg = core_strdup(msg);
+  o->done = 1;
+  uv_cond_signal(&o->cv);
+  uv_mutex_unlock(&o->mu);
+}
+
+static int op_run(cruster_runtime *rt, op *o, rt_cmd_fn fn, cruster_error **err) {
+  if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
+  if (rt_on_loop(rt))
+    return core_error_set(err, CRUSTER_E_STATE, "blocking calls are not allowed on the loop thread");
+  int state = atomic_load(&rt->state);
+  if (state == RT_NEW) return core_error_set(err, CRUSTER_E_STATE, "the runtime is not started");
+  if (state != RT_STARTED) return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+  if (!rt->storage)
+    return core_error_set(err, CRUSTER_E_PERSISTENCE, "the runtime has no message storage");
+  uv_mutex_init(&o->mu);
+  uv_cond_init(&o->cv);
+  o->cmd.fn = fn;
+  int st;
+  if (rt_post(rt, &o->cmd) != 0) {
+    st = core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
+  } else {
+    rt_pool_block_enter(rt->pool);
+    uv_mutex_lock(&o->mu);
+    while (!o->done) uv_cond_wait(&o->cv, &o->mu);
+    uv_mutex_unlock(&o->mu);
+    rt_pool_block_leave(rt->pool);
+    st = o->status;
+    if (st != CRUSTER_OK) core_error_set(err, st, "%s", o->msg ? o->msg : cruster_status_message(st));
+  }
+  free(o->msg);
+  o->msg = NULL;
+  uv_cond_destroy(&o->cv);
+  uv_mutex_destroy(&o->mu);
+  return st;
+}
+
+static int64_t key_request_id(const char *type, const char *id, const char *method, const void *key,
+                              size_t key_len, cruster_error **err, int *st) {
+  if ((*st = core_check_name("entity type", type, err)) != CRUSTER_OK) return 0;
+  if ((*st = core_check_entity_id(id, err)) != CRUSTER_OK) return 0;
+  if ((*st = core_check_name("method name", method, err)) != CRUSTER_OK) return 0;
+  if (!key || key_len == 0) {
+    *st = core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "an idempotency key is required");
+    return 0;
+  }
+  return cruster_persisted_request_id(type, id, method, key, key_len);
+}
+
+/* ---- poll -------------------------------------------------------------------- */
+
+static void poll_got(void *ud, int status, const char *errmsg, int found, int processed,
+                     const st_reply *r) {
+  op *o = ud;
+  if (status != CRUSTER_OK) {
+    op_finish(o, CRUSTER_E_PERSISTENCE, errmsg ? errmsg : "message storage failed");
+    return;
+  }
+  o->found = found;
+  o->processed = processed;
+  if (processed && r) {
+    if (r->status == CRUSTER_OK) {
+      o->data = malloc(r->len + 1);
+      if (!o->data) {
+        op_finish(o, CRUSTER_E_NOMEM, "out of memory");
+        return;
+      }
+      if (r->len) memcpy(o->data, r->data, r->len);
+      ((char *)o->data)[r->len] = 0;
+      o->len = r->len;
+      op_finish(o, CRUSTER_OK, NULL);
+    } else {
+      /* The lookup worked; the stored answer is a failure. */
+      o->reply_status = r->status;
+      o->msg = core_strdup(r->message ? r->message : cruster_status_message(r->status));
+      op_finish(o, CRUSTER_OK, NULL);
+    }
+    return;
+  }
+  op_finish(o, CRUSTER_OK, NULL);
+}
+
+static void poll_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+  op *o = (op *)cmd;
+  rt->storage->ops->get_reply(rt->storage, o->request_id, poll_got, o);
+}
+
+cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type, const char *id,
+                                  const char *method, const void *key, size_t key_len, int *ready,
+                                  void **reply, size_t *reply_len, cruster_error **err) {
+  if (ready) *ready = 0;
+  if (reply) *reply = NULL;
+  if (reply_len) *reply_len = 0;
+  if (err) *err = NULL;
+  int st;
+  int64_t rid = key_request_id(type, id, method, key, key_len, err, &st);
+  if (st != CRUSTER_OK) return st;
+  op o;
+  memset(&o, 0, sizeof(o));
+  o.request_id = rid;
+  st = op_run(rt, &o, poll_on_loop, err);
+  char *failure = o.msg;
+  o.msg = NULL;
+  if (st != CRUSTER_OK) {
+    free(o.data);
+    free(failure);
+    return st;
+  }
+  if (!o.found) {
+    free(failure);
+    return core_error_set(err, CRUSTER_E_NOT_FOUND,
+                          "no persisted call to %s/%s '%s' with that key is stored", type, id, method);
+  }
+  if (!o.processed) {
+    free(failure);
+    return CRUSTER_OK;
+  }
+  if (ready) *ready = 1;
+  if (o.reply_status != CRUSTER_OK) {
+    int status = o.reply_status;
+    core_error_set(err, status, "%s", failure ? failure : cruster_status_message(status));
+    free(failure);
+    return status;
+  }
+  if (reply) *reply = o.data; else free(o.data);
+  if (reply_len) *reply_len = o.len;
+  return CRUSTER_OK;
+}
+
+/* ---- join --------------------------------------------------------------------- */
+
+typedef struct join_ctx {
+  cruster_runtime *rt;
+  int64_t request_id;
+} join_ctx;
+
+static void join_got(void *ud, int status, const char *errmsg, int found, int processed,
+                     const st_reply *r) {
+  join_ctx *j = ud;
+  cruster_runtime *rt = j->rt;
+  if (status != CRUSTER_OK) {
+    char msg[256];
+    snprintf(msg, sizeof(msg), "message storage failed: %s", errmsg ? errmsg : "unknown error");
+    rt_waiters_resolve(rt, j->request_id, CRUSTER_E_PERSISTENCE, NULL, 0, msg);
+  } else if (!found) {
+    rt_waiters_resolve(rt, j->request_id, CRUSTER_E_NOT_FOUND, NULL, 0,
+                       "no persisted call with that key is stored");
+  } else if (processed && r) {
+    rt_waiters_resolve(rt, j->request_id, r->status, r->data, r->len, r->message);
+  }
+  /* else: pending; the waiter is resolved when the reply is saved. */
+  free(j);
+}
+
+static void join_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+  rt_call *c = (rt_call *)cmd;
+  c->heap_idx = SIZE_MAX;
+  if (atomic_load(&rt->state) != RT_STARTED || rt->stopping || rt->closed) {
+    rt_call_complete(rt, c, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "the runtime is shutting down");
+    return;
+  }
+  join_ctx *j = malloc(sizeof(*j));
+  if (!j || rt_heap_insert(rt, c) != 0 || rt_waiter_add(rt, c) != 0) {
+    free(j);
+    rt_call_complete(rt, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
+    return;
+  }
+  j->rt = rt;
+  j->request_id = c->request_id;
+  rt->storage->ops->get_reply(rt->storage, c->request_id, join_got, j);
+}
+
+cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const char *id,
+                                  const char *method, const void *key, size_t key_len,
+                                  const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
+  int st;
+  if (!rt || !fn) return CRUSTER_E_INVALID_ARGUMENT;
+  int64_t rid = key_request_id(type, id, method, key, key_len, NULL, &st);
+  if (st != CRUSTER_OK) return st;
+  if (opts && opts->size < sizeof(cruster_call_opts)) return CRUSTER_E_INVALID_ARGUMENT;
+  if (opts && opts->timeout_ms < 0) return CRUSTER_E_INVALID_ARGUMENT;
+  int state = atomic_load(&rt->state);
+  if (state == RT_NEW) return CRUSTER_E_STATE;
+  if (state != RT_STARTED) return CRUSTER_E_SHUTTING_DOWN;
+  if (!rt->storage) return CRUSTER_E_PERSISTENCE;
+  rt_call *c = calloc(1, sizeof(*c));
+  if (!c) return CRUSTER_E_NOMEM;
+  c->kind = RT_CALL_SEND;
+  c->flags = opts ? (opts->flags & CRUSTER_CALL_INLINE_CALLBACK) : 0;
+  c->fn = fn;
+  c->user = user;
+  c->request_id = rid;
+  int64_t timeout = opts && opts->timeout_ms > 0 ? opts->timeout_ms : rt->cfg->default_call_timeout;
+  c->deadline_ms = core_mono_ms() + timeout;
+  c->cmd.fn = join_on_loop;
+  if (rt_post(rt, &c->cmd) != 0) {
+    free(c);
+    return CRUSTER_E_SHUTTING_DOWN;
+  }
+  return CRUSTER_OK;
+}
+
+/* ---- dead letters --------------------------------------------------------------- */
+
+static void dead_listed(void *ud, int status, const char *errmsg, cruster_message_list *list) {
+  op *o = ud;
+  o->list = list;
+  op_finish(o, status == CRUSTER_OK ? CRUSTER_OK : CRUSTER_E_PERSISTENCE, errmsg);
+}
+
+static void dead_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+  op *o = (op *)cmd;
+  rt->storage->ops->list_dead(rt->storage, o->limit, dead_listed, o);
+}
+
+cruster_status cruster_dead_letters(cruster_runtime *rt, size_t limit, cruster_message_list **out,
+                                    cruster_error **err) {
+  if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
+  *out = NULL;
+  op o;
+  memset(&o, 0, sizeof(o));
+  o.limit = limit;
+  int st = op_run(rt, &o, dead_on_loop, err);
+  if (st == CRUSTER_OK) *out = o.list;
+  else cruster_message_list_free(o.list);
+  return st;
+}
+
+typedef struct redeliver_op {
+  op o;
+  cruster_runtime *rt;
+} redeliver_op;
+
+static void redelivered(void *ud, int status, const char *errmsg) {
+  redeliver_op *r = ud;
+  if (status == CRUSTER_OK) rt_poll_schedule(r->rt, 0);
+  op_finish(&r->o,
+            status == CRUSTER_OK || status == CRUSTER_E_NOT_FOUND ? status : CRUSTER_E_PERSISTENCE,
+            errmsg);
+}
+
+static void redeliver_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+  redeliver_op *r = (redeliver_op *)cmd;
+  r->rt = rt;
+  rt->storage->ops->redeliver(rt->storage, r->o.request_id, redelivered, r);
+}
+
+cruster_status cruster_dead_letter_redeliver(cruster_runtime *rt, int64_t request_id,
+                                             cruster_error **err) {
+  redeliver_op r;
+  memset(&r, 0, sizeof(r));
+  r.o.request_id = request_id;
+  return op_run(rt, &r.o, redeliver_on_loop, err);
+}

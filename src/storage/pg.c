@@ -1,0 +1,971 @@
+/* PostgreSQL message storage: a pool of non-blocking libpq connections
+ * driven by uv_poll on the runtime's loop thread. Each connection runs one
+ * job at a time: a pipelined transaction (BEGIN, the statements of up to
+ * storage_batch_size operations, COMMIT, Sync), so concurrent writes share
+ * one commit. Writes for one entity always use the same connection, which
+ * keeps them in order. Operations queue while a connection reconnects. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/util.h"
+#include "storage/pg_internal.h"
+#include "storage/pg_sql.h"
+
+enum { OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_RESET, OP_CLEANUP };
+enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
+
+#define MAX_QUEUED 100000
+
+typedef struct pg_op {
+  struct pg_op *next;
+  int kind;
+  int solo;       /* run in a transaction of its own */
+  int nstmt;      /* statements it sends */
+  PGresult *res[3];
+  rt_env *env;    /* copy: SAVE, REPLY, RELEASE */
+  int claim, attempt;
+  int status;     /* REPLY */
+  void *data;
+  size_t len;
+  char *message;
+  int64_t request_id, max_retries, now_ms;
+  size_t limit;
+  void *cb;
+  void *ud;
+} pg_op;
+
+typedef struct pg_store pg_store;
+
+typedef struct pg_conn {
+  pg_store *st;
+  int idx;
+  PGconn *pq;
+  uv_poll_t *poll;
+  int fd;
+  int events;
+  uv_timer_t timer;
+  int state;
+  int64_t backoff;
+  pg_op *q_head, *q_tail;
+  size_t qlen;
+  /* the job in flight */
+  pg_op **job;
+  size_t njob, job_cap;
+  int active;
+  int nq;            /* queries sent (BEGIN + statements + COMMIT, or prepares) */
+  PGresult **slots;
+  int slots_cap;
+  int cur, have_cur;
+  int want_write;
+} pg_conn;
+
+struct pg_store {
+  char *conninfo;
+  cruster_runtime *rt;
+  const core_logger *lg;
+  pg_conn *conns;
+  int nconns;
+  int closing;
+  int64_t batch;
+  int64_t backoff_ms;
+  int64_t retention_ms;
+  uv_timer_t cleanup_timer;
+  int cleanup_init;
+  char claimer[CRUSTER_MAX_NAME_LEN + 64];
+  int64_t next_due;
+  core_metric *m_batches, *m_batch_ops, *m_reconnects;
+};
+
+static void conn_connect(pg_conn *c);
+static void conn_pump(pg_conn *c);
+static void on_poll(uv_poll_t *h, int status, int events);
+
+/* ---- statements ------------------------------------------------------------ */
+
+typedef struct stmt {
+  const char *name;
+  const char *sql;
+  int nparams;
+} stmt;
+
+static const stmt stmts[] = {
+    {"cr_ins", PG_SQL_INSERT, 14},  {"cr_rep", PG_SQL_REPLY, 4},
+    {"cr_rel", PG_SQL_RELEASE, 3},  {"cr_claim", PG_SQL_CLAIM, 3},
+    {"cr_dead", PG_SQL_DEAD, 2},    {"cr_due", PG_SQL_NEXT_DUE, 1},
+    {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
+    {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
+    {"cr_clean", PG_SQL_CLEANUP, 1},
+};
+#define N_STMTS (int)(sizeof stmts / sizeof stmts[0])
+
+/* ---- binary results ---------------------------------------------------------- */
+
+static int64_t get_i64(const PGresult *r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return 0;
+  const unsigned char *p = (const unsigned char *)PQgetvalue(r, row, col);
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+  return (int64_t)v;
+}
+
+static int32_t get_i32(const PGresult *r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return 0;
+  uint32_t v;
+  memcpy(&v, PQgetvalue(r, row, col), 4);
+  return (int32_t)ntohl(v);
+}
+
+static int get_bool(const PGresult *r, int row, int col) {
+  return !PQgetisnull(r, row, col) && PQgetvalue(r, row, col)[0] != 0;
+}
+
+static const char *get_text(const PGresult *r, int row, int col) {
+  return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
+}
+
+/* Builds an envelope from a PG_MSG_COLUMNS row. */
+static rt_env *row_env(const PGresult *r, int row, int64_t *attempts) {
+  rt_env *e = rt_env_new(get_text(r, row, 4), get_text(r, row, 5), get_text(r, row, 6),
+                         PQgetvalue(r, row, 7), (size_t)PQgetlength(r, row, 7));
+  if (!e) return NULL;
+  e->request_id = get_i64(r, row, 1);
+  snprintf(e->group, sizeof(e->group), "%s", get_text(r, row, 2));
+  e->shard = get_i32(r, row, 3);
+  e->internal = (unsigned char)get_bool(r, row, 8);
+  e->is_request = (unsigned char)get_bool(r, row, 9);
+  e->keyed = (unsigned char)get_bool(r, row, 10);
+  e->deliver_at = get_i64(r, row, 11);
+  e->persisted = 1;
+  if (attempts) *attempts = get_i32(r, row, 12);
+  return e;
+}
+
+/* ---- sending an operation ------------------------------------------------------ */
+
+static int send_stmt(pg_conn *c, const char *name, int n, const char *const *vals, const int *lens,
+                     const int *fmts) {
+  return PQsendQueryPrepared(c->pq, name, n, vals, lens, fmts, 1);
+}
+
+static int op_send(pg_conn *c, pg_op *o) {
+  pg_store *st = c->st;
+  char a[32], b[32], d[32], e[32], f[32];
+  switch (o->kind) {
+  case OP_SAVE: {
+    const rt_env *m = o->env;
+    snprintf(a, sizeof a, "%lld", (long long)m->request_id);
+    snprintf(b, sizeof b, "%d", m->shard);
+    snprintf(d, sizeof d, "%lld", (long long)m->deliver_at);
+    snprintf(e, sizeof e, "%lld", (long long)o->now_ms);
+    const char *v[14] = {a, m->group, b, m->type, m->id, m->method, m->payload,
+                         m->internal ? "t" : "f", m->is_request ? "t" : "f", m->keyed ? "t" : "f",
+                         d, o->claim ? "t" : "f", st->claimer, e};
+    int l[14] = {0, 0, 0, 0, 0, 0, (int)m->len, 0, 0, 0, 0, 0, 0, 0};
+    int fm[14] = {0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
+    return send_stmt(c, "cr_ins", 14, v, l, fm);
+  }
+  case OP_REPLY: {
+    snprintf(a, sizeof a, "%lld", (long long)o->env->request_id);
+    snprintf(b, sizeof b, "%d", o->status);
+    const char *v[4] = {a, b, o->status == CRUSTER_OK ? (o->data ? o->data : "") : NULL,
+                        o->status == CRUSTER_OK ? NULL : o->message};
+    int l[4] = {0, 0, (int)o->len, 0};
+    int fm[4] = {0, 0, 1, 0};
+    return send_stmt(c, "cr_rep", 4, v, l, fm);
+  }
+  case OP_RELEASE: {
+    snprintf(a, sizeof a, "%lld", (long long)o->env->request_id);
+    snprintf(b, sizeof b, "%d", o->attempt ? 1 : 0);
+    snprintf(d, sizeof d, "%lld", (long long)st->backoff_ms);
+    const char *v[3] = {a, b, d};
+    return send_stmt(c, "cr_rel", 3, v, NULL, NULL);
+  }
+  case OP_POLL: {
+    snprintf(a, sizeof a, "%zu", o->limit);
+    snprintf(b, sizeof b, "%lld", (long long)o->now_ms);
+    snprintf(f, sizeof f, "%lld", (long long)o->max_retries);
+    const char *v1[3] = {a, st->claimer, b};
+    const char *v2[2] = {st->claimer, f};
+    const char *v3[1] = {b};
+    return send_stmt(c, "cr_claim", 3, v1, NULL, NULL) && send_stmt(c, "cr_dead", 2, v2, NULL, NULL) &&
+           send_stmt(c, "cr_due", 1, v3, NULL, NULL);
+  }
+  case OP_GET:
+  case OP_REDELIVER: {
+    snprintf(a, sizeof a, "%lld", (long long)o->request_id);
+    const char *v[1] = {a};
+    return send_stmt(c, o->kind == OP_GET ? "cr_get" : "cr_redel", 1, v, NULL, NULL);
+  }
+  case OP_DEAD: {
+    snprintf(a, sizeof a, "%zu", o->limit > 100000 ? (size_t)100000 : o->limit);
+    const char *v[1] = {a};
+    return send_stmt(c, "cr_list", 1, v, NULL, NULL);
+  }
+  case OP_RESET: {
+    const char *v[1] = {st->claimer};
+    return send_stmt(c, "cr_reset", 1, v, NULL, NULL);
+  }
+  case OP_CLEANUP: {
+    snprintf(a, sizeof a, "%lld", (long long)st->retention_ms);
+    const char *v[1] = {a};
+    return send_stmt(c, "cr_clean", 1, v, NULL, NULL);
+  }
+  }
+  return 0;
+}
+
+/* ---- completing an operation ---------------------------------------------------- */
+
+static void op_free(pg_op *o) {
+  for (int i = 0; i < 3; i++) PQclear(o->res[i]);
+  free(o->env);
+  free(o->data);
+  free(o->message);
+  free(o);
+}
+
+/* Reports failure `status`/`msg` to the operation's callback. */
+static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
+  switch (o->kind) {
+  case OP_SAVE:
+    ((st_save_cb)o->cb)(o->ud, status, msg, ST_SAVED, NULL);
+    break;
+  case OP_REPLY:
+  case OP_REDELIVER:
+    if (o->cb) ((st_done_cb)o->cb)(o->ud, status, msg);
+    break;
+  case OP_POLL:
+    ((st_poll_cb)o->cb)(o->ud, status, msg, NULL, 0, NULL, 0);
+    break;
+  case OP_GET:
+    ((st_reply_cb)o->cb)(o->ud, status, msg, 0, 0, NULL);
+    break;
+  case OP_DEAD:
+    ((st_list_cb)o->cb)(o->ud, status, msg, NULL);
+    break;
+  default:
+    if (!st->closing)
+      core_log(st->lg, CRUSTER_LOG_WARN, "storage", "a storage operation failed: %s", msg);
+    break;
+  }
+  op_free(o);
+}
+
+static int cmp_seq(const void *a, const void *b) {
+  const int64_t *x = a, *y = b;
+  return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+static void op_complete(pg_store *st, pg_op *o) {
+  PGresult *r = o->res[0];
+  switch (o->kind) {
+  case OP_SAVE: {
+    st_save_cb cb = (st_save_cb)o->cb;
+    if (PQntuples(r) == 0) {
+      /* A concurrent insert of the same id won: it is pending. */
+      cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
+    } else if (get_i32(r, 0, 0) == 0) {
+      int claimed = get_bool(r, 0, 1);
+      cb(o->ud, CRUSTER_OK, NULL, (o->claim && !claimed) ? ST_SAVED_QUEUED : ST_SAVED, NULL);
+    } else if (get_bool(r, 0, 5) && !PQgetisnull(r, 0, 2)) {
+      st_reply rep = {get_i32(r, 0, 2), PQgetvalue(r, 0, 3), (size_t)PQgetlength(r, 0, 3),
+                      get_text(r, 0, 4)};
+      cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_REPLIED, &rep);
+    } else {
+      cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
+    }
+    break;
+  }
+  case OP_REPLY:
+  case OP_RELEASE:
+    if (o->cb) ((st_done_cb)o->cb)(o->ud, CRUSTER_OK, NULL);
+    break;
+  case OP_POLL: {
+    PGresult *dead = o->res[1];
+    int n = PQntuples(r), nd = PQntuples(dead);
+    int64_t *dead_ids = calloc((size_t)nd + 1, sizeof(int64_t));
+    int64_t (*order)[2] = calloc((size_t)n + 1, sizeof(*order));
+    rt_env **msgs = calloc((size_t)n + 1, sizeof(*msgs));
+    if (!dead_ids || !order || !msgs) {
+      free(dead_ids);
+      free(order);
+      free(msgs);
+      ((st_poll_cb)o->cb)(o->ud, CRUSTER_E_NOMEM, "out of memory", NULL, 0, NULL, 0);
+      break;
+    }
+    for (int i = 0; i < nd; i++) dead_ids[i] = get_i64(dead, i, 0);
+    /* RETURNING has no order: sort the claimed rows by seq. */
+    for (int i = 0; i < n; i++) {
+      order[i][0] = get_i64(r, i, 0);
+      order[i][1] = i;
+    }
+    qsort(order, (size_t)n, sizeof(*order), cmp_seq);
+    size_t nm = 0;
+    for (int k = 0; k < n; k++) {
+      int i = (int)order[k][1];
+      int64_t id = get_i64(r, i, 1);
+      int is_dead = 0;
+      for (int j = 0; j < nd; j++) is_dead |= dead_ids[j] == id;
+      if (is_dead) continue;
+      rt_env *e = row_env(r, i, NULL);
+      if (e) msgs[nm++] = e;
+    }
+    st->next_due = get_i64(o->res[2], 0, 0);
+    ((st_poll_cb)o->cb)(o->ud, CRUSTER_OK, NULL, msgs, nm, dead_ids, (size_t)nd);
+    free(msgs);
+    free(order);
+    free(dead_ids);
+    break;
+  }
+  case OP_GET: {
+    st_reply_cb cb = (st_reply_cb)o->cb;
+    if (PQntuples(r) == 0) {
+      cb(o->ud, CRUSTER_OK, NULL, 0, 0, NULL);
+    } else if (get_bool(r, 0, 0) && !PQgetisnull(r, 0, 1)) {
+      st_reply rep = {get_i32(r, 0, 1), PQgetvalue(r, 0, 2), (size_t)PQgetlength(r, 0, 2),
+                      get_text(r, 0, 3)};
+      cb(o->ud, CRUSTER_OK, NULL, 1, 1, &rep);
+    } else {
+      cb(o->ud, CRUSTER_OK, NULL, 1, 0, NULL);
+    }
+    break;
+  }
+  case OP_DEAD: {
+    size_t cap = 0;
+    cruster_message_list *l = st_list_new(0);
+    for (int i = 0; l && i < PQntuples(r); i++) {
+      int64_t attempts = 0;
+      rt_env *e = row_env(r, i, &attempts);
+      if (!e || st_list_add(l, &cap, e, attempts) != 0) {
+        cruster_message_list_free(l);
+        l = NULL;
+      }
+    }
+    if (l) ((st_list_cb)o->cb)(o->ud, CRUSTER_OK, NULL, l);
+    else ((st_list_cb)o->cb)(o->ud, CRUSTER_E_NOMEM, "out of memory", NULL);
+    break;
+  }
+  case OP_REDELIVER:
+    if (PQntuples(r) == 0)
+      ((st_done_cb)o->cb)(o->ud, CRUSTER_E_NOT_FOUND, "no dead letter with that request id");
+    else
+      ((st_done_cb)o->cb)(o->ud, CRUSTER_OK, NULL);
+    break;
+  case OP_RESET: {
+    const char *n = PQcmdTuples(r);
+    if (n && *n && strcmp(n, "0") != 0)
+      core_log(st->lg, CRUSTER_LOG_INFO, "storage",
+               "%s message(s) claimed by an earlier run will be delivered again", n);
+    break;
+  }
+  case OP_CLEANUP:
+    break;
+  }
+  op_free(o);
+}
+
+/* ---- the queue ---------------------------------------------------------------------- */
+
+static uint64_t fnv(const char *s, uint64_t h) {
+  for (; *s; s++) {
+    h ^= (unsigned char)*s;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+static pg_conn *conn_for_entity(pg_store *st, const rt_env *e) {
+  uint64_t h = fnv(e->id, fnv(e->type, 1469598103934665603ULL) ^ 0xff);
+  return &st->conns[h % (uint64_t)st->nconns];
+}
+
+static void enqueue(pg_store *st, pg_conn *c, pg_op *o) {
+  if (st->closing) {
+    op_fail(st, o, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+    return;
+  }
+  if (c->state != C_READY && c->qlen >= MAX_QUEUED) {
+    op_fail(st, o, CRUSTER_E_PERSISTENCE,
+            "PostgreSQL is unreachable and too many storage operations are waiting");
+    return;
+  }
+  o->next = NULL;
+  if (c->q_tail) c->q_tail->next = o; else c->q_head = o;
+  c->q_tail = o;
+  c->qlen++;
+  conn_pump(c);
+}
+
+static pg_op *op_new(int kind, void *cb, void *ud) {
+  pg_op *o = calloc(1, sizeof(*o));
+  if (!o) return NULL;
+  o->kind = kind;
+  o->cb = cb;
+  o->ud = ud;
+  o->nstmt = kind == OP_POLL ? 3 : 1;
+  return o;
+}
+
+/* ---- the connection ------------------------------------------------------------------- */
+
+static void poll_closed(uv_handle_t *h) { free(h); }
+
+static void conn_watch(pg_conn *c, int events) {
+  int fd = c->pq ? PQsocket(c->pq) : -1;
+  if (c->poll && (fd != c->fd || events == 0)) {
+    uv_poll_stop(c->poll);
+    uv_close((uv_handle_t *)c->poll, poll_closed);
+    c->poll = NULL;
+  }
+  if (events == 0 || fd < 0) return;
+  if (!c->poll) {
+    c->poll = malloc(sizeof(*c->poll));
+    if (!c->poll || uv_poll_init(&c->st->rt->loop, c->poll, fd) != 0) {
+      free(c->poll);
+      c->poll = NULL;
+      return;
+    }
+    c->poll->data = c;
+    c->fd = fd;
+    c->events = 0;
+  }
+  if (events != c->events) {
+    uv_poll_start(c->poll, events, on_poll);
+    c->events = events;
+  }
+}
+
+static void job_clear(pg_conn *c) {
+  for (int i = 0; i < c->nq && i < c->slots_cap; i++) {
+    PQclear(c->slots[i]);
+    c->slots[i] = NULL;
+  }
+  c->nq = 0;
+  c->njob = 0;
+  c->active = 0;
+  c->cur = 0;
+  c->have_cur = 0;
+}
+
+static void on_retry_timer(uv_timer_t *t) { conn_connect(t->data); }
+
+/* The connection broke: fail the job in flight, keep the queue, reconnect. */
+static void conn_fail(pg_conn *c, const char *why) {
+  pg_store *st = c->st;
+  char msg[512];
+  snprintf(msg, sizeof(msg), "lost the connection to PostgreSQL: %s", why);
+  size_t n = strlen(msg);
+  while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
+  if (!st->closing)
+    core_log(st->lg, CRUSTER_LOG_WARN, "storage", "connection %d: %s", c->idx, msg);
+  pg_op **job = c->job;
+  size_t njob = c->njob;
+  int was_active = c->active;
+  c->job = NULL;
+  c->job_cap = 0;
+  job_clear(c);
+  conn_watch(c, 0);
+  if (c->pq) PQfinish(c->pq);
+  c->pq = NULL;
+  c->state = C_DOWN;
+  if (was_active)
+    for (size_t i = 0; i < njob; i++) op_fail(st, job[i], CRUSTER_E_PERSISTENCE, msg);
+  free(job);
+  if (st->closing) return;
+  core_metric_add(st->m_reconnects, 1);
+  c->backoff = c->backoff ? (c->backoff * 2 > 2000 ? 2000 : c->backoff * 2) : 50;
+  uv_timer_start(&c->timer, on_retry_timer, (uint64_t)c->backoff, 0);
+}
+
+static int ensure_slots(pg_conn *c, int n) {
+  if (n <= c->slots_cap) return 0;
+  PGresult **s = realloc(c->slots, (size_t)n * sizeof(*s));
+  if (!s) return -1;
+  for (int i = c->slots_cap; i < n; i++) s[i] = NULL;
+  c->slots = s;
+  c->slots_cap = n;
+  return 0;
+}
+
+static void conn_flush(pg_conn *c) {
+  int r = PQflush(c->pq);
+  if (r < 0) {
+    conn_fail(c, PQerrorMessage(c->pq));
+    return;
+  }
+  c->want_write = r == 1;
+  conn_watch(c, UV_READABLE | (c->want_write ? UV_WRITABLE : 0));
+}
+
+static int send_plain(pg_conn *c, const char *sql) {
+  return PQsendQueryParams(c->pq, sql, 0, NULL, NULL, NULL, NULL, 1);
+}
+
+/* Starts the next job if the connection is free. */
+static void conn_pump(pg_conn *c) {
+  pg_store *st = c->st;
+  if (c->state != C_READY || c->active || !c->q_head) return;
+  size_t max = (size_t)st->batch;
+  if (c->job_cap < max && !(c->job = realloc(c->job, max * sizeof(*c->job)))) {
+    c->job_cap = 0;
+    return;
+  }
+  if (c->job_cap < max) c->job_cap = max;
+  int solo = c->q_head->solo;
+  c->njob = 0;
+  int stmts_n = 0;
+  while (c->q_head && c->njob < max && (c->njob == 0 || (!solo && !c->q_head->solo))) {
+    pg_op *o = c->q_head;
+    c->q_head = o->next;
+    if (!c->q_head) c->q_tail = NULL;
+    c->qlen--;
+    o->next = NULL;
+    c->job[c->njob++] = o;
+    stmts_n += o->nstmt;
+  }
+  if (ensure_slots(c, stmts_n + 2) != 0) {
+    conn_fail(c, "out of memory");
+    return;
+  }
+  c->active = 1;
+  c->cur = 0;
+  c->have_cur = 0;
+  c->nq = stmts_n + 2;
+  int ok = send_plain(c, "BEGIN");
+  for (size_t i = 0; ok && i < c->njob; i++) ok = op_send(c, c->job[i]);
+  ok = ok && send_plain(c, "COMMIT") && PQpipelineSync(c->pq);
+  if (!ok) {
+    conn_fail(c, PQerrorMessage(c->pq));
+    return;
+  }
+  core_metric_add(st->m_batches, 1);
+  core_metric_add(st->m_batch_ops, (double)c->njob);
+  conn_flush(c);
+}
+
+/* The job's Sync arrived: hand results to the operations. */
+static void job_done(pg_conn *c) {
+  pg_store *st = c->st;
+  pg_op **job = c->job;
+  size_t njob = c->njob;
+  if (c->state == C_PREPARING) {
+    const char *bad = NULL;
+    for (int i = 0; i < c->nq; i++) {
+      ExecStatusType s = c->slots[i] ? PQresultStatus(c->slots[i]) : PGRES_FATAL_ERROR;
+      if (s != PGRES_COMMAND_OK && !bad) bad = c->slots[i] ? PQresultErrorMessage(c->slots[i]) : "no result";
+    }
+    if (bad) {
+      char msg[512];
+      snprintf(msg, sizeof(msg), "preparing statements failed: %s", bad);
+      job_clear(c);
+      conn_fail(c, msg);
+      return;
+    }
+    job_clear(c);
+    c->state = C_READY;
+    c->backoff = 0;
+    core_log(st->lg, CRUSTER_LOG_DEBUG, "storage", "connection %d ready", c->idx);
+    conn_pump(c);
+    return;
+  }
+  /* Slot 0 is BEGIN, the last is COMMIT. */
+  const char *err = NULL;
+  for (int i = 0; i < c->nq && !err; i++) {
+    PGresult *r = c->slots[i];
+    ExecStatusType s = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
+      err = r && s != PGRES_PIPELINE_ABORTED ? PQresultErrorMessage(r) : NULL;
+    if (s == PGRES_PIPELINE_ABORTED) continue;
+  }
+  int failed = 0;
+  for (int i = 0; i < c->nq; i++) {
+    ExecStatusType s = c->slots[i] ? PQresultStatus(c->slots[i]) : PGRES_FATAL_ERROR;
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) failed = 1;
+  }
+  if (!failed) {
+    /* Move each operation's results to it, then complete them. */
+    int k = 1;
+    for (size_t i = 0; i < njob; i++)
+      for (int j = 0; j < job[i]->nstmt; j++) {
+        job[i]->res[j] = c->slots[k];
+        c->slots[k++] = NULL;
+      }
+  }
+  char msg[512] = "";
+  if (failed) snprintf(msg, sizeof(msg), "%s", err ? err : "the transaction was aborted");
+  size_t n = strlen(msg);
+  while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
+  /* Detach the job before callbacks: they may queue more work. */
+  c->job = NULL;
+  c->job_cap = 0;
+  job_clear(c);
+  if (failed && njob > 1) {
+    /* One bad operation aborted the batch: run each alone, in order. */
+    for (size_t i = njob; i-- > 0;) {
+      job[i]->solo = 1;
+      job[i]->next = c->q_head;
+      c->q_head = job[i];
+      if (!c->q_tail) c->q_tail = job[i];
+      c->qlen++;
+    }
+  } else {
+    for (size_t i = 0; i < njob; i++) {
+      if (failed) op_fail(st, job[i], CRUSTER_E_PERSISTENCE, msg);
+      else op_complete(st, job[i]);
+    }
+  }
+  free(job);
+  conn_pump(c);
+}
+
+static void conn_read(pg_conn *c) {
+  if (!PQconsumeInput(c->pq)) {
+    conn_fail(c, PQerrorMessage(c->pq));
+    return;
+  }
+  while (c->active && !PQisBusy(c->pq)) {
+    PGresult *r = PQgetResult(c->pq);
+    if (!r) {
+      if (!c->have_cur) break;
+      c->cur++;
+      c->have_cur = 0;
+      continue;
+    }
+    if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      job_done(c);
+      return;
+    }
+    if (!c->have_cur && c->cur < c->nq) {
+      c->slots[c->cur] = r;
+      c->have_cur = 1;
+    } else {
+      PQclear(r);
+    }
+  }
+  if (c->pq && PQstatus(c->pq) == CONNECTION_BAD) conn_fail(c, PQerrorMessage(c->pq));
+}
+
+static void quiet_notices(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
+/* Connected: enter pipeline mode and prepare every statement. */
+static void conn_connected(pg_conn *c) {
+  if (PQsetnonblocking(c->pq, 1) != 0 || !PQenterPipelineMode(c->pq)) {
+    conn_fail(c, PQerrorMessage(c->pq));
+    return;
+  }
+  PQsetNoticeProcessor(c->pq, quiet_notices, NULL);
+  if (ensure_slots(c, N_STMTS) != 0) {
+    conn_fail(c, "out of memory");
+    return;
+  }
+  c->state = C_PREPARING;
+  c->active = 1;
+  c->nq = N_STMTS;
+  c->cur = 0;
+  c->have_cur = 0;
+  int ok = 1;
+  for (int i = 0; ok && i < N_STMTS; i++)
+    ok = PQsendPrepare(c->pq, stmts[i].name, stmts[i].sql, stmts[i].nparams, NULL);
+  if (!ok || !PQpipelineSync(c->pq)) {
+    conn_fail(c, PQerrorMessage(c->pq));
+    return;
+  }
+  conn_flush(c);
+}
+
+static void conn_connect_step(pg_conn *c) {
+  PostgresPollingStatusType p = PQconnectPoll(c->pq);
+  switch (p) {
+  case PGRES_POLLING_READING:
+    conn_watch(c, UV_READABLE);
+    break;
+  case PGRES_POLLING_WRITING:
+    conn_watch(c, UV_WRITABLE);
+    break;
+  case PGRES_POLLING_OK:
+    conn_connected(c);
+    break;
+  default:
+    conn_fail(c, PQerrorMessage(c->pq));
+    break;
+  }
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  pg_conn *c = h->data;
+  if (!c->pq) return;
+  if (c->state == C_CONNECTING) {
+    conn_connect_step(c);
+    return;
+  }
+  if (status < 0) {
+    conn_fail(c, uv_strerror(status));
+    return;
+  }
+  if ((events & UV_WRITABLE) && c->want_write) {
+    conn_flush(c);
+    if (!c->pq) return;
+  }
+  if (events & UV_READABLE) conn_read(c);
+}
+
+static void conn_connect(pg_conn *c) {
+  pg_store *st = c->st;
+  if (st->closing) return;
+  const char *keys[] = {"dbname", "connect_timeout", NULL};
+  const char *vals[] = {st->conninfo, "5", NULL};
+  c->pq = PQconnectStartParams(keys, vals, 1);
+  if (!c->pq || PQstatus(c->pq) == CONNECTION_BAD) {
+    conn_fail(c, c->pq ? PQerrorMessage(c->pq) : "out of memory");
+    return;
+  }
+  c->state = C_CONNECTING;
+  c->fd = -1;
+  conn_watch(c, UV_WRITABLE);
+  if (!c->poll) conn_fail(c, "cannot watch the connection's socket");
+}
+
+/* ---- st_ops --------------------------------------------------------------------------- */
+
+static void on_cleanup_timer(uv_timer_t *t) {
+  pg_store *st = t->data;
+  pg_op *o = op_new(OP_CLEANUP, NULL, NULL);
+  if (o) enqueue(st, &st->conns[0], o);
+}
+
+static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster_error **err) {
+  pg_store *st = s->impl;
+  const cruster_config *cfg = rt->cfg;
+  PGconn *check = pg_connect_blocking(st->conninfo, err);
+  if (!check) return CRUSTER_E_PERSISTENCE;
+  cruster_status rc = pg_check_schema(check, cfg->storage_migrations_table,
+                                      (int)cfg->storage_auto_migrate, err);
+  PQfinish(check);
+  if (rc != CRUSTER_OK) return rc;
+  st->rt = rt;
+  st->lg = rt->lg;
+  st->batch = cfg->storage_batch_size;
+  st->backoff_ms = cfg->storage_retry_backoff;
+  st->retention_ms = cfg->storage_retention;
+  int64_t token = 0;
+  core_snowflake_next(&rt->snowflake, &token);
+  snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", cfg->runner_address, (unsigned long long)token);
+  st->nconns = (int)cfg->storage_pool_size;
+  st->conns = calloc((size_t)st->nconns, sizeof(*st->conns));
+  if (!st->conns) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  st->m_batches = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_transactions_total",
+                                   "Transactions the PostgreSQL storage committed or tried", NULL);
+  st->m_batch_ops = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_operations_total",
+                                     "Storage operations sent to PostgreSQL (several share a transaction)", NULL);
+  st->m_reconnects = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_reconnects_total",
+                                      "Times a PostgreSQL connection was lost and reopened", NULL);
+  for (int i = 0; i < st->nconns; i++) {
+    pg_conn *c = &st->conns[i];
+    c->st = st;
+    c->idx = i;
+    c->fd = -1;
+    uv_timer_init(&rt->loop, &c->timer);
+    c->timer.data = c;
+    conn_connect(c);
+  }
+  if (st->retention_ms > 0) {
+    int64_t every = st->retention_ms / 2;
+    if (every < 500) every = 500;
+    if (every > 60000) every = 60000;
+    uv_timer_init(&rt->loop, &st->cleanup_timer);
+    st->cleanup_timer.data = st;
+    st->cleanup_init = 1;
+    uv_timer_start(&st->cleanup_timer, on_cleanup_timer, (uint64_t)every, (uint64_t)every);
+  }
+  pg_op *o = op_new(OP_RESET, NULL, NULL);
+  if (o) enqueue(st, &st->conns[0], o);
+  return CRUSTER_OK;
+}
+
+static void pg_save_request(cruster_storage *s, const rt_env *m, int claim, st_save_cb cb, void *ud) {
+  pg_store *st = s->impl;
+  pg_op *o = op_new(OP_SAVE, (void *)cb, ud);
+  if (o) o->env = rt_env_copy(m);
+  if (!o || !o->env) {
+    free(o);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory", ST_SAVED, NULL);
+    return;
+  }
+  o->claim = claim;
+  o->now_ms = core_now_ms();
+  enqueue(st, conn_for_entity(st, m), o);
+}
+
+static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r, st_done_cb cb,
+                          void *ud) {
+  pg_store *st = s->impl;
+  pg_op *o = op_new(OP_REPLY, (void *)cb, ud);
+  if (o) {
+    o->env = rt_env_copy(m);
+    o->status = r->status;
+    o->len = r->len;
+    o->data = r->status == CRUSTER_OK ? core_memdup(r->data, r->len) : NULL;
+    o->message = r->message ? core_strdup(r->message) : NULL;
+  }
+  if (!o || !o->env || (r->status == CRUSTER_OK && !o->data) || (r->message && !o->message)) {
+    if (o) op_free(o);
+    if (cb) cb(ud, CRUSTER_E_NOMEM, "out of memory");
+    return;
+  }
+  enqueue(st, conn_for_entity(st, m), o);
+}
+
+static void pg_release(cruster_storage *s, const rt_env *m, int attempt) {
+  pg_store *st = s->impl;
+  pg_op *o = op_new(OP_RELEASE, NULL, NULL);
+  if (o) o->env = rt_env_copy(m);
+  if (!o || !o->env) {
+    free(o);
+    core_log(st->lg, CRUSTER_LOG_ERROR, "storage", "out of memory releasing message %lld",
+             (long long)m->request_id);
+    return;
+  }
+  o->attempt = attempt;
+  enqueue(st, conn_for_entity(st, m), o);
+}
+
+static void pg_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t max_retries,
+                    st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud) {
+  (void)owned; /* single-node: every shard is ours */
+  (void)owned_ud;
+  pg_store *st = s->impl;
+  pg_op *o = op_new(OP_POLL, (void *)cb, ud);
+  if (!o) {
+    cb(ud, CRUSTER_E_NOMEM, "out of memory", NULL, 0, NULL, 0);
+    return;
+  }
+  o->now_ms = now_ms;
+  o->limit = limit;
+  o->max_retries = max_retries;
+  enqueue(st, &st->conns[0], o);
+}
+
+static int64_t pg_next_due(cruster_storage *s) {
+  pg_store *st = s->impl;
+  return st->next_due;
+}
+
+static void pg_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb, void *ud) {
+  pg_store *st = s->impl;
+  pg_op *o = op_new(OP_GET, (void *)cb, ud);
+  if (!o) {
+    cb(ud, CRUSTER_E_NOMEM, "out of memory", 0, 0, NULL);
+    return;
+  }
+  o->request_id = request_id;
+  enqueue(st, &st->conns[0], o);
+}
+
+static void pg_list_dead(cruster_storage *s, size_t limit, st_list_cb cb, void *ud) {
+  pg_store *st = s->impl;
+  pg_op *o = op_new(OP_DEAD, (void *)cb, ud);
+  if (!o) {
+    cb(ud, CRUSTER_E_NOMEM, "out of memory", NULL);
+    return;
+  }
+  o->limit = limit;
+  enqueue(st, &st->conns[0], o);
+}
+
+static void pg_redeliver(cruster_storage *s, int64_t request_id, st_done_cb cb, void *ud) {
+  pg_store *st = s->impl;
+  pg_op *o = op_new(OP_REDELIVER, (void *)cb, ud);
+  if (!o) {
+    cb(ud, CRUSTER_E_NOMEM, "out of memory");
+    return;
+  }
+  o->request_id = request_id;
+  enqueue(st, &st->conns[0], o);
+}
+
+static void pg_detach(cruster_storage *s) {
+  pg_store *st = s->impl;
+  st->closing = 1;
+  if (st->cleanup_init) {
+    uv_timer_stop(&st->cleanup_timer);
+    uv_close((uv_handle_t *)&st->cleanup_timer, NULL);
+    st->cleanup_init = 0;
+  }
+  for (int i = 0; i < st->nconns; i++) {
+    pg_conn *c = &st->conns[i];
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, NULL);
+    if (c->pq) conn_fail(c, "the runtime is shutting down");
+    while (c->q_head) {
+      pg_op *o = c->q_head;
+      c->q_head = o->next;
+      c->qlen--;
+      op_fail(st, o, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+    }
+    c->q_tail = NULL;
+  }
+}
+
+static void pg_destroy(cruster_storage *s) {
+  pg_store *st = s->impl;
+  if (st->conns) {
+    for (int i = 0; i < st->nconns; i++) {
+      free(st->conns[i].slots);
+      free(st->conns[i].job);
+    }
+    free(st->conns);
+  }
+  free(st->conninfo);
+  free(st);
+  free(s);
+}
+
+static const st_ops pg_ops = {
+    .name = "postgresql",
+    .attach = pg_attach,
+    .save_request = pg_save_request,
+    .save_reply = pg_save_reply,
+    .poll = pg_poll,
+    .release = pg_release,
+    .next_due = pg_next_due,
+    .get_reply = pg_get_reply,
+    .list_dead = pg_list_dead,
+    .redeliver = pg_redeliver,
+    .detach = pg_detach,
+    .destroy = pg_destroy,
+};
+
+cruster_status cruster_storage_pg_new(const char *conninfo, cruster_storage **out,
+                                      cruster_error **err) {
+  if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
+  *out = NULL;
+  if (!conninfo) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "conninfo must not be NULL");
+  char *perr = NULL;
+  PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+  if (!opts) {
+    cruster_status rc = core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                                       "bad PostgreSQL connection string: %s",
+                                       perr ? perr : "out of memory");
+    PQfreemem(perr);
+    return rc;
+  }
+  PQconninfoFree(opts);
+  cruster_storage *s = calloc(1, sizeof(*s));
+  pg_store *st = calloc(1, sizeof(*st));
+  if (!s || !st || !(st->conninfo = core_strdup(conninfo))) {
+    free(s);
+    free(st);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  s->ops = &pg_ops;
+  s->impl = st;
+  *out = s;
+  return CRUSTER_OK;
+}

@@ -1,0 +1,244 @@
+/* PostgreSQL schema: versioned migrations embedded in the library. Runs on
+ * a blocking connection of its own (cruster_storage_pg_migrate, or the check
+ * cruster_runtime_new makes on the caller's thread). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/util.h"
+#include "storage/pg_internal.h"
+
+typedef struct migration {
+  int version;
+  const char *name;
+  const char *sql;
+} migration;
+
+/* Framework tables only. Never edit a released migration: add a new one. */
+static const migration migrations[] = {
+    {1, "messages and replies",
+     "CREATE TABLE cruster_messages ("
+     "  seq BIGINT GENERATED ALWAYS AS IDENTITY,"
+     "  request_id BIGINT PRIMARY KEY,"
+     "  shard_group TEXT NOT NULL,"
+     "  shard_id INT NOT NULL,"
+     "  entity_type TEXT NOT NULL,"
+     "  entity_id TEXT NOT NULL,"
+     "  tag TEXT NOT NULL,"
+     "  payload BYTEA NOT NULL,"
+     "  internal BOOLEAN NOT NULL DEFAULT FALSE,"
+     "  is_request BOOLEAN NOT NULL DEFAULT TRUE,"
+     "  keyed BOOLEAN NOT NULL DEFAULT FALSE,"
+     "  deliver_at TIMESTAMPTZ,"
+     "  created_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+     "  claimed_by TEXT,"
+     "  claimed_at TIMESTAMPTZ,"
+     "  attempts INT NOT NULL DEFAULT 0 CHECK (attempts >= 0),"
+     "  retry_at TIMESTAMPTZ,"
+     "  processed BOOLEAN NOT NULL DEFAULT FALSE,"
+     "  processed_at TIMESTAMPTZ"
+     ");"
+     "CREATE INDEX cruster_messages_pending ON cruster_messages (seq) WHERE NOT processed;"
+     "CREATE INDEX cruster_messages_entity_pending ON cruster_messages (entity_type, entity_id, seq)"
+     "  WHERE NOT processed;"
+     "CREATE INDEX cruster_messages_claimed ON cruster_messages (claimed_by)"
+     "  WHERE NOT processed AND claimed_by IS NOT NULL;"
+     "CREATE INDEX cruster_messages_processed_at ON cruster_messages (processed_at) WHERE processed;"
+     "CREATE TABLE cruster_replies ("
+     "  request_id BIGINT PRIMARY KEY REFERENCES cruster_messages (request_id) ON DELETE CASCADE,"
+     "  status INT NOT NULL,"
+     "  payload BYTEA,"
+     "  message TEXT,"
+     "  created_at TIMESTAMPTZ NOT NULL DEFAULT now()"
+     ");"
+     "CREATE INDEX cruster_replies_dead ON cruster_replies (request_id) WHERE status = -18;"},
+};
+#define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
+
+int cruster_storage_pg_schema_version(void) { return PG_SCHEMA_VERSION; }
+
+int pg_quote_table(PGconn *c, const char *table, char *out, size_t outsz) {
+  const char *dot = strchr(table, '.');
+  char *a = NULL, *b = NULL;
+  int rc = -1;
+  if (dot) {
+    char schema[128];
+    size_t n = (size_t)(dot - table);
+    if (n >= sizeof(schema)) return -1;
+    memcpy(schema, table, n);
+    schema[n] = 0;
+    a = PQescapeIdentifier(c, schema, n);
+    b = PQescapeIdentifier(c, dot + 1, strlen(dot + 1));
+    if (a && b && (size_t)snprintf(out, outsz, "%s.%s", a, b) < outsz) rc = 0;
+  } else {
+    a = PQescapeIdentifier(c, table, strlen(table));
+    if (a && (size_t)snprintf(out, outsz, "%s", a) < outsz) rc = 0;
+  }
+  PQfreemem(a);
+  PQfreemem(b);
+  return rc;
+}
+
+static void trim_newline(char *s) {
+  size_t n = strlen(s);
+  while (n && (s[n - 1] == '\n' || s[n - 1] == ' ')) s[--n] = 0;
+}
+
+PGconn *pg_connect_blocking(const char *conninfo, cruster_error **err) {
+  const char *keys[] = {"dbname", "connect_timeout", NULL};
+  const char *vals[] = {conninfo, "5", NULL};
+  /* expand_dbname: conninfo's own settings win over the defaults above. */
+  PGconn *c = PQconnectdbParams(keys, vals, 1);
+  if (!c) {
+    core_error_set(err, CRUSTER_E_NOMEM, "out of memory connecting to PostgreSQL");
+    return NULL;
+  }
+  if (PQstatus(c) != CONNECTION_OK) {
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+    trim_newline(msg);
+    core_error_set(err, CRUSTER_E_PERSISTENCE, "cannot connect to PostgreSQL: %s", msg);
+    PQfinish(c);
+    return NULL;
+  }
+  return c;
+}
+
+static cruster_status exec_ok(PGconn *c, const char *sql, cruster_error **err, const char *what) {
+  PGresult *r = PQexec(c, sql);
+  ExecStatusType st = PQresultStatus(r);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    trim_newline(msg);
+    PQclear(r);
+    return core_error_set(err, CRUSTER_E_PERSISTENCE, "%s failed: %s", what, msg);
+  }
+  PQclear(r);
+  return CRUSTER_OK;
+}
+
+/* Reads the highest applied version (0 when none); -1 on error. */
+static int current_version(PGconn *c, const char *qtable, int *missing, cruster_error **err) {
+  char sql[512];
+  *missing = 0;
+  snprintf(sql, sizeof(sql), "SELECT coalesce(max(version), 0) FROM %s", qtable);
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (state && strcmp(state, "42P01") == 0) { /* undefined_table */
+      *missing = 1;
+      PQclear(r);
+      return 0;
+    }
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    trim_newline(msg);
+    PQclear(r);
+    core_error_set(err, CRUSTER_E_PERSISTENCE, "reading the migrations table failed: %s", msg);
+    return -1;
+  }
+  int v = atoi(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return v;
+}
+
+cruster_status pg_migrate_conn(PGconn *c, const char *table, int *applied, cruster_error **err) {
+  char qtable[300], sql[1024];
+  if (applied) *applied = 0;
+  if (pg_quote_table(c, table, qtable, sizeof(qtable)) != 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "bad migrations table name \"%s\"", table);
+  /* Serialise concurrent migrators (several runners starting together). */
+  cruster_status st = exec_ok(c, "SELECT pg_advisory_lock(7306001)", err, "taking the migration lock");
+  if (st != CRUSTER_OK) return st;
+  snprintf(sql, sizeof(sql),
+           "CREATE TABLE IF NOT EXISTS %s (version INT PRIMARY KEY, name TEXT NOT NULL, "
+           "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+           qtable);
+  st = exec_ok(c, sql, err, "creating the migrations table");
+  int missing = 0;
+  int v = st == CRUSTER_OK ? current_version(c, qtable, &missing, err) : -1;
+  if (st == CRUSTER_OK && v < 0) st = CRUSTER_E_PERSISTENCE;
+  if (st == CRUSTER_OK && v > PG_SCHEMA_VERSION)
+    st = core_error_set(err, CRUSTER_E_PERSISTENCE,
+                        "the database schema is at version %d, newer than this cruster supports (%d): "
+                        "upgrade cruster",
+                        v, PG_SCHEMA_VERSION);
+  for (size_t i = 0; st == CRUSTER_OK && i < N_MIGRATIONS; i++) {
+    const migration *m = &migrations[i];
+    if (m->version <= v) continue;
+    st = exec_ok(c, "BEGIN", err, "starting a migration");
+    if (st == CRUSTER_OK) {
+      char what[128];
+      snprintf(what, sizeof(what), "migration %d (%s)", m->version, m->name);
+      st = exec_ok(c, m->sql, err, what);
+    }
+    if (st == CRUSTER_OK) {
+      char *name = PQescapeLiteral(c, m->name, strlen(m->name));
+      snprintf(sql, sizeof(sql), "INSERT INTO %s (version, name) VALUES (%d, %s)", qtable,
+               m->version, name ? name : "''");
+      PQfreemem(name);
+      st = exec_ok(c, sql, err, "recording a migration");
+    }
+    if (st == CRUSTER_OK) st = exec_ok(c, "COMMIT", err, "committing a migration");
+    if (st != CRUSTER_OK) {
+      PGresult *r = PQexec(c, "ROLLBACK");
+      PQclear(r);
+    } else if (applied) {
+      (*applied)++;
+    }
+  }
+  PGresult *r = PQexec(c, "SELECT pg_advisory_unlock(7306001)");
+  PQclear(r);
+  return st;
+}
+
+cruster_status pg_check_schema(PGconn *c, const char *table, int auto_migrate, cruster_error **err) {
+  char qtable[300];
+  if (pg_quote_table(c, table, qtable, sizeof(qtable)) != 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "bad migrations table name \"%s\"", table);
+  int missing = 0;
+  int v = current_version(c, qtable, &missing, err);
+  if (v < 0) return CRUSTER_E_PERSISTENCE;
+  if (v > PG_SCHEMA_VERSION)
+    return core_error_set(err, CRUSTER_E_PERSISTENCE,
+                          "the database schema is at version %d, newer than this cruster supports "
+                          "(%d): upgrade cruster",
+                          v, PG_SCHEMA_VERSION);
+  if (v == PG_SCHEMA_VERSION) return CRUSTER_OK;
+  if (auto_migrate) return pg_migrate_conn(c, table, NULL, err);
+  return core_error_set(err, CRUSTER_E_PERSISTENCE,
+                        "the database is not migrated (schema version %d, %s needs %d): call "
+                        "cruster_storage_pg_migrate or set storage_auto_migrate",
+                        v, missing ? "no migrations table;" : "cruster", PG_SCHEMA_VERSION);
+}
+
+cruster_status cruster_storage_pg_migrate(const char *conninfo, const char *table, int *applied,
+                                          cruster_error **err) {
+  if (applied) *applied = 0;
+  if (!conninfo) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "conninfo must not be NULL");
+  if (!table) table = "cruster_migrations";
+  cruster_config *probe = cruster_config_new();
+  if (!probe) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  cruster_status st = cruster_config_set(probe, "storage_migrations_table", table, err);
+  cruster_config_free(probe);
+  if (st != CRUSTER_OK) {
+    if (err && *err) (*err)->status = CRUSTER_E_INVALID_ARGUMENT;
+    return CRUSTER_E_INVALID_ARGUMENT;
+  }
+  char *perr = NULL;
+  PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+  if (!opts) {
+    st = core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "bad PostgreSQL connection string: %s",
+                        perr ? perr : "out of memory");
+    PQfreemem(perr);
+    return st;
+  }
+  PQconninfoFree(opts);
+  PGconn *c = pg_connect_blocking(conninfo, err);
+  if (!c) return CRUSTER_E_PERSISTENCE;
+  st = pg_migrate_conn(c, table, applied, err);
+  PQfinish(c);
+  return st;
+}

@@ -1,0 +1,113 @@
+/* Internal: the prepared statements of the PostgreSQL storage. Times the
+ * runtime compares against its own clock (deliver_at) travel as Unix ms. */
+#ifndef ST_PG_SQL_H
+#define ST_PG_SQL_H
+
+/* Columns of a message row, as parsed by pg_row_env(): seq, request_id,
+ * shard_group, shard_id, entity_type, entity_id, tag, payload, internal,
+ * is_request, keyed, deliver_at_ms, attempts. */
+#define PG_MSG_COLUMNS                                                                        \
+  "m.seq, m.request_id, m.shard_group, m.shard_id, m.entity_type, m.entity_id, m.tag, "     \
+  "m.payload, m.internal, m.is_request, m.keyed, "                                          \
+  "coalesce((extract(epoch FROM m.deliver_at) * 1000)::int8, 0), m.attempts"
+
+/* Stores a message unless its id exists. It is claimed for direct delivery
+ * ($12) only when no older undelivered message of the same entity exists,
+ * which keeps per-entity send order. Returns one row: kind 0 = inserted
+ * (claimed?), kind 1 = duplicate (processed?, reply). */
+#define PG_SQL_INSERT                                                                         \
+  "WITH c AS (SELECT CASE WHEN $12::bool AND NOT EXISTS ("                                  \
+  "    SELECT 1 FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
+  "      AND NOT w.processed AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
+  "  ) THEN $13::text END AS claimer),"                                                     \
+  " ins AS (INSERT INTO cruster_messages (request_id, shard_group, shard_id, entity_type, entity_id," \
+  "    tag, payload, internal, is_request, keyed, deliver_at, claimed_by, claimed_at, attempts)" \
+  "  SELECT $1::int8, $2::text, $3::int4, $4::text, $5::text, $6::text, $7::bytea, $8::bool," \
+  "    $9::bool, $10::bool, CASE WHEN $11::int8 > 0 THEN to_timestamp($11::int8 / 1000.0) END," \
+  "    c.claimer, CASE WHEN c.claimer IS NOT NULL THEN now() END," \
+  "    CASE WHEN c.claimer IS NOT NULL THEN 1 ELSE 0 END FROM c"                             \
+  "  ON CONFLICT (request_id) DO NOTHING RETURNING claimed_by IS NOT NULL AS claimed)"      \
+  " SELECT 0::int4, ins.claimed, NULL::int4, NULL::bytea, NULL::text, FALSE FROM ins"       \
+  " UNION ALL SELECT 1::int4, FALSE, r.status, r.payload, r.message, m.processed"           \
+  "  FROM cruster_messages m LEFT JOIN cruster_replies r ON r.request_id = m.request_id"    \
+  "  WHERE m.request_id = $1::int8 AND NOT EXISTS (SELECT 1 FROM ins)"
+
+/* The first exit reply wins; it marks the message processed. */
+#define PG_SQL_REPLY                                                                          \
+  "WITH upd AS (UPDATE cruster_messages SET processed = TRUE, processed_at = now(),"        \
+  "    claimed_by = NULL, claimed_at = NULL"                                                \
+  "  WHERE request_id = $1::int8 AND NOT processed RETURNING request_id)"                   \
+  " INSERT INTO cruster_replies (request_id, status, payload, message)"                     \
+  " SELECT request_id, $2::int4, $3::bytea, $4::text FROM upd"
+
+/* Gives a claimed message back. $2 = 1: a failed delivery (counts, and
+ * waits a doubling backoff from $3 ms, at most 30 s); 0: never handed to a
+ * handler (does not count, no wait). */
+#define PG_SQL_RELEASE                                                                        \
+  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL,"                       \
+  "  attempts = CASE WHEN $2::int4 = 1 THEN attempts ELSE greatest(attempts - 1, 0) END,"   \
+  "  retry_at = CASE WHEN $2::int4 = 1 THEN now() + make_interval(secs => least(30.0,"      \
+  "    $3::int8 / 1000.0 * power(2, least(greatest(attempts - 1, 0), 20)))) END"            \
+  " WHERE request_id = $1::int8 AND NOT processed"
+
+/* Claims due messages, oldest first; a message never overtakes an older one
+ * of its entity that waits for a retry. */
+#define PG_SQL_CLAIM                                                                          \
+  "WITH due AS (SELECT request_id FROM cruster_messages d"                                  \
+  "  WHERE NOT d.processed AND d.claimed_by IS NULL"                                        \
+  "    AND (d.deliver_at IS NULL OR d.deliver_at <= to_timestamp($3::int8 / 1000.0))"       \
+  "    AND (d.retry_at IS NULL OR d.retry_at <= now())"                                     \
+  "    AND NOT EXISTS (SELECT 1 FROM cruster_messages o WHERE o.entity_type = d.entity_type" \
+  "      AND o.entity_id = d.entity_id AND NOT o.processed AND o.seq < d.seq"              \
+  "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at > now())"         \
+  "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED)"                                 \
+  " UPDATE cruster_messages m SET claimed_by = $2::text, claimed_at = now(),"               \
+  "   attempts = m.attempts + 1 FROM due WHERE m.request_id = due.request_id"              \
+  " RETURNING " PG_MSG_COLUMNS
+
+/* Moves claimed messages past the retry limit to the dead letters. */
+#define PG_SQL_DEAD                                                                           \
+  "WITH d AS (UPDATE cruster_messages SET processed = TRUE, processed_at = now(),"          \
+  "    claimed_by = NULL, claimed_at = NULL"                                                \
+  "  WHERE claimed_by = $1::text AND NOT processed AND $2::int8 > 0 AND attempts > $2::int8 + 1" \
+  "  RETURNING request_id)"                                                                 \
+  " INSERT INTO cruster_replies (request_id, status, message)"                              \
+  " SELECT request_id, -18, 'max retries exceeded' FROM d RETURNING request_id"
+
+/* When the next stored message becomes due (Unix ms, 0 = none). */
+#define PG_SQL_NEXT_DUE                                                                       \
+  "SELECT coalesce((extract(epoch FROM min(greatest(deliver_at, retry_at))) * 1000)::int8, 0)" \
+  " FROM cruster_messages WHERE NOT processed AND claimed_by IS NULL"                       \
+  "  AND (deliver_at > to_timestamp($1::int8 / 1000.0) OR retry_at > now())"
+
+#define PG_SQL_GET                                                                            \
+  "SELECT m.processed, r.status, r.payload, r.message FROM cruster_messages m"              \
+  " LEFT JOIN cruster_replies r ON r.request_id = m.request_id WHERE m.request_id = $1::int8"
+
+#define PG_SQL_LIST_DEAD                                                                      \
+  "SELECT " PG_MSG_COLUMNS " FROM cruster_messages m"                                       \
+  " JOIN cruster_replies r ON r.request_id = m.request_id"                                  \
+  " WHERE r.status = -18 ORDER BY m.seq LIMIT $1::int4"
+
+#define PG_SQL_REDELIVER                                                                      \
+  "WITH d AS (DELETE FROM cruster_replies WHERE request_id = $1::int8 AND status = -18"     \
+  "  RETURNING request_id)"                                                                 \
+  " UPDATE cruster_messages m SET processed = FALSE, processed_at = NULL, attempts = 0,"    \
+  "   claimed_by = NULL, claimed_at = NULL, retry_at = NULL"                                \
+  " FROM d WHERE m.request_id = d.request_id RETURNING m.request_id"
+
+/* Single-node: every claim but ours belongs to an earlier life of this
+ * runner, which died with the messages undelivered. */
+#define PG_SQL_RESET                                                                          \
+  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
+  " WHERE claimed_by IS NOT NULL AND claimed_by <> $1::text AND NOT processed"
+
+/* Retention: processed messages (and their replies, by cascade) older than
+ * $1 ms; dead letters stay until redelivered. */
+#define PG_SQL_CLEANUP                                                                        \
+  "DELETE FROM cruster_messages WHERE request_id IN (SELECT m.request_id"                   \
+  " FROM cruster_messages m LEFT JOIN cruster_replies r ON r.request_id = m.request_id"     \
+  " WHERE m.processed AND m.processed_at < now() - make_interval(secs => $1::int8 / 1000.0)" \
+  "  AND coalesce(r.status, 0) <> -18 LIMIT 10000)"
+
+#endif
