@@ -61,8 +61,12 @@ static int op_run(cruster_runtime *rt, op *o, rt_cmd_fn fn, cruster_error **err)
     st = o->status;
     if (st != CRUSTER_OK) core_error_set(err, st, "%s", o->msg ? o->msg : cruster_status_message(st));
   }
-  free(o->msg);
-  o->msg = NULL;
+  /* On success o->msg may carry a stored failure's text (poll): the caller
+   * owns it then. */
+  if (st != CRUSTER_OK) {
+    free(o->msg);
+    o->msg = NULL;
+  }
   uv_cond_destroy(&o->cv);
   uv_mutex_destroy(&o->mu);
   return st;
