@@ -55,10 +55,15 @@ static void sleep_ms(long ms) {
   nanosleep(&ts, NULL);
 }
 
+static void no_notice(void *arg, const char *msg) {
+  (void)arg;
+  (void)msg;
+}
+
 static PGconn *connect_or_die(const char *ci) {
   PGconn *c = PQconnectdb(ci);
   if (PQstatus(c) != CONNECTION_OK) die("cannot connect (%s): %s", ci, PQerrorMessage(c));
-  PQsetNoticeProcessor(c, NULL, NULL);
+  PQsetNoticeProcessor(c, no_notice, NULL);
   return c;
 }
 

@@ -47,6 +47,11 @@ static int64_t pgt_mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void pgt_no_notice(void *arg, const char *msg) {
+  (void)arg;
+  (void)msg;
+}
+
 static PGconn *pgt_connect(const char *conninfo) {
   PGconn *c = PQconnectdb(conninfo);
   if (PQstatus(c) != CONNECTION_OK) {
@@ -55,7 +60,7 @@ static PGconn *pgt_connect(const char *conninfo) {
     PQfinish(c);
     fail_msg("cannot connect to the test PostgreSQL (%s): %s", conninfo, msg);
   }
-  PQsetNoticeProcessor(c, NULL, NULL);
+  PQsetNoticeProcessor(c, pgt_no_notice, NULL);
   return c;
 }
 
@@ -136,6 +141,7 @@ static void pgt_schema_drop(pgt_schema *s) {
   s->admin = NULL;
   PGconn *c = PQconnectdb(pgt_base_conninfo());
   if (PQstatus(c) == CONNECTION_OK) {
+    PQsetNoticeProcessor(c, pgt_no_notice, NULL);
     char sql[256];
     snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS %s CASCADE", s->name);
     PQclear(PQexec(c, sql));
