@@ -9,6 +9,7 @@
  *   slow         the handler never returns (messages stay unprocessed)
  *   crash-on:X   as run, but a message with payload X kills the process
  *                with SIGKILL before anything is written
+ *   block-on:X   as run, but the handler of payload X never returns
  * SENDS: "-" or "id:payload,id:payload,..." -- persisted notifies sent in
  * that order after start; then "#ACCEPTED <n>" is appended to OUTFILE.
  * CONFIG: "name=value;..." config settings.
@@ -27,6 +28,7 @@
 static const char *g_out;
 static const char *g_mode;
 static const char *g_crash_on;
+static const char *g_block_on;
 
 static void die(const char *what, cruster_error *err) {
   fprintf(stderr, "child_pg_runner[%ld]: %s: %s\n", (long)getpid(), what,
@@ -63,6 +65,9 @@ static void h_put(void *user, cruster_request *req) {
   if (strcmp(g_mode, "slow") == 0) {
     for (;;) sleep_ms(1000); /* until SIGKILL */
   }
+  if (g_block_on && strcmp(payload, g_block_on) == 0) {
+    for (;;) sleep_ms(1000); /* until SIGKILL */
+  }
   if (g_crash_on && strcmp(payload, g_crash_on) == 0) {
     fprintf(stderr, "child_pg_runner[%ld]: poison %s: SIGKILL\n", (long)getpid(), payload);
     kill(getpid(), SIGKILL);
@@ -88,6 +93,7 @@ int main(int argc, char **argv) {
   g_out = argv[2];
   g_mode = argv[3];
   if (strncmp(g_mode, "crash-on:", 9) == 0) g_crash_on = g_mode + 9;
+  else if (strncmp(g_mode, "block-on:", 9) == 0) g_block_on = g_mode + 9;
   else if (strcmp(g_mode, "run") != 0 && strcmp(g_mode, "slow") != 0) {
     fprintf(stderr, "bad mode %s\n", g_mode);
     return 64;
