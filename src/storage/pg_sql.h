@@ -51,7 +51,11 @@
   " WHERE request_id = $1::int8 AND NOT processed"
 
 /* Claims due messages, oldest first; a message never overtakes an older one
- * of its entity that waits for a retry. */
+ * of its entity that waits for a retry. Only the head of an entity's queue
+ * (no older due undelivered message of the entity) counts a delivery
+ * attempt: the messages queued behind it in the mailbox are not handed to a
+ * handler yet, so a runner killed by the head's handler must not charge them
+ * (they would be dead-lettered with it). */
 #define PG_SQL_CLAIM                                                                          \
   "WITH due AS (SELECT request_id FROM cruster_messages d"                                  \
   "  WHERE NOT d.processed AND d.claimed_by IS NULL"                                        \
@@ -62,7 +66,12 @@
   "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at > now())"         \
   "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED)"                                 \
   " UPDATE cruster_messages m SET claimed_by = $2::text, claimed_at = now(),"               \
-  "   attempts = m.attempts + 1 FROM due WHERE m.request_id = due.request_id"              \
+  "   attempts = m.attempts + CASE WHEN EXISTS (SELECT 1 FROM cruster_messages h"          \
+  "     WHERE h.entity_type = m.entity_type AND h.entity_id = m.entity_id"                 \
+  "       AND NOT h.processed AND h.seq < m.seq"                                            \
+  "       AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0)))"   \
+  "     THEN 0 ELSE 1 END"                                                                  \
+  "   FROM due WHERE m.request_id = due.request_id"                                         \
   " RETURNING " PG_MSG_COLUMNS
 
 /* Moves claimed messages past the retry limit to the dead letters. */
