@@ -396,6 +396,22 @@ int em_request_answer(cruster_request *r, int status, const void *data, size_t l
   return CRUSTER_OK;
 }
 
+/* "{id,id,...}": the persisted messages handed to this runner's instances
+ * and not answered yet (a PostgreSQL int8[] literal). NULL on OOM. */
+char *em_inflight_persisted_array(cruster_runtime *rt) {
+  size_t n = 0;
+  for (cruster_request *r = rt->live_head; r; r = r->live_next) n += r->env->persisted;
+  char *out = malloc(n * 21 + 3);
+  if (!out) return NULL;
+  char *p = out;
+  *p++ = '{';
+  for (cruster_request *r = rt->live_head; r; r = r->live_next)
+    if (r->env->persisted) p += sprintf(p, "%s%lld", p == out + 1 ? "" : ",", (long long)r->env->request_id);
+  *p++ = '}';
+  *p = 0;
+  return out;
+}
+
 /* ---- stop ------------------------------------------------------------------ */
 
 void em_interrupt_all(cruster_runtime *rt) {

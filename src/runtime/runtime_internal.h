@@ -159,6 +159,8 @@ int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_c
 /* Finds the dispatchable RPC for a call; fills an error message on failure. */
 int em_lookup_rpc(em_type *t, const char *method, int internal, char *msg, size_t msgsz);
 void em_reaper_fire(uv_timer_t *t);
+/* "{id,...}" of persisted messages being handled here (malloc'd; NULL on OOM). */
+char *em_inflight_persisted_array(cruster_runtime *rt);
 /* Stop: cancel running handlers, fail queued messages. */
 void em_interrupt_all(cruster_runtime *rt);
 void em_free_all(cruster_runtime *rt);

@@ -189,6 +189,7 @@ static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, s
                       const int64_t *dead, size_t ndead) {
   cruster_runtime *rt = ud;
   rt->poll_scheduled = 0;
+  if (status == CRUSTER_E_SHUTTING_DOWN) return;
   if (status != CRUSTER_OK) {
     core_metric_add(rt->m.st_errors, 1);
     core_log(rt->lg, CRUSTER_LOG_WARN, "storage", "polling message storage failed: %s",

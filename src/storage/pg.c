@@ -14,7 +14,10 @@
 #include "storage/pg_internal.h"
 #include "storage/pg_sql.h"
 
-enum { OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_RESET, OP_CLEANUP };
+enum {
+  OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_RESET, OP_CLEANUP,
+  OP_RECONCILE
+};
 enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
 
 #define MAX_QUEUED 100000
@@ -33,6 +36,7 @@ typedef struct pg_op {
   char *message;
   int64_t request_id, max_retries, now_ms;
   size_t limit;
+  char *token;    /* RECONCILE: the claim token of before the loss */
   void *cb;
   void *ud;
 } pg_op;
@@ -97,7 +101,7 @@ static const stmt stmts[] = {
     {"cr_dead", PG_SQL_DEAD, 2},    {"cr_due", PG_SQL_NEXT_DUE, 1},
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
     {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
-    {"cr_clean", PG_SQL_CLEANUP, 1},
+    {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
 };
 #define N_STMTS (int)(sizeof stmts / sizeof stmts[0])
 
@@ -213,6 +217,15 @@ static int op_send(pg_conn *c, pg_op *o) {
     const char *v[1] = {a};
     return send_stmt(c, "cr_clean", 1, v, NULL, NULL);
   }
+  case OP_RECONCILE: {
+    /* The set is taken now, on the loop thread: exactly what runs here. */
+    char *ids = em_inflight_persisted_array(st->rt);
+    if (!ids) return 0;
+    const char *v[2] = {o->token, ids};
+    int ok = send_stmt(c, "cr_recon", 2, v, NULL, NULL);
+    free(ids);
+    return ok;
+  }
   }
   return 0;
 }
@@ -224,6 +237,7 @@ static void op_free(pg_op *o) {
   free(o->env);
   free(o->data);
   free(o->message);
+  free(o->token);
   free(o);
 }
 
@@ -363,6 +377,13 @@ static void op_complete(pg_store *st, pg_op *o) {
   }
   case OP_CLEANUP:
     break;
+  case OP_RECONCILE: {
+    const char *n = PQcmdTuples(r);
+    if (n && *n && strcmp(n, "0") != 0)
+      core_log(st->lg, CRUSTER_LOG_INFO, "storage",
+               "%s message(s) claimed just before a lost connection will be delivered again", n);
+    break;
+  }
   }
   op_free(o);
 }
@@ -452,6 +473,26 @@ static void job_clear(pg_conn *c) {
 
 static void on_retry_timer(uv_timer_t *t) { conn_connect(t->data); }
 
+static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
+static pg_op *op_new(int kind, void *cb, void *ud);
+
+/* A claiming statement was in flight when its connection broke: it may have
+ * committed. Claim under a new token from now on, and give back what the old
+ * token holds that is not being handled here. */
+static void new_claim_token(pg_store *st) {
+  pg_op *o = op_new(OP_RECONCILE, NULL, NULL);
+  if (!o || !(o->token = core_strdup(st->claimer))) {
+    free(o);
+    core_log(st->lg, CRUSTER_LOG_ERROR, "storage", "out of memory reconciling claims");
+    return;
+  }
+  int64_t token = 0;
+  core_snowflake_next(&st->rt->snowflake, &token);
+  snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", st->rt->cfg->runner_address,
+           (unsigned long long)token);
+  enqueue(st, &st->conns[0], o);
+}
+
 /* The connection broke: fail the job in flight, keep the queue, reconnect. */
 static void conn_fail(pg_conn *c, const char *why) {
   pg_store *st = c->st;
@@ -471,6 +512,11 @@ static void conn_fail(pg_conn *c, const char *why) {
   if (c->pq) PQfinish(c->pq);
   c->pq = NULL;
   c->state = C_DOWN;
+  int in_doubt = 0;
+  if (was_active)
+    for (size_t i = 0; i < njob; i++)
+      in_doubt |= job[i]->kind == OP_POLL || (job[i]->kind == OP_SAVE && job[i]->claim);
+  if (in_doubt && !st->closing) new_claim_token(st);
   if (was_active)
     for (size_t i = 0; i < njob; i++) op_fail(st, job[i], CRUSTER_E_PERSISTENCE, msg);
   free(job);

@@ -111,6 +111,12 @@
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
   " WHERE claimed_by IS NOT NULL AND claimed_by <> $1::text AND NOT processed"
 
+/* After a lost connection: claims made under the old token ($1) that may
+ * have committed, for messages not being handled here ($2), go back. */
+#define PG_SQL_RECONCILE                                                                      \
+  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
+  " WHERE claimed_by = $1::text AND NOT processed AND NOT (request_id = ANY($2::int8[]))"
+
 /* Retention: processed messages (and their replies, by cascade) older than
  * $1 ms; dead letters stay until redelivered. */
 #define PG_SQL_CLEANUP                                                                        \

@@ -8,6 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef TS_STORAGE_PG
+#include <libpq-fe.h>
+#include <unistd.h>
+#endif
 
 static void ts_quiet_log(void *user, cruster_log_level level, const char *component,
                          const char *message) {
@@ -33,7 +37,26 @@ static cruster_runtime *ts_runtime(const char *extra, cruster_entity_def **defs,
     free(buf);
   }
   cruster_storage *st = NULL;
+#ifdef TS_STORAGE_PG
+  /* The same tests over PostgreSQL: a fresh schema per runtime. */
+  const char *base = getenv("CRUSTER_TEST_PG");
+  if (!base) {
+    fprintf(stderr, "CRUSTER_TEST_PG is not set: run scripts/dev services start\n");
+    abort();
+  }
+  static int schema_n;
+  char schema[64], conninfo[1024], sql[256];
+  snprintf(schema, sizeof(schema), "ts_%d_%d", (int)getpid(), ++schema_n);
+  PGconn *pc = PQconnectdb(base);
+  snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", schema, schema);
+  PQclear(PQexec(pc, sql));
+  PQfinish(pc);
+  snprintf(conninfo, sizeof(conninfo), "%s options=-csearch_path=%s", base, schema);
+  cruster_config_set(cfg, "storage_auto_migrate", "true", NULL);
+  if (cruster_storage_pg_new(conninfo, &st, NULL) != CRUSTER_OK) abort();
+#else
   cruster_storage_memory_new(&st, NULL);
+#endif
   cruster_runtime *rt = NULL;
   cruster_error *err = NULL;
   if (cruster_runtime_new(cfg, st, NULL, &rt, &err) != CRUSTER_OK) {
