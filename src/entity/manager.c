@@ -362,6 +362,12 @@ static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
   core_metric_add(r->status == CRUSTER_OK ? t->m_ok : t->m_err, 1);
   core_metric_observe(t->m_duration, (double)(core_mono_ns() - r->started_ns) / 1e9);
   if (r->env->persisted && rt->storage) {
+    /* An unkeyed message's answer can never be asked for again, so its
+     * caller need not wait for it to be stored: the stored request is what
+     * makes it at-least-once (a crash before the answer is recorded runs it
+     * again). A keyed one's answer must be durable first: repeats return it. */
+    if (!r->env->keyed)
+      rt_waiters_resolve(rt, r->env->request_id, r->status, r->reply, r->reply_len, r->errmsg);
     st_reply rep = {r->status, r->reply, r->reply_len, r->errmsg};
     rt->storage->ops->save_reply(rt->storage, r->env, &rep, persist_done, r);
   } else {

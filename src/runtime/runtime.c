@@ -368,6 +368,22 @@ typedef struct rt_stop_ctx {
   rt_sync *sync;
 } rt_stop_ctx;
 
+static void stop_flushed(void *ud) {
+  cruster_runtime *rt = ud;
+  uv_timer_stop(&rt->stop_timer);
+  rt_sync *s = rt->stop_sync;
+  rt->stop_sync = NULL;
+  if (s) sync_done(s, CRUSTER_OK);
+}
+
+static void on_flush_timeout(uv_timer_t *t) {
+  cruster_runtime *rt = t->data;
+  core_log(rt->lg, CRUSTER_LOG_WARN, "storage",
+           "storage writes still pending after entity_termination_timeout; the messages they "
+           "concern will be delivered again after a restart");
+  stop_flushed(rt);
+}
+
 static void stop_finish(cruster_runtime *rt) {
   rt_stop_ctx *ctx = rt->stopping;
   if (!ctx) return;
@@ -375,7 +391,15 @@ static void stop_finish(cruster_runtime *rt) {
   uv_timer_stop(&rt->stop_timer);
   rt->closed = 1;
   rt_calls_fail_all(rt, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
-  sync_done(ctx->sync, CRUSTER_OK);
+  rt->stop_sync = ctx->sync;
+  if (!rt->storage) {
+    stop_flushed(rt);
+    return;
+  }
+  /* Answers already given may still be on their way to storage: let them
+   * land (bounded), so a graceful stop does not make them run again. */
+  uv_timer_start(&rt->stop_timer, on_flush_timeout, (uint64_t)rt->cfg->entity_termination_timeout, 0);
+  rt->storage->ops->flush(rt->storage, stop_flushed, rt);
 }
 
 void rt_stop_check(cruster_runtime *rt) {

@@ -116,6 +116,7 @@ struct cruster_runtime {
   int wake_pending;           /* jobs were queued with their wake deferred */
   int poll_scheduled;
   struct rt_stop_ctx *stopping;
+  struct rt_sync *stop_sync; /* stop waits for the storage to flush */
 };
 
 /* Posts a command to the loop. Returns 0, or -1 if the loop is gone. */

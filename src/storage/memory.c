@@ -273,6 +273,11 @@ static void mem_redeliver(cruster_storage *s, int64_t request_id, st_done_cb cb,
   cb(ud, CRUSTER_OK, NULL);
 }
 
+static void mem_flush(cruster_storage *s, void (*cb)(void *ud), void *ud) {
+  (void)s;
+  cb(ud); /* every operation completes inline */
+}
+
 static void mem_detach(cruster_storage *s) { (void)s; }
 
 static void free_entry(void *ctx, rt_map_entry *e) {
@@ -300,6 +305,7 @@ static const st_ops mem_ops = {
     .get_reply = mem_get_reply,
     .list_dead = mem_list_dead,
     .redeliver = mem_redeliver,
+    .flush = mem_flush,
     .detach = mem_detach,
     .destroy = mem_destroy,
 };

@@ -1,7 +1,7 @@
 /* PostgreSQL message storage: a pool of non-blocking libpq connections
  * driven by uv_poll on the runtime's loop thread. Each connection runs one
- * job at a time: a pipelined transaction (BEGIN, the statements of up to
- * storage_batch_size operations, COMMIT, Sync), so concurrent writes share
+ * job at a time: the statements of up to storage_batch_size operations
+ * pipelined up to one Sync (one implicit transaction), so concurrent writes share
  * one commit. Writes for one entity always use the same connection, which
  * keeps them in order. Operations queue while a connection reconnects. */
 #include <arpa/inet.h>
@@ -79,6 +79,8 @@ struct pg_store {
   uv_timer_t cleanup_timer;
   int cleanup_init;
   char claimer[CRUSTER_MAX_NAME_LEN + 64];
+  void (*flush_cb)(void *ud); /* graceful stop waits for the queues to empty */
+  void *flush_ud;
   int64_t next_due;
   core_metric *m_batches, *m_batch_ops, *m_reconnects;
 };
@@ -97,8 +99,8 @@ typedef struct stmt {
 
 static const stmt stmts[] = {
     {"cr_ins", PG_SQL_INSERT, 14},  {"cr_rep", PG_SQL_REPLY, 4},
-    {"cr_rel", PG_SQL_RELEASE, 3},  {"cr_claim", PG_SQL_CLAIM, 3},
-    {"cr_dead", PG_SQL_DEAD, 2},    {"cr_due", PG_SQL_NEXT_DUE, 1},
+    {"cr_done", PG_SQL_DONE, 1},    {"cr_rel", PG_SQL_RELEASE, 3},
+    {"cr_claim", PG_SQL_CLAIM, 4},  {"cr_due", PG_SQL_NEXT_DUE, 1},
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
     {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
@@ -173,6 +175,10 @@ static int op_send(pg_conn *c, pg_op *o) {
   }
   case OP_REPLY: {
     snprintf(a, sizeof a, "%lld", (long long)o->env->request_id);
+    if (!o->env->keyed) {
+      const char *v[1] = {a};
+      return send_stmt(c, "cr_done", 1, v, NULL, NULL);
+    }
     snprintf(b, sizeof b, "%d", o->status);
     const char *v[4] = {a, b, o->status == CRUSTER_OK ? (o->data ? o->data : "") : NULL,
                         o->status == CRUSTER_OK ? NULL : o->message};
@@ -191,11 +197,9 @@ static int op_send(pg_conn *c, pg_op *o) {
     snprintf(a, sizeof a, "%zu", o->limit);
     snprintf(b, sizeof b, "%lld", (long long)o->now_ms);
     snprintf(f, sizeof f, "%lld", (long long)o->max_retries);
-    const char *v1[3] = {a, st->claimer, b};
-    const char *v2[2] = {st->claimer, f};
-    const char *v3[1] = {b};
-    return send_stmt(c, "cr_claim", 3, v1, NULL, NULL) && send_stmt(c, "cr_dead", 2, v2, NULL, NULL) &&
-           send_stmt(c, "cr_due", 1, v3, NULL, NULL);
+    const char *v1[4] = {a, st->claimer, b, f};
+    const char *v2[1] = {b};
+    return send_stmt(c, "cr_claim", 4, v1, NULL, NULL) && send_stmt(c, "cr_due", 1, v2, NULL, NULL);
   }
   case OP_GET:
   case OP_REDELIVER: {
@@ -298,9 +302,8 @@ static void op_complete(pg_store *st, pg_op *o) {
     if (o->cb) ((st_done_cb)o->cb)(o->ud, CRUSTER_OK, NULL);
     break;
   case OP_POLL: {
-    PGresult *dead = o->res[1];
-    int n = PQntuples(r), nd = PQntuples(dead);
-    int64_t *dead_ids = calloc((size_t)nd + 1, sizeof(int64_t));
+    int n = PQntuples(r), nd = 0;
+    int64_t *dead_ids = calloc((size_t)n + 1, sizeof(int64_t));
     int64_t (*order)[2] = calloc((size_t)n + 1, sizeof(*order));
     rt_env **msgs = calloc((size_t)n + 1, sizeof(*msgs));
     if (!dead_ids || !order || !msgs) {
@@ -310,7 +313,9 @@ static void op_complete(pg_store *st, pg_op *o) {
       ((st_poll_cb)o->cb)(o->ud, CRUSTER_E_NOMEM, "out of memory", NULL, 0, NULL, 0);
       break;
     }
-    for (int i = 0; i < nd; i++) dead_ids[i] = get_i64(dead, i, 0);
+    /* Column 13: processed -- the claim made it a dead letter. */
+    for (int i = 0; i < n; i++)
+      if (get_bool(r, i, 13)) dead_ids[nd++] = get_i64(r, i, 1);
     /* RETURNING has no order: sort the claimed rows by seq. */
     for (int i = 0; i < n; i++) {
       order[i][0] = get_i64(r, i, 0);
@@ -320,14 +325,11 @@ static void op_complete(pg_store *st, pg_op *o) {
     size_t nm = 0;
     for (int k = 0; k < n; k++) {
       int i = (int)order[k][1];
-      int64_t id = get_i64(r, i, 1);
-      int is_dead = 0;
-      for (int j = 0; j < nd; j++) is_dead |= dead_ids[j] == id;
-      if (is_dead) continue;
+      if (get_bool(r, i, 13)) continue;
       rt_env *e = row_env(r, i, NULL);
       if (e) msgs[nm++] = e;
     }
-    st->next_due = get_i64(o->res[2], 0, 0);
+    st->next_due = get_i64(o->res[1], 0, 0);
     ((st_poll_cb)o->cb)(o->ud, CRUSTER_OK, NULL, msgs, nm, dead_ids, (size_t)nd);
     free(msgs);
     free(order);
@@ -426,7 +428,7 @@ static pg_op *op_new(int kind, void *cb, void *ud) {
   o->kind = kind;
   o->cb = cb;
   o->ud = ud;
-  o->nstmt = kind == OP_POLL ? 3 : 1;
+  o->nstmt = kind == OP_POLL ? 2 : 1;
   return o;
 }
 
@@ -546,14 +548,22 @@ static void conn_flush(pg_conn *c) {
   conn_watch(c, UV_READABLE | (c->want_write ? UV_WRITABLE : 0));
 }
 
-static int send_plain(pg_conn *c, const char *sql) {
-  return PQsendQueryParams(c->pq, sql, 0, NULL, NULL, NULL, NULL, 1);
+static void check_flushed(pg_store *st) {
+  if (!st->flush_cb) return;
+  for (int i = 0; i < st->nconns; i++)
+    if (st->conns[i].active || st->conns[i].q_head) return;
+  void (*cb)(void *) = st->flush_cb;
+  st->flush_cb = NULL;
+  cb(st->flush_ud);
 }
 
 /* Starts the next job if the connection is free. */
 static void conn_pump(pg_conn *c) {
   pg_store *st = c->st;
-  if (c->state != C_READY || c->active || !c->q_head) return;
+  if (c->state != C_READY || c->active || !c->q_head) {
+    if (!c->active && !c->q_head) check_flushed(st);
+    return;
+  }
   size_t max = (size_t)st->batch;
   if (c->job_cap < max && !(c->job = realloc(c->job, max * sizeof(*c->job)))) {
     c->job_cap = 0;
@@ -572,17 +582,18 @@ static void conn_pump(pg_conn *c) {
     c->job[c->njob++] = o;
     stmts_n += o->nstmt;
   }
-  if (ensure_slots(c, stmts_n + 2) != 0) {
+  if (ensure_slots(c, stmts_n) != 0) {
     conn_fail(c, "out of memory");
     return;
   }
   c->active = 1;
   c->cur = 0;
   c->have_cur = 0;
-  c->nq = stmts_n + 2;
-  int ok = send_plain(c, "BEGIN");
+  c->nq = stmts_n;
+  /* No BEGIN/COMMIT: everything up to a Sync is one implicit transaction. */
+  int ok = 1;
   for (size_t i = 0; ok && i < c->njob; i++) ok = op_send(c, c->job[i]);
-  ok = ok && send_plain(c, "COMMIT") && PQpipelineSync(c->pq);
+  ok = ok && PQpipelineSync(c->pq);
   if (!ok) {
     conn_fail(c, PQerrorMessage(c->pq));
     return;
@@ -617,7 +628,6 @@ static void job_done(pg_conn *c) {
     conn_pump(c);
     return;
   }
-  /* Slot 0 is BEGIN, the last is COMMIT. */
   const char *err = NULL;
   for (int i = 0; i < c->nq && !err; i++) {
     PGresult *r = c->slots[i];
@@ -633,7 +643,7 @@ static void job_done(pg_conn *c) {
   }
   if (!failed) {
     /* Move each operation's results to it, then complete them. */
-    int k = 1;
+    int k = 0;
     for (size_t i = 0; i < njob; i++)
       for (int j = 0; j < job[i]->nstmt; j++) {
         job[i]->res[j] = c->slots[k];
@@ -936,8 +946,16 @@ static void pg_redeliver(cruster_storage *s, int64_t request_id, st_done_cb cb, 
   enqueue(st, &st->conns[0], o);
 }
 
+static void pg_flush(cruster_storage *s, void (*cb)(void *ud), void *ud) {
+  pg_store *st = s->impl;
+  st->flush_cb = cb;
+  st->flush_ud = ud;
+  check_flushed(st);
+}
+
 static void pg_detach(cruster_storage *s) {
   pg_store *st = s->impl;
+  st->flush_cb = NULL;
   st->closing = 1;
   if (st->cleanup_init) {
     uv_timer_stop(&st->cleanup_timer);
@@ -984,6 +1002,7 @@ static const st_ops pg_ops = {
     .get_reply = pg_get_reply,
     .list_dead = pg_list_dead,
     .redeliver = pg_redeliver,
+    .flush = pg_flush,
     .detach = pg_detach,
     .destroy = pg_destroy,
 };

@@ -17,7 +17,10 @@ typedef struct migration {
 
 /* Framework tables only. Never edit a released migration: add a new one. */
 static const migration migrations[] = {
-    {1, "messages and replies",
+    {1, "messages",
+     /* One row per persisted message; its exit reply lives in the same row
+      * (one write to answer). Unkeyed messages are deleted once answered:
+      * nobody can ask for their reply again. */
      "CREATE TABLE cruster_messages ("
      "  seq BIGINT GENERATED ALWAYS AS IDENTITY,"
      "  request_id BIGINT PRIMARY KEY,"
@@ -37,22 +40,17 @@ static const migration migrations[] = {
      "  attempts INT NOT NULL DEFAULT 0 CHECK (attempts >= 0),"
      "  retry_at TIMESTAMPTZ,"
      "  processed BOOLEAN NOT NULL DEFAULT FALSE,"
-     "  processed_at TIMESTAMPTZ"
+     "  processed_at TIMESTAMPTZ,"
+     "  reply_status INT,"
+     "  reply_payload BYTEA,"
+     "  reply_message TEXT,"
+     "  CHECK (processed = (reply_status IS NOT NULL))"
      ");"
      "CREATE INDEX cruster_messages_pending ON cruster_messages (seq) WHERE NOT processed;"
      "CREATE INDEX cruster_messages_entity_pending ON cruster_messages (entity_type, entity_id, seq)"
      "  WHERE NOT processed;"
-     "CREATE INDEX cruster_messages_claimed ON cruster_messages (claimed_by)"
-     "  WHERE NOT processed AND claimed_by IS NOT NULL;"
      "CREATE INDEX cruster_messages_processed_at ON cruster_messages (processed_at) WHERE processed;"
-     "CREATE TABLE cruster_replies ("
-     "  request_id BIGINT PRIMARY KEY REFERENCES cruster_messages (request_id) ON DELETE CASCADE,"
-     "  status INT NOT NULL,"
-     "  payload BYTEA,"
-     "  message TEXT,"
-     "  created_at TIMESTAMPTZ NOT NULL DEFAULT now()"
-     ");"
-     "CREATE INDEX cruster_replies_dead ON cruster_replies (request_id) WHERE status = -18;"},
+     "CREATE INDEX cruster_messages_dead ON cruster_messages (seq) WHERE reply_status = -18;"},
 };
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
 

@@ -28,17 +28,19 @@
   "    CASE WHEN c.claimer IS NOT NULL THEN 1 ELSE 0 END FROM c"                             \
   "  ON CONFLICT (request_id) DO NOTHING RETURNING claimed_by IS NOT NULL AS claimed)"      \
   " SELECT 0::int4, ins.claimed, NULL::int4, NULL::bytea, NULL::text, FALSE FROM ins"       \
-  " UNION ALL SELECT 1::int4, FALSE, r.status, r.payload, r.message, m.processed"           \
-  "  FROM cruster_messages m LEFT JOIN cruster_replies r ON r.request_id = m.request_id"    \
+  " UNION ALL SELECT 1::int4, FALSE, m.reply_status, m.reply_payload, m.reply_message,"      \
+  "  m.processed FROM cruster_messages m"                                                   \
   "  WHERE m.request_id = $1::int8 AND NOT EXISTS (SELECT 1 FROM ins)"
 
-/* The first exit reply wins; it marks the message processed. */
+/* The first exit reply wins; it marks a keyed message processed. */
 #define PG_SQL_REPLY                                                                          \
-  "WITH upd AS (UPDATE cruster_messages SET processed = TRUE, processed_at = now(),"        \
-  "    claimed_by = NULL, claimed_at = NULL"                                                \
-  "  WHERE request_id = $1::int8 AND NOT processed RETURNING request_id)"                   \
-  " INSERT INTO cruster_replies (request_id, status, payload, message)"                     \
-  " SELECT request_id, $2::int4, $3::bytea, $4::text FROM upd"
+  "UPDATE cruster_messages SET processed = TRUE, processed_at = now(), claimed_by = NULL,"   \
+  "  claimed_at = NULL, reply_status = $2::int4, reply_payload = $3::bytea,"                \
+  "  reply_message = $4::text"                                                              \
+  " WHERE request_id = $1::int8 AND NOT processed"
+
+/* An unkeyed message is done with once answered: nobody can ask again. */
+#define PG_SQL_DONE "DELETE FROM cruster_messages WHERE request_id = $1::int8 AND NOT processed"
 
 /* Gives a claimed message back. $2 = 1: a failed delivery (counts, and
  * waits a doubling backoff from $3 ms, at most 30 s); 0: never handed to a
@@ -55,7 +57,9 @@
  * (no older due undelivered message of the entity) counts a delivery
  * attempt: the messages queued behind it in the mailbox are not handed to a
  * handler yet, so a runner killed by the head's handler must not charge them
- * (they would be dead-lettered with it). */
+ * (they would be dead-lettered with it). A message past the retry limit
+ * ($4 > 0 and more than $4 + 1 attempts) becomes a dead letter here, in the
+ * same row: processed, with reply status -18 (CRUSTER_E_DEAD_LETTER). */
 #define PG_SQL_CLAIM                                                                          \
   "WITH due AS (SELECT request_id FROM cruster_messages d"                                  \
   "  WHERE NOT d.processed AND d.claimed_by IS NULL"                                        \
@@ -64,24 +68,22 @@
   "    AND NOT EXISTS (SELECT 1 FROM cruster_messages o WHERE o.entity_type = d.entity_type" \
   "      AND o.entity_id = d.entity_id AND NOT o.processed AND o.seq < d.seq"              \
   "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at > now())"         \
-  "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED)"                                 \
-  " UPDATE cruster_messages m SET claimed_by = $2::text, claimed_at = now(),"               \
-  "   attempts = m.attempts + CASE WHEN EXISTS (SELECT 1 FROM cruster_messages h"          \
-  "     WHERE h.entity_type = m.entity_type AND h.entity_id = m.entity_id"                 \
-  "       AND NOT h.processed AND h.seq < m.seq"                                            \
-  "       AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0)))"   \
-  "     THEN 0 ELSE 1 END"                                                                  \
-  "   FROM due WHERE m.request_id = due.request_id"                                         \
-  " RETURNING " PG_MSG_COLUMNS
-
-/* Moves claimed messages past the retry limit to the dead letters. */
-#define PG_SQL_DEAD                                                                           \
-  "WITH d AS (UPDATE cruster_messages SET processed = TRUE, processed_at = now(),"          \
-  "    claimed_by = NULL, claimed_at = NULL"                                                \
-  "  WHERE claimed_by = $1::text AND NOT processed AND $2::int8 > 0 AND attempts > $2::int8 + 1" \
-  "  RETURNING request_id)"                                                                 \
-  " INSERT INTO cruster_replies (request_id, status, message)"                              \
-  " SELECT request_id, -18, 'max retries exceeded' FROM d RETURNING request_id"
+  "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED),"                                \
+  " counted AS (SELECT due.request_id, m.attempts + CASE WHEN EXISTS ("                     \
+  "    SELECT 1 FROM cruster_messages h WHERE h.entity_type = m.entity_type"               \
+  "      AND h.entity_id = m.entity_id AND NOT h.processed AND h.seq < m.seq"              \
+  "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0)))"    \
+  "    THEN 0 ELSE 1 END AS attempts, $4::int8 > 0 AND m.attempts > $4::int8 AS dead"       \
+  "  FROM due JOIN cruster_messages m ON m.request_id = due.request_id)"                    \
+  " UPDATE cruster_messages m SET attempts = counted.attempts,"                             \
+  "   claimed_by = CASE WHEN counted.dead THEN NULL ELSE $2::text END,"                     \
+  "   claimed_at = CASE WHEN counted.dead THEN NULL ELSE now() END,"                        \
+  "   processed = counted.dead,"                                                            \
+  "   processed_at = CASE WHEN counted.dead THEN now() END,"                                \
+  "   reply_status = CASE WHEN counted.dead THEN -18 END,"                                  \
+  "   reply_message = CASE WHEN counted.dead THEN 'max retries exceeded' END"               \
+  " FROM counted WHERE m.request_id = counted.request_id"                                   \
+  " RETURNING " PG_MSG_COLUMNS ", m.processed"
 
 /* When the next stored message becomes due (Unix ms, 0 = none). */
 #define PG_SQL_NEXT_DUE                                                                       \
@@ -90,20 +92,18 @@
   "  AND (deliver_at > to_timestamp($1::int8 / 1000.0) OR retry_at > now())"
 
 #define PG_SQL_GET                                                                            \
-  "SELECT m.processed, r.status, r.payload, r.message FROM cruster_messages m"              \
-  " LEFT JOIN cruster_replies r ON r.request_id = m.request_id WHERE m.request_id = $1::int8"
+  "SELECT processed, reply_status, reply_payload, reply_message FROM cruster_messages"      \
+  " WHERE request_id = $1::int8"
 
 #define PG_SQL_LIST_DEAD                                                                      \
   "SELECT " PG_MSG_COLUMNS " FROM cruster_messages m"                                       \
-  " JOIN cruster_replies r ON r.request_id = m.request_id"                                  \
-  " WHERE r.status = -18 ORDER BY m.seq LIMIT $1::int4"
+  " WHERE m.reply_status = -18 ORDER BY m.seq LIMIT $1::int4"
 
 #define PG_SQL_REDELIVER                                                                      \
-  "WITH d AS (DELETE FROM cruster_replies WHERE request_id = $1::int8 AND status = -18"     \
-  "  RETURNING request_id)"                                                                 \
-  " UPDATE cruster_messages m SET processed = FALSE, processed_at = NULL, attempts = 0,"    \
-  "   claimed_by = NULL, claimed_at = NULL, retry_at = NULL"                                \
-  " FROM d WHERE m.request_id = d.request_id RETURNING m.request_id"
+  "UPDATE cruster_messages SET processed = FALSE, processed_at = NULL, attempts = 0,"        \
+  "  claimed_by = NULL, claimed_at = NULL, retry_at = NULL, reply_status = NULL,"          \
+  "  reply_payload = NULL, reply_message = NULL"                                            \
+  " WHERE request_id = $1::int8 AND reply_status = -18 RETURNING request_id"
 
 /* Single-node: every claim but ours belongs to an earlier life of this
  * runner, which died with the messages undelivered. */
@@ -117,12 +117,11 @@
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
   " WHERE claimed_by = $1::text AND NOT processed AND NOT (request_id = ANY($2::int8[]))"
 
-/* Retention: processed messages (and their replies, by cascade) older than
- * $1 ms; dead letters stay until redelivered. */
+/* Retention: processed messages older than $1 ms; dead letters stay until
+ * redelivered. */
 #define PG_SQL_CLEANUP                                                                        \
-  "DELETE FROM cruster_messages WHERE request_id IN (SELECT m.request_id"                   \
-  " FROM cruster_messages m LEFT JOIN cruster_replies r ON r.request_id = m.request_id"     \
-  " WHERE m.processed AND m.processed_at < now() - make_interval(secs => $1::int8 / 1000.0)" \
-  "  AND coalesce(r.status, 0) <> -18 LIMIT 10000)"
+  "DELETE FROM cruster_messages WHERE request_id IN (SELECT request_id FROM cruster_messages" \
+  " WHERE processed AND processed_at < now() - make_interval(secs => $1::int8 / 1000.0)"    \
+  "  AND reply_status <> -18 LIMIT 10000)"
 
 #endif

@@ -88,6 +88,9 @@ typedef struct st_ops {
   /* Turns dead letter `request_id` back into an undelivered message with no
    * attempts; CRUSTER_E_NOT_FOUND when it is not a dead letter. */
   void (*redeliver)(cruster_storage *s, int64_t request_id, st_done_cb cb, void *ud);
+  /* Calls cb(ud) once every queued operation has completed (graceful stop).
+   * May call it at once. After detach it is never called. */
+  void (*flush)(cruster_storage *s, void (*cb)(void *ud), void *ud);
   /* Called by the runtime's stop on the loop thread, before free. */
   void (*detach)(cruster_storage *s);
   void (*destroy)(cruster_storage *s);
