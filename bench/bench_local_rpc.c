@@ -46,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 /* ---- settings, clock, latency recording ---------------------------------- */
@@ -108,6 +109,7 @@ static int cmp_u32(const void *a, const void *b) {
 
 typedef struct result {
   double ops_per_s, p50_us, p99_us, elapsed_s;
+  double cpu_s; /* user+sys CPU of the whole process over the measured run */
   uint64_t ops;
   size_t samples;
 } result;
@@ -147,11 +149,22 @@ static result summarize(rec *rs, int nrec, uint64_t elapsed_ns) {
   return res;
 }
 
+static double cpu_now_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+         ru.ru_stime.tv_usec / 1e6;
+}
+
+/* cpu_us_per_op: process CPU time (all threads, user+sys) per round trip in
+ * the measured run -- less sensitive than ops_per_s to other load on the
+ * machine, so it is the figure to compare before/after a code change. */
 static void print_result(const char *bench, const char *mode, int callers, const result *r) {
   printf("{\"bench\":\"%s\",\"mode\":\"%s\",\"callers\":%d,\"ops_per_s\":%.0f,\"p50_us\":%.2f,"
-         "\"p99_us\":%.2f,\"ops\":%llu,\"samples\":%zu,\"seconds\":%.3f}\n",
-         bench, mode, callers, r->ops_per_s, r->p50_us, r->p99_us, (unsigned long long)r->ops,
-         r->samples, r->elapsed_s);
+         "\"p99_us\":%.2f,\"cpu_us_per_op\":%.3f,\"ops\":%llu,\"samples\":%zu,\"seconds\":%.3f}\n",
+         bench, mode, callers, r->ops_per_s, r->p50_us, r->p99_us,
+         r->ops ? r->cpu_s * 1e6 / (double)r->ops : 0, (unsigned long long)r->ops, r->samples,
+         r->elapsed_s);
   fflush(stdout);
 }
 
@@ -282,7 +295,9 @@ static result bench_hop(int inflight) {
   rec_init(&w, 0);
   run_hop(inflight, g_warmup, &w);
   rec_init(&r, rec_cap(8e6));
+  double cpu0 = cpu_now_s();
   result res = run_hop(inflight, g_seconds, &r);
+  res.cpu_s = cpu_now_s() - cpu0;
   free(r.lat);
   return res;
 }
@@ -403,7 +418,10 @@ static result run_thop(int callers, double seconds, size_t cap) {
 
 static result bench_thop(int callers) {
   run_thop(callers, g_warmup, 0);
-  return run_thop(callers, g_seconds, rec_cap(2e6));
+  double cpu0 = cpu_now_s();
+  result res = run_thop(callers, g_seconds, rec_cap(2e6));
+  res.cpu_s = cpu_now_s() - cpu0;
+  return res;
 }
 
 /* ---- the runtime under test ------------------------------------------- */
@@ -687,7 +705,9 @@ int main(void) {
     snprintf(name, sizeof(name), "sync%d", n);
     if (want(name)) {
       run_sync(rt, n, g_warmup, 0);
+      double cpu0 = cpu_now_s();
       sync_r[i] = run_sync(rt, n, g_seconds, rec_cap(2e6));
+      sync_r[i].cpu_s = cpu_now_s() - cpu0;
       have_sync[i] = 1;
       print_result("local_rpc", "sync_threads", n, &sync_r[i]);
     }
@@ -697,7 +717,9 @@ int main(void) {
     rec_init(&w, 0);
     run_async(rt, n, g_warmup, &w);
     rec_init(&r, rec_cap(2e6));
+    double cpu0 = cpu_now_s();
     async_r[i] = run_async(rt, n, g_seconds, &r);
+    async_r[i].cpu_s = cpu_now_s() - cpu0;
     have_async[i] = 1;
     free(r.lat);
     print_result("local_rpc", "async", n, &async_r[i]);
