@@ -256,7 +256,7 @@ static void live_unlink(cruster_runtime *rt, cruster_request *r) {
 void em_request_free(cruster_runtime *rt, cruster_request *r) {
   live_unlink(rt, r);
   if (r->call) r->call->req = NULL;
-  rt_env_free(r->env);
+  free(r->env);
   if (r->reply != (void *)r->reply_small) free(r->reply);
   free(r->errmsg);
   free(r);

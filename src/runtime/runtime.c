@@ -11,13 +11,11 @@
 
 /* ---- envelopes ---------------------------------------------------------- */
 
-size_t rt_env_size(const char *type, const char *id, const char *method, size_t len) {
-  return sizeof(rt_env) + strlen(type) + 1 + strlen(id) + 1 + strlen(method) + 1 + len + 1;
-}
-
-void rt_env_init(rt_env *e, const char *type, const char *id, const char *method,
-                 const void *payload, size_t len) {
+rt_env *rt_env_new(const char *type, const char *id, const char *method, const void *payload,
+                   size_t len) {
   size_t lt = strlen(type) + 1, li = strlen(id) + 1, lm = strlen(method) + 1;
+  rt_env *e = malloc(sizeof(*e) + lt + li + lm + len + 1);
+  if (!e) return NULL;
   memset(e, 0, sizeof(*e));
   char *p = e->data;
   memcpy(p, type, lt); e->type = p; p += lt;
@@ -27,20 +25,7 @@ void rt_env_init(rt_env *e, const char *type, const char *id, const char *method
   p[len] = 0;
   e->payload = p;
   e->len = len;
-}
-
-rt_env *rt_env_new(const char *type, const char *id, const char *method, const void *payload,
-                   size_t len) {
-  rt_env *e = malloc(rt_env_size(type, id, method, len));
-  if (!e) return NULL;
-  rt_env_init(e, type, id, method, payload, len);
   return e;
-}
-
-void rt_env_free(rt_env *e) {
-  if (!e) return;
-  if (e->block) rt_call_block_release(e->block);
-  else free(e);
 }
 
 rt_env *rt_env_copy(const rt_env *src) {

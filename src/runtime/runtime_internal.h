@@ -39,21 +39,11 @@ typedef struct rt_env {
   unsigned char is_request; /* 1 = send (a caller waits), 0 = notify */
   unsigned char keyed;      /* request id derived from an idempotency key */
   char group[CRUSTER_MAX_NAME_LEN + 1];
-  /* Non-NULL when the envelope lives in the same allocation as this call
-   * (see rt_call.block_refs); never stored by storage (it copies). */
-  rt_call *block;
   char data[];
 } rt_env;
 
 rt_env *rt_env_new(const char *type, const char *id, const char *method, const void *payload,
                    size_t len);
-/* Bytes rt_env_init needs, and filling an envelope in place. */
-size_t rt_env_size(const char *type, const char *id, const char *method, size_t len);
-void rt_env_init(rt_env *e, const char *type, const char *id, const char *method,
-                 const void *payload, size_t len);
-/* Frees an envelope: free() or, if it shares its call's block, drops the
- * envelope's reference to that block (loop thread). */
-void rt_env_free(rt_env *e);
 rt_env *rt_env_copy(const rt_env *e);
 
 enum { RT_NEW = 0, RT_STARTED = 1, RT_STOPPING = 2, RT_STOPPED = 3 };
@@ -78,14 +68,7 @@ struct rt_call {
   rt_call *wnext;             /* next waiter on the same persisted request id */
   int waiting;                /* listed in rt->waiters */
   int internal;               /* made by an entity/workflow (opts->caller) */
-  /* 1 (0 means 1), or 2 while the call and the envelope allocated with it (env->block
-   * == this call) are both alive: the block is freed when both are gone.
-   * Touched on the loop thread only (or before the call is posted). */
-  unsigned block_refs;
 };
-
-/* Drops one reference to a call's allocation; frees it at zero. */
-void rt_call_block_release(rt_call *c);
 
 /* Per-runtime metric series the hot paths update. */
 typedef struct rt_metrics {

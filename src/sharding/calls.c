@@ -118,19 +118,11 @@ void rt_waiters_resolve(cruster_runtime *rt, int64_t request_id, int status, con
 
 /* ---- completion ---------------------------------------------------------- */
 
-void rt_call_block_release(rt_call *c) {
-  /* 0 counts as 1: a calloc'ed call that never set it owns only itself. */
-  if (c->block_refs <= 1) free(c);
-  else c->block_refs--;
-}
-
 void rt_call_free(rt_call *c) {
   if (!c) return;
-  rt_env_free(c->env); /* may drop the block's envelope reference */
-  c->env = NULL;
+  free(c->env);
   free(c->key);
-  c->key = NULL;
-  rt_call_block_release(c);
+  free(c);
 }
 
 void rt_call_complete(cruster_runtime *rt, rt_call *c, int status, const void *data, size_t len,

@@ -1,6 +1,5 @@
 /* The public call API: cruster_send / cruster_notify and their blocking
  * forms. Validates on the caller's thread, then hands the call to the loop. */
-#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,25 +70,9 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   if (state != RT_STARTED)
     return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
 
-  rt_call *c;
-  if (!(flags & CRUSTER_CALL_PERSISTED) && deliver_at == 0 && !key) {
-    /* Likely local and non-persisted: the call and its envelope in one
-     * allocation (the envelope may outlive the call; see block_refs). */
-    size_t off = (sizeof(rt_call) + _Alignof(max_align_t) - 1) &
-                 ~(size_t)(_Alignof(max_align_t) - 1);
-    c = malloc(off + rt_env_size(type, id, method, len));
-    if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
-    memset(c, 0, sizeof(*c));
-    c->env = (rt_env *)((char *)c + off);
-    rt_env_init(c->env, type, id, method, payload, len);
-    c->env->block = c;
-    c->block_refs = 2;
-  } else {
-    c = calloc(1, sizeof(*c));
-    if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
-    c->block_refs = 1;
-    c->env = rt_env_new(type, id, method, payload, len);
-  }
+  rt_call *c = calloc(1, sizeof(*c));
+  if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  c->env = rt_env_new(type, id, method, payload, len);
   c->key = key ? core_memdup(key, key_len) : NULL;
   if (!c->env || (key && !c->key)) {
     rt_call_free(c);

@@ -18,7 +18,7 @@ static void reject(cruster_runtime *rt, rt_call *c, int status, const char *msg)
 
 static void save_free(rt_save *s) {
   if (s->call) s->call->save = NULL;
-  rt_env_free(s->env);
+  free(s->env);
   free(s);
 }
 
@@ -28,7 +28,7 @@ static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, rt
   if (st == CRUSTER_OK) return;
   /* Not handed to a handler: it stays in storage for the poll loop. */
   rt->storage->ops->release(rt->storage, env, 0);
-  rt_env_free(env);
+  free(env);
   if (st != CRUSTER_E_MAILBOX_FULL && st != CRUSTER_E_SHUTTING_DOWN)
     rt_poll_schedule(rt, rt->cfg->send_retry_interval);
 }
@@ -86,23 +86,12 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
 }
 
 static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc_index) {
+  rt_env *env = c->env;
   if (!rt->storage) {
     reject(rt, c, CRUSTER_E_PERSISTENCE,
            "this call is persisted but the runtime has no message storage");
     return;
   }
-  if (c->env->block) {
-    /* The envelope shares the call's allocation (submit guessed "local"):
-     * the persisted path keeps it beyond the call, so give it its own. */
-    rt_env *own = rt_env_copy(c->env);
-    if (!own) {
-      reject(rt, c, CRUSTER_E_NOMEM, "out of memory");
-      return;
-    }
-    rt_env_free(c->env);
-    c->env = own;
-  }
-  rt_env *env = c->env;
   env->persisted = 1;
   if (c->key) {
     env->request_id = cruster_persisted_request_id(env->type, env->id, env->method, c->key, c->key_len);
@@ -225,7 +214,7 @@ static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, s
                  "stored message %lld is for entity type '%s', which is not registered here",
                  (long long)env->request_id, env->type);
       rt->storage->ops->release(rt->storage, env, 0);
-      rt_env_free(env);
+      free(env);
       continue;
     }
     char msg[CRUSTER_MAX_NAME_LEN * 2 + 128];
@@ -234,7 +223,7 @@ static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, s
       st_reply rep = {idx, NULL, 0, msg};
       rt->storage->ops->save_reply(rt->storage, env, &rep, NULL, NULL);
       rt_waiters_resolve(rt, env->request_id, idx, NULL, 0, msg);
-      rt_env_free(env);
+      free(env);
       continue;
     }
     deliver_persisted(rt, t, idx, env);
