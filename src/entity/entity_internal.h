@@ -3,6 +3,7 @@
 #define EM_ENTITY_INTERNAL_H
 
 #include "runtime/runtime_internal.h"
+#include <stddef.h>
 
 typedef struct em_rpc {
   char *name;
@@ -53,6 +54,8 @@ struct em_instance {
   int backlog; /* persisted messages for it wait in storage for room */
 };
 
+#define EM_REPLY_SMALL 64 /* bytes; a multiple of sizeof(max_align_t) */
+
 struct cruster_request {
   rt_job job;
   rt_cmd done;
@@ -69,9 +72,12 @@ struct cruster_request {
   _Atomic int answered;
   /* the answer, written by the answering thread before posting `done` */
   int status;
-  void *reply;
+  void *reply; /* reply_small, or malloc'ed when larger */
   size_t reply_len;
   char *errmsg;
+  /* Small replies are copied here: no allocation on the answering thread
+   * and no cross-thread free on the loop. */
+  max_align_t reply_small[EM_REPLY_SMALL / sizeof(max_align_t)];
 };
 
 void em_rpc_list_free(em_rpc_list *l);

@@ -257,7 +257,7 @@ void em_request_free(cruster_runtime *rt, cruster_request *r) {
   live_unlink(rt, r);
   if (r->call) r->call->req = NULL;
   free(r->env);
-  free(r->reply);
+  if (r->reply != (void *)r->reply_small) free(r->reply);
   free(r->errmsg);
   free(r);
 }
@@ -389,7 +389,12 @@ int em_request_answer(cruster_request *r, int status, const void *data, size_t l
   if (atomic_exchange(&r->answered, 1)) return CRUSTER_E_INVALID_ARGUMENT;
   r->status = status;
   if (status == CRUSTER_OK) {
-    r->reply = core_memdup(data, len);
+    if (len <= sizeof(r->reply_small)) {
+      if (len) memcpy(r->reply_small, data, len);
+      r->reply = r->reply_small;
+    } else {
+      r->reply = core_memdup(data, len);
+    }
     r->reply_len = len;
     if (!r->reply) {
       r->status = CRUSTER_E_NOMEM;
