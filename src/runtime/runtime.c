@@ -220,6 +220,10 @@ static void init_metrics(cruster_runtime *rt) {
                                        "Calls refused before delivery (unknown type or method, forbidden, full)", NULL);
   x->calls_inflight = core_metrics_get(m, CORE_GAUGE, "cluster_calls_in_flight",
                                        "Calls made on this runner still waiting for an answer", NULL);
+  x->st_polls = core_metrics_get(m, CORE_COUNTER, "cluster_storage_polls_total",
+                                 "Polls of message storage for messages to deliver", NULL);
+  x->st_queued = core_metrics_get(m, CORE_COUNTER, "cluster_storage_messages_queued_total",
+                                  "Persisted messages stored behind older ones of their entity (delivered by a poll)", NULL);
   x->st_saved = core_metrics_get(m, CORE_COUNTER, "cluster_storage_messages_saved_total",
                                  "Persisted messages written to message storage", NULL);
   x->st_duplicates = core_metrics_get(m, CORE_COUNTER, "cluster_storage_duplicates_total",

@@ -74,7 +74,7 @@ struct rt_call {
 typedef struct rt_metrics {
   core_metric *entity_types, *shards, *runners, *runners_healthy, *singletons, *detached;
   core_metric *calls_timeout, *calls_rejected, *calls_inflight;
-  core_metric *st_saved, *st_duplicates, *st_replies, *st_dead_letters, *st_errors;
+  core_metric *st_polls, *st_queued, *st_saved, *st_duplicates, *st_replies, *st_dead_letters, *st_errors;
 } rt_metrics;
 
 struct cruster_runtime {

@@ -55,6 +55,7 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
     /* Older messages for this entity wait in storage: the poll delivers
      * them in order, this one after them. */
     core_metric_add(rt->m.st_saved, 1);
+    core_metric_add(rt->m.st_queued, 1);
     if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
     rt_poll_schedule(rt, 0);
   } else if (r == ST_SAVED) {
@@ -242,6 +243,7 @@ void rt_poll_fire(uv_timer_t *t) {
   cruster_runtime *rt = t->data;
   if (!rt->storage || rt->stopping || rt->closed) return;
   rt->poll_scheduled = 1;
+  core_metric_add(rt->m.st_polls, 1);
   rt->storage->ops->poll(rt->storage, core_now_ms(), (size_t)rt->cfg->storage_inbox_size,
                          rt->cfg->storage_message_max_retries, NULL, NULL, on_polled, rt);
 }

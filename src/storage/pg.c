@@ -1,8 +1,8 @@
 /* PostgreSQL message storage: a pool of non-blocking libpq connections
- * driven by uv_poll on the runtime's loop thread. Each connection runs one
- * job at a time: the statements of up to storage_batch_size operations
- * pipelined up to one Sync (one implicit transaction), so concurrent writes share
- * one commit. Writes for one entity always use the same connection, which
+ * driven by uv_poll on the runtime's loop thread. A connection sends jobs:
+ * the statements of up to storage_batch_size queued operations pipelined up
+ * to one Sync (one implicit transaction), so concurrent writes share one
+ * commit. Two jobs may be in flight, so the server never waits for us. Writes for one entity always use the same connection, which
  * keeps them in order. Operations queue while a connection reconnects. */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -55,16 +55,27 @@ typedef struct pg_conn {
   int64_t backoff;
   pg_op *q_head, *q_tail;
   size_t qlen;
-  /* the job in flight */
-  pg_op **job;
-  size_t njob, job_cap;
-  int active;
-  int nq;            /* queries sent (BEGIN + statements + COMMIT, or prepares) */
-  PGresult **slots;
-  int slots_cap;
-  int cur, have_cur;
+  /* jobs sent and not finished, oldest first (results come in this order) */
+  struct pg_job *jobs_head, *jobs_tail;
+  int njobs;
   int want_write;
 } pg_conn;
+
+/* One Sync's worth of statements: a transaction of several operations (or,
+ * right after connecting, the prepares). */
+typedef struct pg_job {
+  struct pg_job *next;
+  int prepare;   /* the statement preparation of a new connection */
+  pg_op **ops;
+  size_t nops;
+  int nq;        /* statements sent */
+  int cur, have_cur;
+  PGresult *slots[];
+} pg_job;
+
+/* Jobs in flight per connection: while the server runs one, the next is
+ * already on its way, so its backend never waits for us. */
+#define MAX_JOBS_IN_FLIGHT 2
 
 struct pg_store {
   char *conninfo;
@@ -98,7 +109,8 @@ typedef struct stmt {
 } stmt;
 
 static const stmt stmts[] = {
-    {"cr_ins", PG_SQL_INSERT, 14},  {"cr_rep", PG_SQL_REPLY, 4},
+    {"cr_ins", PG_SQL_INSERT, 14},  {"cr_ins1", PG_SQL_INSERT_FRESH, 14},
+    {"cr_rep", PG_SQL_REPLY, 4},
     {"cr_done", PG_SQL_DONE, 1},    {"cr_rel", PG_SQL_RELEASE, 3},
     {"cr_claim", PG_SQL_CLAIM, 4},  {"cr_due", PG_SQL_NEXT_DUE, 1},
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
@@ -171,7 +183,7 @@ static int op_send(pg_conn *c, pg_op *o) {
                          d, o->claim ? "t" : "f", st->claimer, e};
     int l[14] = {0, 0, 0, 0, 0, 0, (int)m->len, 0, 0, 0, 0, 0, 0, 0};
     int fm[14] = {0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
-    return send_stmt(c, "cr_ins", 14, v, l, fm);
+    return send_stmt(c, m->keyed ? "cr_ins" : "cr_ins1", 14, v, l, fm);
   }
   case OP_REPLY: {
     snprintf(a, sizeof a, "%lld", (long long)o->env->request_id);
@@ -282,7 +294,16 @@ static void op_complete(pg_store *st, pg_op *o) {
   switch (o->kind) {
   case OP_SAVE: {
     st_save_cb cb = (st_save_cb)o->cb;
-    if (PQntuples(r) == 0) {
+    if (!o->env->keyed) {
+      /* A fresh id: a row back means stored; none means it was taken. */
+      if (PQntuples(r) == 0)
+        cb(o->ud, CRUSTER_E_PERSISTENCE,
+           "request id already stored: two runtimes share this schema in single-node mode?",
+           ST_SAVED, NULL);
+      else
+        cb(o->ud, CRUSTER_OK, NULL,
+           (o->claim && !get_bool(r, 0, 0)) ? ST_SAVED_QUEUED : ST_SAVED, NULL);
+    } else if (PQntuples(r) == 0) {
       /* A concurrent insert of the same id won: it is pending. */
       cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
     } else if (get_i32(r, 0, 0) == 0) {
@@ -461,16 +482,38 @@ static void conn_watch(pg_conn *c, int events) {
   }
 }
 
-static void job_clear(pg_conn *c) {
-  for (int i = 0; i < c->nq && i < c->slots_cap; i++) {
-    PQclear(c->slots[i]);
-    c->slots[i] = NULL;
+static void job_free(pg_job *j) {
+  for (int i = 0; i < j->nq; i++) PQclear(j->slots[i]);
+  free(j->ops);
+  free(j);
+}
+
+static pg_job *job_new(int nq, size_t nops) {
+  pg_job *j = calloc(1, sizeof(*j) + (size_t)nq * sizeof(PGresult *));
+  if (!j) return NULL;
+  j->nq = nq;
+  if (nops && !(j->ops = calloc(nops, sizeof(*j->ops)))) {
+    free(j);
+    return NULL;
   }
-  c->nq = 0;
-  c->njob = 0;
-  c->active = 0;
-  c->cur = 0;
-  c->have_cur = 0;
+  return j;
+}
+
+static void job_push(pg_conn *c, pg_job *j) {
+  j->next = NULL;
+  if (c->jobs_tail) c->jobs_tail->next = j; else c->jobs_head = j;
+  c->jobs_tail = j;
+  c->njobs++;
+}
+
+static pg_job *job_pop(pg_conn *c) {
+  pg_job *j = c->jobs_head;
+  if (!j) return NULL;
+  c->jobs_head = j->next;
+  if (!c->jobs_head) c->jobs_tail = NULL;
+  c->njobs--;
+  j->next = NULL;
+  return j;
 }
 
 static void on_retry_timer(uv_timer_t *t) { conn_connect(t->data); }
@@ -495,7 +538,7 @@ static void new_claim_token(pg_store *st) {
   enqueue(st, &st->conns[0], o);
 }
 
-/* The connection broke: fail the job in flight, keep the queue, reconnect. */
+/* The connection broke: fail the jobs in flight, keep the queue, reconnect. */
 static void conn_fail(pg_conn *c, const char *why) {
   pg_store *st = c->st;
   char msg[512];
@@ -504,38 +547,29 @@ static void conn_fail(pg_conn *c, const char *why) {
   while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
   if (!st->closing)
     core_log(st->lg, CRUSTER_LOG_WARN, "storage", "connection %d: %s", c->idx, msg);
-  pg_op **job = c->job;
-  size_t njob = c->njob;
-  int was_active = c->active;
-  c->job = NULL;
-  c->job_cap = 0;
-  job_clear(c);
+  pg_job *jobs = c->jobs_head;
+  c->jobs_head = c->jobs_tail = NULL;
+  c->njobs = 0;
   conn_watch(c, 0);
   if (c->pq) PQfinish(c->pq);
   c->pq = NULL;
   c->state = C_DOWN;
   int in_doubt = 0;
-  if (was_active)
-    for (size_t i = 0; i < njob; i++)
-      in_doubt |= job[i]->kind == OP_POLL || (job[i]->kind == OP_SAVE && job[i]->claim);
+  for (pg_job *j = jobs; j; j = j->next)
+    for (size_t i = 0; i < j->nops; i++)
+      in_doubt |= j->ops[i]->kind == OP_POLL || (j->ops[i]->kind == OP_SAVE && j->ops[i]->claim);
   if (in_doubt && !st->closing) new_claim_token(st);
-  if (was_active)
-    for (size_t i = 0; i < njob; i++) op_fail(st, job[i], CRUSTER_E_PERSISTENCE, msg);
-  free(job);
+  while (jobs) {
+    pg_job *j = jobs;
+    jobs = j->next;
+    for (size_t i = 0; i < j->nops; i++) op_fail(st, j->ops[i], CRUSTER_E_PERSISTENCE, msg);
+    j->nops = 0;
+    job_free(j);
+  }
   if (st->closing) return;
   core_metric_add(st->m_reconnects, 1);
   c->backoff = c->backoff ? (c->backoff * 2 > 2000 ? 2000 : c->backoff * 2) : 50;
   uv_timer_start(&c->timer, on_retry_timer, (uint64_t)c->backoff, 0);
-}
-
-static int ensure_slots(pg_conn *c, int n) {
-  if (n <= c->slots_cap) return 0;
-  PGresult **s = realloc(c->slots, (size_t)n * sizeof(*s));
-  if (!s) return -1;
-  for (int i = c->slots_cap; i < n; i++) s[i] = NULL;
-  c->slots = s;
-  c->slots_cap = n;
-  return 0;
 }
 
 static void conn_flush(pg_conn *c) {
@@ -551,77 +585,69 @@ static void conn_flush(pg_conn *c) {
 static void check_flushed(pg_store *st) {
   if (!st->flush_cb) return;
   for (int i = 0; i < st->nconns; i++)
-    if (st->conns[i].active || st->conns[i].q_head) return;
+    if (st->conns[i].jobs_head || st->conns[i].q_head) return;
   void (*cb)(void *) = st->flush_cb;
   st->flush_cb = NULL;
   cb(st->flush_ud);
 }
 
-/* Starts the next job if the connection is free. */
+/* Sends queued operations while fewer than MAX_JOBS_IN_FLIGHT jobs are out. */
 static void conn_pump(pg_conn *c) {
   pg_store *st = c->st;
-  if (c->state != C_READY || c->active || !c->q_head) {
-    if (!c->active && !c->q_head) check_flushed(st);
-    return;
+  int sent = 0;
+  while (c->state == C_READY && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
+    size_t max = (size_t)st->batch, nops = 0;
+    int solo = c->q_head->solo, stmts_n = 0;
+    for (pg_op *o = c->q_head; o && nops < max && (nops == 0 || (!solo && !o->solo)); o = o->next) {
+      nops++;
+      stmts_n += o->nstmt;
+    }
+    pg_job *j = job_new(stmts_n, nops);
+    if (!j) {
+      conn_fail(c, "out of memory");
+      return;
+    }
+    for (size_t i = 0; i < nops; i++) {
+      pg_op *o = c->q_head;
+      c->q_head = o->next;
+      if (!c->q_head) c->q_tail = NULL;
+      c->qlen--;
+      o->next = NULL;
+      j->ops[j->nops++] = o;
+    }
+    job_push(c, j);
+    /* No BEGIN/COMMIT: everything up to a Sync is one implicit transaction. */
+    int ok = 1;
+    for (size_t i = 0; ok && i < j->nops; i++) ok = op_send(c, j->ops[i]);
+    if (!ok || !PQpipelineSync(c->pq)) {
+      conn_fail(c, PQerrorMessage(c->pq));
+      return;
+    }
+    core_metric_add(st->m_batches, 1);
+    core_metric_add(st->m_batch_ops, (double)j->nops);
+    sent = 1;
   }
-  size_t max = (size_t)st->batch;
-  if (c->job_cap < max && !(c->job = realloc(c->job, max * sizeof(*c->job)))) {
-    c->job_cap = 0;
-    return;
-  }
-  if (c->job_cap < max) c->job_cap = max;
-  int solo = c->q_head->solo;
-  c->njob = 0;
-  int stmts_n = 0;
-  while (c->q_head && c->njob < max && (c->njob == 0 || (!solo && !c->q_head->solo))) {
-    pg_op *o = c->q_head;
-    c->q_head = o->next;
-    if (!c->q_head) c->q_tail = NULL;
-    c->qlen--;
-    o->next = NULL;
-    c->job[c->njob++] = o;
-    stmts_n += o->nstmt;
-  }
-  if (ensure_slots(c, stmts_n) != 0) {
-    conn_fail(c, "out of memory");
-    return;
-  }
-  c->active = 1;
-  c->cur = 0;
-  c->have_cur = 0;
-  c->nq = stmts_n;
-  /* No BEGIN/COMMIT: everything up to a Sync is one implicit transaction. */
-  int ok = 1;
-  for (size_t i = 0; ok && i < c->njob; i++) ok = op_send(c, c->job[i]);
-  ok = ok && PQpipelineSync(c->pq);
-  if (!ok) {
-    conn_fail(c, PQerrorMessage(c->pq));
-    return;
-  }
-  core_metric_add(st->m_batches, 1);
-  core_metric_add(st->m_batch_ops, (double)c->njob);
-  conn_flush(c);
+  if (sent) conn_flush(c);
+  if (!c->jobs_head && !c->q_head) check_flushed(st);
 }
 
-/* The job's Sync arrived: hand results to the operations. */
-static void job_done(pg_conn *c) {
+/* A job's Sync arrived: hand results to its operations. */
+static void job_done(pg_conn *c, pg_job *j) {
   pg_store *st = c->st;
-  pg_op **job = c->job;
-  size_t njob = c->njob;
-  if (c->state == C_PREPARING) {
+  if (j->prepare) {
     const char *bad = NULL;
-    for (int i = 0; i < c->nq; i++) {
-      ExecStatusType s = c->slots[i] ? PQresultStatus(c->slots[i]) : PGRES_FATAL_ERROR;
-      if (s != PGRES_COMMAND_OK && !bad) bad = c->slots[i] ? PQresultErrorMessage(c->slots[i]) : "no result";
+    for (int i = 0; i < j->nq && !bad; i++) {
+      ExecStatusType s = j->slots[i] ? PQresultStatus(j->slots[i]) : PGRES_FATAL_ERROR;
+      if (s != PGRES_COMMAND_OK) bad = j->slots[i] ? PQresultErrorMessage(j->slots[i]) : "no result";
     }
     if (bad) {
       char msg[512];
       snprintf(msg, sizeof(msg), "preparing statements failed: %s", bad);
-      job_clear(c);
+      job_free(j);
       conn_fail(c, msg);
       return;
     }
-    job_clear(c);
+    job_free(j);
     c->state = C_READY;
     c->backoff = 0;
     core_log(st->lg, CRUSTER_LOG_DEBUG, "storage", "connection %d ready", c->idx);
@@ -629,52 +655,51 @@ static void job_done(pg_conn *c) {
     return;
   }
   const char *err = NULL;
-  for (int i = 0; i < c->nq && !err; i++) {
-    PGresult *r = c->slots[i];
-    ExecStatusType s = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
-      err = r && s != PGRES_PIPELINE_ABORTED ? PQresultErrorMessage(r) : NULL;
-    if (s == PGRES_PIPELINE_ABORTED) continue;
-  }
   int failed = 0;
-  for (int i = 0; i < c->nq; i++) {
-    ExecStatusType s = c->slots[i] ? PQresultStatus(c->slots[i]) : PGRES_FATAL_ERROR;
-    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) failed = 1;
-  }
-  if (!failed) {
-    /* Move each operation's results to it, then complete them. */
-    int k = 0;
-    for (size_t i = 0; i < njob; i++)
-      for (int j = 0; j < job[i]->nstmt; j++) {
-        job[i]->res[j] = c->slots[k];
-        c->slots[k++] = NULL;
-      }
+  for (int i = 0; i < j->nq; i++) {
+    PGresult *r = j->slots[i];
+    ExecStatusType s = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) continue;
+    failed = 1;
+    if (!err && r && s != PGRES_PIPELINE_ABORTED) err = PQresultErrorMessage(r);
   }
   char msg[512] = "";
-  if (failed) snprintf(msg, sizeof(msg), "%s", err ? err : "the transaction was aborted");
-  size_t n = strlen(msg);
-  while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
-  /* Detach the job before callbacks: they may queue more work. */
-  c->job = NULL;
-  c->job_cap = 0;
-  job_clear(c);
-  if (failed && njob > 1) {
+  if (failed) {
+    snprintf(msg, sizeof(msg), "%s", err ? err : "the transaction was aborted");
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
+  } else {
+    /* Move each operation's results to it. */
+    int k = 0;
+    for (size_t i = 0; i < j->nops; i++)
+      for (int x = 0; x < j->ops[i]->nstmt; x++) {
+        j->ops[i]->res[x] = j->slots[k];
+        j->slots[k++] = NULL;
+      }
+  }
+  pg_op **ops = j->ops;
+  size_t nops = j->nops;
+  j->ops = NULL;
+  j->nops = 0;
+  job_free(j);
+  /* Callbacks may queue more work: the job is already off the connection. */
+  if (failed && nops > 1) {
     /* One bad operation aborted the batch: run each alone, in order. */
-    for (size_t i = njob; i-- > 0;) {
-      job[i]->solo = 1;
-      job[i]->next = c->q_head;
-      c->q_head = job[i];
-      if (!c->q_tail) c->q_tail = job[i];
+    for (size_t i = nops; i-- > 0;) {
+      ops[i]->solo = 1;
+      ops[i]->next = c->q_head;
+      c->q_head = ops[i];
+      if (!c->q_tail) c->q_tail = ops[i];
       c->qlen++;
     }
   } else {
-    for (size_t i = 0; i < njob; i++) {
-      if (failed) op_fail(st, job[i], CRUSTER_E_PERSISTENCE, msg);
-      else op_complete(st, job[i]);
+    for (size_t i = 0; i < nops; i++) {
+      if (failed) op_fail(st, ops[i], CRUSTER_E_PERSISTENCE, msg);
+      else op_complete(st, ops[i]);
     }
   }
-  free(job);
-  conn_pump(c);
+  free(ops);
+  if (c->pq) conn_pump(c);
 }
 
 static void conn_read(pg_conn *c) {
@@ -682,22 +707,23 @@ static void conn_read(pg_conn *c) {
     conn_fail(c, PQerrorMessage(c->pq));
     return;
   }
-  while (c->active && !PQisBusy(c->pq)) {
+  while (c->pq && c->jobs_head && !PQisBusy(c->pq)) {
+    pg_job *j = c->jobs_head;
     PGresult *r = PQgetResult(c->pq);
     if (!r) {
-      if (!c->have_cur) break;
-      c->cur++;
-      c->have_cur = 0;
+      if (!j->have_cur) break;
+      j->cur++;
+      j->have_cur = 0;
       continue;
     }
     if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
       PQclear(r);
-      job_done(c);
-      return;
+      job_done(c, job_pop(c));
+      continue;
     }
-    if (!c->have_cur && c->cur < c->nq) {
-      c->slots[c->cur] = r;
-      c->have_cur = 1;
+    if (!j->have_cur && j->cur < j->nq) {
+      j->slots[j->cur] = r;
+      j->have_cur = 1;
     } else {
       PQclear(r);
     }
@@ -717,16 +743,19 @@ static void conn_connected(pg_conn *c) {
     return;
   }
   PQsetNoticeProcessor(c->pq, quiet_notices, NULL);
-  if (ensure_slots(c, N_STMTS) != 0) {
+  pg_job *j = job_new(N_STMTS + 1, 0);
+  if (!j) {
     conn_fail(c, "out of memory");
     return;
   }
+  j->prepare = 1;
+  job_push(c, j);
   c->state = C_PREPARING;
-  c->active = 1;
-  c->nq = N_STMTS;
-  c->cur = 0;
-  c->have_cur = 0;
-  int ok = 1;
+  /* Our statements are planned once: custom plans (the default for the
+   * first executions, and whenever they look cheaper) would re-plan each
+   * execution. */
+  int ok = PQsendQueryParams(c->pq, "SET plan_cache_mode = force_generic_plan", 0, NULL, NULL,
+                             NULL, NULL, 0);
   for (int i = 0; ok && i < N_STMTS; i++)
     ok = PQsendPrepare(c->pq, stmts[i].name, stmts[i].sql, stmts[i].nparams, NULL);
   if (!ok || !PQpipelineSync(c->pq)) {
@@ -980,10 +1009,6 @@ static void pg_detach(cruster_storage *s) {
 static void pg_destroy(cruster_storage *s) {
   pg_store *st = s->impl;
   if (st->conns) {
-    for (int i = 0; i < st->nconns; i++) {
-      free(st->conns[i].slots);
-      free(st->conns[i].job);
-    }
     free(st->conns);
   }
   free(st->conninfo);

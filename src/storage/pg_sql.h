@@ -32,6 +32,21 @@
   "  m.processed FROM cruster_messages m"                                                   \
   "  WHERE m.request_id = $1::int8 AND NOT EXISTS (SELECT 1 FROM ins)"
 
+/* An unkeyed message: its id is fresh, so no duplicate branch (a leaner
+ * plan). Same parameters; no row back means the id was taken. */
+#define PG_SQL_INSERT_FRESH                                                                   \
+  "INSERT INTO cruster_messages (request_id, shard_group, shard_id, entity_type, entity_id,"  \
+  "  tag, payload, internal, is_request, keyed, deliver_at, claimed_by, claimed_at, attempts)" \
+  " SELECT $1::int8, $2::text, $3::int4, $4::text, $5::text, $6::text, $7::bytea, $8::bool,"  \
+  "  $9::bool, $10::bool, CASE WHEN $11::int8 > 0 THEN to_timestamp($11::int8 / 1000.0) END," \
+  "  c.claimer, CASE WHEN c.claimer IS NOT NULL THEN now() END,"                            \
+  "  CASE WHEN c.claimer IS NOT NULL THEN 1 ELSE 0 END"                                     \
+  " FROM (SELECT CASE WHEN $12::bool AND NOT EXISTS ("                                      \
+  "    SELECT 1 FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
+  "      AND NOT w.processed AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
+  "  ) THEN $13::text END AS claimer) c"                                                    \
+  " ON CONFLICT (request_id) DO NOTHING RETURNING claimed_by IS NOT NULL"
+
 /* The first exit reply wins; it marks a keyed message processed. */
 #define PG_SQL_REPLY                                                                          \
   "UPDATE cruster_messages SET processed = TRUE, processed_at = now(), claimed_by = NULL,"   \
