@@ -8,7 +8,8 @@
  * mode on the runtime's loop thread (a small pool of connections, prepared
  * statements, pipelined batches so that concurrent writes share commits).
  *
- * Schema: framework tables only (cruster_messages, cruster_replies), created
+ * Schema: framework tables only (cruster_messages, which also holds each
+ * message's answer), created
  * by versioned migrations embedded in the library and recorded in the table
  * named by the "storage_migrations_table" setting. Apply them with
  * cruster_storage_pg_migrate, or let the runtime do it at creation with
