@@ -170,23 +170,7 @@ static void pgt_migrate(pgt_schema *s) {
 }
 
 /* A config with the quiet logger and `extra` ("name=value;..."). */
-static cruster_config *pgt_config(const char *extra) {
-  cruster_config *cfg = cruster_config_new();
-  cruster_config_set_logger(cfg, ts_quiet_log, NULL, CRUSTER_LOG_WARN);
-  if (extra) {
-    char *buf = strdup(extra), *save = NULL;
-    for (char *kv = strtok_r(buf, ";", &save); kv; kv = strtok_r(NULL, ";", &save)) {
-      char *eq = strchr(kv, '=');
-      if (!eq) fail_msg("bad config item %s", kv);
-      *eq = 0;
-      cruster_error *e = NULL;
-      if (cruster_config_set(cfg, kv, eq + 1, &e) != CRUSTER_OK)
-        fail_msg("config %s: %s", kv, cruster_error_message(e));
-    }
-    free(buf);
-  }
-  return cfg;
-}
+static cruster_config *pgt_config(const char *extra) { return ts_config(extra); }
 
 /* Creates a runtime with PG storage on `conninfo`; returns the status of
  * cruster_runtime_new (and *errmsg, malloc'ed, on failure). */

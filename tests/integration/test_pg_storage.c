@@ -183,30 +183,6 @@ static void reply_destroy(reply *r) {
   uv_mutex_destroy(&r->mu);
 }
 
-static cruster_entity_def *def_new(const char *name) {
-  cruster_entity_def *d = NULL;
-  assert_int_equal(cruster_entity_def_new(name, &d, NULL), CRUSTER_OK);
-  return d;
-}
-static void add(cruster_entity_def *d, const char *m, unsigned flags, cruster_rpc_fn fn, void *u) {
-  cruster_error *e = NULL;
-  if (cruster_entity_def_add_rpc(d, m, flags, fn, u, &e) != CRUSTER_OK)
-    fail_msg("add_rpc %s: %s", m, cruster_error_message(e));
-}
-
-static int send_str(cruster_runtime *rt, const char *type, const char *id, const char *method,
-                    const char *payload, const cruster_call_opts *o, char **out, char **msg) {
-  void *rep = NULL;
-  size_t len = 0;
-  cruster_error *err = NULL;
-  int st = cruster_send_sync(rt, type, id, method, payload, payload ? strlen(payload) : 0, o, &rep,
-                             &len, &err);
-  if (out) *out = rep;
-  else cruster_free(rep);
-  if (msg) *msg = err ? strdup(cruster_error_message(err)) : NULL;
-  cruster_error_free(err);
-  return st;
-}
 
 static cruster_call_opts keyed(const char *key) {
   cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;

@@ -19,23 +19,63 @@ static void ts_quiet_log(void *user, cruster_log_level level, const char *compon
   if (level >= CRUSTER_LOG_WARN) fprintf(stderr, "[%s] %s\n", component, message);
 }
 
-/* A started single-node runtime with memory storage. extra: "name=value;..." */
-static cruster_runtime *ts_runtime(const char *extra, cruster_entity_def **defs, size_t ndefs) {
+static void ts_sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static double ts_metric(cruster_runtime *rt, const char *name, const char *labels) {
+  double v = -1;
+  if (cruster_metrics_value(cruster_runtime_metrics(rt), name, labels, &v) != CRUSTER_OK) return -1;
+  return v;
+}
+
+/* Waits (up to 10 s) until fn(arg) is true. Returns 1 if it became true. */
+static int ts_eventually(int (*fn)(void *), void *arg) {
+  for (int i = 0; i < 2000; i++) {
+    if (fn(arg)) return 1;
+    ts_sleep_ms(5);
+  }
+  return fn(arg);
+}
+
+/* ---- helpers for cmocka tests (include <cmocka.h> first) ---- */
+#ifdef cmocka_unit_test
+/* A config with the quiet logger and `extra` ("name=value;..."). */
+static inline cruster_config *ts_config(const char *extra) {
   cruster_config *cfg = cruster_config_new();
   cruster_config_set_logger(cfg, ts_quiet_log, NULL, CRUSTER_LOG_WARN);
   if (extra) {
     char *buf = strdup(extra), *save = NULL;
     for (char *kv = strtok_r(buf, ";", &save); kv; kv = strtok_r(NULL, ";", &save)) {
       char *eq = strchr(kv, '=');
+      if (!eq) fail_msg("bad config item %s", kv);
       *eq = 0;
       cruster_error *e = NULL;
-      if (cruster_config_set(cfg, kv, eq + 1, &e) != CRUSTER_OK) {
-        fprintf(stderr, "config %s: %s\n", kv, cruster_error_message(e));
-        abort();
-      }
+      if (cruster_config_set(cfg, kv, eq + 1, &e) != CRUSTER_OK)
+        fail_msg("config %s: %s", kv, cruster_error_message(e));
     }
     free(buf);
   }
+  return cfg;
+}
+
+static inline cruster_entity_def *def_new(const char *name) {
+  cruster_entity_def *d = NULL;
+  assert_int_equal(cruster_entity_def_new(name, &d, NULL), CRUSTER_OK);
+  return d;
+}
+
+static inline void add(cruster_entity_def *d, const char *m, unsigned flags, cruster_rpc_fn fn,
+                       void *u) {
+  cruster_error *e = NULL;
+  if (cruster_entity_def_add_rpc(d, m, flags, fn, u, &e) != CRUSTER_OK)
+    fail_msg("add_rpc %s: %s", m, cruster_error_message(e));
+}
+
+/* A started single-node runtime with memory storage. extra: "name=value;..." */
+static inline cruster_runtime *ts_runtime(const char *extra, cruster_entity_def **defs, size_t ndefs) {
+  cruster_config *cfg = ts_config(extra);
   cruster_storage *st = NULL;
 #ifdef TS_STORAGE_PG
   /* The same tests over PostgreSQL: a fresh schema per runtime. */
@@ -74,24 +114,21 @@ static cruster_runtime *ts_runtime(const char *extra, cruster_entity_def **defs,
   return rt;
 }
 
-static void ts_sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
+/* Blocking call with a string payload; `out` (cruster_free) and `msg` (free) may be NULL. */
+static inline int send_str(cruster_runtime *rt, const char *type, const char *id,
+                           const char *method, const char *payload, const cruster_call_opts *o,
+                           char **out, char **msg) {
+  void *rep = NULL;
+  size_t len = 0;
+  cruster_error *err = NULL;
+  int st = cruster_send_sync(rt, type, id, method, payload, payload ? strlen(payload) : 0, o, &rep,
+                             &len, &err);
+  if (out) *out = rep;
+  else cruster_free(rep);
+  if (msg) *msg = err ? strdup(cruster_error_message(err)) : NULL;
+  cruster_error_free(err);
+  return st;
 }
-
-static double ts_metric(cruster_runtime *rt, const char *name, const char *labels) {
-  double v = -1;
-  if (cruster_metrics_value(cruster_runtime_metrics(rt), name, labels, &v) != CRUSTER_OK) return -1;
-  return v;
-}
-
-/* Waits (up to 10 s) until fn(arg) is true. Returns 1 if it became true. */
-static int ts_eventually(int (*fn)(void *), void *arg) {
-  for (int i = 0; i < 2000; i++) {
-    if (fn(arg)) return 1;
-    ts_sleep_ms(5);
-  }
-  return fn(arg);
-}
+#endif
 
 #endif
