@@ -36,6 +36,7 @@ typedef struct pg_op {
   char *message;
   int64_t request_id, max_retries, now_ms;
   size_t limit;
+  uint64_t queued_ns; /* when it was queued, for the latency histogram */
   char *token;    /* RECONCILE: the claim token of before the loss */
   void *cb;
   void *ud;
@@ -93,7 +94,7 @@ struct pg_store {
   void (*flush_cb)(void *ud); /* graceful stop waits for the queues to empty */
   void *flush_ud;
   int64_t next_due;
-  core_metric *m_batches, *m_batch_ops, *m_reconnects;
+  core_metric *m_batches, *m_batch_ops, *m_reconnects, *m_latency;
 };
 
 static void conn_connect(pg_conn *c);
@@ -291,6 +292,7 @@ static int cmp_seq(const void *a, const void *b) {
 
 static void op_complete(pg_store *st, pg_op *o) {
   PGresult *r = o->res[0];
+  core_metric_observe(st->m_latency, (double)(core_mono_ns() - o->queued_ns) / 1e9);
   switch (o->kind) {
   case OP_SAVE: {
     st_save_cb cb = (st_save_cb)o->cb;
@@ -437,6 +439,7 @@ static void enqueue(pg_store *st, pg_conn *c, pg_op *o) {
     return;
   }
   o->next = NULL;
+  o->queued_ns = core_mono_ns();
   if (c->q_tail) c->q_tail->next = o; else c->q_head = o;
   c->q_tail = o;
   c->qlen++;
@@ -849,6 +852,8 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
                                    "Transactions the PostgreSQL storage committed or tried", NULL);
   st->m_batch_ops = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_operations_total",
                                      "Storage operations sent to PostgreSQL (several share a transaction)", NULL);
+  st->m_latency = core_metrics_get(rt->metrics, CORE_HISTOGRAM, "cluster_storage_operation_seconds",
+                                   "Time from queueing a storage operation to its result", NULL);
   st->m_reconnects = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_reconnects_total",
                                       "Times a PostgreSQL connection was lost and reopened", NULL);
   for (int i = 0; i < st->nconns; i++) {
