@@ -70,6 +70,7 @@ typedef struct pg_job {
   pg_op **ops;
   size_t nops;
   int nq;        /* statements sent */
+  int done_many; /* slot 0 deletes the answered unkeyed messages of ops with nstmt 0 */
   int cur, have_cur;
   PGresult *slots[];
 } pg_job;
@@ -112,7 +113,7 @@ typedef struct stmt {
 static const stmt stmts[] = {
     {"cr_ins", PG_SQL_INSERT, 14},  {"cr_ins1", PG_SQL_INSERT_FRESH, 14},
     {"cr_rep", PG_SQL_REPLY, 4},
-    {"cr_done", PG_SQL_DONE, 1},    {"cr_rel", PG_SQL_RELEASE, 3},
+    {"cr_done", PG_SQL_DONE, 1},    {"cr_done_many", PG_SQL_DONE_MANY, 1},    {"cr_rel", PG_SQL_RELEASE, 3},
     {"cr_claim", PG_SQL_CLAIM, 4},  {"cr_due", PG_SQL_NEXT_DUE, 1},
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
     {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
@@ -599,29 +600,52 @@ static void conn_pump(pg_conn *c) {
   pg_store *st = c->st;
   int sent = 0;
   while (c->state == C_READY && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
-    size_t max = (size_t)st->batch, nops = 0;
+    size_t max = (size_t)st->batch, nops = 0, ndone = 0;
     int solo = c->q_head->solo, stmts_n = 0;
     for (pg_op *o = c->q_head; o && nops < max && (nops == 0 || (!solo && !o->solo)); o = o->next) {
       nops++;
       stmts_n += o->nstmt;
+      ndone += o->kind == OP_REPLY && !o->env->keyed;
     }
+    /* Answered unkeyed messages of the job are deleted by one statement,
+     * first in the job (they were all answered before it was built). */
+    int many = ndone >= 2;
+    if (many) stmts_n = stmts_n - (int)ndone + 1;
     pg_job *j = job_new(stmts_n, nops);
-    if (!j) {
+    char *ids = many ? malloc(ndone * 21 + 3) : NULL;
+    if (!j || (many && !ids)) {
+      if (j) job_free(j);
+      free(ids);
       conn_fail(c, "out of memory");
       return;
     }
+    j->done_many = many;
+    char *p = ids;
+    if (many) *p++ = '{';
     for (size_t i = 0; i < nops; i++) {
       pg_op *o = c->q_head;
       c->q_head = o->next;
       if (!c->q_head) c->q_tail = NULL;
       c->qlen--;
       o->next = NULL;
+      if (many && o->kind == OP_REPLY && !o->env->keyed) {
+        o->nstmt = 0; /* its result is the job's slot 0 */
+        p += sprintf(p, "%s%lld", p == ids + 1 ? "" : ",", (long long)o->env->request_id);
+      }
       j->ops[j->nops++] = o;
     }
     job_push(c, j);
     /* No BEGIN/COMMIT: everything up to a Sync is one implicit transaction. */
     int ok = 1;
-    for (size_t i = 0; ok && i < j->nops; i++) ok = op_send(c, j->ops[i]);
+    if (many) {
+      *p++ = '}';
+      *p = 0;
+      const char *v[1] = {ids};
+      ok = send_stmt(c, "cr_done_many", 1, v, NULL, NULL);
+      free(ids);
+    }
+    for (size_t i = 0; ok && i < j->nops; i++)
+      if (j->ops[i]->nstmt) ok = op_send(c, j->ops[i]);
     if (!ok || !PQpipelineSync(c->pq)) {
       conn_fail(c, PQerrorMessage(c->pq));
       return;
@@ -672,8 +696,8 @@ static void job_done(pg_conn *c, pg_job *j) {
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
   } else {
-    /* Move each operation's results to it. */
-    int k = 0;
+    /* Move each operation's results to it (slot 0 may be the shared delete). */
+    int k = j->done_many;
     for (size_t i = 0; i < j->nops; i++)
       for (int x = 0; x < j->ops[i]->nstmt; x++) {
         j->ops[i]->res[x] = j->slots[k];
@@ -690,6 +714,7 @@ static void job_done(pg_conn *c, pg_job *j) {
     /* One bad operation aborted the batch: run each alone, in order. */
     for (size_t i = nops; i-- > 0;) {
       ops[i]->solo = 1;
+      if (ops[i]->kind == OP_REPLY) ops[i]->nstmt = 1;
       ops[i]->next = c->q_head;
       c->q_head = ops[i];
       if (!c->q_tail) c->q_tail = ops[i];

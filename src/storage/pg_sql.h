@@ -56,6 +56,9 @@
 
 /* An unkeyed message is done with once answered: nobody can ask again. */
 #define PG_SQL_DONE "DELETE FROM cruster_messages WHERE request_id = $1::int8 AND NOT processed"
+/* The same for all such messages of one job at once. */
+#define PG_SQL_DONE_MANY                                                                      \
+  "DELETE FROM cruster_messages WHERE request_id = ANY($1::int8[]) AND NOT processed"
 
 /* Gives a claimed message back. $2 = 1: a failed delivery (counts, and
  * waits a doubling backoff from $3 ms, at most 30 s); 0: never handed to a
