@@ -133,6 +133,12 @@ int rt_on_loop(cruster_runtime *rt);
 void rt_invoke_reply(cruster_runtime *rt, cruster_reply_fn fn, void *user, int inline_cb,
                      int status, const void *data, size_t len, const char *msg);
 
+/* `base` + `ms` (both >= 0), saturating at INT64_MAX: a huge timeout means
+ * "no deadline in practice", never an overflowed (past) one. */
+static inline int64_t rt_deadline_after(int64_t base, int64_t ms) {
+  return ms > INT64_MAX - base ? INT64_MAX : base + ms;
+}
+
 /* ---- calls (sharding/client.c) ---- */
 void rt_call_complete(cruster_runtime *rt, rt_call *c, int status, const void *data, size_t len,
                       const char *msg);
