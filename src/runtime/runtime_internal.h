@@ -114,7 +114,8 @@ struct cruster_runtime {
   int closed;                 /* stop finished its drain: answers are dropped */
   int defer_wakes;            /* in drain_commands: pool wakes wait for the batch end */
   int wake_pending;           /* jobs were queued with their wake deferred */
-  int poll_scheduled;
+  int poll_scheduled;          /* a storage poll is in flight */
+  int64_t poll_again_at;       /* asked for while one was in flight: monotonic ms, 0 = none */
   struct rt_stop_ctx *stopping;
   struct rt_sync *stop_sync; /* stop waits for the storage to flush */
 };
