@@ -902,7 +902,10 @@ static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r
     o->status = r->status;
     o->len = r->len;
     o->data = r->status == CRUSTER_OK ? core_memdup(r->data, r->len) : NULL;
-    o->message = r->message ? core_strdup(r->message) : NULL;
+    /* reply_message is text: PostgreSQL refuses bytes that are not UTF-8,
+     * and a refused reply is never durable (the handler would run again
+     * until it became a dead letter). Handlers' failure texts are free-form. */
+    o->message = r->message ? core_utf8_sanitize_dup(r->message) : NULL;
   }
   if (!o || !o->env || (r->status == CRUSTER_OK && !o->data) || (r->message && !o->message)) {
     if (o) op_free(o);
