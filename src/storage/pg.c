@@ -207,7 +207,8 @@ static int op_send(pg_conn *c, pg_op *o) {
     return send_stmt(c, "cr_rel", 3, v, NULL, NULL);
   }
   case OP_POLL: {
-    snprintf(a, sizeof a, "%zu", o->limit);
+    /* LIMIT is an int4: storage_inbox_size may be larger. */
+    snprintf(a, sizeof a, "%zu", o->limit > (size_t)INT32_MAX ? (size_t)INT32_MAX : o->limit);
     snprintf(b, sizeof b, "%lld", (long long)o->now_ms);
     snprintf(f, sizeof f, "%lld", (long long)o->max_retries);
     const char *v1[4] = {a, st->claimer, b, f};

@@ -50,11 +50,40 @@ static void keyed_failure_with_non_utf8_message_is_stored(void **state) {
   cruster_entity_def_free(d);
 }
 
+/* ---- a large storage_inbox_size --------------------------------------------- */
+
+static void h_ok(void *user, cruster_request *req) {
+  (void)user;
+  cruster_request_reply(req, "ok", 2);
+}
+
+/* storage_inbox_size accepts up to INT64_MAX; the claim's LIMIT is an int4,
+ * so every poll failed ("integer out of range") and delayed messages were
+ * never delivered. */
+static void huge_inbox_size_still_polls(void **state) {
+  (void)state;
+  cruster_entity_def *d = def_new("Later");
+  add(d, "go", 0, h_ok, NULL);
+  cruster_runtime *rt = ts_runtime("storage_inbox_size=3000000000;storage_poll_interval=50ms", &d, 1);
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  o.deliver_at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 100;
+  o.timeout_ms = 3000;
+  char *out = NULL;
+  assert_int_equal(send_str(rt, "Later", "l", "go", NULL, &o, &out, NULL), CRUSTER_OK);
+  assert_string_equal(out, "ok");
+  cruster_free(out);
+  cruster_runtime_free(rt);
+  cruster_entity_def_free(d);
+}
+
 int main(void) {
   (void)ts_metric;
   (void)ts_eventually;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(keyed_failure_with_non_utf8_message_is_stored),
+      cmocka_unit_test(huge_inbox_size_still_polls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
