@@ -79,6 +79,27 @@ int core_utf8_valid(const char *s, size_t len) {
   return 1;
 }
 
+char *core_utf8_sanitize_dup(const char *s) {
+  if (!s) return NULL;
+  size_t len = strlen(s);
+  char *out = malloc(len + 1);
+  if (!out) return NULL;
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0;
+  while (i < len) {
+    uint32_t cp;
+    size_t k = utf8_decode(p + i, len - i, &cp);
+    if (k == 0) {
+      out[i++] = '?';
+      continue;
+    }
+    memcpy(out + i, p + i, k);
+    i += k;
+  }
+  out[len] = 0;
+  return out;
+}
+
 static int is_control(uint32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
 
 cruster_status core_check_name(const char *what, const char *s, cruster_error **err) {

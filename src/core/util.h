@@ -14,6 +14,9 @@ uint64_t core_mono_ns(void);                      /* monotonic ns */
 
 /* 1 if `s` (len bytes) is valid UTF-8 without NUL; 0 otherwise. */
 int core_utf8_valid(const char *s, size_t len);
+/* A copy of NUL-terminated `s` with every byte that is not part of a valid
+ * UTF-8 sequence replaced by '?' (same length). NULL on OOM or s NULL. */
+char *core_utf8_sanitize_dup(const char *s);
 
 /* Checks a name (entity type, method, shard group, group): non-NULL,
  * 1..CRUSTER_MAX_NAME_LEN bytes, valid UTF-8, no control characters.

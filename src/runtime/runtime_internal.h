@@ -114,7 +114,8 @@ struct cruster_runtime {
   int closed;                 /* stop finished its drain: answers are dropped */
   int defer_wakes;            /* in drain_commands: pool wakes wait for the batch end */
   int wake_pending;           /* jobs were queued with their wake deferred */
-  int poll_scheduled;
+  int poll_scheduled;          /* a storage poll is in flight */
+  int64_t poll_again_at;       /* asked for while one was in flight: monotonic ms, 0 = none */
   struct rt_stop_ctx *stopping;
   struct rt_sync *stop_sync; /* stop waits for the storage to flush */
 };
@@ -132,6 +133,12 @@ int rt_on_loop(cruster_runtime *rt);
  * pool (falling back to inline when the pool is gone). Copies data/msg. */
 void rt_invoke_reply(cruster_runtime *rt, cruster_reply_fn fn, void *user, int inline_cb,
                      int status, const void *data, size_t len, const char *msg);
+
+/* `base` + `ms` (both >= 0), saturating at INT64_MAX: a huge timeout means
+ * "no deadline in practice", never an overflowed (past) one. */
+static inline int64_t rt_deadline_after(int64_t base, int64_t ms) {
+  return ms > INT64_MAX - base ? INT64_MAX : base + ms;
+}
 
 /* ---- calls (sharding/client.c) ---- */
 void rt_call_complete(cruster_runtime *rt, rt_call *c, int status, const void *data, size_t len,

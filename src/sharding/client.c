@@ -85,11 +85,11 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   c->user = user;
   c->internal = caller != NULL;
   c->env->deliver_at = deliver_at;
-  c->deadline_ms = core_mono_ms() + (timeout > 0 ? timeout : rt->cfg->default_call_timeout);
+  c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout > 0 ? timeout : rt->cfg->default_call_timeout);
   if (deliver_at > 0 && timeout == 0) {
     /* A delayed call's default deadline counts from its delivery time. */
     int64_t wait = deliver_at - core_now_ms();
-    if (wait > 0) c->deadline_ms += wait;
+    if (wait > 0) c->deadline_ms = rt_deadline_after(c->deadline_ms, wait);
   }
   c->cmd.fn = rt_route;
   if (rt_post(rt, &c->cmd) != 0) {

@@ -228,7 +228,7 @@ cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const c
   c->user = user;
   c->request_id = rid;
   int64_t timeout = opts && opts->timeout_ms > 0 ? opts->timeout_ms : rt->cfg->default_call_timeout;
-  c->deadline_ms = core_mono_ms() + timeout;
+  c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout);
   c->cmd.fn = join_on_loop;
   if (rt_post(rt, &c->cmd) != 0) {
     free(c);

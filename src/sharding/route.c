@@ -182,7 +182,13 @@ void rt_poll_schedule(cruster_runtime *rt, int64_t delay_ms) {
   if (uv_is_active((uv_handle_t *)&rt->poll_timer) &&
       (int64_t)uv_timer_get_due_in(&rt->poll_timer) <= delay_ms)
     return;
-  if (rt->poll_scheduled) return; /* a poll is running; it reschedules itself */
+  if (rt->poll_scheduled) {
+    /* A poll is running and may have read storage before what this wake-up
+     * is about: remember it, the poll honours it when it ends. */
+    int64_t at = core_mono_ms() + delay_ms;
+    if (rt->poll_again_at == 0 || at < rt->poll_again_at) rt->poll_again_at = at;
+    return;
+  }
   uv_timer_start(&rt->poll_timer, rt_poll_fire, (uint64_t)delay_ms, 0);
 }
 
@@ -190,6 +196,11 @@ static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, s
                       const int64_t *dead, size_t ndead) {
   cruster_runtime *rt = ud;
   rt->poll_scheduled = 0;
+  /* Wake-ups asked for while this poll ran (it may not have seen their
+   * messages) */
+  int64_t again = rt->poll_again_at;
+  rt->poll_again_at = 0;
+  if (again) rt_poll_schedule(rt, again - core_mono_ms());
   if (status == CRUSTER_E_SHUTTING_DOWN) return;
   if (status != CRUSTER_OK) {
     core_metric_add(rt->m.st_errors, 1);

@@ -208,7 +208,8 @@ static int op_send(pg_conn *c, pg_op *o) {
     return send_stmt(c, "cr_rel", 3, v, NULL, NULL);
   }
   case OP_POLL: {
-    snprintf(a, sizeof a, "%zu", o->limit);
+    /* LIMIT is an int4: storage_inbox_size may be larger. */
+    snprintf(a, sizeof a, "%zu", o->limit > (size_t)INT32_MAX ? (size_t)INT32_MAX : o->limit);
     snprintf(b, sizeof b, "%lld", (long long)o->now_ms);
     snprintf(f, sizeof f, "%lld", (long long)o->max_retries);
     const char *v1[4] = {a, st->claimer, b, f};
@@ -927,7 +928,10 @@ static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r
     o->status = r->status;
     o->len = r->len;
     o->data = r->status == CRUSTER_OK ? core_memdup(r->data, r->len) : NULL;
-    o->message = r->message ? core_strdup(r->message) : NULL;
+    /* reply_message is text: PostgreSQL refuses bytes that are not UTF-8,
+     * and a refused reply is never durable (the handler would run again
+     * until it became a dead letter). Handlers' failure texts are free-form. */
+    o->message = r->message ? core_utf8_sanitize_dup(r->message) : NULL;
   }
   if (!o || !o->env || (r->status == CRUSTER_OK && !o->data) || (r->message && !o->message)) {
     if (o) op_free(o);
