@@ -135,6 +135,9 @@ static cruster_status check_range(const field *f, int64_t v, cruster_error **err
 }
 
 static cruster_status check_hostport(const char *name, const char *v, cruster_error **err) {
+  if (v && strlen(v) > 261) /* a DNS name is at most 253 bytes, plus brackets, colon and port */
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                          "%s must be at most 261 bytes (host:port), got %zu bytes", name, strlen(v));
   if (!v || core_parse_hostport(v, NULL, 0, NULL) != 0)
     return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
                           "%s must be host:port with port 1..65535, got \"%s\"", name,

@@ -289,6 +289,7 @@ static void pump(cruster_runtime *rt, em_instance *in) {
     r->job.fn = run_handler;
     r->job.arg = r;
     if (rt_submit(rt, &r->job) != CRUSTER_OK) {
+      r->started_ns = core_mono_ns();
       r->status = CRUSTER_E_SHUTTING_DOWN;
       r->errmsg = core_strdup("the runtime is shutting down");
       atomic_store(&r->answered, 1);

@@ -348,7 +348,13 @@ static void start_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
   core_metric_set(rt->m.runners, 1);
   core_metric_set(rt->m.runners_healthy, 1);
   core_metric_set(rt->m.detached, 0);
-  atomic_store(&rt->state, RT_STARTED);
+  int expected = RT_NEW;
+  if (!atomic_compare_exchange_strong(&rt->state, &expected, RT_STARTED)) {
+    /* A stop began between the caller's check and now. */
+    s->err = core_error_new(CRUSTER_E_STATE, "the runtime was stopped while starting");
+    sync_done(s, CRUSTER_E_STATE);
+    return;
+  }
   if (rt->storage) rt_poll_schedule(rt, 0);
   core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "runner %s started (single-node, %lld shards)",
            rt->runner_address,
@@ -385,6 +391,10 @@ static void on_flush_timeout(uv_timer_t *t) {
   core_log(rt->lg, CRUSTER_LOG_WARN, "storage",
            "storage writes still pending after entity_termination_timeout; the messages they "
            "concern will be delivered again after a restart");
+  /* Fail what is still queued, so that a handler blocked on storage (say in
+   * cruster_poll_reply while the server is unreachable) returns and the
+   * worker pool can be joined. */
+  rt->storage->ops->detach(rt->storage);
   stop_flushed(rt);
 }
 

@@ -28,6 +28,12 @@ typedef struct op {
   cruster_message_list *list;
 } op;
 
+/* A storage failure as the caller sees it: the runtime stopping says so,
+ * anything else is a persistence error. */
+static int storage_status(int status) {
+  return status == CRUSTER_E_SHUTTING_DOWN ? status : CRUSTER_E_PERSISTENCE;
+}
+
 static void op_finish(op *o, int status, const char *msg) {
   uv_mutex_lock(&o->mu);
   o->status = status;
@@ -90,7 +96,7 @@ static void poll_got(void *ud, int status, const char *errmsg, int found, int pr
                      const st_reply *r) {
   op *o = ud;
   if (status != CRUSTER_OK) {
-    op_finish(o, CRUSTER_E_PERSISTENCE, errmsg ? errmsg : "message storage failed");
+    op_finish(o, storage_status(status), errmsg ? errmsg : "message storage failed");
     return;
   }
   o->found = found;
@@ -242,7 +248,7 @@ cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const c
 static void dead_listed(void *ud, int status, const char *errmsg, cruster_message_list *list) {
   op *o = ud;
   o->list = list;
-  op_finish(o, status == CRUSTER_OK ? CRUSTER_OK : CRUSTER_E_PERSISTENCE, errmsg);
+  op_finish(o, status == CRUSTER_OK ? CRUSTER_OK : storage_status(status), errmsg);
 }
 
 static void dead_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
@@ -272,7 +278,7 @@ static void redelivered(void *ud, int status, const char *errmsg) {
   redeliver_op *r = ud;
   if (status == CRUSTER_OK) rt_poll_schedule(r->rt, 0);
   op_finish(&r->o,
-            status == CRUSTER_OK || status == CRUSTER_E_NOT_FOUND ? status : CRUSTER_E_PERSISTENCE,
+            status == CRUSTER_OK || status == CRUSTER_E_NOT_FOUND ? status : storage_status(status),
             errmsg);
 }
 

@@ -526,9 +526,10 @@ static void on_retry_timer(uv_timer_t *t) { conn_connect(t->data); }
 static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
 static pg_op *op_new(int kind, void *cb, void *ud);
 
-/* A claiming statement was in flight when its connection broke: it may have
- * committed. Claim under a new token from now on, and give back what the old
- * token holds that is not being handled here. */
+/* A claiming statement was in flight when its connection broke (it may have
+ * committed), or a statement that gives a claim back was lost with it: claim
+ * under a new token from now on, and give back what the old token holds
+ * that is not being handled here. */
 static void new_claim_token(pg_store *st) {
   pg_op *o = op_new(OP_RECONCILE, NULL, NULL);
   if (!o || !(o->token = core_strdup(st->claimer))) {
@@ -562,7 +563,8 @@ static void conn_fail(pg_conn *c, const char *why) {
   int in_doubt = 0;
   for (pg_job *j = jobs; j; j = j->next)
     for (size_t i = 0; i < j->nops; i++)
-      in_doubt |= j->ops[i]->kind == OP_POLL || (j->ops[i]->kind == OP_SAVE && j->ops[i]->claim);
+      in_doubt |= j->ops[i]->kind == OP_POLL || (j->ops[i]->kind == OP_SAVE && j->ops[i]->claim) ||
+                  j->ops[i]->kind == OP_RELEASE || (j->ops[i]->kind == OP_REPLY && !j->ops[i]->cb);
   if (in_doubt && !st->closing) new_claim_token(st);
   while (jobs) {
     pg_job *j = jobs;
@@ -871,9 +873,9 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
   int64_t token = 0;
   core_snowflake_next(&rt->snowflake, &token);
   snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", cfg->runner_address, (unsigned long long)token);
-  st->nconns = (int)cfg->storage_pool_size;
-  st->conns = calloc((size_t)st->nconns, sizeof(*st->conns));
+  st->conns = calloc((size_t)cfg->storage_pool_size, sizeof(*st->conns));
   if (!st->conns) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  st->nconns = (int)cfg->storage_pool_size;
   st->m_batches = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_transactions_total",
                                    "Transactions the PostgreSQL storage committed or tried", NULL);
   st->m_batch_ops = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_operations_total",
@@ -1019,6 +1021,7 @@ static void pg_flush(cruster_storage *s, void (*cb)(void *ud), void *ud) {
 static void pg_detach(cruster_storage *s) {
   pg_store *st = s->impl;
   st->flush_cb = NULL;
+  if (st->closing) return; /* stop may detach early (flush timeout), then again at close */
   st->closing = 1;
   if (st->cleanup_init) {
     uv_timer_stop(&st->cleanup_timer);
