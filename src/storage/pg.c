@@ -569,7 +569,8 @@ static void conn_fail(pg_conn *c, const char *why) {
   while (jobs) {
     pg_job *j = jobs;
     jobs = j->next;
-    for (size_t i = 0; i < j->nops; i++) op_fail(st, j->ops[i], CRUSTER_E_PERSISTENCE, msg);
+    for (size_t i = 0; i < j->nops; i++)
+      op_fail(st, j->ops[i], st->closing ? CRUSTER_E_SHUTTING_DOWN : CRUSTER_E_PERSISTENCE, msg);
     j->nops = 0;
     job_free(j);
   }
