@@ -10,15 +10,6 @@
 
 /* ---- registration ------------------------------------------------------- */
 
-typedef struct reg_cmd {
-  rt_cmd cmd;
-  em_type *type;
-  int status;
-  uv_mutex_t mu;
-  uv_cond_t cv;
-  int done;
-} reg_cmd;
-
 static void type_free(em_type *t) {
   if (!t) return;
   free(t->name);
@@ -28,21 +19,18 @@ static void type_free(em_type *t) {
 }
 
 static void register_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
-  reg_cmd *r = (reg_cmd *)cmd;
+  rt_sync *r = (rt_sync *)cmd;
+  em_type *t = r->arg;
   int st = CRUSTER_OK;
   if (atomic_load(&rt->state) >= RT_STOPPING || rt->closed)
     st = CRUSTER_E_SHUTTING_DOWN;
-  else if (rt_map_get(&rt->types, r->type->name, strlen(r->type->name)))
+  else if (rt_map_get(&rt->types, t->name, strlen(t->name)))
     st = CRUSTER_E_ALREADY_EXISTS;
-  else if (rt_map_put(&rt->types, r->type->name, strlen(r->type->name), r->type) != 0)
+  else if (rt_map_put(&rt->types, t->name, strlen(t->name), t) != 0)
     st = CRUSTER_E_NOMEM;
   else
     core_metric_set(rt->m.entity_types, (double)rt->types.count);
-  uv_mutex_lock(&r->mu);
-  r->status = st;
-  r->done = 1;
-  uv_cond_signal(&r->cv);
-  uv_mutex_unlock(&r->mu);
+  rt_sync_done(r, st);
 }
 
 static core_metric *type_metric(cruster_runtime *rt, core_metric_kind kind, const char *name,
@@ -94,23 +82,10 @@ cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruste
                          "Messages answered by a handler, by outcome", t->name, ",outcome=\"error\"");
   t->m_duration = type_metric(rt, CORE_HISTOGRAM, "cluster_handler_duration_seconds",
                               "Time from a handler's start to its answer", t->name, NULL);
-  reg_cmd r;
+  rt_sync r;
   memset(&r, 0, sizeof(r));
-  r.cmd.fn = register_on_loop;
-  r.type = t;
-  uv_mutex_init(&r.mu);
-  uv_cond_init(&r.cv);
-  int st;
-  if (rt_post(rt, &r.cmd) != 0) {
-    st = CRUSTER_E_SHUTTING_DOWN;
-  } else {
-    uv_mutex_lock(&r.mu);
-    while (!r.done) uv_cond_wait(&r.cv, &r.mu);
-    uv_mutex_unlock(&r.mu);
-    st = r.status;
-  }
-  uv_cond_destroy(&r.cv);
-  uv_mutex_destroy(&r.mu);
+  r.arg = t;
+  int st = rt_run_sync(rt, &r, register_on_loop, NULL);
   if (st != CRUSTER_OK) {
     type_free(t);
     if (st == CRUSTER_E_ALREADY_EXISTS)
@@ -408,20 +383,17 @@ int em_request_answer(cruster_request *r, int status, const void *data, size_t l
   return CRUSTER_OK;
 }
 
-/* "{id,id,...}": the persisted messages handed to this runner's instances
- * and not answered yet (a PostgreSQL int8[] literal). NULL on OOM. */
-char *em_inflight_persisted_array(cruster_runtime *rt) {
-  size_t n = 0;
-  for (cruster_request *r = rt->live_head; r; r = r->live_next) n += r->env->persisted;
-  char *out = malloc(n * 21 + 3);
-  if (!out) return NULL;
-  char *p = out;
-  *p++ = '{';
+/* The request ids of the persisted messages handed to this runner's
+ * instances and not answered yet. *n gets the count; NULL on OOM. */
+int64_t *em_inflight_persisted(cruster_runtime *rt, size_t *n) {
+  size_t k = 0;
+  for (cruster_request *r = rt->live_head; r; r = r->live_next) k += r->env->persisted;
+  int64_t *ids = malloc((k ? k : 1) * sizeof(*ids));
+  if (!ids) return NULL;
+  *n = 0;
   for (cruster_request *r = rt->live_head; r; r = r->live_next)
-    if (r->env->persisted) p += sprintf(p, "%s%lld", p == out + 1 ? "" : ",", (long long)r->env->request_id);
-  *p++ = '}';
-  *p = 0;
-  return out;
+    if (r->env->persisted) ids[(*n)++] = r->env->request_id;
+  return ids;
 }
 
 /* ---- stop ------------------------------------------------------------------ */

@@ -4,9 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t hash_bytes(const void *key, size_t len) {
+uint64_t rt_hash_bytes(uint64_t h, const void *key, size_t len) {
   const unsigned char *p = key;
-  uint64_t h = 1469598103934665603ULL;
   for (size_t i = 0; i < len; i++) {
     h ^= p[i];
     h *= 1099511628211ULL;
@@ -108,14 +107,14 @@ static void *del(rt_map *m, rt_map_entry **pp) {
 }
 
 void *rt_map_get(const rt_map *m, const void *key, size_t klen) {
-  rt_map_entry **pp = find(m, hash_bytes(key, klen), key, klen, 0, 0);
+  rt_map_entry **pp = find(m, rt_hash_bytes(RT_HASH_SEED, key, klen), key, klen, 0, 0);
   return pp ? (*pp)->value : NULL;
 }
 int rt_map_put(rt_map *m, const void *key, size_t klen, void *value) {
-  return put(m, hash_bytes(key, klen), key, klen, 0, 0, value);
+  return put(m, rt_hash_bytes(RT_HASH_SEED, key, klen), key, klen, 0, 0, value);
 }
 void *rt_map_del(rt_map *m, const void *key, size_t klen) {
-  return del(m, find(m, hash_bytes(key, klen), key, klen, 0, 0));
+  return del(m, find(m, rt_hash_bytes(RT_HASH_SEED, key, klen), key, klen, 0, 0));
 }
 void *rt_map_iget(const rt_map *m, int64_t key) {
   rt_map_entry **pp = find(m, hash_int(key), NULL, 0, 1, key);

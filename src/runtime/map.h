@@ -21,6 +21,10 @@ typedef struct rt_map {
   size_t count;
 } rt_map;
 
+/* FNV-1a of `len` bytes, continuing from `h` (start with RT_HASH_SEED). */
+#define RT_HASH_SEED 1469598103934665603ULL
+uint64_t rt_hash_bytes(uint64_t h, const void *key, size_t len);
+
 void rt_map_init(rt_map *m);
 /* Frees the entries (not the values). */
 void rt_map_clear(rt_map *m);

@@ -96,6 +96,14 @@ static void drain_commands(cruster_runtime *rt) {
 
 static void on_async(uv_async_t *a) { drain_commands(a->data); }
 
+int rt_check_started(cruster_runtime *rt, cruster_error **err) {
+  int state = atomic_load(&rt->state);
+  if (state == RT_NEW) return core_error_set(err, CRUSTER_E_STATE, "the runtime is not started");
+  if (state != RT_STARTED)
+    return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+  return CRUSTER_OK;
+}
+
 int rt_on_loop(cruster_runtime *rt) {
   if (!rt->loop_started) return 0;
   uv_thread_t self = uv_thread_self();
@@ -109,17 +117,7 @@ static void loop_main(void *arg) {
 
 /* ---- commands that a caller waits for ----------------------------------- */
 
-typedef struct rt_sync {
-  rt_cmd cmd;
-  uv_mutex_t mu;
-  uv_cond_t cv;
-  int done;
-  int status;
-  cruster_error *err;
-  void *arg;
-} rt_sync;
-
-static void sync_done(rt_sync *s, int status) {
+void rt_sync_done(rt_sync *s, int status) {
   uv_mutex_lock(&s->mu);
   s->status = status;
   s->done = 1;
@@ -127,27 +125,36 @@ static void sync_done(rt_sync *s, int status) {
   uv_mutex_unlock(&s->mu);
 }
 
-/* Runs fn on the loop and waits until it calls sync_done. */
+int rt_run_sync(cruster_runtime *rt, rt_sync *s, rt_cmd_fn fn, cruster_error **err) {
+  uv_mutex_init(&s->mu);
+  uv_cond_init(&s->cv);
+  s->cmd.fn = fn;
+  int st;
+  if (rt_post(rt, &s->cmd) != 0) {
+    cruster_error_free(s->err);
+    st = core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
+  } else {
+    rt_pool_block_enter(rt->pool);
+    uv_mutex_lock(&s->mu);
+    while (!s->done) uv_cond_wait(&s->cv, &s->mu);
+    uv_mutex_unlock(&s->mu);
+    rt_pool_block_leave(rt->pool);
+    st = s->status;
+    if (st != CRUSTER_OK && !s->err) s->err = core_error_new(st, "%s", cruster_status_message(st));
+    if (err) *err = s->err; else cruster_error_free(s->err);
+  }
+  s->err = NULL;
+  uv_cond_destroy(&s->cv);
+  uv_mutex_destroy(&s->mu);
+  return st;
+}
+
+/* Runs fn on the loop with `arg` and waits until it calls rt_sync_done. */
 static int run_sync(cruster_runtime *rt, rt_cmd_fn fn, void *arg, cruster_error **err) {
   rt_sync s;
   memset(&s, 0, sizeof(s));
-  uv_mutex_init(&s.mu);
-  uv_cond_init(&s.cv);
-  s.cmd.fn = fn;
   s.arg = arg;
-  int st;
-  if (rt_post(rt, &s.cmd) != 0) {
-    st = core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
-  } else {
-    uv_mutex_lock(&s.mu);
-    while (!s.done) uv_cond_wait(&s.cv, &s.mu);
-    uv_mutex_unlock(&s.mu);
-    st = s.status;
-    if (err) *err = s.err; else cruster_error_free(s.err);
-  }
-  uv_cond_destroy(&s.cv);
-  uv_mutex_destroy(&s.mu);
-  return st;
+  return rt_run_sync(rt, &s, fn, err);
 }
 
 /* ---- reply callbacks ----------------------------------------------------- */
@@ -352,14 +359,14 @@ static void start_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
   if (!atomic_compare_exchange_strong(&rt->state, &expected, RT_STARTED)) {
     /* A stop began between the caller's check and now. */
     s->err = core_error_new(CRUSTER_E_STATE, "the runtime was stopped while starting");
-    sync_done(s, CRUSTER_E_STATE);
+    rt_sync_done(s, CRUSTER_E_STATE);
     return;
   }
   if (rt->storage) rt_poll_schedule(rt, 0);
   core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "runner %s started (single-node, %lld shards)",
            rt->runner_address,
            (long long)(rt->cfg->shards_per_group * (int64_t)rt->cfg->n_shard_groups));
-  sync_done(s, CRUSTER_OK);
+  rt_sync_done(s, CRUSTER_OK);
 }
 
 cruster_status cruster_runtime_start(cruster_runtime *rt, cruster_error **err) {
@@ -383,7 +390,7 @@ static void stop_flushed(void *ud) {
   uv_timer_stop(&rt->stop_timer);
   rt_sync *s = rt->stop_sync;
   rt->stop_sync = NULL;
-  if (s) sync_done(s, CRUSTER_OK);
+  if (s) rt_sync_done(s, CRUSTER_OK);
 }
 
 static void on_flush_timeout(uv_timer_t *t) {
@@ -457,7 +464,7 @@ static void close_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
   drain_commands(rt); /* whatever arrived meanwhile sees a closed runtime */
   if (rt->storage) rt->storage->ops->detach(rt->storage);
   uv_walk(&rt->loop, close_walk, NULL);
-  sync_done(s, CRUSTER_OK);
+  rt_sync_done(s, CRUSTER_OK);
 }
 
 cruster_status cruster_runtime_stop(cruster_runtime *rt, cruster_error **err) {

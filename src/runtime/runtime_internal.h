@@ -120,6 +120,29 @@ struct cruster_runtime {
   struct rt_sync *stop_sync; /* stop waits for the storage to flush */
 };
 
+/* A command that a thread outside the loop waits for. Embed it first in a
+ * larger struct to carry arguments and results. */
+typedef struct rt_sync {
+  rt_cmd cmd;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  int done;
+  int status;
+  cruster_error *err; /* set by the loop side on failure (optional) */
+  void *arg;
+} rt_sync;
+
+/* Posts `fn` with `s` (which the caller zeroed and filled) to the loop and
+ * waits until the loop calls rt_sync_done; a worker counts as blocked
+ * meanwhile. Returns the status; *err receives s->err (or a message). */
+int rt_run_sync(cruster_runtime *rt, rt_sync *s, rt_cmd_fn fn, cruster_error **err);
+/* Loop side: finishes `s` with `status` (s->err may be set before). */
+void rt_sync_done(rt_sync *s, int status);
+
+/* CRUSTER_OK when the runtime takes calls; else CRUSTER_E_STATE (not
+ * started) or CRUSTER_E_SHUTTING_DOWN, with *err set. Any thread. */
+int rt_check_started(cruster_runtime *rt, cruster_error **err);
+
 /* Posts a command to the loop. Returns 0, or -1 if the loop is gone. */
 int rt_post(cruster_runtime *rt, rt_cmd *cmd);
 /* Loop thread only: queues a job on the pool. Inside a command batch the
@@ -167,8 +190,8 @@ int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_c
 /* Finds the dispatchable RPC for a call; fills an error message on failure. */
 int em_lookup_rpc(em_type *t, const char *method, int internal, char *msg, size_t msgsz);
 void em_reaper_fire(uv_timer_t *t);
-/* "{id,...}" of persisted messages being handled here (malloc'd; NULL on OOM). */
-char *em_inflight_persisted_array(cruster_runtime *rt);
+/* Ids of the persisted messages being handled here (malloc'd; NULL on OOM). */
+int64_t *em_inflight_persisted(cruster_runtime *rt, size_t *n);
 /* Stop: cancel running handlers, fail queued messages. */
 void em_interrupt_all(cruster_runtime *rt);
 void em_free_all(cruster_runtime *rt);

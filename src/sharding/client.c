@@ -64,11 +64,7 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   if (key_len > MAX_KEY_LEN)
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
                           "idempotency key of %zu bytes exceeds %d bytes", key_len, MAX_KEY_LEN);
-  int state = atomic_load(&rt->state);
-  if (state == RT_NEW)
-    return core_error_set(err, CRUSTER_E_STATE, "the runtime is not started");
-  if (state != RT_STARTED)
-    return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+  if ((st = rt_check_started(rt, err)) != CRUSTER_OK) return st;
 
   rt_call *c = calloc(1, sizeof(*c));
   if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");

@@ -11,16 +11,12 @@
 
 /* A request to the loop that a user thread waits for. */
 typedef struct op {
-  rt_cmd cmd;
-  uv_mutex_t mu;
-  uv_cond_t cv;
-  int done;
+  rt_sync sync; /* first: the loop side casts its rt_cmd to op */
   /* in */
   int64_t request_id;
   size_t limit;
   /* out */
-  int status;
-  char *msg;
+  char *msg; /* poll: the text of a stored failure (the caller frees it) */
   int found, processed;
   int reply_status; /* the stored answer's status (poll) */
   void *data;
@@ -35,47 +31,19 @@ static int storage_status(int status) {
 }
 
 static void op_finish(op *o, int status, const char *msg) {
-  uv_mutex_lock(&o->mu);
-  o->status = status;
-  if (status != CRUSTER_OK && msg) o->msg = core_strdup(msg);
-  o->done = 1;
-  uv_cond_signal(&o->cv);
-  uv_mutex_unlock(&o->mu);
+  if (status != CRUSTER_OK) o->sync.err = core_error_new(status, "%s", msg ? msg : cruster_status_message(status));
+  rt_sync_done(&o->sync, status);
 }
 
 static int op_run(cruster_runtime *rt, op *o, rt_cmd_fn fn, cruster_error **err) {
   if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
   if (rt_on_loop(rt))
     return core_error_set(err, CRUSTER_E_STATE, "blocking calls are not allowed on the loop thread");
-  int state = atomic_load(&rt->state);
-  if (state == RT_NEW) return core_error_set(err, CRUSTER_E_STATE, "the runtime is not started");
-  if (state != RT_STARTED) return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+  int rc = rt_check_started(rt, err);
+  if (rc != CRUSTER_OK) return rc;
   if (!rt->storage)
     return core_error_set(err, CRUSTER_E_PERSISTENCE, "the runtime has no message storage");
-  uv_mutex_init(&o->mu);
-  uv_cond_init(&o->cv);
-  o->cmd.fn = fn;
-  int st;
-  if (rt_post(rt, &o->cmd) != 0) {
-    st = core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
-  } else {
-    rt_pool_block_enter(rt->pool);
-    uv_mutex_lock(&o->mu);
-    while (!o->done) uv_cond_wait(&o->cv, &o->mu);
-    uv_mutex_unlock(&o->mu);
-    rt_pool_block_leave(rt->pool);
-    st = o->status;
-    if (st != CRUSTER_OK) core_error_set(err, st, "%s", o->msg ? o->msg : cruster_status_message(st));
-  }
-  /* On success o->msg may carry a stored failure's text (poll): the caller
-   * owns it then. */
-  if (st != CRUSTER_OK) {
-    free(o->msg);
-    o->msg = NULL;
-  }
-  uv_cond_destroy(&o->cv);
-  uv_mutex_destroy(&o->mu);
-  return st;
+  return rt_run_sync(rt, &o->sync, fn, err);
 }
 
 static int64_t key_request_id(const char *type, const char *id, const char *method, const void *key,
@@ -222,9 +190,7 @@ cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const c
   if (st != CRUSTER_OK) return st;
   if (opts && opts->size < sizeof(cruster_call_opts)) return CRUSTER_E_INVALID_ARGUMENT;
   if (opts && opts->timeout_ms < 0) return CRUSTER_E_INVALID_ARGUMENT;
-  int state = atomic_load(&rt->state);
-  if (state == RT_NEW) return CRUSTER_E_STATE;
-  if (state != RT_STARTED) return CRUSTER_E_SHUTTING_DOWN;
+  if ((st = rt_check_started(rt, NULL)) != CRUSTER_OK) return st;
   if (!rt->storage) return CRUSTER_E_PERSISTENCE;
   rt_call *c = calloc(1, sizeof(*c));
   if (!c) return CRUSTER_E_NOMEM;

@@ -51,16 +51,16 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
     save_free(s);
     return;
   }
+  /* Stored (now or before): a notify is accepted. */
+  if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
   if (r == ST_SAVED_QUEUED) {
     /* Older messages for this entity wait in storage: the poll delivers
      * them in order, this one after them. */
     core_metric_add(rt->m.st_saved, 1);
     core_metric_add(rt->m.st_queued, 1);
-    if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
     rt_poll_schedule(rt, 0);
   } else if (r == ST_SAVED) {
     core_metric_add(rt->m.st_saved, 1);
-    if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
     if (s->claim && !rt->stopping && !rt->closed) {
       rt_env *env = s->env;
       s->env = NULL;
@@ -73,15 +73,12 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
     }
   } else {
     core_metric_add(rt->m.st_duplicates, 1);
-    if (r == ST_DUPLICATE_REPLIED && existing) {
+    if (r == ST_DUPLICATE_REPLIED && existing)
       /* Idempotency: the stored answer, without running again. */
-      if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
       rt_waiters_resolve(rt, s->env->request_id, existing->status, existing->data, existing->len,
                          existing->message);
-    } else {
-      if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
+    else
       rt_poll_schedule(rt, 0);
-    }
   }
   save_free(s);
 }

@@ -165,6 +165,18 @@ static rt_env *row_env(const PGresult *r, int row, int64_t *attempts) {
 
 /* ---- sending an operation ------------------------------------------------------ */
 
+/* ids as a PostgreSQL int8[] literal, "{1,2,3}" (malloc'd; NULL on OOM). */
+static char *int8_array(const int64_t *ids, size_t n) {
+  char *out = malloc(n * 21 + 3);
+  if (!out) return NULL;
+  char *p = out;
+  *p++ = '{';
+  for (size_t i = 0; i < n; i++) p += sprintf(p, "%s%lld", i ? "," : "", (long long)ids[i]);
+  *p++ = '}';
+  *p = 0;
+  return out;
+}
+
 static int send_stmt(pg_conn *c, const char *name, int n, const char *const *vals, const int *lens,
                      const int *fmts) {
   return PQsendQueryPrepared(c->pq, name, n, vals, lens, fmts, 1);
@@ -238,7 +250,10 @@ static int op_send(pg_conn *c, pg_op *o) {
   }
   case OP_RECONCILE: {
     /* The set is taken now, on the loop thread: exactly what runs here. */
-    char *ids = em_inflight_persisted_array(st->rt);
+    size_t n = 0;
+    int64_t *inflight = em_inflight_persisted(st->rt, &n);
+    char *ids = inflight ? int8_array(inflight, n) : NULL;
+    free(inflight);
     if (!ids) return 0;
     const char *v[2] = {o->token, ids};
     int ok = send_stmt(c, "cr_recon", 2, v, NULL, NULL);
@@ -417,16 +432,10 @@ static void op_complete(pg_store *st, pg_op *o) {
 
 /* ---- the queue ---------------------------------------------------------------------- */
 
-static uint64_t fnv(const char *s, uint64_t h) {
-  for (; *s; s++) {
-    h ^= (unsigned char)*s;
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
-
 static pg_conn *conn_for_entity(pg_store *st, const rt_env *e) {
-  uint64_t h = fnv(e->id, fnv(e->type, 1469598103934665603ULL) ^ 0xff);
+  /* type, a zero byte, id: as the instance keys */
+  uint64_t h = rt_hash_bytes(RT_HASH_SEED, e->type, strlen(e->type) + 1);
+  h = rt_hash_bytes(h, e->id, strlen(e->id));
   return &st->conns[h % (uint64_t)st->nconns];
 }
 
@@ -616,16 +625,15 @@ static void conn_pump(pg_conn *c) {
     int many = ndone >= 2;
     if (many) stmts_n = stmts_n - (int)ndone + 1;
     pg_job *j = job_new(stmts_n, nops);
-    char *ids = many ? malloc(ndone * 21 + 3) : NULL;
-    if (!j || (many && !ids)) {
+    int64_t *done_ids = many ? malloc(ndone * sizeof(*done_ids)) : NULL;
+    if (!j || (many && !done_ids)) {
       if (j) job_free(j);
-      free(ids);
+      free(done_ids);
       conn_fail(c, "out of memory");
       return;
     }
     j->done_many = many;
-    char *p = ids;
-    if (many) *p++ = '{';
+    size_t nd = 0;
     for (size_t i = 0; i < nops; i++) {
       pg_op *o = c->q_head;
       c->q_head = o->next;
@@ -634,7 +642,7 @@ static void conn_pump(pg_conn *c) {
       o->next = NULL;
       if (many && o->kind == OP_REPLY && !o->env->keyed) {
         o->nstmt = 0; /* its result is the job's slot 0 */
-        p += sprintf(p, "%s%lld", p == ids + 1 ? "" : ",", (long long)o->env->request_id);
+        done_ids[nd++] = o->env->request_id;
       }
       j->ops[j->nops++] = o;
     }
@@ -642,10 +650,10 @@ static void conn_pump(pg_conn *c) {
     /* No BEGIN/COMMIT: everything up to a Sync is one implicit transaction. */
     int ok = 1;
     if (many) {
-      *p++ = '}';
-      *p = 0;
+      char *ids = int8_array(done_ids, nd);
+      free(done_ids);
       const char *v[1] = {ids};
-      ok = send_stmt(c, "cr_done_many", 1, v, NULL, NULL);
+      ok = ids && send_stmt(c, "cr_done_many", 1, v, NULL, NULL);
       free(ids);
     }
     for (size_t i = 0; ok && i < j->nops; i++)
