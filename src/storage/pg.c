@@ -963,7 +963,10 @@ static void pg_release(cruster_storage *s, const rt_env *m, int attempt) {
     return;
   }
   o->attempt = attempt;
-  enqueue(st, conn_for_entity(st, m), o);
+  /* On the poll's connection: a later poll must see this message unclaimed,
+   * or it would claim a younger message of the entity and deliver it first.
+   * (Inserts do not look at claims, so they need no order with this.) */
+  enqueue(st, &st->conns[0], o);
 }
 
 static void pg_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t max_retries,
