@@ -135,53 +135,6 @@ static void h_seq(void *user, cruster_request *req) {
 
 /* ---- reply capture -------------------------------------------------------- */
 
-typedef struct reply {
-  uv_mutex_t mu;
-  uv_cond_t cv;
-  int done, status;
-  char data[8192];
-  size_t len;
-  char msg[512];
-} reply;
-static void reply_init(reply *r) {
-  memset(r, 0, sizeof(*r));
-  uv_mutex_init(&r->mu);
-  uv_cond_init(&r->cv);
-}
-static void on_reply(void *user, int status, const void *data, size_t len, const char *msg) {
-  reply *r = user;
-  uv_mutex_lock(&r->mu);
-  r->status = status;
-  r->len = len;
-  if (data) snprintf(r->data, sizeof(r->data), "%.*s", (int)len, (const char *)data);
-  if (msg) snprintf(r->msg, sizeof(r->msg), "%s", msg);
-  r->done++;
-  uv_cond_broadcast(&r->cv);
-  uv_mutex_unlock(&r->mu);
-}
-/* Waits up to ms; returns 1 when done. */
-static int reply_wait(reply *r, long ms) {
-  int64_t end = pgt_mono_ms() + ms;
-  uv_mutex_lock(&r->mu);
-  while (!r->done && pgt_mono_ms() < end) {
-    uv_mutex_unlock(&r->mu);
-    ts_sleep_ms(2);
-    uv_mutex_lock(&r->mu);
-  }
-  int d = r->done;
-  uv_mutex_unlock(&r->mu);
-  return d;
-}
-static int reply_done(reply *r) {
-  uv_mutex_lock(&r->mu);
-  int d = r->done;
-  uv_mutex_unlock(&r->mu);
-  return d;
-}
-static void reply_destroy(reply *r) {
-  uv_cond_destroy(&r->cv);
-  uv_mutex_destroy(&r->mu);
-}
 
 
 static cruster_call_opts keyed(const char *key) {
@@ -732,7 +685,7 @@ static void poll_reply_reports_not_found_pending_and_ready(void **state) {
   assert_int_equal(ready, 0);
   /* answered */
   gate_open(&g);
-  assert_true(reply_wait(&r, 20000));
+  assert_true(reply_wait_ms(&r, 20000));
   assert_int_equal(r.status, CRUSTER_OK);
   ready = -1;
   rep = NULL;
@@ -787,7 +740,7 @@ static void join_reply_waits_for_the_answer(void **state) {
   ts_sleep_ms(300);
   assert_false(reply_done(&r)); /* the handler has not answered yet */
   gate_open(&g);
-  assert_true(reply_wait(&r, 20000));
+  assert_true(reply_wait_ms(&r, 20000));
   assert_int_equal(r.status, CRUSTER_OK);
   assert_string_equal(r.data, "joined");
   /* already answered: reported at once */
@@ -795,7 +748,7 @@ static void join_reply_waits_for_the_answer(void **state) {
   reply_init(&r2);
   assert_int_equal(cruster_join_reply(rt, "Job", "j", "run", "join-1", 6, &jo, on_reply, &r2),
                    CRUSTER_OK);
-  assert_true(reply_wait(&r2, 10000));
+  assert_true(reply_wait_ms(&r2, 10000));
   assert_int_equal(r2.status, CRUSTER_OK);
   assert_string_equal(r2.data, "joined");
   /* unknown key */
@@ -803,7 +756,7 @@ static void join_reply_waits_for_the_answer(void **state) {
   reply_init(&r3);
   assert_int_equal(cruster_join_reply(rt, "Job", "j", "run", "nope", 4, &jo, on_reply, &r3),
                    CRUSTER_OK);
-  assert_true(reply_wait(&r3, 10000));
+  assert_true(reply_wait_ms(&r3, 10000));
   assert_int_equal(r3.status, CRUSTER_E_NOT_FOUND);
   assert_true(strlen(r3.msg) > 0);
   reply_destroy(&r);
@@ -899,7 +852,7 @@ static void dead_letters_are_listed_and_redelivered(void **state) {
   reply_init(&r);
   assert_int_equal(cruster_join_reply(rt, "Poison", "p", "eat", "dl-1", 4, NULL, on_reply, &r),
                    CRUSTER_OK);
-  assert_true(reply_wait(&r, 10000));
+  assert_true(reply_wait_ms(&r, 10000));
   printf("  join of the dead letter: %s %s\n", cruster_status_name(r.status), r.msg);
   assert_int_equal(r.status, CRUSTER_E_DEAD_LETTER);
   reply_destroy(&r);
@@ -926,7 +879,7 @@ static void dead_letters_are_listed_and_redelivered(void **state) {
   assert_int_equal(cruster_dead_letter_redeliver(rt, id, &err), CRUSTER_OK);
   assert_int_equal(cruster_join_reply(rt, "Poison", "p", "eat", "dl-1", 4, &jo, on_reply, &r),
                    CRUSTER_OK);
-  assert_true(reply_wait(&r, 30000));
+  assert_true(reply_wait_ms(&r, 30000));
   assert_int_equal(r.status, CRUSTER_OK);
   assert_string_equal(r.data, "apple");
   assert_true(atomic_load(&g.entered) > before);

@@ -91,38 +91,6 @@ static void h_hold(void *user, cruster_request *req) {
 
 /* ---- reply capture ----------------------------------------------------- */
 
-typedef struct reply {
-  uv_mutex_t mu;
-  uv_cond_t cv;
-  int done, status;
-  char data[512];
-  char msg[512];
-} reply;
-
-static void reply_init(reply *r) {
-  memset(r, 0, sizeof(*r));
-  uv_mutex_init(&r->mu);
-  uv_cond_init(&r->cv);
-}
-static void on_reply(void *user, int status, const void *data, size_t len, const char *msg) {
-  reply *r = user;
-  uv_mutex_lock(&r->mu);
-  r->status = status;
-  if (data) snprintf(r->data, sizeof(r->data), "%.*s", (int)len, (const char *)data);
-  if (msg) snprintf(r->msg, sizeof(r->msg), "%s", msg);
-  r->done++;
-  uv_cond_broadcast(&r->cv);
-  uv_mutex_unlock(&r->mu);
-}
-static void reply_wait(reply *r) {
-  uv_mutex_lock(&r->mu);
-  while (!r->done) uv_cond_wait(&r->cv, &r->mu);
-  uv_mutex_unlock(&r->mu);
-}
-static void reply_destroy(reply *r) {
-  uv_cond_destroy(&r->cv);
-  uv_mutex_destroy(&r->mu);
-}
 
 
 /* ---- tests ----------------------------------------------------------------- */

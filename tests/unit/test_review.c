@@ -28,40 +28,6 @@ static void h_park(void *user, cruster_request *req) {
   parked[atomic_fetch_add(&nparked, 1)] = req;
 }
 
-typedef struct reply {
-  uv_mutex_t mu;
-  uv_cond_t cv;
-  int done, status;
-} reply;
-static void reply_init(reply *r) {
-  memset(r, 0, sizeof(*r));
-  uv_mutex_init(&r->mu);
-  uv_cond_init(&r->cv);
-}
-static void on_reply(void *user, int status, const void *data, size_t len, const char *msg) {
-  (void)data; (void)len; (void)msg;
-  reply *r = user;
-  uv_mutex_lock(&r->mu);
-  r->status = status;
-  r->done++;
-  uv_cond_signal(&r->cv);
-  uv_mutex_unlock(&r->mu);
-}
-/* 1 if it completed within ms. */
-static int reply_wait_ms(reply *r, int ms) {
-  for (int i = 0; i < ms; i++) {
-    uv_mutex_lock(&r->mu);
-    int d = r->done;
-    uv_mutex_unlock(&r->mu);
-    if (d) return 1;
-    ts_sleep_ms(1);
-  }
-  return 0;
-}
-static void reply_destroy(reply *r) {
-  uv_cond_destroy(&r->cv);
-  uv_mutex_destroy(&r->mu);
-}
 
 /* ---- deadlines: a huge timeout_ms means "wait long", not "time out now" ---- */
 

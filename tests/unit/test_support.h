@@ -3,6 +3,7 @@
 #define TEST_SUPPORT_H
 
 #include <cruster/cruster.h>
+#include <uv.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +113,60 @@ static inline cruster_runtime *ts_runtime(const char *extra, cruster_entity_def 
   }
   if (cruster_runtime_start(rt, &err) != CRUSTER_OK) abort();
   return rt;
+}
+
+/* Captures one call's outcome (cruster_reply_fn). */
+typedef struct reply {
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  int done, status;
+  char data[8192];
+  size_t len;
+  char msg[512];
+} reply;
+
+static inline void reply_init(reply *r) {
+  memset(r, 0, sizeof(*r));
+  uv_mutex_init(&r->mu);
+  uv_cond_init(&r->cv);
+}
+
+static inline void on_reply(void *user, int status, const void *data, size_t len,
+                            const char *msg) {
+  reply *r = user;
+  uv_mutex_lock(&r->mu);
+  r->status = status;
+  r->len = len;
+  if (data) snprintf(r->data, sizeof(r->data), "%.*s", (int)len, (const char *)data);
+  if (msg) snprintf(r->msg, sizeof(r->msg), "%s", msg);
+  r->done++;
+  uv_cond_broadcast(&r->cv);
+  uv_mutex_unlock(&r->mu);
+}
+
+static inline int reply_done(reply *r) {
+  uv_mutex_lock(&r->mu);
+  int d = r->done;
+  uv_mutex_unlock(&r->mu);
+  return d;
+}
+
+/* Waits until the call completed. */
+static inline void reply_wait(reply *r) {
+  uv_mutex_lock(&r->mu);
+  while (!r->done) uv_cond_wait(&r->cv, &r->mu);
+  uv_mutex_unlock(&r->mu);
+}
+
+/* Waits up to `ms`; 1 if the call completed. */
+static inline int reply_wait_ms(reply *r, long ms) {
+  for (long i = 0; i < ms && !reply_done(r); i++) ts_sleep_ms(1);
+  return reply_done(r);
+}
+
+static inline void reply_destroy(reply *r) {
+  uv_cond_destroy(&r->cv);
+  uv_mutex_destroy(&r->mu);
 }
 
 /* Blocking call with a string payload; `out` (cruster_free) and `msg` (free) may be NULL. */
