@@ -51,34 +51,29 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
     save_free(s);
     return;
   }
+  /* Count first: a caller woken by the acceptance may read the metrics. */
+  if (r == ST_SAVED || r == ST_SAVED_QUEUED) core_metric_add(rt->m.st_saved, 1);
+  else core_metric_add(rt->m.st_duplicates, 1);
+  if (r == ST_SAVED_QUEUED) core_metric_add(rt->m.st_queued, 1);
   /* Stored (now or before): a notify is accepted. */
   if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
-  if (r == ST_SAVED_QUEUED) {
-    /* Older messages for this entity wait in storage: the poll delivers
-     * them in order, this one after them. */
-    core_metric_add(rt->m.st_saved, 1);
-    core_metric_add(rt->m.st_queued, 1);
-    rt_poll_schedule(rt, 0);
+  if (r == ST_SAVED && s->claim && !rt->stopping && !rt->closed) {
+    rt_env *env = s->env;
+    s->env = NULL;
+    deliver_persisted(rt, s->type, s->rpc_index, env);
+  } else if (r == ST_SAVED && s->claim) {
+    rt->storage->ops->release(rt->storage, s->env, 0);
   } else if (r == ST_SAVED) {
-    core_metric_add(rt->m.st_saved, 1);
-    if (s->claim && !rt->stopping && !rt->closed) {
-      rt_env *env = s->env;
-      s->env = NULL;
-      deliver_persisted(rt, s->type, s->rpc_index, env);
-    } else if (s->claim) {
-      rt->storage->ops->release(rt->storage, s->env, 0);
-    } else {
-      int64_t delay = s->env->deliver_at - core_now_ms();
-      rt_poll_schedule(rt, delay > 0 ? delay : 0);
-    }
+    int64_t delay = s->env->deliver_at - core_now_ms();
+    rt_poll_schedule(rt, delay > 0 ? delay : 0);
+  } else if (r == ST_DUPLICATE_REPLIED && existing) {
+    /* Idempotency: the stored answer, without running again. */
+    rt_waiters_resolve(rt, s->env->request_id, existing->status, existing->data, existing->len,
+                       existing->message);
   } else {
-    core_metric_add(rt->m.st_duplicates, 1);
-    if (r == ST_DUPLICATE_REPLIED && existing)
-      /* Idempotency: the stored answer, without running again. */
-      rt_waiters_resolve(rt, s->env->request_id, existing->status, existing->data, existing->len,
-                         existing->message);
-    else
-      rt_poll_schedule(rt, 0);
+    /* Queued behind older messages of its entity, or a pending duplicate:
+     * the poll delivers it in order. */
+    rt_poll_schedule(rt, 0);
   }
   save_free(s);
 }
