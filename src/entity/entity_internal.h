@@ -68,6 +68,11 @@ struct cruster_request {
   cruster_request *live_prev, *live_next; /* runtime's list of live deliveries */
   uint64_t started_ns;
   int running;
+  /* A speculative persisted delivery: the save it waits for (NULL once
+   * done); the handler answered meanwhile; the save failed. */
+  struct rt_save *save;
+  int finished;
+  int save_failed;
   _Atomic int cancelled;
   _Atomic int answered;
   /* the answer, written by the answering thread before posting `done` */

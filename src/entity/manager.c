@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/util.h"
 #include "entity/entity_internal.h"
+#include "sharding/sharding_internal.h"
 #include "storage/storage_internal.h"
 
 /* ---- registration ------------------------------------------------------- */
@@ -230,6 +231,7 @@ static void live_unlink(cruster_runtime *rt, cruster_request *r) {
 
 void em_request_free(cruster_runtime *rt, cruster_request *r) {
   live_unlink(rt, r);
+  if (r->save) rt_save_unbind(r->save);
   if (r->call) r->call->req = NULL;
   free(r->env);
   if (r->reply != (void *)r->reply_small) free(r->reply);
@@ -275,7 +277,7 @@ static void pump(cruster_runtime *rt, em_instance *in) {
 }
 
 int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_call *call,
-               int *backlogged) {
+               struct rt_save *save, int *backlogged) {
   if (backlogged) *backlogged = 0;
   if (rt->stopping || rt->closed) return CRUSTER_E_SHUTTING_DOWN;
   em_instance *in = instance_get(rt, t, env->id, 1);
@@ -294,6 +296,8 @@ int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_c
   r->rpc = &t->rpcs.v[rpc_index];
   r->env = env;
   r->call = call;
+  r->save = save;
+  if (save) save->req = r;
   r->done.fn = request_done;
   if (call) call->req = r;
   live_link(rt, r);
@@ -324,6 +328,29 @@ static void persist_done(void *ud, int status, const char *errmsg) {
   em_request_free(rt, r);
 }
 
+/* Records a persisted delivery's answer; its save (if speculative) is done. */
+static void persisted_answer(cruster_runtime *rt, cruster_request *r) {
+  if (r->save_failed) {
+    /* The message was not stored (its caller was told): no answer to keep. */
+    em_request_free(rt, r);
+    return;
+  }
+  /* An unkeyed message's answer can never be asked for again, so its
+   * caller need not wait for it to be stored: the stored request is what
+   * makes it at-least-once (a crash before the answer is recorded runs it
+   * again). A keyed one's answer must be durable first: repeats return it. */
+  if (!r->env->keyed)
+    rt_waiters_resolve(rt, r->env->request_id, r->status, r->reply, r->reply_len, r->errmsg);
+  st_reply rep = {r->status, r->reply, r->reply_len, r->errmsg};
+  rt->storage->ops->save_reply(rt->storage, r->env, &rep, persist_done, r);
+}
+
+void em_saved(cruster_runtime *rt, cruster_request *r, int ok) {
+  r->save = NULL;
+  if (!ok) r->save_failed = 1;
+  if (r->finished) persisted_answer(rt, r);
+}
+
 static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
   cruster_request *r = (cruster_request *)((char *)cmd - offsetof(cruster_request, done));
   if (rt->closed) {
@@ -338,14 +365,10 @@ static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
   core_metric_add(r->status == CRUSTER_OK ? t->m_ok : t->m_err, 1);
   core_metric_observe(t->m_duration, (double)(core_mono_ns() - r->started_ns) / 1e9);
   if (r->env->persisted && rt->storage) {
-    /* An unkeyed message's answer can never be asked for again, so its
-     * caller need not wait for it to be stored: the stored request is what
-     * makes it at-least-once (a crash before the answer is recorded runs it
-     * again). A keyed one's answer must be durable first: repeats return it. */
-    if (!r->env->keyed)
-      rt_waiters_resolve(rt, r->env->request_id, r->status, r->reply, r->reply_len, r->errmsg);
-    st_reply rep = {r->status, r->reply, r->reply_len, r->errmsg};
-    rt->storage->ops->save_reply(rt->storage, r->env, &rep, persist_done, r);
+    /* Speculative and not stored yet: nobody hears of the answer before the
+     * message is durable (em_saved). */
+    if (r->save) r->finished = 1;
+    else persisted_answer(rt, r);
   } else {
     if (r->call)
       rt_call_complete(rt, r->call, r->status, r->reply, r->reply_len, r->errmsg);
@@ -387,12 +410,13 @@ int em_request_answer(cruster_request *r, int status, const void *data, size_t l
  * instances and not answered yet. *n gets the count; NULL on OOM. */
 int64_t *em_inflight_persisted(cruster_runtime *rt, size_t *n) {
   size_t k = 0;
-  for (cruster_request *r = rt->live_head; r; r = r->live_next) k += r->env->persisted;
+  for (cruster_request *r = rt->live_head; r; r = r->live_next)
+    k += r->env->persisted && !r->save_failed;
   int64_t *ids = malloc((k ? k : 1) * sizeof(*ids));
   if (!ids) return NULL;
   *n = 0;
   for (cruster_request *r = rt->live_head; r; r = r->live_next)
-    if (r->env->persisted) ids[(*n)++] = r->env->request_id;
+    if (r->env->persisted && !r->save_failed) ids[(*n)++] = r->env->request_id;
   return ids;
 }
 
@@ -408,7 +432,8 @@ void em_interrupt_all(cruster_runtime *rt) {
         cruster_request *r = in->q_head;
         in->q_head = r->next;
         in->queued--;
-        if (r->env->persisted && rt->storage)
+        /* (A speculative one is given back once stored: on_saved.) */
+        if (r->env->persisted && rt->storage && !r->save && !r->save_failed)
           rt->storage->ops->release(rt->storage, r->env, 0);
         if (r->call)
           rt_call_complete(rt, r->call, CRUSTER_E_INTERRUPTED,

@@ -183,10 +183,18 @@ void rt_stop_check(cruster_runtime *rt);
 /* ---- entity manager (entity/manager.c) ---- */
 em_type *em_type_find(cruster_runtime *rt, const char *name);
 /* Delivers `env` (ownership passes on success) to the instance; `call` may
- * be NULL. Returns CRUSTER_OK, CRUSTER_E_MAILBOX_FULL, or
+ * be NULL. `save` (may be NULL): the storage write of this persisted
+ * message, still in flight -- the delivery is speculative, and its answer
+ * waits for em_saved. Returns CRUSTER_OK, CRUSTER_E_MAILBOX_FULL, or
  * CRUSTER_E_SHUTTING_DOWN/NOMEM (env then still the caller's). */
 int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_call *call,
-               int *backlogged);
+               struct rt_save *save, int *backlogged);
+/* The save a speculative delivery waited for completed (ok) or failed: a
+ * failed one discards the handler's answer. The delivery is no longer
+ * bound to the save. */
+void em_saved(cruster_runtime *rt, cruster_request *r, int ok);
+/* route.c: the delivery bound to `s` is gone (freed before the save completed). */
+void rt_save_unbind(struct rt_save *s);
 /* Finds the dispatchable RPC for a call; fills an error message on failure. */
 int em_lookup_rpc(em_type *t, const char *method, int internal, char *msg, size_t msgsz);
 void em_reaper_fire(uv_timer_t *t);

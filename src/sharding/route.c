@@ -18,13 +18,24 @@ static void reject(cruster_runtime *rt, rt_call *c, int status, const char *msg)
 
 static void save_free(rt_save *s) {
   if (s->call) s->call->save = NULL;
+  if (s->req) s->req->save = NULL;
   free(s->env);
   free(s);
 }
 
+void rt_save_unbind(rt_save *s) { s->req = NULL; }
+
+/* The speculative delivery learns how its save went (it may free itself). */
+static void spec_saved(cruster_runtime *rt, rt_save *s, int ok) {
+  cruster_request *r = s->req;
+  if (!r) return;
+  s->req = NULL;
+  em_saved(rt, r, ok);
+}
+
 static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, rt_env *env) {
   int backlogged = 0;
-  int st = em_deliver(rt, t, env, rpc_index, NULL, &backlogged);
+  int st = em_deliver(rt, t, env, rpc_index, NULL, NULL, &backlogged);
   if (st == CRUSTER_OK) return;
   /* Not handed to a handler: it stays in storage for the poll loop. */
   rt->storage->ops->release(rt->storage, env, 0);
@@ -48,6 +59,7 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
                errmsg ? errmsg : cruster_status_message(status));
       rt_call_complete(rt, c, CRUSTER_E_PERSISTENCE, NULL, 0, msg);
     }
+    spec_saved(rt, s, 0);
     save_free(s);
     return;
   }
@@ -57,7 +69,16 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
   if (r == ST_SAVED_QUEUED) core_metric_add(rt->m.st_queued, 1);
   /* Stored (now or before): a notify is accepted. */
   if (c && c->kind == RT_CALL_NOTIFY) rt_call_complete(rt, c, CRUSTER_OK, NULL, 0, NULL);
-  if (r == ST_SAVED && s->claim && !rt->stopping && !rt->closed) {
+  if (s->spec && s->req) {
+    /* Handed to its handler already; its answer may now be acted on. */
+    spec_saved(rt, s, 1);
+  } else if (s->spec) {
+    /* Stored claimed, but not handled here (no room, stop, or dropped from
+     * the mailbox at stop): give it back to the poll. */
+    rt->storage->ops->release(rt->storage, s->env, 0);
+    if (s->spec_status != CRUSTER_E_MAILBOX_FULL && s->spec_status != CRUSTER_E_SHUTTING_DOWN)
+      rt_poll_schedule(rt, rt->cfg->send_retry_interval);
+  } else if (r == ST_SAVED && s->claim && !rt->stopping && !rt->closed) {
     rt_env *env = s->env;
     s->env = NULL;
     deliver_persisted(rt, s->type, s->rpc_index, env);
@@ -108,6 +129,18 @@ static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc
   s->claim = env->deliver_at <= core_now_ms();
   s->call = c;
   c->save = s;
+  /* When the storage knows the message will be stored claimed (nothing older
+   * of its entity waits), its handler may run while it is being stored; the
+   * answer is acted on only once it is (on_saved). */
+  if (s->claim && !rt->stopping && rt->storage->ops->claims_now &&
+      rt->storage->ops->claims_now(rt->storage, s->env)) {
+    rt_env *copy = rt_env_copy(s->env);
+    if (copy) {
+      s->spec = 1;
+      s->spec_status = em_deliver(rt, t, copy, rpc_index, NULL, s, NULL);
+      if (s->spec_status != CRUSTER_OK) free(copy); /* else s->req is the delivery */
+    }
+  }
   rt->storage->ops->save_request(rt->storage, s->env, s->claim, on_saved, s);
 }
 
@@ -152,7 +185,7 @@ void rt_route(cruster_runtime *rt, rt_cmd *cmd) {
     return;
   }
   c->request_id = env->request_id;
-  int st = em_deliver(rt, t, env, idx, c->kind == RT_CALL_SEND ? c : NULL, NULL);
+  int st = em_deliver(rt, t, env, idx, c->kind == RT_CALL_SEND ? c : NULL, NULL, NULL);
   if (st != CRUSTER_OK) {
     if (st == CRUSTER_E_MAILBOX_FULL)
       snprintf(msg, sizeof(msg), "the mailbox of %s/%s is full (capacity %lld)", env->type, env->id,

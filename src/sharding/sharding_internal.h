@@ -12,6 +12,10 @@ typedef struct rt_save {
   int rpc_index;
   int claim;
   rt_call *call;  /* NULL once the call completed (timeout) */
+  /* Speculative delivery: handed to its handler before the save completed. */
+  int spec;
+  int spec_status;      /* what em_deliver said */
+  cruster_request *req; /* the delivery, until bound off */
 } rt_save;
 
 int rt_heap_insert(cruster_runtime *rt, rt_call *c);

@@ -16,7 +16,7 @@
 
 enum {
   OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_RESET, OP_CLEANUP,
-  OP_RECONCILE
+  OP_RECONCILE, OP_SCAN
 };
 enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
 
@@ -30,6 +30,8 @@ typedef struct pg_op {
   PGresult *res[3];
   rt_env *env;    /* copy: SAVE, REPLY, RELEASE */
   int claim, attempt;
+  int fast;       /* SAVE: a row of the job's fast insert (no probe, claimed) */
+  int tracked;    /* SAVE: it added its id to the store's tracked set */
   int status;     /* REPLY */
   void *data;
   size_t len;
@@ -70,7 +72,8 @@ typedef struct pg_job {
   pg_op **ops;
   size_t nops;
   int nq;        /* statements sent */
-  int done_many; /* slot 0 deletes the answered unkeyed messages of ops with nstmt 0 */
+  int shared;    /* the first slots hold statements several operations share:
+                  * the delete of answered unkeyed messages, the fast inserts */
   int cur, have_cur;
   PGresult *slots[];
 } pg_job;
@@ -78,6 +81,12 @@ typedef struct pg_job {
 /* Jobs in flight per connection: while the server runs one, the next is
  * already on its way, so its backend never waits for us. */
 #define MAX_JOBS_IN_FLIGHT 2
+
+/* Fast inserts go out as statements of 1, 2, 4, ... 64 rows. */
+#define PG_FAST_SIZES 7
+#define PG_FAST_MAX 64
+/* The attach scan lists at most this many entities; beyond, all ask. */
+#define PG_SCAN_LIMIT 100000
 
 struct pg_store {
   char *conninfo;
@@ -95,12 +104,22 @@ struct pg_store {
   void (*flush_cb)(void *ud); /* graceful stop waits for the queues to empty */
   void *flush_ud;
   int64_t next_due;
+  /* What this runtime knows of stored unanswered messages (loop thread):
+   * see "knowing the entities" below. */
+  rt_map pending;  /* "type\0id" -> count (as a pointer) of tracked messages */
+  rt_map tracked;  /* request id -> (void *)1: stored (or being stored) by this
+                    * runtime and not answered */
+  rt_map unknown;  /* "type\0id" -> (void *)1: entities ordered by asking PostgreSQL */
+  int scanned;     /* the scan of stored messages at attach has completed */
+  int all_unknown; /* too many to list, or out of memory: every entity asks */
+  char *fast_sql[PG_FAST_SIZES];
   core_metric *m_batches, *m_batch_ops, *m_reconnects, *m_latency;
 };
 
 static void conn_connect(pg_conn *c);
 static void conn_pump(pg_conn *c);
 static void on_poll(uv_poll_t *h, int status, int events);
+static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
 
 /* ---- statements ------------------------------------------------------------ */
 
@@ -118,6 +137,7 @@ static const stmt stmts[] = {
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
     {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
+    {"cr_scan", PG_SQL_SCAN, 1},
 };
 #define N_STMTS (int)(sizeof stmts / sizeof stmts[0])
 
@@ -163,6 +183,97 @@ static rt_env *row_env(const PGresult *r, int row, int64_t *attempts) {
   return e;
 }
 
+/* ---- knowing the entities ------------------------------------------------------ */
+
+/* Per-entity order needs, for each new message, the answer to "is an older
+ * unanswered message of this entity stored?". Asking PostgreSQL costs an
+ * index probe inside every insert. In single-node mode this runtime writes
+ * every row, so for the messages of its own life it knows the answer:
+ * `tracked` holds the ids it stored (or is storing) and has not answered,
+ * `pending` counts them per entity. Rows it cannot account for put their
+ * entity in `unknown`, which is always asked: rows stored before it
+ * attached (the scan), rows whose insert or answer failed (they may exist
+ * and wait for a retry), and redelivered dead letters. Until the scan has
+ * completed, every entity is asked. An entity with nothing tracked and not
+ * unknown has no stored unanswered message: its new unkeyed message is
+ * stored claimed by the fast insert and may be delivered at once. */
+
+typedef struct ekey {
+  char *p;
+  size_t n;
+  char buf[320];
+} ekey;
+
+/* "type\0id", as the instance keys. -1 on OOM. */
+static int ekey_make(ekey *k, const char *type, const char *id) {
+  size_t lt = strlen(type), li = strlen(id);
+  k->n = lt + 1 + li;
+  k->p = k->n <= sizeof(k->buf) ? k->buf : malloc(k->n);
+  if (!k->p) return -1;
+  memcpy(k->p, type, lt + 1);
+  memcpy(k->p + lt + 1, id, li);
+  return 0;
+}
+
+static void ekey_done(ekey *k) {
+  if (k->p != k->buf) free(k->p);
+}
+
+static void unknown_add(pg_store *st, const char *type, const char *id) {
+  ekey k;
+  if (st->all_unknown) return;
+  if (ekey_make(&k, type, id) != 0) {
+    st->all_unknown = 1;
+    return;
+  }
+  if (!rt_map_get(&st->unknown, k.p, k.n) && rt_map_put(&st->unknown, k.p, k.n, (void *)1) != 0)
+    st->all_unknown = 1;
+  ekey_done(&k);
+}
+
+/* 1 when `m` (unkeyed, due now) can take the fast insert. */
+static int knows_clear(pg_store *st, const rt_env *m) {
+  if (!st->scanned || st->all_unknown || m->keyed || m->deliver_at != 0) return 0;
+  ekey k;
+  if (ekey_make(&k, m->type, m->id) != 0) return 0;
+  int clear = !rt_map_get(&st->pending, k.p, k.n) && !rt_map_get(&st->unknown, k.p, k.n);
+  ekey_done(&k);
+  return clear;
+}
+
+/* Counts a message being stored; 1 if this call added it. */
+static int track_add(pg_store *st, const rt_env *m) {
+  if (rt_map_iget(&st->tracked, m->request_id)) return 0; /* a repeated key */
+  ekey k;
+  if (ekey_make(&k, m->type, m->id) != 0) {
+    st->all_unknown = 1;
+    return 0;
+  }
+  uintptr_t n = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
+  int ok = rt_map_iput(&st->tracked, m->request_id, (void *)1) == 0;
+  if (ok && rt_map_put(&st->pending, k.p, k.n, (void *)(n + 1)) != 0) {
+    rt_map_idel(&st->tracked, m->request_id);
+    ok = 0;
+  }
+  ekey_done(&k);
+  if (!ok) st->all_unknown = 1; /* untracked: nobody may rely on memory */
+  return ok;
+}
+
+/* The message is answered (or was never stored): uncounts it. */
+static void track_remove(pg_store *st, int64_t request_id, const char *type, const char *id) {
+  if (!rt_map_idel(&st->tracked, request_id)) return;
+  ekey k;
+  if (ekey_make(&k, type, id) != 0) {
+    st->all_unknown = 1; /* its count can no longer be lowered */
+    return;
+  }
+  uintptr_t n = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
+  if (n <= 1) rt_map_del(&st->pending, k.p, k.n);
+  else rt_map_put(&st->pending, k.p, k.n, (void *)(n - 1)); /* replaces: no allocation */
+  ekey_done(&k);
+}
+
 /* ---- sending an operation ------------------------------------------------------ */
 
 /* ids as a PostgreSQL int8[] literal, "{1,2,3}" (malloc'd; NULL on OOM). */
@@ -180,6 +291,59 @@ static char *int8_array(const int64_t *ids, size_t n) {
 static int send_stmt(pg_conn *c, const char *name, int n, const char *const *vals, const int *lens,
                      const int *fmts) {
   return PQsendQueryPrepared(c->pq, name, n, vals, lens, fmts, 1);
+}
+
+/* The fast insert of `n` (1..PG_FAST_MAX, a power of two) rows. */
+static int send_fast(pg_conn *c, pg_op **ops, size_t n) {
+  pg_store *st = c->st;
+  int np = 1 + PG_FAST_PARAMS * (int)n;
+  char name[16];
+  snprintf(name, sizeof name, "cr_fast%zu", n);
+  const char **v = calloc((size_t)np, sizeof(*v));
+  int *l = calloc((size_t)np, sizeof(*l));
+  int *f = calloc((size_t)np, sizeof(*f));
+  char(*num)[2][24] = calloc(n, sizeof(*num));
+  int ok = v && l && f && num;
+  if (ok) {
+    v[0] = st->claimer;
+    for (size_t i = 0; i < n; i++) {
+      const rt_env *m = ops[i]->env;
+      int b = 1 + PG_FAST_PARAMS * (int)i;
+      snprintf(num[i][0], sizeof num[i][0], "%lld", (long long)m->request_id);
+      snprintf(num[i][1], sizeof num[i][1], "%d", m->shard);
+      v[b] = num[i][0];
+      v[b + 1] = m->group;
+      v[b + 2] = num[i][1];
+      v[b + 3] = m->type;
+      v[b + 4] = m->id;
+      v[b + 5] = m->method;
+      v[b + 6] = m->payload;
+      l[b + 6] = (int)m->len;
+      f[b + 6] = 1;
+      v[b + 7] = m->internal ? "t" : "f";
+      v[b + 8] = m->is_request ? "t" : "f";
+    }
+    ok = send_stmt(c, name, np, v, l, f);
+  }
+  free(v);
+  free(l);
+  free(f);
+  free(num);
+  return ok;
+}
+
+/* How many fast-insert statements `n` rows take (and, with `sizes`, their
+ * row counts: largest first). */
+static int fast_split(size_t n, size_t *sizes) {
+  int k = 0;
+  while (n > 0) {
+    size_t s = PG_FAST_MAX;
+    while (s > n) s /= 2;
+    if (sizes) sizes[k] = s;
+    k++;
+    n -= s;
+  }
+  return k;
 }
 
 static int op_send(pg_conn *c, pg_op *o) {
@@ -248,6 +412,11 @@ static int op_send(pg_conn *c, pg_op *o) {
     const char *v[1] = {a};
     return send_stmt(c, "cr_clean", 1, v, NULL, NULL);
   }
+  case OP_SCAN: {
+    snprintf(a, sizeof a, "%d", PG_SCAN_LIMIT + 1);
+    const char *v[1] = {a};
+    return send_stmt(c, "cr_scan", 1, v, NULL, NULL);
+  }
   case OP_RECONCILE: {
     /* The set is taken now, on the loop thread: exactly what runs here. */
     size_t n = 0;
@@ -279,9 +448,29 @@ static void op_free(pg_op *o) {
 static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
   switch (o->kind) {
   case OP_SAVE:
+    /* The row may exist (a lost connection) and then waits for the poll. */
+    if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
+    unknown_add(st, o->env->type, o->env->id);
     ((st_save_cb)o->cb)(o->ud, status, msg, ST_SAVED, NULL);
     break;
+  case OP_SCAN:
+    if (!st->closing) {
+      /* Until it succeeds every entity asks PostgreSQL: run it again. */
+      o->next = NULL;
+      for (int i = 0; i < 3; i++) {
+        PQclear(o->res[i]);
+        o->res[i] = NULL;
+      }
+      enqueue(st, &st->conns[0], o);
+      return;
+    }
+    break;
   case OP_REPLY:
+    /* Not answered after all: the message is retried, after the ones in
+     * memory would be delivered -- so its entity asks from now on. */
+    unknown_add(st, o->env->type, o->env->id);
+    if (o->cb) ((st_done_cb)o->cb)(o->ud, status, msg);
+    break;
   case OP_REDELIVER:
     if (o->cb) ((st_done_cb)o->cb)(o->ud, status, msg);
     break;
@@ -313,27 +502,34 @@ static void op_complete(pg_store *st, pg_op *o) {
   switch (o->kind) {
   case OP_SAVE: {
     st_save_cb cb = (st_save_cb)o->cb;
-    if (!o->env->keyed) {
+    if (o->fast) {
+      /* A row of the job's fast insert, which succeeded: stored, claimed. */
+      cb(o->ud, CRUSTER_OK, NULL, ST_SAVED, NULL);
+    } else if (!o->env->keyed) {
       /* A fresh id: a row back means stored; none means it was taken. */
-      if (PQntuples(r) == 0)
+      if (PQntuples(r) == 0) {
+        if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
         cb(o->ud, CRUSTER_E_PERSISTENCE,
            "request id already stored: two runtimes share this schema in single-node mode?",
            ST_SAVED, NULL);
-      else
+      } else {
         cb(o->ud, CRUSTER_OK, NULL,
            (o->claim && !get_bool(r, 0, 0)) ? ST_SAVED_QUEUED : ST_SAVED, NULL);
-    } else if (PQntuples(r) == 0) {
-      /* A concurrent insert of the same id won: it is pending. */
-      cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
-    } else if (get_i32(r, 0, 0) == 0) {
+      }
+    } else if (PQntuples(r) > 0 && get_i32(r, 0, 0) == 0) {
       int claimed = get_bool(r, 0, 1);
       cb(o->ud, CRUSTER_OK, NULL, (o->claim && !claimed) ? ST_SAVED_QUEUED : ST_SAVED, NULL);
-    } else if (get_bool(r, 0, 5) && !PQgetisnull(r, 0, 2)) {
-      st_reply rep = {get_i32(r, 0, 2), PQgetvalue(r, 0, 3), (size_t)PQgetlength(r, 0, 3),
-                      get_text(r, 0, 4)};
-      cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_REPLIED, &rep);
     } else {
-      cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
+      /* A duplicate: no new row, so nothing new to count. (No row back: a
+       * concurrent insert of the same id won, and it is pending.) */
+      if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
+      if (PQntuples(r) > 0 && get_bool(r, 0, 5) && !PQgetisnull(r, 0, 2)) {
+        st_reply rep = {get_i32(r, 0, 2), PQgetvalue(r, 0, 3), (size_t)PQgetlength(r, 0, 3),
+                        get_text(r, 0, 4)};
+        cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_REPLIED, &rep);
+      } else {
+        cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
+      }
     }
     break;
   }
@@ -355,7 +551,10 @@ static void op_complete(pg_store *st, pg_op *o) {
     }
     /* Column 13: processed -- the claim made it a dead letter. */
     for (int i = 0; i < n; i++)
-      if (get_bool(r, i, 13)) dead_ids[nd++] = get_i64(r, i, 1);
+      if (get_bool(r, i, 13)) {
+        dead_ids[nd++] = get_i64(r, i, 1);
+        track_remove(st, get_i64(r, i, 1), get_text(r, i, 4), get_text(r, i, 5));
+      }
     /* RETURNING has no order: sort the claimed rows by seq. */
     for (int i = 0; i < n; i++) {
       order[i][0] = get_i64(r, i, 0);
@@ -405,10 +604,26 @@ static void op_complete(pg_store *st, pg_op *o) {
     break;
   }
   case OP_REDELIVER:
-    if (PQntuples(r) == 0)
+    if (PQntuples(r) == 0) {
       ((st_done_cb)o->cb)(o->ud, CRUSTER_E_NOT_FOUND, "no dead letter with that request id");
-    else
+    } else {
+      /* Unanswered again, and not in memory: newer messages of its entity
+       * must be ordered by asking. */
+      unknown_add(st, get_text(r, 0, 1), get_text(r, 0, 2));
       ((st_done_cb)o->cb)(o->ud, CRUSTER_OK, NULL);
+    }
+    break;
+  case OP_SCAN:
+    if (PQntuples(r) > PG_SCAN_LIMIT) {
+      st->all_unknown = 1;
+      core_log(st->lg, CRUSTER_LOG_INFO, "storage",
+               "more than %d entities have stored unanswered messages: every new message "
+               "asks PostgreSQL for its entity's order",
+               PG_SCAN_LIMIT);
+    }
+    for (int i = 0; i < PQntuples(r) && !st->all_unknown; i++)
+      unknown_add(st, get_text(r, i, 0), get_text(r, i, 1));
+    st->scanned = 1;
     break;
   case OP_RESET: {
     const char *n = PQcmdTuples(r);
@@ -574,7 +789,8 @@ static void conn_fail(pg_conn *c, const char *why) {
     for (size_t i = 0; i < j->nops; i++)
       in_doubt |= j->ops[i]->kind == OP_POLL || (j->ops[i]->kind == OP_SAVE && j->ops[i]->claim) ||
                   j->ops[i]->kind == OP_RELEASE || (j->ops[i]->kind == OP_REPLY && !j->ops[i]->cb);
-  if (in_doubt && !st->closing) new_claim_token(st);
+  /* Fail first: a delivery whose insert failed is no longer counted as
+   * handled here when the reconcile takes its set. */
   while (jobs) {
     pg_job *j = jobs;
     jobs = j->next;
@@ -583,6 +799,7 @@ static void conn_fail(pg_conn *c, const char *why) {
     j->nops = 0;
     job_free(j);
   }
+  if (in_doubt && !st->closing) new_claim_token(st);
   if (st->closing) return;
   core_metric_add(st->m_reconnects, 1);
   c->backoff = c->backoff ? (c->backoff * 2 > 2000 ? 2000 : c->backoff * 2) : 50;
@@ -613,27 +830,37 @@ static void conn_pump(pg_conn *c) {
   pg_store *st = c->st;
   int sent = 0;
   while (c->state == C_READY && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
-    size_t max = (size_t)st->batch, nops = 0, ndone = 0;
+    size_t max = (size_t)st->batch, nops = 0, ndone = 0, nfast = 0;
     int solo = c->q_head->solo, stmts_n = 0;
     for (pg_op *o = c->q_head; o && nops < max && (nops == 0 || (!solo && !o->solo)); o = o->next) {
       nops++;
       stmts_n += o->nstmt;
       ndone += o->kind == OP_REPLY && !o->env->keyed;
+      nfast += o->fast;
     }
-    /* Answered unkeyed messages of the job are deleted by one statement,
-     * first in the job (they were all answered before it was built). */
+    /* Shared statements come first. Answered unkeyed messages of the job are
+     * deleted by one statement (they were all answered before it was
+     * built). Fast inserts are rows of a few multi-row statements: their
+     * entities have no other stored unanswered message, so no operation of
+     * the job touches them and moving them first keeps every order. */
     int many = ndone >= 2;
     if (many) stmts_n = stmts_n - (int)ndone + 1;
+    int nchunks = fast_split(nfast, NULL);
+    stmts_n += nchunks;
     pg_job *j = job_new(stmts_n, nops);
     int64_t *done_ids = many ? malloc(ndone * sizeof(*done_ids)) : NULL;
-    if (!j || (many && !done_ids)) {
+    pg_op **fast = nfast ? malloc(nfast * sizeof(*fast)) : NULL;
+    size_t *sizes = nchunks ? malloc((size_t)nchunks * sizeof(*sizes)) : NULL;
+    if (!j || (many && !done_ids) || (nfast && (!fast || !sizes))) {
       if (j) job_free(j);
       free(done_ids);
+      free(fast);
+      free(sizes);
       conn_fail(c, "out of memory");
       return;
     }
-    j->done_many = many;
-    size_t nd = 0;
+    j->shared = many + nchunks;
+    size_t nd = 0, nf = 0;
     for (size_t i = 0; i < nops; i++) {
       pg_op *o = c->q_head;
       c->q_head = o->next;
@@ -644,6 +871,7 @@ static void conn_pump(pg_conn *c) {
         o->nstmt = 0; /* its result is the job's slot 0 */
         done_ids[nd++] = o->env->request_id;
       }
+      if (o->fast) fast[nf++] = o;
       j->ops[j->nops++] = o;
     }
     job_push(c, j);
@@ -651,11 +879,16 @@ static void conn_pump(pg_conn *c) {
     int ok = 1;
     if (many) {
       char *ids = int8_array(done_ids, nd);
-      free(done_ids);
       const char *v[1] = {ids};
       ok = ids && send_stmt(c, "cr_done_many", 1, v, NULL, NULL);
       free(ids);
     }
+    free(done_ids);
+    if (nchunks) fast_split(nfast, sizes);
+    for (int k = 0, at = 0; ok && k < nchunks; at += (int)sizes[k], k++)
+      ok = send_fast(c, fast + at, sizes[k]);
+    free(fast);
+    free(sizes);
     for (size_t i = 0; ok && i < j->nops; i++)
       if (j->ops[i]->nstmt) ok = op_send(c, j->ops[i]);
     if (!ok || !PQpipelineSync(c->pq)) {
@@ -709,7 +942,7 @@ static void job_done(pg_conn *c, pg_job *j) {
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
   } else {
     /* Move each operation's results to it (slot 0 may be the shared delete). */
-    int k = j->done_many;
+    int k = j->shared;
     for (size_t i = 0; i < j->nops; i++)
       for (int x = 0; x < j->ops[i]->nstmt; x++) {
         j->ops[i]->res[x] = j->slots[k];
@@ -783,7 +1016,7 @@ static void conn_connected(pg_conn *c) {
     return;
   }
   PQsetNoticeProcessor(c->pq, quiet_notices, NULL);
-  pg_job *j = job_new(N_STMTS + 1, 0);
+  pg_job *j = job_new(N_STMTS + 1 + PG_FAST_SIZES, 0);
   if (!j) {
     conn_fail(c, "out of memory");
     return;
@@ -798,6 +1031,11 @@ static void conn_connected(pg_conn *c) {
                              NULL, NULL, 0);
   for (int i = 0; ok && i < N_STMTS; i++)
     ok = PQsendPrepare(c->pq, stmts[i].name, stmts[i].sql, stmts[i].nparams, NULL);
+  for (int i = 0; ok && i < PG_FAST_SIZES; i++) {
+    char name[16];
+    snprintf(name, sizeof name, "cr_fast%d", 1 << i);
+    ok = PQsendPrepare(c->pq, name, c->st->fast_sql[i], 1 + PG_FAST_PARAMS * (1 << i), NULL);
+  }
   if (!ok || !PQpipelineSync(c->pq)) {
     conn_fail(c, PQerrorMessage(c->pq));
     return;
@@ -882,6 +1120,19 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
   int64_t token = 0;
   core_snowflake_next(&rt->snowflake, &token);
   snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", cfg->runner_address, (unsigned long long)token);
+  for (int i = 0; i < PG_FAST_SIZES; i++) {
+    int rows = 1 << i;
+    size_t cap = sizeof(PG_SQL_FAST_HEAD) + (size_t)rows * (sizeof(PG_SQL_FAST_ROW) + 64);
+    char *q = malloc(cap);
+    if (!q) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+    size_t at = (size_t)snprintf(q, cap, "%s", PG_SQL_FAST_HEAD);
+    for (int r = 0; r < rows; r++) {
+      int b = 2 + PG_FAST_PARAMS * r;
+      at += (size_t)snprintf(q + at, cap - at, r ? ", " PG_SQL_FAST_ROW : PG_SQL_FAST_ROW, b,
+                             b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8);
+    }
+    st->fast_sql[i] = q;
+  }
   st->conns = calloc((size_t)cfg->storage_pool_size, sizeof(*st->conns));
   if (!st->conns) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   st->nconns = (int)cfg->storage_pool_size;
@@ -913,7 +1164,14 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
   }
   pg_op *o = op_new(OP_RESET, NULL, NULL);
   if (o) enqueue(st, &st->conns[0], o);
+  /* After the reset, on the same connection: what earlier lives left. */
+  o = op_new(OP_SCAN, NULL, NULL);
+  if (o) enqueue(st, &st->conns[0], o);
   return CRUSTER_OK;
+}
+
+static int pg_claims_now(cruster_storage *s, const rt_env *m) {
+  return knows_clear(s->impl, m);
 }
 
 static void pg_save_request(cruster_storage *s, const rt_env *m, int claim, st_save_cb cb, void *ud) {
@@ -922,17 +1180,24 @@ static void pg_save_request(cruster_storage *s, const rt_env *m, int claim, st_s
   if (o) o->env = rt_env_copy(m);
   if (!o || !o->env) {
     free(o);
+    unknown_add(st, m->type, m->id);
     cb(ud, CRUSTER_E_NOMEM, "out of memory", ST_SAVED, NULL);
     return;
   }
   o->claim = claim;
   o->now_ms = core_now_ms();
+  o->fast = claim && knows_clear(st, m);
+  if (o->fast) o->nstmt = 0; /* a row of the job's fast insert */
+  o->tracked = track_add(st, m);
   enqueue(st, conn_for_entity(st, m), o);
 }
 
 static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r, st_done_cb cb,
                           void *ud) {
   pg_store *st = s->impl;
+  /* Answered: newer messages of the entity no longer wait for it (should
+   * storing the answer fail, op_fail makes the entity ask). */
+  track_remove(st, m->request_id, m->type, m->id);
   pg_op *o = op_new(OP_REPLY, (void *)cb, ud);
   if (o) {
     o->env = rt_env_copy(m);
@@ -946,6 +1211,7 @@ static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r
   }
   if (!o || !o->env || (r->status == CRUSTER_OK && !o->data) || (r->message && !o->message)) {
     if (o) op_free(o);
+    unknown_add(st, m->type, m->id);
     if (cb) cb(ud, CRUSTER_E_NOMEM, "out of memory");
     return;
   }
@@ -1057,6 +1323,10 @@ static void pg_detach(cruster_storage *s) {
 
 static void pg_destroy(cruster_storage *s) {
   pg_store *st = s->impl;
+  rt_map_clear(&st->pending);
+  rt_map_clear(&st->tracked);
+  rt_map_clear(&st->unknown);
+  for (int i = 0; i < PG_FAST_SIZES; i++) free(st->fast_sql[i]);
   if (st->conns) {
     free(st->conns);
   }
@@ -1068,6 +1338,7 @@ static void pg_destroy(cruster_storage *s) {
 static const st_ops pg_ops = {
     .name = "postgresql",
     .attach = pg_attach,
+    .claims_now = pg_claims_now,
     .save_request = pg_save_request,
     .save_reply = pg_save_reply,
     .poll = pg_poll,

@@ -121,7 +121,26 @@
   "UPDATE cruster_messages SET processed = FALSE, processed_at = NULL, attempts = 0,"        \
   "  claimed_by = NULL, claimed_at = NULL, retry_at = NULL, reply_status = NULL,"          \
   "  reply_payload = NULL, reply_message = NULL"                                            \
-  " WHERE request_id = $1::int8 AND reply_status = -18 RETURNING request_id"
+  " WHERE request_id = $1::int8 AND reply_status = -18 RETURNING request_id, entity_type, entity_id"
+
+/* The entities with stored unanswered messages when this runtime attached
+ * (at most $1 of them): they are ordered by asking PostgreSQL, not from
+ * memory. */
+#define PG_SQL_SCAN                                                                           \
+  "SELECT DISTINCT entity_type, entity_id FROM cruster_messages WHERE NOT processed LIMIT $1::int4"
+
+/* The fast insert: rows of unkeyed messages, each with a fresh id, for
+ * entities this runtime knows have no other stored unanswered message, so
+ * no probe is needed and each is claimed for direct delivery. $1 is the
+ * claim token; each row then has PG_FAST_PARAMS parameters. The statement
+ * for N rows is built at start (pg.c). */
+#define PG_SQL_FAST_HEAD                                                                      \
+  "INSERT INTO cruster_messages (request_id, shard_group, shard_id, entity_type, entity_id,"  \
+  "  tag, payload, internal, is_request, claimed_by, claimed_at, attempts) VALUES "
+#define PG_SQL_FAST_ROW                                                                       \
+  "($%d::int8, $%d::text, $%d::int4, $%d::text, $%d::text, $%d::text, $%d::bytea, $%d::bool," \
+  " $%d::bool, $1::text, now(), 1)"
+#define PG_FAST_PARAMS 9
 
 /* Single-node: every claim but ours belongs to an earlier life of this
  * runner, which died with the messages undelivered. */

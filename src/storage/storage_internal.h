@@ -61,6 +61,12 @@ typedef struct st_ops {
   const char *name;
   /* Called once by cruster_runtime_new on the loop thread. */
   cruster_status (*attach)(cruster_storage *s, cruster_runtime *rt, cruster_error **err);
+  /* Optional (NULL: never). 1 when a save_request(m, claim=1) made now is
+   * sure, if it succeeds, to store `m` claimed (ST_SAVED): no older
+   * unanswered message of its entity is stored. The runtime may then hand
+   * `m` to its handler before the save completes; it acts on the handler's
+   * answer only after. */
+  int (*claims_now)(cruster_storage *s, const rt_env *m);
   /* Stores a request unless its id exists. With claim=1 a new message is
    * marked as being delivered by this runner (not returned by poll) -- unless
    * an older unclaimed message for the same entity (deliver_at 0) is still
