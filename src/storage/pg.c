@@ -133,7 +133,6 @@ static const stmt stmts[] = {
     {"cr_ins", PG_SQL_INSERT, 14},  {"cr_ins1", PG_SQL_INSERT_FRESH, 14},
     {"cr_rep", PG_SQL_REPLY, 4},
     {"cr_done", PG_SQL_DONE, 1},    {"cr_done_many", PG_SQL_DONE_MANY, 1},    {"cr_rel", PG_SQL_RELEASE, 3},
-    {"cr_claim", PG_SQL_CLAIM, 4},  {"cr_due", PG_SQL_NEXT_DUE, 1},
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
     {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
@@ -390,7 +389,12 @@ static int op_send(pg_conn *c, pg_op *o) {
     snprintf(f, sizeof f, "%lld", (long long)o->max_retries);
     const char *v1[4] = {a, st->claimer, b, f};
     const char *v2[1] = {b};
-    return send_stmt(c, "cr_claim", 4, v1, NULL, NULL) && send_stmt(c, "cr_due", 1, v2, NULL, NULL);
+    /* Planned at each poll, not prepared: a plan for its joins made while
+     * the table was empty (as on a new connection) could walk every
+     * unanswered message per candidate (pg_sql.h). Polls are rare enough
+     * to pay for planning with the table's size of now. */
+    return PQsendQueryParams(c->pq, PG_SQL_CLAIM, 4, NULL, v1, NULL, NULL, 1) &&
+           PQsendQueryParams(c->pq, PG_SQL_NEXT_DUE, 1, NULL, v2, NULL, NULL, 1);
   }
   case OP_GET:
   case OP_REDELIVER: {
@@ -1016,7 +1020,7 @@ static void conn_connected(pg_conn *c) {
     return;
   }
   PQsetNoticeProcessor(c->pq, quiet_notices, NULL);
-  pg_job *j = job_new(N_STMTS + 1 + PG_FAST_SIZES, 0);
+  pg_job *j = job_new(N_STMTS + 2 + PG_FAST_SIZES, 0);
   if (!j) {
     conn_fail(c, "out of memory");
     return;
@@ -1029,6 +1033,9 @@ static void conn_connected(pg_conn *c) {
    * execution. */
   int ok = PQsendQueryParams(c->pq, "SET plan_cache_mode = force_generic_plan", 0, NULL, NULL,
                              NULL, NULL, 0);
+  /* Plans are made now, maybe on an empty table: no estimate may make a
+   * sequential scan look as cheap as a lookup (see pg_sql.h). */
+  ok = ok && PQsendQueryParams(c->pq, "SET enable_seqscan = off", 0, NULL, NULL, NULL, NULL, 0);
   for (int i = 0; ok && i < N_STMTS; i++)
     ok = PQsendPrepare(c->pq, stmts[i].name, stmts[i].sql, stmts[i].nparams, NULL);
   for (int i = 0; ok && i < PG_FAST_SIZES; i++) {

@@ -1,5 +1,15 @@
 /* Internal: the prepared statements of the PostgreSQL storage. Times the
- * runtime compares against its own clock (deliver_at) travel as Unix ms. */
+ * runtime compares against its own clock (deliver_at) travel as Unix ms.
+ *
+ * Plans: every statement is planned once per connection (generic plans),
+ * often while the table is empty, so estimates say "1 row" everywhere and
+ * cannot tell a lookup from a scan of a whole index. Sequential scans are
+ * off on our connections, and a statement that finds rows by id or by
+ * entity tests "processed_at IS NULL" -- true exactly when NOT processed,
+ * as every write below keeps them together -- which no partial index's
+ * predicate follows from: the planner's only choice is the lookup. Only
+ * statements meant to walk all unanswered messages (claim's main scan,
+ * next due, reset, reconcile, scan) say NOT processed. */
 #ifndef ST_PG_SQL_H
 #define ST_PG_SQL_H
 
@@ -18,7 +28,7 @@
 #define PG_SQL_INSERT                                                                         \
   "WITH c AS (SELECT CASE WHEN $12::bool AND NOT EXISTS ("                                  \
   "    SELECT 1 FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
-  "      AND NOT w.processed AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
+  "      AND w.processed_at IS NULL AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
   "  ) THEN $13::text END AS claimer),"                                                     \
   " ins AS (INSERT INTO cruster_messages (request_id, shard_group, shard_id, entity_type, entity_id," \
   "    tag, payload, internal, is_request, keyed, deliver_at, claimed_by, claimed_at, attempts)" \
@@ -43,7 +53,7 @@
   "  CASE WHEN c.claimer IS NOT NULL THEN 1 ELSE 0 END"                                     \
   " FROM (SELECT CASE WHEN $12::bool AND NOT EXISTS ("                                      \
   "    SELECT 1 FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
-  "      AND NOT w.processed AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
+  "      AND w.processed_at IS NULL AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
   "  ) THEN $13::text END AS claimer) c"                                                    \
   " ON CONFLICT (request_id) DO NOTHING RETURNING claimed_by IS NOT NULL"
 
@@ -52,13 +62,13 @@
   "UPDATE cruster_messages SET processed = TRUE, processed_at = now(), claimed_by = NULL,"   \
   "  claimed_at = NULL, reply_status = $2::int4, reply_payload = $3::bytea,"                \
   "  reply_message = $4::text"                                                              \
-  " WHERE request_id = $1::int8 AND NOT processed"
+  " WHERE request_id = $1::int8 AND processed_at IS NULL"
 
 /* An unkeyed message is done with once answered: nobody can ask again. */
-#define PG_SQL_DONE "DELETE FROM cruster_messages WHERE request_id = $1::int8 AND NOT processed"
+#define PG_SQL_DONE "DELETE FROM cruster_messages WHERE request_id = $1::int8 AND processed_at IS NULL"
 /* The same for all such messages of one job at once. */
 #define PG_SQL_DONE_MANY                                                                      \
-  "DELETE FROM cruster_messages WHERE request_id = ANY($1::int8[]) AND NOT processed"
+  "DELETE FROM cruster_messages WHERE request_id = ANY($1::int8[]) AND processed_at IS NULL"
 
 /* Gives a claimed message back. $2 = 1: a failed delivery (counts, and
  * waits a doubling backoff from $3 ms, at most 30 s); 0: never handed to a
@@ -68,7 +78,7 @@
   "  attempts = CASE WHEN $2::int4 = 1 THEN attempts ELSE greatest(attempts - 1, 0) END,"   \
   "  retry_at = CASE WHEN $2::int4 = 1 THEN now() + make_interval(secs => least(30.0,"      \
   "    $3::int8 / 1000.0 * power(2, least(greatest(attempts - 1, 0), 20)))) END"            \
-  " WHERE request_id = $1::int8 AND NOT processed"
+  " WHERE request_id = $1::int8 AND processed_at IS NULL"
 
 /* Claims due messages, oldest first; a message never overtakes an older one
  * of its entity that waits for a retry. Only the head of an entity's queue
@@ -84,12 +94,12 @@
   "    AND (d.deliver_at IS NULL OR d.deliver_at <= to_timestamp($3::int8 / 1000.0))"       \
   "    AND (d.retry_at IS NULL OR d.retry_at <= now())"                                     \
   "    AND NOT EXISTS (SELECT 1 FROM cruster_messages o WHERE o.entity_type = d.entity_type" \
-  "      AND o.entity_id = d.entity_id AND NOT o.processed AND o.seq < d.seq"              \
+  "      AND o.entity_id = d.entity_id AND o.processed_at IS NULL AND o.seq < d.seq"              \
   "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at > now())"         \
   "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED),"                                \
   " counted AS (SELECT due.request_id, m.attempts + CASE WHEN EXISTS ("                     \
   "    SELECT 1 FROM cruster_messages h WHERE h.entity_type = m.entity_type"               \
-  "      AND h.entity_id = m.entity_id AND NOT h.processed AND h.seq < m.seq"              \
+  "      AND h.entity_id = m.entity_id AND h.processed_at IS NULL AND h.seq < m.seq"              \
   "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0)))"    \
   "    THEN 0 ELSE 1 END AS attempts, $4::int8 > 0 AND m.attempts > $4::int8 AS dead"       \
   "  FROM due JOIN cruster_messages m ON m.request_id = due.request_id)"                    \
@@ -121,7 +131,8 @@
   "UPDATE cruster_messages SET processed = FALSE, processed_at = NULL, attempts = 0,"        \
   "  claimed_by = NULL, claimed_at = NULL, retry_at = NULL, reply_status = NULL,"          \
   "  reply_payload = NULL, reply_message = NULL"                                            \
-  " WHERE request_id = $1::int8 AND reply_status = -18 RETURNING request_id, entity_type, entity_id"
+  " WHERE request_id = $1::int8 AND coalesce(reply_status, 0) = -18"                      \
+  " RETURNING request_id, entity_type, entity_id"
 
 /* The entities with stored unanswered messages when this runtime attached
  * (at most $1 of them): they are ordered by asking PostgreSQL, not from
