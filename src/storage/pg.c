@@ -85,6 +85,12 @@ typedef struct pg_job {
 /* Fast inserts go out as statements of 1, 2, 4, ... 64 rows. */
 #define PG_FAST_SIZES 7
 #define PG_FAST_MAX 64
+/* Answers of unkeyed messages (deletes) wait up to this long, so that they
+ * share a statement and a commit even when calls come one at a time. The
+ * caller has its answer already; a crash in between runs them again, as
+ * at-least-once allows. */
+#define PG_DONE_DELAY_MS 2
+
 /* The attach scan lists at most this many entities; beyond, all ask. */
 #define PG_SCAN_LIMIT 100000
 
@@ -113,6 +119,11 @@ struct pg_store {
   int scanned;     /* the scan of stored messages at attach has completed */
   int all_unknown; /* too many to list, or out of memory: every entity asks */
   char *fast_sql[PG_FAST_SIZES];
+  /* Deletes of answered unkeyed messages waiting for PG_DONE_DELAY_MS. */
+  pg_op *done_head, *done_tail;
+  size_t ndone;
+  uv_timer_t done_timer;
+  int done_timer_init;
   core_metric *m_batches, *m_batch_ops, *m_reconnects, *m_latency;
 };
 
@@ -676,6 +687,43 @@ static void enqueue(pg_store *st, pg_conn *c, pg_op *o) {
   conn_pump(c);
 }
 
+/* Sends the waiting deletes: all to the least busy connection, where they
+ * become one statement (or a few, past storage_batch_size). */
+static void release_done(pg_store *st) {
+  if (st->done_timer_init) uv_timer_stop(&st->done_timer);
+  if (!st->done_head) return;
+  pg_conn *c = &st->conns[0];
+  for (int i = 1; i < st->nconns; i++) {
+    pg_conn *x = &st->conns[i];
+    if (x->state == C_READY && (c->state != C_READY || x->njobs + x->qlen < c->njobs + c->qlen))
+      c = x;
+  }
+  pg_op *o = st->done_head;
+  st->done_head = st->done_tail = NULL;
+  st->ndone = 0;
+  if (st->closing) {
+    while (o) {
+      pg_op *n = o->next;
+      op_fail(st, o, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+      o = n;
+    }
+    return;
+  }
+  uint64_t now = core_mono_ns();
+  while (o) {
+    pg_op *n = o->next;
+    o->next = NULL;
+    o->queued_ns = now;
+    if (c->q_tail) c->q_tail->next = o; else c->q_head = o;
+    c->q_tail = o;
+    c->qlen++;
+    o = n;
+  }
+  conn_pump(c);
+}
+
+static void on_done_timer(uv_timer_t *t) { release_done(t->data); }
+
 static pg_op *op_new(int kind, void *cb, void *ud) {
   pg_op *o = calloc(1, sizeof(*o));
   if (!o) return NULL;
@@ -821,7 +869,7 @@ static void conn_flush(pg_conn *c) {
 }
 
 static void check_flushed(pg_store *st) {
-  if (!st->flush_cb) return;
+  if (!st->flush_cb || st->done_head) return;
   for (int i = 0; i < st->nconns; i++)
     if (st->conns[i].jobs_head || st->conns[i].q_head) return;
   void (*cb)(void *) = st->flush_cb;
@@ -1160,6 +1208,9 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
     c->timer.data = c;
     conn_connect(c);
   }
+  uv_timer_init(&rt->loop, &st->done_timer);
+  st->done_timer.data = st;
+  st->done_timer_init = 1;
   if (st->retention_ms > 0) {
     int64_t every = st->retention_ms / 2;
     if (every < 500) every = 500;
@@ -1220,6 +1271,17 @@ static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r
     if (o) op_free(o);
     unknown_add(st, m->type, m->id);
     if (cb) cb(ud, CRUSTER_E_NOMEM, "out of memory");
+    return;
+  }
+  if (!m->keyed && !st->closing && !st->flush_cb) {
+    /* Nobody waits for it (the caller has the answer): it waits a moment
+     * for company. Its row is committed (answers follow the insert), so any
+     * connection may delete it. */
+    o->next = NULL;
+    if (st->done_tail) st->done_tail->next = o; else st->done_head = o;
+    st->done_tail = o;
+    if (++st->ndone >= (size_t)st->batch) release_done(st);
+    else if (st->ndone == 1) uv_timer_start(&st->done_timer, on_done_timer, PG_DONE_DELAY_MS, 0);
     return;
   }
   enqueue(st, conn_for_entity(st, m), o);
@@ -1298,6 +1360,7 @@ static void pg_redeliver(cruster_storage *s, int64_t request_id, st_done_cb cb, 
 
 static void pg_flush(cruster_storage *s, void (*cb)(void *ud), void *ud) {
   pg_store *st = s->impl;
+  release_done(st);
   st->flush_cb = cb;
   st->flush_ud = ud;
   check_flushed(st);
@@ -1308,6 +1371,11 @@ static void pg_detach(cruster_storage *s) {
   st->flush_cb = NULL;
   if (st->closing) return; /* stop may detach early (flush timeout), then again at close */
   st->closing = 1;
+  release_done(st); /* fails them: closing */
+  if (st->done_timer_init) {
+    uv_close((uv_handle_t *)&st->done_timer, NULL);
+    st->done_timer_init = 0;
+  }
   if (st->cleanup_init) {
     uv_timer_stop(&st->cleanup_timer);
     uv_close((uv_handle_t *)&st->cleanup_timer, NULL);
