@@ -8,8 +8,9 @@
  * entity tests "processed_at IS NULL" -- true exactly when NOT processed,
  * as every write below keeps them together -- which no partial index's
  * predicate follows from: the planner's only choice is the lookup. Only
- * statements meant to walk all unanswered messages (claim's main scan,
- * next due, reset, reconcile, scan) say NOT processed. */
+ * statements meant to walk unanswered messages say NOT processed: the
+ * claim's main scan and next due (on the claimable index), and the rare
+ * reset, reconcile and attach scan, which read the whole table. */
 #ifndef ST_PG_SQL_H
 #define ST_PG_SQL_H
 
