@@ -345,9 +345,38 @@ static void persisted_answer(cruster_runtime *rt, cruster_request *r) {
   rt->storage->ops->save_reply(rt->storage, r->env, &rep, persist_done, r);
 }
 
+/* Takes a queued (not started) delivery out of its instance's mailbox; 0 if
+ * it is not there. */
+static int mailbox_remove(cruster_runtime *rt, cruster_request *r) {
+  em_instance *in = r->inst;
+  cruster_request *prev = NULL;
+  for (cruster_request *x = in->q_head; x; prev = x, x = x->next) {
+    if (x != r) continue;
+    if (prev) prev->next = x->next; else in->q_head = x->next;
+    if (in->q_tail == x) in->q_tail = prev;
+    x->next = NULL;
+    in->queued--;
+    if (in->backlog && (int64_t)(in->queued + in->running) < in->type->mailbox) {
+      in->backlog = 0;
+      rt_poll_schedule(rt, 0);
+    }
+    if (in->running == 0 && in->queued == 0 && !in->in_idle) idle_append(rt, in);
+    return 1;
+  }
+  return 0;
+}
+
 void em_saved(cruster_runtime *rt, cruster_request *r, int ok) {
   r->save = NULL;
-  if (!ok) r->save_failed = 1;
+  if (!ok) {
+    r->save_failed = 1;
+    /* Not accepted (its caller was told so): if its handler has not
+     * started, it never will. */
+    if (!r->running && !r->finished && mailbox_remove(rt, r)) {
+      em_request_free(rt, r);
+      return;
+    }
+  }
   if (r->finished) persisted_answer(rt, r);
 }
 

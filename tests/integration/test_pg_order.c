@@ -396,6 +396,79 @@ static void failed_insert_discards_speculative_answer(void **state) {
 
 /* ---- (c) migration 1 -> 2 -------------------------------------------------------- */
 
+/* A message handed to its handler before it was stored, still waiting in
+ * the mailbox when its insert fails, is dropped: its caller was told it was
+ * not accepted, so its handler must never run. 'poison' is kept busy by a
+ * non-persisted call, so the persisted one queues behind it. */
+static atomic_int g_gate_open, g_gate_entered, g_rec_runs;
+static void h_block(void *user, cruster_request *req) {
+  (void)user;
+  atomic_store(&g_gate_entered, 1);
+  while (!atomic_load(&g_gate_open)) ts_sleep_ms(2);
+  cruster_request_reply(req, "done", 4);
+}
+static void h_rec(void *user, cruster_request *req) {
+  (void)user;
+  atomic_fetch_add(&g_rec_runs, 1);
+  cruster_request_reply(req, "ran", 3);
+}
+
+static void queued_speculative_message_is_dropped_when_not_stored(void **state) {
+  (void)state;
+  atomic_store(&g_gate_open, 0);
+  atomic_store(&g_gate_entered, 0);
+  atomic_store(&g_rec_runs, 0);
+  pgt_schema s;
+  pgt_schema_create(&s);
+  pgt_migrate(&s);
+  pgt_exec(s.admin,
+           "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+           "IF NEW.entity_id = 'poison' THEN RAISE EXCEPTION 'entity poison is refused'; END IF; "
+           "RETURN NEW; END $$");
+  pgt_exec(s.admin,
+           "CREATE TRIGGER refuse_poison BEFORE INSERT ON cruster_messages FOR EACH ROW "
+           "EXECUTE FUNCTION refuse_poison()");
+  cruster_entity_def *d = def_new("Gate");
+  add(d, "block", 0, h_block, NULL);
+  add(d, "rec", CRUSTER_RPC_PERSISTED, h_rec, NULL);
+  cruster_runtime *rt = pgt_runtime(&s, "storage_poll_interval=100ms", &d, 1);
+  wait_attach_scan(rt);
+
+  reply blocked;
+  reply_init(&blocked);
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.timeout_ms = 20000;
+  assert_int_equal(cruster_send(rt, "Gate", "poison", "block", "b", 1, &o, on_reply, &blocked),
+                   CRUSTER_OK);
+  for (int i = 0; i < 2000 && !atomic_load(&g_gate_entered); i++) ts_sleep_ms(5);
+  assert_true(atomic_load(&g_gate_entered));
+
+  /* Fast path ('poison' has nothing stored): delivered at once, queued
+   * behind the running call; then the insert fails. */
+  char *out = NULL, *msg = NULL;
+  assert_int_equal(send_str(rt, "Gate", "poison", "rec", "r", NULL, &out, &msg),
+                   CRUSTER_E_PERSISTENCE);
+  printf("  queued speculative message: %s\n", msg ? msg : "");
+  free(out);
+  free(msg);
+
+  atomic_store(&g_gate_open, 1);
+  assert_true(reply_wait_ms(&blocked, 20000));
+  assert_int_equal(blocked.status, CRUSTER_OK);
+  reply_destroy(&blocked);
+  /* Whatever was queued behind the blocking call has had time to run. */
+  reply after;
+  reply_init(&after);
+  assert_int_equal(cruster_send(rt, "Gate", "poison", "block", "b", 1, &o, on_reply, &after),
+                   CRUSTER_OK);
+  assert_true(reply_wait_ms(&after, 20000));
+  assert_int_equal(after.status, CRUSTER_OK);
+  reply_destroy(&after);
+  assert_int_equal(atomic_load(&g_rec_runs), 0);
+  cruster_runtime_free(rt);
+  pgt_schema_drop(&s);
+}
+
 static long long index_count(pgt_schema *s, const char *name) {
   return pgt_scalarf(s->admin, -1,
                      "SELECT count(*) FROM pg_indexes WHERE schemaname = '%s' AND tablename = "
@@ -419,11 +492,16 @@ static void migrate_v1_to_v2(void **state) {
   pgt_migrate(&s);
   assert_int_equal(index_count(&s, "cruster_messages_entity"), 1);
   assert_int_equal(index_count(&s, "cruster_messages_entity_pending"), 0);
-  /* Back to version 1: the old partial index, no record of migration 2. */
+  assert_int_equal(index_count(&s, "cruster_messages_claimable"), 1);
+  assert_int_equal(index_count(&s, "cruster_messages_pending"), 0);
+  /* Back to version 1: the old partial indexes, no record of migration 2. */
   pgt_exec(s.admin, "DROP INDEX cruster_messages_entity");
   pgt_exec(s.admin,
            "CREATE INDEX cruster_messages_entity_pending ON cruster_messages "
            "(entity_type, entity_id, seq) WHERE NOT processed");
+  pgt_exec(s.admin, "DROP INDEX cruster_messages_claimable");
+  pgt_exec(s.admin,
+           "CREATE INDEX cruster_messages_pending ON cruster_messages (seq) WHERE NOT processed");
   pgt_exec(s.admin, "DELETE FROM cruster_migrations WHERE version = 2");
   assert_int_equal(pgt_scalar(s.admin, "SELECT max(version) FROM cruster_migrations", -1), 1);
   /* A message a version-1 runtime left unanswered. */
@@ -449,6 +527,8 @@ static void migrate_v1_to_v2(void **state) {
   assert_int_equal(applied, 1);
   assert_int_equal(index_count(&s, "cruster_messages_entity"), 1);
   assert_int_equal(index_count(&s, "cruster_messages_entity_pending"), 0);
+  assert_int_equal(index_count(&s, "cruster_messages_claimable"), 1);
+  assert_int_equal(index_count(&s, "cruster_messages_pending"), 0);
   /* the new index is not partial, on (entity_type, entity_id, seq) */
   assert_int_equal(
       pgt_scalarf(s.admin, -1,
@@ -687,6 +767,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(leftover_retry_is_not_overtaken),
       cmocka_unit_test(failed_insert_discards_speculative_answer),
+      cmocka_unit_test(queued_speculative_message_is_dropped_when_not_stored),
       cmocka_unit_test(migrate_v1_to_v2),
       cmocka_unit_test(many_entities_order_under_fast_path),
       cmocka_unit_test(many_entities_order_with_small_mailbox),
