@@ -466,6 +466,7 @@ static void queued_speculative_message_is_dropped_when_not_stored(void **state) 
   reply_destroy(&after);
   assert_int_equal(atomic_load(&g_rec_runs), 0);
   cruster_runtime_free(rt);
+  cruster_entity_def_free(d);
   pgt_schema_drop(&s);
 }
 
