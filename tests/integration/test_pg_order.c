@@ -276,6 +276,17 @@ static long long poison_rows(pgt_schema *s) {
                     -1);
 }
 
+/* Makes PostgreSQL refuse every insert of a row of entity 'poison'. */
+static void refuse_poison_inserts(pgt_schema *s) {
+  pgt_exec(s->admin,
+           "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+           "IF NEW.entity_id = 'poison' THEN RAISE EXCEPTION 'entity poison is refused'; END IF; "
+           "RETURN NEW; END $$");
+  pgt_exec(s->admin,
+           "CREATE TRIGGER refuse_poison BEFORE INSERT ON cruster_messages FOR EACH ROW "
+           "EXECUTE FUNCTION refuse_poison()");
+}
+
 /* A BEFORE INSERT trigger refuses every row of entity 'poison'. Its
  * messages are stored by the fast insert (the runtime knows 'poison' has
  * nothing stored), so their handler runs speculatively and replies OK; the
@@ -291,13 +302,7 @@ static void failed_insert_discards_speculative_answer(void **state) {
   pgt_schema s;
   pgt_schema_create(&s);
   pgt_migrate(&s);
-  pgt_exec(s.admin,
-           "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-           "IF NEW.entity_id = 'poison' THEN RAISE EXCEPTION 'entity poison is refused'; END IF; "
-           "RETURN NEW; END $$");
-  pgt_exec(s.admin,
-           "CREATE TRIGGER refuse_poison BEFORE INSERT ON cruster_messages FOR EACH ROW "
-           "EXECUTE FUNCTION refuse_poison()");
+  refuse_poison_inserts(&s);
   cruster_entity_def *d = def_new("Pois");
   add(d, "quick", CRUSTER_RPC_PERSISTED, h_answer, NULL);
   add(d, "slow", CRUSTER_RPC_PERSISTED, h_answer, (void *)"slow");
@@ -421,13 +426,7 @@ static void queued_speculative_message_is_dropped_when_not_stored(void **state) 
   pgt_schema s;
   pgt_schema_create(&s);
   pgt_migrate(&s);
-  pgt_exec(s.admin,
-           "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-           "IF NEW.entity_id = 'poison' THEN RAISE EXCEPTION 'entity poison is refused'; END IF; "
-           "RETURN NEW; END $$");
-  pgt_exec(s.admin,
-           "CREATE TRIGGER refuse_poison BEFORE INSERT ON cruster_messages FOR EACH ROW "
-           "EXECUTE FUNCTION refuse_poison()");
+  refuse_poison_inserts(&s);
   cruster_entity_def *d = def_new("Gate");
   add(d, "block", 0, h_block, NULL);
   add(d, "rec", CRUSTER_RPC_PERSISTED, h_rec, NULL);
