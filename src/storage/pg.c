@@ -687,17 +687,13 @@ static void enqueue(pg_store *st, pg_conn *c, pg_op *o) {
   conn_pump(c);
 }
 
-/* Sends the waiting deletes: all to the least busy connection, where they
- * become one statement (or a few, past storage_batch_size). */
+/* Sends the waiting deletes, each on its entity's connection (behind that
+ * entity's writes: a delete that overtook a younger message's insert would
+ * let that insert's probe find the entity clear and claim it while a poll
+ * may claim a still younger one), where they share one statement per job. */
 static void release_done(pg_store *st) {
   if (st->done_timer_init) uv_timer_stop(&st->done_timer);
   if (!st->done_head) return;
-  pg_conn *c = &st->conns[0];
-  for (int i = 1; i < st->nconns; i++) {
-    pg_conn *x = &st->conns[i];
-    if (x->state == C_READY && (c->state != C_READY || x->njobs + x->qlen < c->njobs + c->qlen))
-      c = x;
-  }
   pg_op *o = st->done_head;
   st->done_head = st->done_tail = NULL;
   st->ndone = 0;
@@ -712,6 +708,7 @@ static void release_done(pg_store *st) {
   uint64_t now = core_mono_ns();
   while (o) {
     pg_op *n = o->next;
+    pg_conn *c = conn_for_entity(st, o->env);
     o->next = NULL;
     o->queued_ns = now;
     if (c->q_tail) c->q_tail->next = o; else c->q_head = o;
@@ -719,7 +716,7 @@ static void release_done(pg_store *st) {
     c->qlen++;
     o = n;
   }
-  conn_pump(c);
+  for (int i = 0; i < st->nconns; i++) conn_pump(&st->conns[i]);
 }
 
 static void on_done_timer(uv_timer_t *t) { release_done(t->data); }
@@ -1275,8 +1272,7 @@ static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r
   }
   if (!m->keyed && !st->closing && !st->flush_cb) {
     /* Nobody waits for it (the caller has the answer): it waits a moment
-     * for company. Its row is committed (answers follow the insert), so any
-     * connection may delete it. */
+     * for company. */
     o->next = NULL;
     if (st->done_tail) st->done_tail->next = o; else st->done_head = o;
     st->done_tail = o;
