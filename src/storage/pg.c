@@ -16,7 +16,7 @@
 
 enum {
   OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_RESET, OP_CLEANUP,
-  OP_RECONCILE, OP_SCAN
+  OP_RECONCILE, OP_SCAN, OP_UNCLAIM
 };
 enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
 
@@ -31,6 +31,8 @@ typedef struct pg_op {
   rt_env *env;    /* copy: SAVE, REPLY, RELEASE */
   int claim, attempt;
   int fast;       /* SAVE: a row of the job's fast insert (no probe, claimed) */
+  int behind;     /* SAVE: an older message of its entity is tracked: never
+                   * claim it at insert, even if the probe sees none */
   int tracked;    /* SAVE: it added its id to the store's tracked set */
   int status;     /* REPLY */
   void *data;
@@ -116,6 +118,10 @@ struct pg_store {
   rt_map tracked;  /* request id -> (void *)1: stored (or being stored) by this
                     * runtime and not answered */
   rt_map unknown;  /* "type\0id" -> (void *)1: entities ordered by asking PostgreSQL */
+  rt_map transit;  /* "type\0id" -> count: claims of ours on their way to the
+                    * runtime (a claiming insert, a release) */
+  rt_map held;     /* "type\0id" -> (void *)1: a poll held its messages back;
+                    * poll again once its transits are over */
   int scanned;     /* the scan of stored messages at attach has completed */
   int all_unknown; /* too many to list, or out of memory: every entity asks */
   char *fast_sql[PG_FAST_SIZES];
@@ -131,6 +137,7 @@ static void conn_connect(pg_conn *c);
 static void conn_pump(pg_conn *c);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
+static pg_op *op_new(int kind, void *cb, void *ud);
 
 /* ---- statements ------------------------------------------------------------ */
 
@@ -147,7 +154,7 @@ static const stmt stmts[] = {
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
     {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
-    {"cr_scan", PG_SQL_SCAN, 1},
+    {"cr_scan", PG_SQL_SCAN, 1},    {"cr_unclaim", PG_SQL_UNCLAIM, 3},
 };
 #define N_STMTS (int)(sizeof stmts / sizeof stmts[0])
 
@@ -251,6 +258,15 @@ static int knows_clear(pg_store *st, const rt_env *m) {
   return clear;
 }
 
+/* How many tracked messages its entity has. */
+static uintptr_t pending_of(pg_store *st, const rt_env *m) {
+  ekey k;
+  if (ekey_make(&k, m->type, m->id) != 0) return 1;
+  uintptr_t n = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
+  ekey_done(&k);
+  return n;
+}
+
 /* Counts a message being stored; 1 if this call added it. */
 static int track_add(pg_store *st, const rt_env *m) {
   if (rt_map_iget(&st->tracked, m->request_id)) return 0; /* a repeated key */
@@ -282,6 +298,48 @@ static void track_remove(pg_store *st, int64_t request_id, const char *type, con
   if (n <= 1) rt_map_del(&st->pending, k.p, k.n);
   else rt_map_put(&st->pending, k.p, k.n, (void *)(n - 1)); /* replaces: no allocation */
   ekey_done(&k);
+}
+
+/* A claimed message is "in transit" from a claiming insert's start until
+ * its callback has handed it to the runtime, and from a release's start
+ * until it committed. Results of different connections arrive in any
+ * order: a poll may claim a younger message of the entity meanwhile, and
+ * delivering that one first would break the entity's order. Such a message
+ * is held back: its claim is undone, and the runtime polls again when the
+ * entity's transits are over. */
+static uintptr_t transit_add(pg_store *st, const rt_env *m, int delta) {
+  ekey k;
+  if (ekey_make(&k, m->type, m->id) != 0) return 0;
+  uintptr_t n = (uintptr_t)rt_map_get(&st->transit, k.p, k.n);
+  if (delta > 0) {
+    if (rt_map_put(&st->transit, k.p, k.n, (void *)(n + 1)) == 0) n++;
+    else st->all_unknown = 1; /* cannot count it: at least ask PostgreSQL */
+  } else if (n > 0) {
+    n--;
+    if (n == 0) rt_map_del(&st->transit, k.p, k.n);
+    else rt_map_put(&st->transit, k.p, k.n, (void *)n);
+  }
+  ekey_done(&k);
+  return n;
+}
+
+static void transit_end(pg_store *st, const rt_env *m) {
+  if (transit_add(st, m, -1) > 0 || st->held.count == 0) return;
+  ekey k;
+  if (ekey_make(&k, m->type, m->id) != 0) return;
+  if (rt_map_del(&st->held, k.p, k.n)) rt_poll_schedule(st->rt, 0);
+  ekey_done(&k);
+}
+
+static int in_transit(pg_store *st, const char *type, const char *id) {
+  if (st->transit.count == 0) return 0;
+  ekey k;
+  if (ekey_make(&k, type, id) != 0) return 1;
+  int n = rt_map_get(&st->transit, k.p, k.n) != NULL;
+  if (n && !rt_map_get(&st->held, k.p, k.n) && rt_map_put(&st->held, k.p, k.n, (void *)1) != 0)
+    n = 0; /* cannot remember to poll again: deliver it rather than strand it */
+  ekey_done(&k);
+  return n;
 }
 
 /* ---- sending an operation ------------------------------------------------------ */
@@ -368,7 +426,7 @@ static int op_send(pg_conn *c, pg_op *o) {
     snprintf(e, sizeof e, "%lld", (long long)o->now_ms);
     const char *v[14] = {a, m->group, b, m->type, m->id, m->method, m->payload,
                          m->internal ? "t" : "f", m->is_request ? "t" : "f", m->keyed ? "t" : "f",
-                         d, o->claim ? "t" : "f", st->claimer, e};
+                         d, o->claim && !o->behind ? "t" : "f", st->claimer, e};
     int l[14] = {0, 0, 0, 0, 0, 0, (int)m->len, 0, 0, 0, 0, 0, 0, 0};
     int fm[14] = {0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
     return send_stmt(c, m->keyed ? "cr_ins" : "cr_ins1", 14, v, l, fm);
@@ -427,6 +485,12 @@ static int op_send(pg_conn *c, pg_op *o) {
     const char *v[1] = {a};
     return send_stmt(c, "cr_clean", 1, v, NULL, NULL);
   }
+  case OP_UNCLAIM: {
+    snprintf(a, sizeof a, "%lld", (long long)o->env->request_id);
+    snprintf(b, sizeof b, "%lld", (long long)o->request_id); /* attempts before */
+    const char *v[3] = {a, b, o->token};
+    return send_stmt(c, "cr_unclaim", 3, v, NULL, NULL);
+  }
   case OP_SCAN: {
     snprintf(a, sizeof a, "%d", PG_SCAN_LIMIT + 1);
     const char *v[1] = {a};
@@ -467,6 +531,13 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
     if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
     unknown_add(st, o->env->type, o->env->id);
     ((st_save_cb)o->cb)(o->ud, status, msg, ST_SAVED, NULL);
+    if (o->claim) transit_end(st, o->env);
+    break;
+  case OP_RELEASE:
+    transit_end(st, o->env);
+    if (!st->closing)
+      core_log(st->lg, CRUSTER_LOG_WARN, "storage", "giving back message %lld failed: %s",
+               (long long)o->env->request_id, msg);
     break;
   case OP_SCAN:
     if (!st->closing) {
@@ -546,11 +617,17 @@ static void op_complete(pg_store *st, pg_op *o) {
         cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
       }
     }
+    /* After the callback: it has handed the message over (or released it). */
+    if (o->claim) transit_end(st, o->env);
     break;
   }
   case OP_REPLY:
-  case OP_RELEASE:
     if (o->cb) ((st_done_cb)o->cb)(o->ud, CRUSTER_OK, NULL);
+    break;
+  case OP_RELEASE:
+    transit_end(st, o->env);
+    break;
+  case OP_UNCLAIM:
     break;
   case OP_POLL: {
     int n = PQntuples(r), nd = 0;
@@ -581,7 +658,19 @@ static void op_complete(pg_store *st, pg_op *o) {
       int i = (int)order[k][1];
       if (get_bool(r, i, 13)) continue;
       rt_env *e = row_env(r, i, NULL);
-      if (e) msgs[nm++] = e;
+      if (!e) continue;
+      if (in_transit(st, e->type, e->id)) {
+        /* An older message of its entity may still be on its way: not now. */
+        pg_op *u = op_new(OP_UNCLAIM, NULL, NULL);
+        if (u && (u->token = core_strdup(st->claimer))) {
+          u->env = e;
+          u->request_id = get_i32(r, i, 14);
+          enqueue(st, &st->conns[0], u);
+          continue;
+        }
+        free(u);
+      }
+      msgs[nm++] = e;
     }
     st->next_due = get_i64(o->res[1], 0, 0);
     ((st_poll_cb)o->cb)(o->ud, CRUSTER_OK, NULL, msgs, nm, dead_ids, (size_t)nd);
@@ -796,9 +885,6 @@ static pg_job *job_pop(pg_conn *c) {
 
 static void on_retry_timer(uv_timer_t *t) { conn_connect(t->data); }
 
-static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
-static pg_op *op_new(int kind, void *cb, void *ud);
-
 /* A claiming statement was in flight when its connection broke (it may have
  * committed), or a statement that gives a claim back was lost with it: claim
  * under a new token from now on, and give back what the old token holds
@@ -837,7 +923,8 @@ static void conn_fail(pg_conn *c, const char *why) {
   for (pg_job *j = jobs; j; j = j->next)
     for (size_t i = 0; i < j->nops; i++)
       in_doubt |= j->ops[i]->kind == OP_POLL || (j->ops[i]->kind == OP_SAVE && j->ops[i]->claim) ||
-                  j->ops[i]->kind == OP_RELEASE || (j->ops[i]->kind == OP_REPLY && !j->ops[i]->cb);
+                  j->ops[i]->kind == OP_RELEASE || j->ops[i]->kind == OP_UNCLAIM ||
+                  (j->ops[i]->kind == OP_REPLY && !j->ops[i]->cb);
   /* Fail first: a delivery whose insert failed is no longer counted as
    * handled here when the reconcile takes its set. */
   while (jobs) {
@@ -1241,8 +1328,14 @@ static void pg_save_request(cruster_storage *s, const rt_env *m, int claim, st_s
   }
   o->claim = claim;
   o->now_ms = core_now_ms();
+  if (claim) transit_add(st, m, 1);
   o->fast = claim && knows_clear(st, m);
   if (o->fast) o->nstmt = 0; /* a row of the job's fast insert */
+  /* An older message of this runtime for the entity is unanswered: if the
+   * probe does not see its row, that row is not committed yet (another
+   * job) or its transaction failed and is being re-run -- claiming this one
+   * would deliver it first. It waits for the poll (ST_SAVED_QUEUED). */
+  o->behind = !o->fast && pending_of(st, m) > 0;
   o->tracked = track_add(st, m);
   enqueue(st, conn_for_entity(st, m), o);
 }
@@ -1294,6 +1387,7 @@ static void pg_release(cruster_storage *s, const rt_env *m, int attempt) {
     return;
   }
   o->attempt = attempt;
+  transit_add(st, m, 1);
   /* On the poll's connection: a later poll must see this message unclaimed,
    * or it would claim a younger message of the entity and deliver it first.
    * (Inserts do not look at claims, so they need no order with this.) */
@@ -1397,6 +1491,8 @@ static void pg_destroy(cruster_storage *s) {
   rt_map_clear(&st->pending);
   rt_map_clear(&st->tracked);
   rt_map_clear(&st->unknown);
+  rt_map_clear(&st->transit);
+  rt_map_clear(&st->held);
   for (int i = 0; i < PG_FAST_SIZES; i++) free(st->fast_sql[i]);
   if (st->conns) {
     free(st->conns);

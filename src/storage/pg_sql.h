@@ -81,6 +81,12 @@
   "    $3::int8 / 1000.0 * power(2, least(greatest(attempts - 1, 0), 20)))) END"            \
   " WHERE request_id = $1::int8 AND processed_at IS NULL"
 
+/* Takes back a claim the poll just made, as if it had not: the message was
+ * not handed over ($2: its attempts before the claim). */
+#define PG_SQL_UNCLAIM                                                                        \
+  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL, attempts = $2::int4"   \
+  " WHERE request_id = $1::int8 AND processed_at IS NULL AND claimed_by = $3::text"
+
 /* Claims due messages, oldest first; a message never overtakes an older one
  * of its entity that waits for a retry. Only the head of an entity's queue
  * (no older due undelivered message of the entity) counts a delivery
@@ -98,7 +104,7 @@
   "      AND o.entity_id = d.entity_id AND o.processed_at IS NULL AND o.seq < d.seq"              \
   "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at > now())"         \
   "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED),"                                \
-  " counted AS (SELECT due.request_id, m.attempts + CASE WHEN EXISTS ("                     \
+  " counted AS (SELECT due.request_id, m.attempts AS before, m.attempts + CASE WHEN EXISTS ("                     \
   "    SELECT 1 FROM cruster_messages h WHERE h.entity_type = m.entity_type"               \
   "      AND h.entity_id = m.entity_id AND h.processed_at IS NULL AND h.seq < m.seq"              \
   "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0)))"    \
@@ -112,7 +118,7 @@
   "   reply_status = CASE WHEN counted.dead THEN -18 END,"                                  \
   "   reply_message = CASE WHEN counted.dead THEN 'max retries exceeded' END"               \
   " FROM counted WHERE m.request_id = counted.request_id"                                   \
-  " RETURNING " PG_MSG_COLUMNS ", m.processed"
+  " RETURNING " PG_MSG_COLUMNS ", m.processed, counted.before"
 
 /* When the next stored message becomes due (Unix ms, 0 = none). */
 #define PG_SQL_NEXT_DUE                                                                       \
