@@ -34,6 +34,7 @@ typedef struct pg_op {
   int behind;     /* SAVE: an older message of its entity is tracked: never
                    * claim it at insert, even if the probe sees none */
   int tracked;    /* SAVE: it added its id to the store's tracked set */
+  int in_transit; /* SAVE: may be claimed by its insert: counted in transit */
   int status;     /* REPLY */
   void *data;
   size_t len;
@@ -95,6 +96,7 @@ typedef struct pg_job {
 
 /* The attach scan lists at most this many entities; beyond, all ask. */
 #define PG_SCAN_LIMIT 100000
+#define PG_SCAN_RETRY_MS 1000
 
 struct pg_store {
   char *conninfo;
@@ -130,6 +132,8 @@ struct pg_store {
   size_t ndone;
   uv_timer_t done_timer;
   int done_timer_init;
+  uv_timer_t scan_timer; /* retries a failed attach scan */
+  int scan_timer_init;
   core_metric *m_batches, *m_batch_ops, *m_reconnects, *m_latency;
 };
 
@@ -309,7 +313,10 @@ static void track_remove(pg_store *st, int64_t request_id, const char *type, con
  * entity's transits are over. */
 static uintptr_t transit_add(pg_store *st, const rt_env *m, int delta) {
   ekey k;
-  if (ekey_make(&k, m->type, m->id) != 0) return 0;
+  if (ekey_make(&k, m->type, m->id) != 0) {
+    st->all_unknown = 1;
+    return 0;
+  }
   uintptr_t n = (uintptr_t)rt_map_get(&st->transit, k.p, k.n);
   if (delta > 0) {
     if (rt_map_put(&st->transit, k.p, k.n, (void *)(n + 1)) == 0) n++;
@@ -523,6 +530,12 @@ static void op_free(pg_op *o) {
   free(o);
 }
 
+static void on_scan_timer(uv_timer_t *t) {
+  pg_store *st = t->data;
+  pg_op *o = op_new(OP_SCAN, NULL, NULL);
+  if (o) enqueue(st, &st->conns[0], o);
+}
+
 /* Reports failure `status`/`msg` to the operation's callback. */
 static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
   switch (o->kind) {
@@ -531,7 +544,7 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
     if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
     unknown_add(st, o->env->type, o->env->id);
     ((st_save_cb)o->cb)(o->ud, status, msg, ST_SAVED, NULL);
-    if (o->claim) transit_end(st, o->env);
+    if (o->in_transit) transit_end(st, o->env);
     break;
   case OP_RELEASE:
     transit_end(st, o->env);
@@ -540,16 +553,10 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
                (long long)o->env->request_id, msg);
     break;
   case OP_SCAN:
-    if (!st->closing) {
-      /* Until it succeeds every entity asks PostgreSQL: run it again. */
-      o->next = NULL;
-      for (int i = 0; i < 3; i++) {
-        PQclear(o->res[i]);
-        o->res[i] = NULL;
-      }
-      enqueue(st, &st->conns[0], o);
-      return;
-    }
+    /* Until it succeeds every entity asks PostgreSQL: run it again, later
+     * (from a timer: never from inside enqueue's own failure). */
+    if (!st->closing && st->scan_timer_init)
+      uv_timer_start(&st->scan_timer, on_scan_timer, PG_SCAN_RETRY_MS, 0);
     break;
   case OP_REPLY:
     /* Not answered after all: the message is retried, after the ones in
@@ -618,7 +625,7 @@ static void op_complete(pg_store *st, pg_op *o) {
       }
     }
     /* After the callback: it has handed the message over (or released it). */
-    if (o->claim) transit_end(st, o->env);
+    if (o->in_transit) transit_end(st, o->env);
     break;
   }
   case OP_REPLY:
@@ -1102,10 +1109,15 @@ static void job_done(pg_conn *c, pg_job *j) {
       c->qlen++;
     }
   } else {
+    int reclaim = 0;
     for (size_t i = 0; i < nops; i++) {
+      /* A claim that could not be given back would be held forever:
+       * reconcile under a new token (what is not being handled goes back). */
+      reclaim |= failed && (ops[i]->kind == OP_RELEASE || ops[i]->kind == OP_UNCLAIM);
       if (failed) op_fail(st, ops[i], CRUSTER_E_PERSISTENCE, msg);
       else op_complete(st, ops[i]);
     }
+    if (reclaim && !st->closing) new_claim_token(st);
   }
   free(ops);
   if (c->pq) conn_pump(c);
@@ -1295,6 +1307,9 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
   uv_timer_init(&rt->loop, &st->done_timer);
   st->done_timer.data = st;
   st->done_timer_init = 1;
+  uv_timer_init(&rt->loop, &st->scan_timer);
+  st->scan_timer.data = st;
+  st->scan_timer_init = 1;
   if (st->retention_ms > 0) {
     int64_t every = st->retention_ms / 2;
     if (every < 500) every = 500;
@@ -1328,7 +1343,6 @@ static void pg_save_request(cruster_storage *s, const rt_env *m, int claim, st_s
   }
   o->claim = claim;
   o->now_ms = core_now_ms();
-  if (claim) transit_add(st, m, 1);
   o->fast = claim && knows_clear(st, m);
   if (o->fast) o->nstmt = 0; /* a row of the job's fast insert */
   /* An older message of this runtime for the entity is unanswered: if the
@@ -1336,6 +1350,9 @@ static void pg_save_request(cruster_storage *s, const rt_env *m, int claim, st_s
    * job) or its transaction failed and is being re-run -- claiming this one
    * would deliver it first. It waits for the poll (ST_SAVED_QUEUED). */
   o->behind = !o->fast && pending_of(st, m) > 0;
+  /* Only a save its insert may claim is on its way to the runtime. */
+  o->in_transit = claim && !o->behind;
+  if (o->in_transit) transit_add(st, m, 1);
   o->tracked = track_add(st, m);
   enqueue(st, conn_for_entity(st, m), o);
 }
@@ -1465,6 +1482,11 @@ static void pg_detach(cruster_storage *s) {
   if (st->done_timer_init) {
     uv_close((uv_handle_t *)&st->done_timer, NULL);
     st->done_timer_init = 0;
+  }
+  if (st->scan_timer_init) {
+    uv_timer_stop(&st->scan_timer);
+    uv_close((uv_handle_t *)&st->scan_timer, NULL);
+    st->scan_timer_init = 0;
   }
   if (st->cleanup_init) {
     uv_timer_stop(&st->cleanup_timer);
