@@ -218,6 +218,38 @@ inline storage memory_storage() {
   return storage(s);
 }
 
+/*
+ * PostgreSQL message storage for `conninfo` (a libpq connection string or
+ * URI; see cruster/pg.h). Only the string's syntax is checked here: the
+ * runtime that takes the storage contacts the server when it is created and
+ * throws then if it is unreachable or not migrated.
+ * Throws cruster::error (CRUSTER_E_INVALID_ARGUMENT for a connection string
+ * that does not parse, CRUSTER_E_NOMEM). Any thread.
+ */
+inline storage pg_storage(const std::string &conninfo) {
+  cruster_storage *s = nullptr;
+  cruster_error *err = nullptr;
+  check(cruster_storage_pg_new(conninfo.c_str(), &s, &err), &err);
+  return storage(s);
+}
+
+/*
+ * Applies the PostgreSQL schema migrations not yet recorded in
+ * `migrations_table` (empty = "cruster_migrations") and returns how many
+ * were applied now. Blocks until done; needs no runtime.
+ * Throws cruster::error (CRUSTER_E_PERSISTENCE with the server's text,
+ * CRUSTER_E_INVALID_ARGUMENT). Any thread.
+ */
+inline int pg_migrate(const std::string &conninfo, const std::string &migrations_table = {}) {
+  int applied = 0;
+  cruster_error *err = nullptr;
+  check(cruster_storage_pg_migrate(conninfo.c_str(),
+                                   migrations_table.empty() ? nullptr : migrations_table.c_str(),
+                                   &applied, &err),
+        &err);
+  return applied;
+}
+
 // ===========================================================================
 // Codecs
 // ===========================================================================
@@ -715,6 +747,20 @@ struct c_free {
   void operator()(void *p) const noexcept { cruster_free(p); }
 };
 
+/** Frees a cruster_message_list. */
+struct message_list_free {
+  void operator()(cruster_message_list *l) const noexcept { cruster_message_list_free(l); }
+};
+
+/** What basic_client::poll returns: the answer once there is one (bool for void methods). */
+template <class R> struct poll_result {
+  using type = std::optional<R>;
+};
+template <> struct poll_result<void> {
+  using type = bool;
+};
+template <class R> using poll_result_t = typename poll_result<R>::type;
+
 /** RAII for cruster_entity_def / cruster_rpc_group while building one. */
 struct def_handle {
   cruster_entity_def *h = nullptr;
@@ -1019,6 +1065,126 @@ public:
     notify_encoded<M>(id, "null", opts);
   }
 
+  // ---- Persisted calls made with an idempotency key -------------------------
+  //
+  // A persisted call sent with call_options().idempotency_key(key) is stored
+  // under a request id derived from (entity type, entity id, method, key), and
+  // so is its answer (for "storage_retention"). The functions below find it
+  // again by those four: from this process or another one, after the caller
+  // gave up waiting, or after a restart. `idempotency_key` holds the same bytes
+  // as the call's key (any bytes; empty is refused with
+  // CRUSTER_E_INVALID_ARGUMENT). They need message storage on the runtime
+  // (CRUSTER_E_PERSISTENCE otherwise) and a started runtime (CRUSTER_E_STATE).
+
+  /*
+   * poll: the stored answer of the persisted call to method M of entity
+   * `id` made with `idempotency_key`, without waiting for the handler.
+   * Returns std::nullopt while the message is stored but not answered yet,
+   * else the decoded answer; for a void method, false / true.
+   * Throws cruster::error: the stored failure when the call was answered
+   * with one (the handler's code and message, CRUSTER_E_DEAD_LETTER for a
+   * dead letter, ...); CRUSTER_E_NOT_FOUND when no such message is stored
+   * (never sent, or removed after "storage_retention"); CRUSTER_E_MALFORMED
+   * when the answer does not decode; CRUSTER_E_PERSISTENCE,
+   * CRUSTER_E_SHUTTING_DOWN, CRUSTER_E_STATE, CRUSTER_E_INVALID_ARGUMENT.
+   * Threads: any but the runtime's loop thread (so not from a future's
+   * completion); it blocks for one storage lookup.
+   */
+  template <auto M>
+  detail::poll_result_t<R<M>> poll(const std::string &id, std::string_view idempotency_key) const {
+    check_callable<M>();
+    int ready = 0;
+    void *reply = nullptr;
+    std::size_t len = 0;
+    cruster_error *err = nullptr;
+    int st = cruster_poll_reply(rt_, type_.c_str(), id.c_str(), method_name<M>(),
+                                idempotency_key.data(), idempotency_key.size(), &ready, &reply,
+                                &len, &err);
+    std::unique_ptr<void, detail::c_free> owned(reply);
+    check(st, &err); // a stored failure (ready == 1) throws here as well
+    if constexpr (std::is_void_v<R<M>>) {
+      return ready != 0;
+    } else {
+      if (ready == 0) return std::nullopt;
+      return detail::decode_result<R<M>>(reply, len);
+    }
+  }
+
+  /*
+   * join_async: waits for the answer of the persisted call identified as for
+   * poll; an answer already stored is delivered at once. Only opts.timeout()
+   * is used (the deadline of the wait; the call's own idempotency key,
+   * deliver_at and persisted settings are not consulted). The future holds
+   * the answer or the cruster::error: the handler's failure,
+   * CRUSTER_E_DEAD_LETTER, CRUSTER_E_NOT_FOUND (no such message stored),
+   * CRUSTER_E_TIMEOUT, CRUSTER_E_SHUTTING_DOWN, CRUSTER_E_PERSISTENCE. As with
+   * call_async, the promise is set (and the answer decoded) on the loop thread.
+   * Throws at once (and the future is never made) when the C layer refuses
+   * the wait up front: CRUSTER_E_INVALID_ARGUMENT (empty key, bad id or
+   * timeout), CRUSTER_E_STATE, CRUSTER_E_SHUTTING_DOWN, CRUSTER_E_PERSISTENCE
+   * (no storage), CRUSTER_E_NOMEM -- without a message (the C call has none).
+   * Threads: any.
+   */
+  template <auto M>
+  std::future<R<M>> join_async(const std::string &id, std::string_view idempotency_key,
+                               const call_options &opts = {}) const {
+    check_callable<M>();
+    auto promise = std::make_unique<std::promise<R<M>>>();
+    std::future<R<M>> fut = promise->get_future();
+    cruster_call_opts o = opts.to_c(caller_);
+    o.flags |= CRUSTER_CALL_INLINE_CALLBACK; // setting a promise never blocks
+    check(cruster_join_reply(rt_, type_.c_str(), id.c_str(), method_name<M>(),
+                             idempotency_key.data(), idempotency_key.size(), &o,
+                             &detail::complete_promise<R<M>>, promise.get()));
+    promise.release(); // complete_promise owns it now
+    return fut;
+  }
+
+  /*
+   * join_async with a callback: `fn(cruster::result<R>)` runs once, on a
+   * worker thread, with what the future above would hold; it must not throw.
+   * Throws as above when refused up front (fn is then never called).
+   */
+  template <auto M, class F,
+            class = std::enable_if_t<std::is_invocable_v<F &, result<detail::result_of<M>>>>>
+  void join_async(const std::string &id, std::string_view idempotency_key, F &&fn,
+                  const call_options &opts = {}) const {
+    check_callable<M>();
+    auto box = std::make_unique<detail::callback_box<R<M>>>();
+    box->fn = std::forward<F>(fn);
+    cruster_call_opts o = opts.to_c(caller_);
+    check(cruster_join_reply(rt_, type_.c_str(), id.c_str(), method_name<M>(),
+                             idempotency_key.data(), idempotency_key.size(), &o,
+                             &detail::complete_callback<R<M>>, box.get()));
+    box.release(); // complete_callback owns it now
+  }
+
+  /*
+   * join: blocking join_async; returns the answer or throws its
+   * cruster::error. It holds the calling thread like any wait (unlike call,
+   * the worker pool does not grow for it): in a handler prefer join_async.
+   * Never from the loop thread (a future's completion): it would deadlock.
+   */
+  template <auto M>
+  R<M> join(const std::string &id, std::string_view idempotency_key,
+            const call_options &opts = {}) const {
+    return join_async<M>(id, idempotency_key, opts).get();
+  }
+
+  /*
+   * The request id a persisted call to M of entity `id` with
+   * `idempotency_key` is stored under (cruster_persisted_request_id): what
+   * dead_letter::request_id and context::request_id() show for it. Pure
+   * computation; any thread; never throws.
+   */
+  template <auto M>
+  int64_t persisted_request_id(const std::string &id, std::string_view idempotency_key) const
+      noexcept {
+    check_callable<M>();
+    return cruster_persisted_request_id(type_.c_str(), id.c_str(), method_name<M>(),
+                                        idempotency_key.data(), idempotency_key.size());
+  }
+
 private:
   template <auto M> static constexpr void check_callable() {
     using C = detail::owner_of<M>;
@@ -1112,6 +1278,32 @@ template <class T> basic_client<T, true> context::client() const {
 }
 
 // ===========================================================================
+// Dead letters
+// ===========================================================================
+
+/*
+ * A dead letter: a persisted message whose delivery failed more than
+ * "storage_message_max_retries" times (its handler never answered: the
+ * runner died or stopped under it). A plain value copied out of the C list.
+ */
+struct dead_letter {
+  /** Its request id: pass it to runtime::redeliver. */
+  int64_t request_id = 0;
+  std::string entity_type;
+  std::string entity_id;
+  std::string method;
+  /** The request bytes as sent (what codec<Req>::encode made; "null" for none). */
+  std::string payload;
+  /** Delivery attempts made. */
+  int64_t attempts = 0;
+
+  /** The payload decoded as `Req`; throws cruster::error(CRUSTER_E_MALFORMED). */
+  template <class Req> Req request() const {
+    return detail::decode_result<Req>(payload.data(), payload.size());
+  }
+};
+
+// ===========================================================================
 // The runtime
 // ===========================================================================
 
@@ -1168,6 +1360,51 @@ public:
     return v;
   }
   std::string runner_address() const { return cruster_runtime_runner_address(h_); }
+
+  /*
+   * Up to `limit` dead letters of the message storage, oldest first, copied
+   * out (the C list is freed before returning, also when copying throws).
+   * Throws cruster::error: CRUSTER_E_PERSISTENCE (no storage, or it failed),
+   * CRUSTER_E_STATE (not started), CRUSTER_E_SHUTTING_DOWN, CRUSTER_E_NOMEM.
+   * Threads: any but the loop thread; blocks for one storage query.
+   */
+  std::vector<dead_letter> dead_letters(std::size_t limit) const {
+    cruster_message_list *raw = nullptr;
+    cruster_error *err = nullptr;
+    int st = cruster_dead_letters(h_, limit, &raw, &err);
+    std::unique_ptr<cruster_message_list, detail::message_list_free> list(raw);
+    check(st, &err);
+    const std::size_t n = cruster_message_list_count(list.get());
+    std::vector<dead_letter> out;
+    out.reserve(n);
+    auto text = [](const char *s) { return std::string(s != nullptr ? s : ""); };
+    for (std::size_t i = 0; i < n; ++i) {
+      dead_letter d;
+      d.request_id = cruster_message_list_request_id(list.get(), i);
+      d.entity_type = text(cruster_message_list_entity_type(list.get(), i));
+      d.entity_id = text(cruster_message_list_entity_id(list.get(), i));
+      d.method = text(cruster_message_list_method(list.get(), i));
+      std::size_t len = 0;
+      const void *p = cruster_message_list_payload(list.get(), i, &len);
+      if (p != nullptr) d.payload.assign(static_cast<const char *>(p), len);
+      d.attempts = cruster_message_list_attempts(list.get(), i);
+      out.push_back(std::move(d));
+    }
+    return out;
+  }
+
+  /*
+   * Makes dead letter `request_id` deliverable again with its attempt count
+   * reset; it is delivered promptly, and a join on its key gets the new
+   * answer. Throws cruster::error: CRUSTER_E_NOT_FOUND (no dead letter with
+   * that id: never one, or already redelivered), CRUSTER_E_PERSISTENCE,
+   * CRUSTER_E_STATE, CRUSTER_E_SHUTTING_DOWN.
+   * Threads: any but the loop thread; blocks for one storage write.
+   */
+  void redeliver(int64_t request_id) {
+    cruster_error *err = nullptr;
+    check(cruster_dead_letter_redeliver(h_, request_id, &err), &err);
+  }
 
   /*
    * Registers entity type T handled by `entity`, including the groups of
