@@ -65,7 +65,13 @@ static const migration migrations[] = {
       * delivery (most of them) costs no entry here. */
      "DROP INDEX cruster_messages_pending;"
      "CREATE INDEX cruster_messages_claimable ON cruster_messages (seq)"
-     "  WHERE NOT processed AND claimed_by IS NULL;"},
+     "  WHERE NOT processed AND claimed_by IS NULL;"
+     /* "Does an older message of this entity wait for a retry?" -- asked
+      * for every message a poll claims: without this small index it walked
+      * all the entity's older rows (and the dead ones of its deleted
+      * history), quadratic for a busy entity: a poll took seconds. */
+     "CREATE INDEX cruster_messages_retrying ON cruster_messages (entity_type, entity_id, seq)"
+     "  WHERE retry_at IS NOT NULL;"},
 };
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
 

@@ -30,6 +30,7 @@
   "WITH c AS (SELECT CASE WHEN $12::bool AND NOT EXISTS ("                                  \
   "    SELECT 1 FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
   "      AND w.processed_at IS NULL AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
+  "      ORDER BY w.seq DESC LIMIT 1"                                                      \
   "  ) THEN $13::text END AS claimer),"                                                     \
   " ins AS (INSERT INTO cruster_messages (request_id, shard_group, shard_id, entity_type, entity_id," \
   "    tag, payload, internal, is_request, keyed, deliver_at, claimed_by, claimed_at, attempts)" \
@@ -55,6 +56,7 @@
   " FROM (SELECT CASE WHEN $12::bool AND NOT EXISTS ("                                      \
   "    SELECT 1 FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
   "      AND w.processed_at IS NULL AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
+  "      ORDER BY w.seq DESC LIMIT 1"                                                      \
   "  ) THEN $13::text END AS claimer) c"                                                    \
   " ON CONFLICT (request_id) DO NOTHING RETURNING claimed_by IS NOT NULL"
 
@@ -102,12 +104,14 @@
   "    AND (d.retry_at IS NULL OR d.retry_at <= now())"                                     \
   "    AND NOT EXISTS (SELECT 1 FROM cruster_messages o WHERE o.entity_type = d.entity_type" \
   "      AND o.entity_id = d.entity_id AND o.processed_at IS NULL AND o.seq < d.seq"              \
-  "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at > now())"         \
+  "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at IS NOT NULL"        \
+  "      AND o.retry_at > now())"         \
   "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED),"                                \
   " counted AS (SELECT due.request_id, m.attempts AS before, m.attempts + CASE WHEN EXISTS ("                     \
   "    SELECT 1 FROM cruster_messages h WHERE h.entity_type = m.entity_type"               \
   "      AND h.entity_id = m.entity_id AND h.processed_at IS NULL AND h.seq < m.seq"              \
-  "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0)))"    \
+  "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0))"      \
+  "      ORDER BY h.seq DESC LIMIT 1)"    \
   "    THEN 0 ELSE 1 END AS attempts, $4::int8 > 0 AND m.attempts > $4::int8 AS dead"       \
   "  FROM due JOIN cruster_messages m ON m.request_id = due.request_id)"                    \
   " UPDATE cruster_messages m SET attempts = counted.attempts,"                             \

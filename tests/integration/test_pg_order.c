@@ -500,6 +500,7 @@ static void migrate_v1_to_v2(void **state) {
            "CREATE INDEX cruster_messages_entity_pending ON cruster_messages "
            "(entity_type, entity_id, seq) WHERE NOT processed");
   pgt_exec(s.admin, "DROP INDEX cruster_messages_claimable");
+  pgt_exec(s.admin, "DROP INDEX cruster_messages_retrying");
   pgt_exec(s.admin,
            "CREATE INDEX cruster_messages_pending ON cruster_messages (seq) WHERE NOT processed");
   pgt_exec(s.admin, "DELETE FROM cruster_migrations WHERE version = 2");
