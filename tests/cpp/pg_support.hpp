@@ -4,10 +4,7 @@
  *
  * Every test isolates itself in its own schema t_cpp_<pid>_<n>_<random>,
  * handed to cruster through "options=-csearch_path=<schema>" and dropped at
- * the end. The C++ test programs link only cruster and cmocka (see
- * tests/CMakeLists.txt), not libpq, so the few libpq functions needed to
- * create and drop the schema are looked up at run time: libpq.so.5 is
- * already loaded as a dependency of libcruster, dlopen just returns it.
+ * the end (with libpq, which the C++ test programs link for this).
  *
  * The tests FAIL (never skip) when CRUSTER_TEST_PG is missing.
  */
@@ -16,7 +13,7 @@
 
 #include "support.hpp"
 
-#include <dlfcn.h>
+#include <libpq-fe.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -38,7 +35,7 @@ inline std::string pg_base_conninfo() {
   return c;
 }
 
-/** The handful of libpq calls needed to run one statement (ABI of libpq.so.5). */
+/** Runs one statement on a connection of its own. */
 class libpq {
 public:
   static const libpq &get() {
@@ -53,56 +50,19 @@ public:
   }
   /** Runs `sql`; false (and *msg) on error. Never fails the test (for destructors). */
   bool try_exec(const std::string &conninfo, const std::string &sql, std::string *msg) const {
-    if (!load_error_.empty()) {
-      *msg = load_error_;
+    PGconn *conn = PQconnectdb(conninfo.c_str());
+    if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
+      *msg = conn != nullptr ? PQerrorMessage(conn) : "out of memory";
+      PQfinish(conn);
       return false;
     }
-    void *conn = connectdb_(conninfo.c_str());
-    if (conn == nullptr || status_(conn) != 0 /* CONNECTION_OK */) {
-      *msg = conn != nullptr ? error_message_(conn) : "out of memory";
-      finish_(conn);
-      return false;
-    }
-    void *res = exec_(conn, sql.c_str());
-    int st = result_status_(res);
-    *msg = res != nullptr ? result_error_message_(res) : "no result";
-    clear_(res);
-    finish_(conn);
-    return st == 1 /* PGRES_COMMAND_OK */ || st == 2 /* PGRES_TUPLES_OK */;
+    PGresult *res = PQexec(conn, sql.c_str());
+    ExecStatusType st = PQresultStatus(res);
+    *msg = res != nullptr ? PQresultErrorMessage(res) : "no result";
+    PQclear(res);
+    PQfinish(conn);
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
   }
-
-private:
-  libpq() {
-    // (No fail_msg here: it would longjmp out of a static's initialisation.)
-    void *h = dlopen("libpq.so.5", RTLD_NOW | RTLD_GLOBAL);
-    if (h == nullptr) {
-      load_error_ = std::string("cannot load libpq.so.5: ") + dlerror();
-      return;
-    }
-    bool ok = load(h, "PQconnectdb", connectdb_) && load(h, "PQstatus", status_) &&
-              load(h, "PQerrorMessage", error_message_) && load(h, "PQexec", exec_) &&
-              load(h, "PQresultStatus", result_status_) &&
-              load(h, "PQresultErrorMessage", result_error_message_) &&
-              load(h, "PQclear", clear_) && load(h, "PQfinish", finish_);
-    if (!ok) load_error_ = "libpq.so.5 lacks a function the tests need";
-  }
-  template <class F> static bool load(void *h, const char *name, F &fn) {
-    void *p = dlsym(h, name);
-    fn = reinterpret_cast<F>(p);
-    return p != nullptr;
-  }
-
-  std::string load_error_;
-
-  // PGconn* and PGresult* are opaque: void* here; the enums are ints.
-  void *(*connectdb_)(const char *) = nullptr;
-  int (*status_)(const void *) = nullptr;
-  char *(*error_message_)(const void *) = nullptr;
-  void *(*exec_)(void *, const char *) = nullptr;
-  int (*result_status_)(const void *) = nullptr;
-  char *(*result_error_message_)(const void *) = nullptr;
-  void (*clear_)(void *) = nullptr;
-  void (*finish_)(void *) = nullptr;
 };
 
 /** A throwaway schema, migrated; dropped by the destructor. */
