@@ -165,31 +165,26 @@ static void instance_free(cruster_runtime *rt, em_instance *in) {
 }
 
 static em_instance *instance_get(cruster_runtime *rt, em_type *t, const char *id, int create) {
-  size_t lt = strlen(t->name), li = strlen(id);
-  char stackkey[512];
-  char *key = lt + li + 1 <= sizeof(stackkey) ? stackkey : malloc(lt + li + 1);
-  if (!key) return NULL;
-  memcpy(key, t->name, lt);
-  key[lt] = 0;
-  memcpy(key + lt + 1, id, li);
-  em_instance *in = rt_map_get(&rt->instances, key, lt + li + 1);
+  rt_ekey key;
+  if (rt_ekey_make(&key, t->name, id) != 0) return NULL;
+  em_instance *in = rt_map_get(&rt->instances, key.p, key.n);
   if (!in && create) {
     in = calloc(1, sizeof(*in));
-    char *k = in ? malloc(lt + li + 2) : NULL;
-    if (!k || (memcpy(k, key, lt + li + 1), k[lt + li + 1] = 0,
-               rt_map_put(&rt->instances, k, lt + li + 1, in) != 0)) {
+    char *k = in ? malloc(key.n + 1) : NULL;
+    if (!k || (memcpy(k, key.p, key.n), k[key.n] = 0,
+               rt_map_put(&rt->instances, k, key.n, in) != 0)) {
       free(k);
       free(in);
       in = NULL;
     } else {
       in->type = t;
       in->key = k;
-      in->key_len = lt + li + 1;
-      in->id = k + lt + 1;
+      in->key_len = key.n;
+      in->id = k + strlen(t->name) + 1;
       core_metric_add(t->m_instances, 1);
     }
   }
-  if (key != stackkey) free(key);
+  rt_ekey_done(&key);
   return in;
 }
 
@@ -345,6 +340,16 @@ static void persisted_answer(cruster_runtime *rt, cruster_request *r) {
   rt->storage->ops->save_reply(rt->storage, r->env, &rep, persist_done, r);
 }
 
+/* The mailbox has room again: persisted messages that found it full wait in
+ * storage, so poll for them; run what is queued (or let it idle). */
+static void room_made(cruster_runtime *rt, em_instance *in) {
+  if (in->backlog && (int64_t)(in->queued + in->running) < in->type->mailbox) {
+    in->backlog = 0;
+    rt_poll_schedule(rt, 0);
+  }
+  pump(rt, in);
+}
+
 /* Takes a queued (not started) delivery out of its instance's mailbox; 0 if
  * it is not there. */
 static int mailbox_remove(cruster_runtime *rt, cruster_request *r) {
@@ -356,11 +361,7 @@ static int mailbox_remove(cruster_runtime *rt, cruster_request *r) {
     if (in->q_tail == x) in->q_tail = prev;
     x->next = NULL;
     in->queued--;
-    if (in->backlog && (int64_t)(in->queued + in->running) < in->type->mailbox) {
-      in->backlog = 0;
-      rt_poll_schedule(rt, 0);
-    }
-    if (in->running == 0 && in->queued == 0 && !in->in_idle) idle_append(rt, in);
+    room_made(rt, in);
     return 1;
   }
   return 0;
@@ -403,11 +404,7 @@ static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
       rt_call_complete(rt, r->call, r->status, r->reply, r->reply_len, r->errmsg);
     em_request_free(rt, r);
   }
-  if (in->backlog && (int64_t)(in->queued + in->running) < t->mailbox) {
-    in->backlog = 0;
-    rt_poll_schedule(rt, 0);
-  }
-  pump(rt, in);
+  room_made(rt, in);
   rt_stop_check(rt);
 }
 

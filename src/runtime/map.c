@@ -23,6 +23,20 @@ static uint64_t hash_int(int64_t k) {
   return x;
 }
 
+int rt_ekey_make(rt_ekey *k, const char *type, const char *id) {
+  size_t lt = strlen(type), li = strlen(id);
+  k->n = lt + 1 + li;
+  k->p = k->n <= sizeof(k->buf) ? k->buf : malloc(k->n);
+  if (!k->p) return -1;
+  memcpy(k->p, type, lt + 1);
+  memcpy(k->p + lt + 1, id, li);
+  return 0;
+}
+
+void rt_ekey_done(rt_ekey *k) {
+  if (k->p != k->buf) free(k->p);
+}
+
 void rt_map_init(rt_map *m) { memset(m, 0, sizeof(*m)); }
 
 void rt_map_clear(rt_map *m) {

@@ -25,6 +25,16 @@ typedef struct rt_map {
 #define RT_HASH_SEED 1469598103934665603ULL
 uint64_t rt_hash_bytes(uint64_t h, const void *key, size_t len);
 
+/* The key of an entity instance, "type\0id" (n bytes), on the stack when
+ * short. rt_ekey_make returns -1 on OOM; rt_ekey_done frees it. */
+typedef struct rt_ekey {
+  char *p;
+  size_t n;
+  char buf[320];
+} rt_ekey;
+int rt_ekey_make(rt_ekey *k, const char *type, const char *id);
+void rt_ekey_done(rt_ekey *k);
+
 void rt_map_init(rt_map *m);
 /* Frees the entries (not the values). */
 void rt_map_clear(rt_map *m);

@@ -33,15 +33,20 @@ static void spec_saved(cruster_runtime *rt, rt_save *s, int ok) {
   em_saved(rt, r, ok);
 }
 
+/* A claimed message em_deliver refused (status `st`) stays in storage for
+ * the poll loop. A full mailbox asks for a poll itself when it has room. */
+static void give_back(cruster_runtime *rt, const rt_env *env, int st) {
+  rt->storage->ops->release(rt->storage, env, 0);
+  if (st != CRUSTER_E_MAILBOX_FULL && st != CRUSTER_E_SHUTTING_DOWN)
+    rt_poll_schedule(rt, rt->cfg->send_retry_interval);
+}
+
 static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, rt_env *env) {
   int backlogged = 0;
   int st = em_deliver(rt, t, env, rpc_index, NULL, NULL, &backlogged);
   if (st == CRUSTER_OK) return;
-  /* Not handed to a handler: it stays in storage for the poll loop. */
-  rt->storage->ops->release(rt->storage, env, 0);
+  give_back(rt, env, st);
   free(env);
-  if (st != CRUSTER_E_MAILBOX_FULL && st != CRUSTER_E_SHUTTING_DOWN)
-    rt_poll_schedule(rt, rt->cfg->send_retry_interval);
 }
 
 static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
@@ -75,9 +80,7 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
   } else if (s->spec) {
     /* Stored claimed, but not handled here (no room, stop, or dropped from
      * the mailbox at stop): give it back to the poll. */
-    rt->storage->ops->release(rt->storage, s->env, 0);
-    if (s->spec_status != CRUSTER_E_MAILBOX_FULL && s->spec_status != CRUSTER_E_SHUTTING_DOWN)
-      rt_poll_schedule(rt, rt->cfg->send_retry_interval);
+    give_back(rt, s->env, s->spec_status);
   } else if (r == ST_SAVED && s->claim && !rt->stopping && !rt->closed) {
     rt_env *env = s->env;
     s->env = NULL;

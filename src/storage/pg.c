@@ -220,89 +220,85 @@ static rt_env *row_env(const PGresult *r, int row, int64_t *attempts) {
  * unknown has no stored unanswered message: its new unkeyed message is
  * stored claimed by the fast insert and may be delivered at once. */
 
-typedef struct ekey {
-  char *p;
-  size_t n;
-  char buf[320];
-} ekey;
-
-/* "type\0id", as the instance keys. -1 on OOM. */
-static int ekey_make(ekey *k, const char *type, const char *id) {
-  size_t lt = strlen(type), li = strlen(id);
-  k->n = lt + 1 + li;
-  k->p = k->n <= sizeof(k->buf) ? k->buf : malloc(k->n);
-  if (!k->p) return -1;
-  memcpy(k->p, type, lt + 1);
-  memcpy(k->p + lt + 1, id, li);
-  return 0;
-}
-
-static void ekey_done(ekey *k) {
-  if (k->p != k->buf) free(k->p);
+/* Adds `delta` (+1 or -1) to the count of `k` in `m` (a count held as the
+ * value, absent = 0); returns the new count. A count that cannot be stored
+ * (OOM) makes every entity ask PostgreSQL. */
+static uintptr_t count_add(pg_store *st, rt_map *m, const rt_ekey *k, int delta) {
+  uintptr_t n = (uintptr_t)rt_map_get(m, k->p, k->n);
+  if (delta > 0) {
+    if (rt_map_put(m, k->p, k->n, (void *)(n + 1)) != 0) {
+      st->all_unknown = 1;
+      return n;
+    }
+    return n + 1;
+  }
+  if (n == 0) return 0;
+  if (n == 1) rt_map_del(m, k->p, k->n);
+  else rt_map_put(m, k->p, k->n, (void *)(n - 1)); /* replaces: no allocation */
+  return n - 1;
 }
 
 static void unknown_add(pg_store *st, const char *type, const char *id) {
-  ekey k;
+  rt_ekey k;
   if (st->all_unknown) return;
-  if (ekey_make(&k, type, id) != 0) {
+  if (rt_ekey_make(&k, type, id) != 0) {
     st->all_unknown = 1;
     return;
   }
   if (!rt_map_get(&st->unknown, k.p, k.n) && rt_map_put(&st->unknown, k.p, k.n, (void *)1) != 0)
     st->all_unknown = 1;
-  ekey_done(&k);
+  rt_ekey_done(&k);
 }
 
 /* 1 when `m` (unkeyed, due now) can take the fast insert. */
 static int knows_clear(pg_store *st, const rt_env *m) {
   if (!st->scanned || st->all_unknown || m->keyed || m->deliver_at != 0) return 0;
-  ekey k;
-  if (ekey_make(&k, m->type, m->id) != 0) return 0;
+  rt_ekey k;
+  if (rt_ekey_make(&k, m->type, m->id) != 0) return 0;
   int clear = !rt_map_get(&st->pending, k.p, k.n) && !rt_map_get(&st->unknown, k.p, k.n);
-  ekey_done(&k);
+  rt_ekey_done(&k);
   return clear;
 }
 
 /* How many tracked messages its entity has. */
 static uintptr_t pending_of(pg_store *st, const rt_env *m) {
-  ekey k;
-  if (ekey_make(&k, m->type, m->id) != 0) return 1;
+  rt_ekey k;
+  if (rt_ekey_make(&k, m->type, m->id) != 0) return 1;
   uintptr_t n = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
-  ekey_done(&k);
+  rt_ekey_done(&k);
   return n;
 }
 
 /* Counts a message being stored; 1 if this call added it. */
 static int track_add(pg_store *st, const rt_env *m) {
   if (rt_map_iget(&st->tracked, m->request_id)) return 0; /* a repeated key */
-  ekey k;
-  if (ekey_make(&k, m->type, m->id) != 0) {
-    st->all_unknown = 1;
+  rt_ekey k;
+  if (rt_ekey_make(&k, m->type, m->id) != 0) {
+    st->all_unknown = 1; /* untracked: nobody may rely on memory */
     return 0;
   }
-  uintptr_t n = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
   int ok = rt_map_iput(&st->tracked, m->request_id, (void *)1) == 0;
-  if (ok && rt_map_put(&st->pending, k.p, k.n, (void *)(n + 1)) != 0) {
-    rt_map_idel(&st->tracked, m->request_id);
-    ok = 0;
+  if (!ok) {
+    st->all_unknown = 1;
+  } else {
+    uintptr_t before = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
+    ok = count_add(st, &st->pending, &k, 1) > before; /* else all_unknown is set */
+    if (!ok) rt_map_idel(&st->tracked, m->request_id);
   }
-  ekey_done(&k);
-  if (!ok) st->all_unknown = 1; /* untracked: nobody may rely on memory */
+  rt_ekey_done(&k);
   return ok;
 }
 
 /* The message is answered (or was never stored): uncounts it. */
 static void track_remove(pg_store *st, int64_t request_id, const char *type, const char *id) {
   if (!rt_map_idel(&st->tracked, request_id)) return;
-  ekey k;
-  if (ekey_make(&k, type, id) != 0) {
+  rt_ekey k;
+  if (rt_ekey_make(&k, type, id) != 0) {
     st->all_unknown = 1; /* its count can no longer be lowered */
     return;
   }
-  uintptr_t n = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
-  if (n <= 1) rt_map_del(&st->pending, k.p, k.n);
-  else rt_map_put(&st->pending, k.p, k.n, (void *)(n - 1)); /* replaces: no allocation */
-  ekey_done(&k);
+  count_add(st, &st->pending, &k, -1);
+  rt_ekey_done(&k);
 }
 
 /* A claimed message is "in transit" from a claiming insert's start until
@@ -312,41 +308,32 @@ static void track_remove(pg_store *st, int64_t request_id, const char *type, con
  * delivering that one first would break the entity's order. Such a message
  * is held back: its claim is undone, and the runtime polls again when the
  * entity's transits are over. */
-static uintptr_t transit_add(pg_store *st, const rt_env *m, int delta) {
-  ekey k;
-  if (ekey_make(&k, m->type, m->id) != 0) {
+static void transit_start(pg_store *st, const rt_env *m) {
+  rt_ekey k;
+  if (rt_ekey_make(&k, m->type, m->id) != 0) {
     st->all_unknown = 1;
-    return 0;
+    return;
   }
-  uintptr_t n = (uintptr_t)rt_map_get(&st->transit, k.p, k.n);
-  if (delta > 0) {
-    if (rt_map_put(&st->transit, k.p, k.n, (void *)(n + 1)) == 0) n++;
-    else st->all_unknown = 1; /* cannot count it: at least ask PostgreSQL */
-  } else if (n > 0) {
-    n--;
-    if (n == 0) rt_map_del(&st->transit, k.p, k.n);
-    else rt_map_put(&st->transit, k.p, k.n, (void *)n);
-  }
-  ekey_done(&k);
-  return n;
+  count_add(st, &st->transit, &k, 1);
+  rt_ekey_done(&k);
 }
 
 static void transit_end(pg_store *st, const rt_env *m) {
-  if (transit_add(st, m, -1) > 0 || st->held.count == 0) return;
-  ekey k;
-  if (ekey_make(&k, m->type, m->id) != 0) return;
-  if (rt_map_del(&st->held, k.p, k.n)) rt_poll_schedule(st->rt, 0);
-  ekey_done(&k);
+  rt_ekey k;
+  if (rt_ekey_make(&k, m->type, m->id) != 0) return;
+  if (count_add(st, &st->transit, &k, -1) == 0 && rt_map_del(&st->held, k.p, k.n))
+    rt_poll_schedule(st->rt, 0);
+  rt_ekey_done(&k);
 }
 
 static int in_transit(pg_store *st, const char *type, const char *id) {
   if (st->transit.count == 0) return 0;
-  ekey k;
-  if (ekey_make(&k, type, id) != 0) return 1;
+  rt_ekey k;
+  if (rt_ekey_make(&k, type, id) != 0) return 1;
   int n = rt_map_get(&st->transit, k.p, k.n) != NULL;
   if (n && !rt_map_get(&st->held, k.p, k.n) && rt_map_put(&st->held, k.p, k.n, (void *)1) != 0)
     n = 0; /* cannot remember to poll again: deliver it rather than strand it */
-  ekey_done(&k);
+  rt_ekey_done(&k);
   return n;
 }
 
@@ -969,62 +956,71 @@ static void check_flushed(pg_store *st) {
   cb(st->flush_ud);
 }
 
+/* Operations of which a job sends one statement over all their ids, in
+ * place of one each: answered unkeyed messages (deleted: they were all
+ * answered before the job was built) and claims given back unused (full
+ * mailboxes, stop: a poll can claim far more of one entity than its
+ * mailbox takes). */
+enum { SHARED_DONE, SHARED_RELEASE, SHARED_KINDS };
+static const char *const shared_stmt[SHARED_KINDS] = {"cr_done_many", "cr_rel_many"};
+
+static int shared_kind(const pg_op *o) {
+  if (o->kind == OP_REPLY && !o->env->keyed) return SHARED_DONE;
+  if (o->kind == OP_RELEASE && !o->attempt) return SHARED_RELEASE;
+  return -1;
+}
+
 /* Sends queued operations while fewer than MAX_JOBS_IN_FLIGHT jobs are out. */
 static void conn_pump(pg_conn *c) {
   pg_store *st = c->st;
   int sent = 0;
   while (c->state == C_READY && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
-    size_t max = (size_t)st->batch, nops = 0, ndone = 0, nfast = 0, nrel = 0;
+    size_t max = (size_t)st->batch, nops = 0, nfast = 0, nsh[SHARED_KINDS] = {0};
     int solo = c->q_head->solo, stmts_n = 0;
     for (pg_op *o = c->q_head; o && nops < max && (nops == 0 || (!solo && !o->solo)); o = o->next) {
       nops++;
       stmts_n += o->nstmt;
-      ndone += o->kind == OP_REPLY && !o->env->keyed;
-      nrel += o->kind == OP_RELEASE && !o->attempt;
+      if (shared_kind(o) >= 0) nsh[shared_kind(o)]++;
       nfast += o->fast;
     }
-    /* Shared statements come first. Answered unkeyed messages of the job are
-     * deleted by one statement (they were all answered before it was
-     * built). Fast inserts are rows of a few multi-row statements: their
-     * entities have no other stored unanswered message, so no operation of
-     * the job touches them and moving them first keeps every order. */
-    int many = ndone >= 2;
-    if (many) stmts_n = stmts_n - (int)ndone + 1;
-    /* Claims given back unused (full mailboxes, stop): one statement too. A
-     * poll can claim far more of one entity than its mailbox takes. */
-    int relmany = nrel >= 2;
-    if (relmany) stmts_n = stmts_n - (int)nrel + 1;
+    /* Shared statements come first: those over ids (when two or more share
+     * one), then the fast inserts -- rows of a few multi-row statements,
+     * whose entities have no other stored unanswered message, so no
+     * operation of the job touches them and moving them first keeps every
+     * order. */
+    int nshared = 0, fail = 0;
+    int64_t *ids[SHARED_KINDS] = {NULL};
+    for (int k = 0; k < SHARED_KINDS; k++) {
+      if (nsh[k] < 2) continue;
+      stmts_n = stmts_n - (int)nsh[k] + 1;
+      nshared++;
+      fail |= !(ids[k] = malloc(nsh[k] * sizeof(int64_t)));
+    }
     int nchunks = fast_split(nfast, NULL);
     stmts_n += nchunks;
     pg_job *j = job_new(stmts_n, nops);
-    int64_t *done_ids = many ? malloc(ndone * sizeof(*done_ids)) : NULL;
-    int64_t *rel_ids = relmany ? malloc(nrel * sizeof(*rel_ids)) : NULL;
     pg_op **fast = nfast ? malloc(nfast * sizeof(*fast)) : NULL;
     size_t *sizes = nchunks ? malloc((size_t)nchunks * sizeof(*sizes)) : NULL;
-    if (!j || (many && !done_ids) || (relmany && !rel_ids) || (nfast && (!fast || !sizes))) {
+    if (!j || fail || (nfast && (!fast || !sizes))) {
       if (j) job_free(j);
-      free(done_ids);
-      free(rel_ids);
+      for (int k = 0; k < SHARED_KINDS; k++) free(ids[k]);
       free(fast);
       free(sizes);
       conn_fail(c, "out of memory");
       return;
     }
-    j->shared = many + relmany + nchunks;
-    size_t nd = 0, nf = 0, nr = 0;
+    j->shared = nshared + nchunks;
+    size_t nid[SHARED_KINDS] = {0}, nf = 0;
     for (size_t i = 0; i < nops; i++) {
       pg_op *o = c->q_head;
       c->q_head = o->next;
       if (!c->q_head) c->q_tail = NULL;
       c->qlen--;
       o->next = NULL;
-      if (many && o->kind == OP_REPLY && !o->env->keyed) {
-        o->nstmt = 0; /* its result is the job's slot 0 */
-        done_ids[nd++] = o->env->request_id;
-      }
-      if (relmany && o->kind == OP_RELEASE && !o->attempt) {
-        o->nstmt = 0; /* the job's shared release */
-        rel_ids[nr++] = o->env->request_id;
+      int k = shared_kind(o);
+      if (k >= 0 && ids[k]) {
+        o->nstmt = 0; /* its result is the job's shared statement */
+        ids[k][nid[k]++] = o->env->request_id;
       }
       if (o->fast) fast[nf++] = o;
       j->ops[j->nops++] = o;
@@ -1032,20 +1028,15 @@ static void conn_pump(pg_conn *c) {
     job_push(c, j);
     /* No BEGIN/COMMIT: everything up to a Sync is one implicit transaction. */
     int ok = 1;
-    if (many) {
-      char *ids = int8_array(done_ids, nd);
-      const char *v[1] = {ids};
-      ok = ids && send_stmt(c, "cr_done_many", 1, v, NULL, NULL);
-      free(ids);
+    for (int k = 0; k < SHARED_KINDS; k++) {
+      if (ok && ids[k]) {
+        char *arr = int8_array(ids[k], nid[k]);
+        const char *v[1] = {arr};
+        ok = arr && send_stmt(c, shared_stmt[k], 1, v, NULL, NULL);
+        free(arr);
+      }
+      free(ids[k]);
     }
-    free(done_ids);
-    if (ok && relmany) {
-      char *ids = int8_array(rel_ids, nr);
-      const char *v[1] = {ids};
-      ok = ids && send_stmt(c, "cr_rel_many", 1, v, NULL, NULL);
-      free(ids);
-    }
-    free(rel_ids);
     if (nchunks) fast_split(nfast, sizes);
     for (int k = 0, at = 0; ok && k < nchunks; at += (int)sizes[k], k++)
       ok = send_fast(c, fast + at, sizes[k]);
@@ -1121,7 +1112,7 @@ static void job_done(pg_conn *c, pg_job *j) {
     /* One bad operation aborted the batch: run each alone, in order. */
     for (size_t i = nops; i-- > 0;) {
       ops[i]->solo = 1;
-      if (ops[i]->kind == OP_REPLY || ops[i]->kind == OP_RELEASE) ops[i]->nstmt = 1;
+      if (shared_kind(ops[i]) >= 0) ops[i]->nstmt = 1;
       ops[i]->next = c->q_head;
       c->q_head = ops[i];
       if (!c->q_tail) c->q_tail = ops[i];
@@ -1371,7 +1362,7 @@ static void pg_save_request(cruster_storage *s, const rt_env *m, int claim, st_s
   o->behind = !o->fast && pending_of(st, m) > 0;
   /* Only a save its insert may claim is on its way to the runtime. */
   o->in_transit = claim && !o->behind;
-  if (o->in_transit) transit_add(st, m, 1);
+  if (o->in_transit) transit_start(st, m);
   o->tracked = track_add(st, m);
   enqueue(st, conn_for_entity(st, m), o);
 }
@@ -1423,7 +1414,7 @@ static void pg_release(cruster_storage *s, const rt_env *m, int attempt) {
     return;
   }
   o->attempt = attempt;
-  transit_add(st, m, 1);
+  transit_start(st, m);
   /* On the poll's connection: a later poll must see this message unclaimed,
    * or it would claim a younger message of the entity and deliver it first.
    * (Inserts do not look at claims, so they need no order with this.) */
