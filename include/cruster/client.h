@@ -12,9 +12,20 @@
  * storage) when the method is declared CRUSTER_RPC_PERSISTED on this runner,
  * when the call sets CRUSTER_CALL_PERSISTED, or when it has a deliver_at
  * time. Otherwise it is at-most-once. A persisted call gets a fresh request
- * id each time; with an idempotency key, the id is derived from the key
- * (cruster_persisted_request_id) and later calls with the same key get the
- * stored reply without running the handler again.
+ * id each time. With an idempotency key, the call is identified by its whole
+ * identity -- entity type, entity id, method and the key's bytes -- and a
+ * later call with the same identity gets the stored reply (or waits for it)
+ * without running the handler again, for as long as "storage_retention"
+ * keeps it. The identity is compared as such, never only through a hash: two
+ * different identities are two calls, each with its own reply, even when
+ * their derived ids (cruster_persisted_request_id, a weak hash) collide --
+ * the second then gets another id (see cruster_request_id).
+ *
+ * The same key with a different payload: by default the repeat is answered
+ * like any repeat (the stored reply), as the original system does; with
+ * "idempotency_strict_payload" = true it is refused with CRUSTER_E_CONFLICT
+ * (nothing runs, nothing is stored). A key should name one operation: put
+ * what makes it unique (an order id, a transfer id) in the key.
  *
  * Every call has a deadline: "default_call_timeout" unless the options say
  * otherwise. When it passes the caller gets CRUSTER_E_TIMEOUT, the handler
@@ -56,7 +67,8 @@ typedef struct cruster_call_opts {
   unsigned flags;
   /** Deadline in milliseconds from now; 0 = "default_call_timeout". */
   int64_t timeout_ms;
-  /** Idempotency key bytes; NULL = none. A key makes the call persisted. */
+  /** Idempotency key bytes (1..CRUSTER_MAX_KEY_LEN); NULL = none. A key makes
+   *  the call persisted and deduplicated on (type, id, method, key). */
   const void *idempotency_key;
   size_t idempotency_key_len;
   /** Do not deliver before this Unix time in ms; 0 = now. Implies persisted. */
@@ -156,9 +168,11 @@ CRUSTER_API cruster_status cruster_notify_sync(cruster_runtime *rt, const char *
  *   cruster_free; may be NULL) on success and `*err` saying why on failure.
  *   `*ready` is 0 while the message is stored but not answered yet.
  * Returns: the answer's status when ready; CRUSTER_OK when pending;
- *   CRUSTER_E_NOT_FOUND when no message with that key is stored (never
- *   sent, or removed after "storage_retention"); CRUSTER_E_PERSISTENCE;
- *   CRUSTER_E_INVALID_ARGUMENT; CRUSTER_E_STATE; CRUSTER_E_SHUTTING_DOWN.
+ *   CRUSTER_E_NOT_FOUND when no call with that identity (type, id, method,
+ *   key bytes) is stored (never sent, or removed after "storage_retention");
+ *   CRUSTER_E_PERSISTENCE; CRUSTER_E_INVALID_ARGUMENT;
+ *   CRUSTER_E_PAYLOAD_TOO_LARGE (key over CRUSTER_MAX_KEY_LEN); CRUSTER_E_STATE;
+ *   CRUSTER_E_SHUTTING_DOWN.
  * Threads: any but the loop thread.
  */
 CRUSTER_API cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type,

@@ -37,6 +37,8 @@ extern "C" {
 #define CRUSTER_MAX_NAME_LEN 255
 /** Longest entity id, in bytes. */
 #define CRUSTER_MAX_ENTITY_ID_LEN 1024
+/** Longest idempotency key, in bytes. */
+#define CRUSTER_MAX_KEY_LEN 65536
 
 /*
  * cruster_version

@@ -172,7 +172,10 @@ CRUSTER_API const char *cruster_request_entity_id(const cruster_request *req);
 CRUSTER_API const char *cruster_request_method(const cruster_request *req);
 CRUSTER_API const char *cruster_request_shard_group(const cruster_request *req);
 CRUSTER_API int32_t cruster_request_shard(const cruster_request *req);
-/** The request id: a snowflake, or derived from the idempotency key. */
+/** The request id: a snowflake; for a call with an idempotency key,
+ *  cruster_persisted_request_id(type, id, method, key) -- or, when that id
+ *  already holds a call of another identity (the hash collided), another id
+ *  derived from the whole identity. Stable for the call's life in storage. */
 CRUSTER_API int64_t cruster_request_id(const cruster_request *req);
 /** 1 if the message came through message storage. */
 CRUSTER_API int cruster_request_is_persisted(const cruster_request *req);

@@ -44,9 +44,12 @@ CRUSTER_API void cruster_hex128(const void *data, size_t len, char out[33]);
 
 /*
  * cruster_persisted_request_id
- *   Returns the request id of a persisted call made with an idempotency key:
- *   djb2_64 over type, 0, id, 0, tag, 0, key, with bit 63 cleared (always
- *   >= 0). `key` may be NULL when key_len is 0.
+ *   Returns PRID, the request id of a persisted call made with an idempotency
+ *   key: djb2_64 over type, 0, id, 0, tag, 0, key, with bit 63 cleared
+ *   (always >= 0). `key` may be NULL when key_len is 0. A weak hash that
+ *   collides ("Ab" and "BA" give the same value): cruster never deduplicates
+ *   on it alone. A call whose PRID already holds another call's identity is
+ *   stored under another id (docs/ids.md).
  */
 CRUSTER_API int64_t cruster_persisted_request_id(const char *entity_type, const char *entity_id,
                                                  const char *tag, const void *key,

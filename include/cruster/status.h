@@ -70,6 +70,10 @@ typedef enum cruster_status {
   CRUSTER_E_HANDLER = -23,
   /** A bug in cruster; the message says more. */
   CRUSTER_E_INTERNAL = -24,
+  /** The idempotency key is already taken by a call it cannot share: the same
+   *  key with a different payload (with `idempotency_strict_payload`), or a
+   *  key whose every candidate request id holds another call. */
+  CRUSTER_E_CONFLICT = -25,
   /** First code reserved for applications; every code <= this one is theirs. */
   CRUSTER_E_APPLICATION = -1000
 } cruster_status;

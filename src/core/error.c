@@ -57,7 +57,7 @@ void cruster_error_free(cruster_error *err) {
   free(err);
 }
 
-/* Indexed by -status for CRUSTER_OK .. CRUSTER_E_INTERNAL. */
+/* Indexed by -status for CRUSTER_OK .. CRUSTER_E_CONFLICT. */
 static const struct {
   const char *name;
   const char *message;
@@ -87,6 +87,7 @@ static const struct {
     {"CRUSTER_E_CANCELLED", "cancelled"},
     {"CRUSTER_E_HANDLER", "handler failed"},
     {"CRUSTER_E_INTERNAL", "internal error"},
+    {"CRUSTER_E_CONFLICT", "idempotency key conflicts with a stored call"},
 };
 
 #define STATUS_COUNT (sizeof status_table / sizeof status_table[0])

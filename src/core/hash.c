@@ -113,6 +113,45 @@ int64_t cruster_persisted_request_id(const char *entity_type, const char *entity
   return (int64_t)(h & UINT64_C(0x7FFFFFFFFFFFFFFF));
 }
 
+static uint64_t mix64(uint64_t x) { /* splitmix64's finaliser */
+  x ^= x >> 30;
+  x *= UINT64_C(0xBF58476D1CE4E5B9);
+  x ^= x >> 27;
+  x *= UINT64_C(0x94D049BB133111EB);
+  x ^= x >> 31;
+  return x;
+}
+
+void core_key_candidates(const char *type, const char *id, const char *method, const void *key,
+                         size_t key_len, int64_t out[CORE_KEY_CANDIDATES]) {
+  out[0] = cruster_persisted_request_id(type, id, method, key, key_len);
+  /* Lengths go in first, so no two identities feed the same bytes. */
+  const char *parts[3] = {type, id, method};
+  size_t lens[4];
+  for (int i = 0; i < 3; i++) lens[i] = parts[i] ? strlen(parts[i]) : 0;
+  lens[3] = key ? key_len : 0;
+  unsigned char hdr[4 * 8];
+  for (int i = 0; i < 4; i++) put_be64(hdr + 8 * i, (uint64_t)lens[i]);
+  size_t total = sizeof hdr + lens[0] + lens[1] + lens[2] + lens[3];
+  uint64_t h = h64_feed(h64_start(total), hdr, sizeof hdr);
+  for (int i = 0; i < 3; i++)
+    if (lens[i]) h = h64_feed(h, parts[i], lens[i]);
+  if (lens[3]) h = h64_feed(h, key, lens[3]);
+  h = h64_finish(h);
+  for (int k = 1; k < CORE_KEY_CANDIDATES; k++) {
+    uint64_t v = mix64(h + (uint64_t)k * UINT64_C(0x9E3779B97F4A7C15));
+    int64_t c;
+    int again;
+    do {
+      c = (int64_t)(v & UINT64_C(0x7FFFFFFFFFFFFFFF));
+      again = c == 0;
+      for (int j = 0; j < k && !again; j++) again = out[j] == c;
+      if (again) v = mix64(v + 1);
+    } while (again);
+    out[k] = c;
+  }
+}
+
 /* Score of one runner for a shard: max over w in 0..weight-1 of
  * H64("<group>:<shard>\0<runner>\0<w>"). */
 static uint64_t rendezvous_score(const char *shard_key, size_t shard_key_len, const char *runner,

@@ -15,6 +15,8 @@ typedef struct op {
   /* in */
   int64_t request_id;
   size_t limit;
+  const char *type, *id, *method; /* poll: the keyed call's identity */
+  st_key key;
   /* out */
   char *msg; /* poll: the text of a stored failure (the caller frees it) */
   int found, processed;
@@ -46,23 +48,28 @@ static int op_run(cruster_runtime *rt, op *o, rt_cmd_fn fn, cruster_error **err)
   return rt_run_sync(rt, &o->sync, fn, err);
 }
 
-static int64_t key_request_id(const char *type, const char *id, const char *method, const void *key,
-                              size_t key_len, cruster_error **err, int *st) {
-  if ((*st = core_check_name("entity type", type, err)) != CRUSTER_OK) return 0;
-  if ((*st = core_check_entity_id(id, err)) != CRUSTER_OK) return 0;
-  if ((*st = core_check_name("method name", method, err)) != CRUSTER_OK) return 0;
-  if (!key || key_len == 0) {
-    *st = core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "an idempotency key is required");
-    return 0;
-  }
-  return cruster_persisted_request_id(type, id, method, key, key_len);
+/* Checks the identity of a keyed call a caller looks up. */
+static int check_identity(const char *type, const char *id, const char *method, const void *key,
+                          size_t key_len, cruster_error **err) {
+  int st;
+  if ((st = core_check_name("entity type", type, err)) != CRUSTER_OK) return st;
+  if ((st = core_check_entity_id(id, err)) != CRUSTER_OK) return st;
+  if ((st = core_check_name("method name", method, err)) != CRUSTER_OK) return st;
+  if (!key || key_len == 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "an idempotency key is required");
+  if (key_len > CRUSTER_MAX_KEY_LEN)
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
+                          "idempotency key of %zu bytes exceeds %d bytes", key_len,
+                          CRUSTER_MAX_KEY_LEN);
+  return CRUSTER_OK;
 }
 
 /* ---- poll -------------------------------------------------------------------- */
 
-static void poll_got(void *ud, int status, const char *errmsg, int found, int processed,
+static void poll_got(void *ud, int status, const char *errmsg, int64_t request_id, int processed,
                      const st_reply *r) {
   op *o = ud;
+  int found = request_id != 0;
   if (status != CRUSTER_OK) {
     op_finish(o, storage_status(status), errmsg ? errmsg : "message storage failed");
     return;
@@ -93,7 +100,7 @@ static void poll_got(void *ud, int status, const char *errmsg, int found, int pr
 
 static void poll_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
   op *o = (op *)cmd;
-  rt->storage->ops->get_reply(rt->storage, o->request_id, poll_got, o);
+  rt->storage->ops->get_keyed(rt->storage, o->type, o->id, o->method, &o->key, poll_got, o);
 }
 
 cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type, const char *id,
@@ -103,12 +110,15 @@ cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type, const c
   if (reply) *reply = NULL;
   if (reply_len) *reply_len = 0;
   if (err) *err = NULL;
-  int st;
-  int64_t rid = key_request_id(type, id, method, key, key_len, err, &st);
+  int st = check_identity(type, id, method, key, key_len, err);
   if (st != CRUSTER_OK) return st;
   op o;
   memset(&o, 0, sizeof(o));
-  o.request_id = rid;
+  o.type = type;
+  o.id = id;
+  o.method = method;
+  o.key.data = key;
+  o.key.len = key_len;
   st = op_run(rt, &o, poll_on_loop, err);
   char *failure = o.msg;
   o.msg = NULL;
@@ -163,6 +173,44 @@ static void join_got(void *ud, int status, const char *errmsg, int found, int pr
   free(j);
 }
 
+/* The keyed call is found (or not): the join waits on the id that holds
+ * it. `hold` is bound to the call while the lookup runs, so a call that timed
+ * out meanwhile is seen as gone (hold->call NULL). */
+static void join_found(void *ud, int status, const char *errmsg, int64_t request_id,
+                       int processed, const st_reply *r) {
+  rt_save *hold = ud;
+  cruster_runtime *rt = hold->rt;
+  rt_call *c = hold->call;
+  if (c) c->save = NULL;
+  free(hold);
+  if (!c) return;
+  if (status != CRUSTER_OK) {
+    char msg[256];
+    snprintf(msg, sizeof(msg), "message storage failed: %s", errmsg ? errmsg : "unknown error");
+    rt_call_complete(rt, c, storage_status(status), NULL, 0, msg);
+  } else if (request_id == 0) {
+    char msg[CRUSTER_MAX_NAME_LEN * 2 + CRUSTER_MAX_ENTITY_ID_LEN + 96];
+    snprintf(msg, sizeof(msg), "no persisted call to %s/%s '%s' with that key is stored",
+             c->env->type, c->env->id, c->env->method);
+    rt_call_complete(rt, c, CRUSTER_E_NOT_FOUND, NULL, 0, msg);
+  } else if (processed && r) {
+    rt_call_complete(rt, c, r->status, r->data, r->len, r->message);
+  } else {
+    /* Pending: wait on its id, then look again by id -- its answer may have
+     * been stored (on another connection) since the lookup read it. */
+    join_ctx *j = malloc(sizeof(*j));
+    c->request_id = request_id;
+    if (!j || rt_waiter_add(rt, c) != 0) {
+      free(j);
+      rt_call_complete(rt, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
+      return;
+    }
+    j->rt = rt;
+    j->request_id = request_id;
+    rt->storage->ops->get_reply(rt->storage, request_id, join_got, j);
+  }
+}
+
 static void join_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
   rt_call *c = (rt_call *)cmd;
   c->heap_idx = SIZE_MAX;
@@ -170,15 +218,18 @@ static void join_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
     rt_call_complete(rt, c, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "the runtime is shutting down");
     return;
   }
-  join_ctx *j = malloc(sizeof(*j));
-  if (!j || rt_heap_insert(rt, c) != 0 || rt_waiter_add(rt, c) != 0) {
-    free(j);
+  rt_save *hold = calloc(1, sizeof(*hold));
+  if (!hold || rt_heap_insert(rt, c) != 0) {
+    free(hold);
     rt_call_complete(rt, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
     return;
   }
-  j->rt = rt;
-  j->request_id = c->request_id;
-  rt->storage->ops->get_reply(rt->storage, c->request_id, join_got, j);
+  hold->rt = rt;
+  hold->call = c;
+  c->save = hold;
+  st_key key = {c->key, c->key_len};
+  rt->storage->ops->get_keyed(rt->storage, c->env->type, c->env->id, c->env->method, &key,
+                              join_found, hold);
 }
 
 cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const char *id,
@@ -186,24 +237,31 @@ cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const c
                                   const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
   int st;
   if (!rt || !fn) return CRUSTER_E_INVALID_ARGUMENT;
-  int64_t rid = key_request_id(type, id, method, key, key_len, NULL, &st);
-  if (st != CRUSTER_OK) return st;
+  if ((st = check_identity(type, id, method, key, key_len, NULL)) != CRUSTER_OK) return st;
   if (opts && opts->size < sizeof(cruster_call_opts)) return CRUSTER_E_INVALID_ARGUMENT;
   if (opts && opts->timeout_ms < 0) return CRUSTER_E_INVALID_ARGUMENT;
   if ((st = rt_check_started(rt, NULL)) != CRUSTER_OK) return st;
   if (!rt->storage) return CRUSTER_E_PERSISTENCE;
   rt_call *c = calloc(1, sizeof(*c));
   if (!c) return CRUSTER_E_NOMEM;
+  /* The identity travels in the call: the lookup and the timeout's message
+   * use it. */
+  c->env = rt_env_new(type, id, method, NULL, 0);
+  c->key = core_memdup(key, key_len);
+  if (!c->env || !c->key) {
+    rt_call_free(c);
+    return CRUSTER_E_NOMEM;
+  }
+  c->key_len = key_len;
   c->kind = RT_CALL_SEND;
   c->flags = opts ? (opts->flags & CRUSTER_CALL_INLINE_CALLBACK) : 0;
   c->fn = fn;
   c->user = user;
-  c->request_id = rid;
   int64_t timeout = opts && opts->timeout_ms > 0 ? opts->timeout_ms : rt->cfg->default_call_timeout;
   c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout);
   c->cmd.fn = join_on_loop;
   if (rt_post(rt, &c->cmd) != 0) {
-    free(c);
+    rt_call_free(c);
     return CRUSTER_E_SHUTTING_DOWN;
   }
   return CRUSTER_OK;

@@ -49,11 +49,17 @@ static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, rt
   free(env);
 }
 
-static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
-                     const st_reply *existing) {
+static void on_saved(void *ud, int status, const char *errmsg, const st_saved *saved) {
   rt_save *s = ud;
   cruster_runtime *rt = s->rt;
   rt_call *c = s->call;
+  st_save_result r = saved->result;
+  const st_reply *existing = saved->existing;
+  if (status == CRUSTER_E_CONFLICT) {
+    if (c) rt_call_complete(rt, c, status, NULL, 0, errmsg);
+    save_free(s);
+    return;
+  }
   if (status != CRUSTER_OK) {
     core_metric_add(rt->m.st_errors, 1);
     core_log(rt->lg, CRUSTER_LOG_ERROR, "storage", "storing a message for %s/%s failed: %s",
@@ -65,6 +71,33 @@ static void on_saved(void *ud, int status, const char *errmsg, st_save_result r,
       rt_call_complete(rt, c, CRUSTER_E_PERSISTENCE, NULL, 0, msg);
     }
     spec_saved(rt, s, 0);
+    save_free(s);
+    return;
+  }
+  /* A keyed call's id is known now: its PRID, or another candidate when the
+   * PRID holds another call's identity. Its caller waits on it from here:
+   * before, the id could still be another call's, whose answer it must
+   * never get. (An answer to this identity completes on the entity's
+   * storage connection after this result, or this result saw it.) */
+  s->env->request_id = saved->request_id;
+  if (c && s->env->keyed && c->kind == RT_CALL_SEND) {
+    c->request_id = saved->request_id;
+    if (rt_waiter_add(rt, c) != 0) {
+      rt_call_complete(rt, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
+      c = NULL;
+    }
+  }
+  if ((r == ST_DUPLICATE_PENDING || r == ST_DUPLICATE_REPLIED) && !saved->same_payload &&
+      rt->cfg->idempotency_strict_payload) {
+    core_metric_add(rt->m.st_duplicates, 1);
+    if (c) {
+      char msg[CRUSTER_MAX_NAME_LEN * 2 + CRUSTER_MAX_ENTITY_ID_LEN + 160];
+      snprintf(msg, sizeof(msg),
+               "idempotency key already used for a call to %s/%s '%s' with a different payload "
+               "(idempotency_strict_payload)",
+               s->env->type, s->env->id, s->env->method);
+      rt_call_complete(rt, c, CRUSTER_E_CONFLICT, NULL, 0, msg);
+    }
     save_free(s);
     return;
   }
@@ -119,7 +152,9 @@ static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc
   }
   c->request_id = env->request_id;
   rt_save *s = calloc(1, sizeof(*s));
-  if (!s || (c->kind == RT_CALL_SEND && rt_waiter_add(rt, c) != 0)) {
+  /* An unkeyed call's id is fresh: its caller waits on it at once. A keyed
+   * one waits once the storage said which id holds it (on_saved). */
+  if (!s || (c->kind == RT_CALL_SEND && !c->key && rt_waiter_add(rt, c) != 0)) {
     free(s);
     reject(rt, c, CRUSTER_E_NOMEM, "out of memory");
     return;
@@ -144,7 +179,8 @@ static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc
       if (s->spec_status != CRUSTER_OK) free(copy); /* else s->req is the delivery */
     }
   }
-  rt->storage->ops->save_request(rt->storage, s->env, s->claim, on_saved, s);
+  st_key key = {c->key, c->key_len};
+  rt->storage->ops->save_request(rt->storage, s->env, c->key ? &key : NULL, s->claim, on_saved, s);
 }
 
 /* ---- routing --------------------------------------------------------------- */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/util.h"
 #include "storage/storage_internal.h"
 
@@ -17,6 +18,8 @@ typedef struct mem_msg {
   void *data;
   size_t len;
   char *message;
+  void *key; /* keyed calls: the idempotency key, compared on repeats */
+  size_t key_len;
 } mem_msg;
 
 typedef struct mem_store {
@@ -46,6 +49,7 @@ static void unlink_fifo(mem_store *m, mem_msg *x) {
 }
 
 static void msg_free(mem_msg *x) {
+  free(x->key);
   free(x->env);
   free(x->data);
   free(x->message);
@@ -57,35 +61,80 @@ static cruster_status mem_attach(cruster_storage *s, cruster_runtime *rt, cruste
   return CRUSTER_OK;
 }
 
-static void mem_save_request(cruster_storage *s, const rt_env *e, int claim, st_save_cb cb,
-                             void *ud) {
-  mem_store *m = s->impl;
-  mem_msg *x = rt_map_iget(&m->msgs, e->request_id);
-  if (x) {
-    if (x->processed) {
-      st_reply r = {x->status, x->data, x->len, x->message};
-      cb(ud, CRUSTER_OK, NULL, ST_DUPLICATE_REPLIED, &r);
-    } else {
-      cb(ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
+/* 1 when stored message `x` is the keyed call (e's type, id, method; key). */
+static int same_identity(const mem_msg *x, const rt_env *e, const st_key *key) {
+  const rt_env *y = x->env;
+  return y->keyed && x->key && x->key_len == key->len && strcmp(y->type, e->type) == 0 &&
+         strcmp(y->id, e->id) == 0 && strcmp(y->method, e->method) == 0 &&
+         memcmp(x->key, key->data, key->len) == 0;
+}
+
+/* The stored message with e's identity, or (*found = 0) the first free
+ * candidate id in *id (0 when none is free). */
+static mem_msg *find_keyed(mem_store *m, const rt_env *e, const st_key *key, int64_t *id) {
+  int64_t cand[CORE_KEY_CANDIDATES];
+  core_key_candidates(e->type, e->id, e->method, key->data, key->len, cand);
+  *id = 0;
+  for (int k = 0; k < CORE_KEY_CANDIDATES; k++) {
+    mem_msg *x = rt_map_iget(&m->msgs, cand[k]);
+    if (!x) {
+      if (*id == 0) *id = cand[k];
+    } else if (same_identity(x, e, key)) {
+      *id = cand[k];
+      return x;
     }
+  }
+  return NULL;
+}
+
+static void mem_save_request(cruster_storage *s, const rt_env *e, const st_key *key, int claim,
+                             st_save_cb cb, void *ud) {
+  mem_store *m = s->impl;
+  st_saved out = {ST_SAVED, e->request_id, 0, NULL};
+  int64_t id = e->request_id;
+  mem_msg *x;
+  if (e->keyed && key) {
+    x = find_keyed(m, e, key, &id);
+    if (x) {
+      out.request_id = id;
+      out.same_payload = x->env->len == e->len && (e->len == 0 || memcmp(x->env->payload, e->payload, e->len) == 0);
+      st_reply r = {x->status, x->data, x->len, x->message};
+      out.result = x->processed ? ST_DUPLICATE_REPLIED : ST_DUPLICATE_PENDING;
+      out.existing = x->processed ? &r : NULL;
+      cb(ud, CRUSTER_OK, NULL, &out);
+      return;
+    }
+    if (id == 0) {
+      cb(ud, CRUSTER_E_CONFLICT,
+         "every candidate request id of this idempotency key holds another call: use another key",
+         &out);
+      return;
+    }
+  } else if (rt_map_iget(&m->msgs, id)) {
+    cb(ud, CRUSTER_E_PERSISTENCE, "request id already stored for another message", &out);
     return;
   }
+  out.request_id = id;
   x = calloc(1, sizeof(*x));
   rt_env *copy = x ? rt_env_copy(e) : NULL;
-  if (!copy || rt_map_iput(&m->msgs, e->request_id, x) != 0) {
+  if (x && e->keyed && key) x->key = core_memdup(key->data, key->len);
+  if (!copy || (e->keyed && key && !x->key) || rt_map_iput(&m->msgs, id, x) != 0) {
     free(copy);
+    if (x) free(x->key);
     free(x);
-    cb(ud, CRUSTER_E_NOMEM, "out of memory storing a message", ST_SAVED, NULL);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory storing a message", &out);
     return;
   }
+  x->key_len = x->key ? key->len : 0;
+  copy->request_id = id;
   x->env = copy;
   x->seq = ++m->next_seq;
   int queued = claim && waiting_add(m, e, 0) > 0;
   if (queued) claim = 0;
   if (!claim && waiting_add(m, e, 1) < 0) {
-    rt_map_idel(&m->msgs, e->request_id);
+    rt_map_idel(&m->msgs, id);
     msg_free(x);
-    cb(ud, CRUSTER_E_NOMEM, "out of memory storing a message", ST_SAVED, NULL);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory storing a message", &out);
     return;
   }
   x->claimed = claim;
@@ -93,7 +142,8 @@ static void mem_save_request(cruster_storage *s, const rt_env *e, int claim, st_
   x->prev = m->tail;
   if (m->tail) m->tail->next = x; else m->head = x;
   m->tail = x;
-  cb(ud, CRUSTER_OK, NULL, queued ? ST_SAVED_QUEUED : ST_SAVED, NULL);
+  out.result = queued ? ST_SAVED_QUEUED : ST_SAVED;
+  cb(ud, CRUSTER_OK, NULL, &out);
 }
 
 static void mem_save_reply(cruster_storage *s, const rt_env *e, const st_reply *r, st_done_cb cb,
@@ -197,6 +247,24 @@ static void mem_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb
   }
   st_reply r = {x->status, x->data, x->len, x->message};
   cb(ud, CRUSTER_OK, NULL, 1, x->processed, x->processed ? &r : NULL);
+}
+
+static void mem_get_keyed(cruster_storage *s, const char *type, const char *id,
+                          const char *method, const st_key *key, st_keyed_cb cb, void *ud) {
+  mem_store *m = s->impl;
+  rt_env probe;
+  memset(&probe, 0, sizeof(probe));
+  probe.type = type;
+  probe.id = id;
+  probe.method = method;
+  int64_t rid;
+  mem_msg *x = find_keyed(m, &probe, key, &rid);
+  if (!x) {
+    cb(ud, CRUSTER_OK, NULL, 0, 0, NULL);
+    return;
+  }
+  st_reply r = {x->status, x->data, x->len, x->message};
+  cb(ud, CRUSTER_OK, NULL, rid, x->processed, x->processed ? &r : NULL);
 }
 
 typedef struct dead_ctx {
@@ -303,6 +371,7 @@ static const st_ops mem_ops = {
     .release = mem_release,
     .next_due = mem_next_due,
     .get_reply = mem_get_reply,
+    .get_keyed = mem_get_keyed,
     .list_dead = mem_list_dead,
     .redeliver = mem_redeliver,
     .flush = mem_flush,

@@ -10,13 +10,14 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/util.h"
 #include "storage/pg_internal.h"
 #include "storage/pg_sql.h"
 
 enum {
   OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_RESET, OP_CLEANUP,
-  OP_RECONCILE, OP_SCAN, OP_UNCLAIM
+  OP_RECONCILE, OP_SCAN, OP_UNCLAIM, OP_GET_KEYED
 };
 enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
 
@@ -35,6 +36,9 @@ typedef struct pg_op {
                    * claim it at insert, even if the probe sees none */
   int tracked;    /* SAVE: it added its id to the store's tracked set */
   int in_transit; /* SAVE: may be claimed by its insert: counted in transit */
+  void *key;      /* SAVE (keyed), GET_KEYED: the idempotency key */
+  size_t key_len;
+  int retries;    /* SAVE (keyed): tries lost to a concurrent insert */
   int status;     /* REPLY */
   void *data;
   size_t len;
@@ -141,6 +145,7 @@ static void conn_connect(pg_conn *c);
 static void conn_pump(pg_conn *c);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
+static pg_conn *conn_for_entity(pg_store *st, const rt_env *e);
 static pg_op *op_new(int kind, void *cb, void *ud);
 
 /* ---- statements ------------------------------------------------------------ */
@@ -153,6 +158,7 @@ typedef struct stmt {
 
 static const stmt stmts[] = {
     {"cr_ins", PG_SQL_INSERT, 14},  {"cr_ins1", PG_SQL_INSERT_FRESH, 14},
+    {"cr_getk", PG_SQL_GET_KEYED, 5},
     {"cr_rep", PG_SQL_REPLY, 4},
     {"cr_done", PG_SQL_DONE, 1},    {"cr_done_many", PG_SQL_DONE_MANY, 1},    {"cr_rel", PG_SQL_RELEASE, 3},
     {"cr_rel_many", PG_SQL_RELEASE_MANY, 1},
@@ -415,16 +421,30 @@ static int op_send(pg_conn *c, pg_op *o) {
   switch (o->kind) {
   case OP_SAVE: {
     const rt_env *m = o->env;
-    snprintf(a, sizeof a, "%lld", (long long)m->request_id);
     snprintf(b, sizeof b, "%d", m->shard);
     snprintf(d, sizeof d, "%lld", (long long)m->deliver_at);
     snprintf(e, sizeof e, "%lld", (long long)o->now_ms);
+    if (m->keyed) {
+      int64_t cand[CORE_KEY_CANDIDATES];
+      core_key_candidates(m->type, m->id, m->method, o->key, o->key_len, cand);
+      char *ids = int8_array(cand, CORE_KEY_CANDIDATES);
+      if (!ids) return 0;
+      const char *v[14] = {ids, m->group, b, m->type, m->id, m->method, m->payload,
+                           m->internal ? "t" : "f", m->is_request ? "t" : "f", d,
+                           o->claim && !o->behind ? "t" : "f", st->claimer, e, o->key};
+      int l[14] = {0, 0, 0, 0, 0, 0, (int)m->len, 0, 0, 0, 0, 0, 0, (int)o->key_len};
+      int fm[14] = {0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1};
+      int ok = send_stmt(c, "cr_ins", 14, v, l, fm);
+      free(ids);
+      return ok;
+    }
+    snprintf(a, sizeof a, "%lld", (long long)m->request_id);
     const char *v[14] = {a, m->group, b, m->type, m->id, m->method, m->payload,
-                         m->internal ? "t" : "f", m->is_request ? "t" : "f", m->keyed ? "t" : "f",
+                         m->internal ? "t" : "f", m->is_request ? "t" : "f", "f",
                          d, o->claim && !o->behind ? "t" : "f", st->claimer, e};
     int l[14] = {0, 0, 0, 0, 0, 0, (int)m->len, 0, 0, 0, 0, 0, 0, 0};
     int fm[14] = {0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
-    return send_stmt(c, m->keyed ? "cr_ins" : "cr_ins1", 14, v, l, fm);
+    return send_stmt(c, "cr_ins1", 14, v, l, fm);
   }
   case OP_REPLY: {
     snprintf(a, sizeof a, "%lld", (long long)o->env->request_id);
@@ -465,6 +485,19 @@ static int op_send(pg_conn *c, pg_op *o) {
     snprintf(a, sizeof a, "%lld", (long long)o->request_id);
     const char *v[1] = {a};
     return send_stmt(c, o->kind == OP_GET ? "cr_get" : "cr_redel", 1, v, NULL, NULL);
+  }
+  case OP_GET_KEYED: {
+    const rt_env *m = o->env;
+    int64_t cand[CORE_KEY_CANDIDATES];
+    core_key_candidates(m->type, m->id, m->method, o->key, o->key_len, cand);
+    char *ids = int8_array(cand, CORE_KEY_CANDIDATES);
+    if (!ids) return 0;
+    const char *v[5] = {ids, m->type, m->id, m->method, o->key};
+    int l[5] = {0, 0, 0, 0, (int)o->key_len};
+    int fm[5] = {0, 0, 0, 0, 1};
+    int ok = send_stmt(c, "cr_getk", 5, v, l, fm);
+    free(ids);
+    return ok;
   }
   case OP_DEAD: {
     snprintf(a, sizeof a, "%zu", o->limit > 100000 ? (size_t)100000 : o->limit);
@@ -515,6 +548,7 @@ static void op_free(pg_op *o) {
   free(o->data);
   free(o->message);
   free(o->token);
+  free(o->key);
   free(o);
 }
 
@@ -531,7 +565,10 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
     /* The row may exist (a lost connection) and then waits for the poll. */
     if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
     unknown_add(st, o->env->type, o->env->id);
-    ((st_save_cb)o->cb)(o->ud, status, msg, ST_SAVED, NULL);
+    {
+      st_saved out = {ST_SAVED, o->env->request_id, 0, NULL};
+      ((st_save_cb)o->cb)(o->ud, status, msg, &out);
+    }
     if (o->in_transit) transit_end(st, o->env);
     break;
   case OP_RELEASE:
@@ -561,6 +598,9 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
   case OP_GET:
     ((st_reply_cb)o->cb)(o->ud, status, msg, 0, 0, NULL);
     break;
+  case OP_GET_KEYED:
+    ((st_keyed_cb)o->cb)(o->ud, status, msg, 0, 0, NULL);
+    break;
   case OP_DEAD:
     ((st_list_cb)o->cb)(o->ud, status, msg, NULL);
     break;
@@ -577,40 +617,86 @@ static int cmp_seq(const void *a, const void *b) {
   return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
+/* The keyed insert's result (PG_SQL_INSERT). Returns 1 when the operation
+ * was queued again (a concurrent insert took its free candidate id). */
+#define PG_KEYED_TRIES 8
+static int save_keyed_done(pg_store *st, pg_op *o, PGresult *r, st_saved *out) {
+  st_save_cb cb = (st_save_cb)o->cb;
+  int kind = PQntuples(r) > 0 ? get_i32(r, 0, 0) : -1;
+  if (kind == 0) {
+    int64_t id = get_i64(r, 0, 2);
+    if (id != o->env->request_id) {
+      /* Stored under another candidate: its PRID (tracked, if anything) is
+       * another call's. Its entity is ordered by asking from now on. */
+      if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
+      o->tracked = 0;
+      unknown_add(st, o->env->type, o->env->id);
+    }
+    out->request_id = id;
+    out->result = (o->claim && !get_bool(r, 0, 1)) ? ST_SAVED_QUEUED : ST_SAVED;
+    cb(o->ud, CRUSTER_OK, NULL, out);
+    return 0;
+  }
+  /* Nothing new stored: nothing new to count. */
+  if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
+  o->tracked = 0;
+  if (kind == 1) {
+    out->request_id = get_i64(r, 0, 2);
+    out->same_payload = get_bool(r, 0, 7);
+    if (get_bool(r, 0, 6) && !PQgetisnull(r, 0, 3)) {
+      st_reply rep = {get_i32(r, 0, 3), PQgetvalue(r, 0, 4), (size_t)PQgetlength(r, 0, 4),
+                      get_text(r, 0, 5)};
+      out->result = ST_DUPLICATE_REPLIED;
+      out->existing = &rep;
+      cb(o->ud, CRUSTER_OK, NULL, out);
+    } else {
+      out->result = ST_DUPLICATE_PENDING;
+      cb(o->ud, CRUSTER_OK, NULL, out);
+    }
+    return 0;
+  }
+  if (kind == 2) {
+    cb(o->ud, CRUSTER_E_CONFLICT,
+       "every candidate request id of this idempotency key holds another call: use another key",
+       out);
+    return 0;
+  }
+  if (++o->retries < PG_KEYED_TRIES && !st->closing) {
+    for (int i = 0; i < 3; i++) {
+      PQclear(o->res[i]);
+      o->res[i] = NULL;
+    }
+    enqueue(st, conn_for_entity(st, o->env), o);
+    return 1;
+  }
+  cb(o->ud, CRUSTER_E_PERSISTENCE, "storing a keyed message lost every try to concurrent inserts",
+     out);
+  return 0;
+}
+
 static void op_complete(pg_store *st, pg_op *o) {
   PGresult *r = o->res[0];
   core_metric_observe(st->m_latency, (double)(core_mono_ns() - o->queued_ns) / 1e9);
   switch (o->kind) {
   case OP_SAVE: {
     st_save_cb cb = (st_save_cb)o->cb;
+    st_saved out = {ST_SAVED, o->env->request_id, 0, NULL};
     if (o->fast) {
       /* A row of the job's fast insert, which succeeded: stored, claimed. */
-      cb(o->ud, CRUSTER_OK, NULL, ST_SAVED, NULL);
+      cb(o->ud, CRUSTER_OK, NULL, &out);
     } else if (!o->env->keyed) {
       /* A fresh id: a row back means stored; none means it was taken. */
       if (PQntuples(r) == 0) {
         if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
         cb(o->ud, CRUSTER_E_PERSISTENCE,
            "request id already stored: two runtimes share this schema in single-node mode?",
-           ST_SAVED, NULL);
+           &out);
       } else {
-        cb(o->ud, CRUSTER_OK, NULL,
-           (o->claim && !get_bool(r, 0, 0)) ? ST_SAVED_QUEUED : ST_SAVED, NULL);
+        out.result = (o->claim && !get_bool(r, 0, 0)) ? ST_SAVED_QUEUED : ST_SAVED;
+        cb(o->ud, CRUSTER_OK, NULL, &out);
       }
-    } else if (PQntuples(r) > 0 && get_i32(r, 0, 0) == 0) {
-      int claimed = get_bool(r, 0, 1);
-      cb(o->ud, CRUSTER_OK, NULL, (o->claim && !claimed) ? ST_SAVED_QUEUED : ST_SAVED, NULL);
-    } else {
-      /* A duplicate: no new row, so nothing new to count. (No row back: a
-       * concurrent insert of the same id won, and it is pending.) */
-      if (o->tracked) track_remove(st, o->env->request_id, o->env->type, o->env->id);
-      if (PQntuples(r) > 0 && get_bool(r, 0, 5) && !PQgetisnull(r, 0, 2)) {
-        st_reply rep = {get_i32(r, 0, 2), PQgetvalue(r, 0, 3), (size_t)PQgetlength(r, 0, 3),
-                        get_text(r, 0, 4)};
-        cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_REPLIED, &rep);
-      } else {
-        cb(o->ud, CRUSTER_OK, NULL, ST_DUPLICATE_PENDING, NULL);
-      }
+    } else if (save_keyed_done(st, o, r, &out)) {
+      return; /* queued again */
     }
     /* After the callback: it has handed the message over (or released it). */
     if (o->in_transit) transit_end(st, o->env);
@@ -684,6 +770,19 @@ static void op_complete(pg_store *st, pg_op *o) {
       cb(o->ud, CRUSTER_OK, NULL, 1, 1, &rep);
     } else {
       cb(o->ud, CRUSTER_OK, NULL, 1, 0, NULL);
+    }
+    break;
+  }
+  case OP_GET_KEYED: {
+    st_keyed_cb cb = (st_keyed_cb)o->cb;
+    if (PQntuples(r) == 0) {
+      cb(o->ud, CRUSTER_OK, NULL, 0, 0, NULL);
+    } else if (get_bool(r, 0, 1) && !PQgetisnull(r, 0, 2)) {
+      st_reply rep = {get_i32(r, 0, 2), PQgetvalue(r, 0, 3), (size_t)PQgetlength(r, 0, 3),
+                      get_text(r, 0, 4)};
+      cb(o->ud, CRUSTER_OK, NULL, get_i64(r, 0, 0), 1, &rep);
+    } else {
+      cb(o->ud, CRUSTER_OK, NULL, get_i64(r, 0, 0), 0, NULL);
     }
     break;
   }
@@ -1341,14 +1440,24 @@ static int pg_claims_now(cruster_storage *s, const rt_env *m) {
   return knows_clear(s->impl, m);
 }
 
-static void pg_save_request(cruster_storage *s, const rt_env *m, int claim, st_save_cb cb, void *ud) {
+static void pg_save_request(cruster_storage *s, const rt_env *m, const st_key *key, int claim,
+                            st_save_cb cb, void *ud) {
   pg_store *st = s->impl;
+  st_saved fail = {ST_SAVED, m->request_id, 0, NULL};
+  if (m->keyed && (!key || !key->data || key->len == 0 || key->len > INT32_MAX)) {
+    cb(ud, CRUSTER_E_INTERNAL, "a keyed message needs its key", &fail);
+    return;
+  }
   pg_op *o = op_new(OP_SAVE, (void *)cb, ud);
   if (o) o->env = rt_env_copy(m);
-  if (!o || !o->env) {
-    free(o);
+  if (o && o->env && m->keyed) {
+    o->key = core_memdup(key->data, key->len);
+    o->key_len = key->len;
+  }
+  if (!o || !o->env || (m->keyed && !o->key)) {
+    if (o) op_free(o);
     unknown_add(st, m->type, m->id);
-    cb(ud, CRUSTER_E_NOMEM, "out of memory", ST_SAVED, NULL);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory", &fail);
     return;
   }
   o->claim = claim;
@@ -1453,6 +1562,24 @@ static void pg_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb,
   enqueue(st, &st->conns[0], o);
 }
 
+static void pg_get_keyed(cruster_storage *s, const char *type, const char *id, const char *method,
+                         const st_key *key, st_keyed_cb cb, void *ud) {
+  pg_store *st = s->impl;
+  pg_op *o = op_new(OP_GET_KEYED, (void *)cb, ud);
+  if (o) {
+    o->env = rt_env_new(type, id, method, NULL, 0);
+    o->key = key->len <= INT32_MAX ? core_memdup(key->data, key->len) : NULL;
+    o->key_len = key->len;
+  }
+  if (!o || !o->env || !o->key) {
+    if (o) op_free(o);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory", 0, 0, NULL);
+    return;
+  }
+  /* On the entity's connection: behind its writes queued here. */
+  enqueue(st, conn_for_entity(st, o->env), o);
+}
+
 static void pg_list_dead(cruster_storage *s, size_t limit, st_list_cb cb, void *ud) {
   pg_store *st = s->impl;
   pg_op *o = op_new(OP_DEAD, (void *)cb, ud);
@@ -1544,6 +1671,7 @@ static const st_ops pg_ops = {
     .release = pg_release,
     .next_due = pg_next_due,
     .get_reply = pg_get_reply,
+    .get_keyed = pg_get_keyed,
     .list_dead = pg_list_dead,
     .redeliver = pg_redeliver,
     .flush = pg_flush,

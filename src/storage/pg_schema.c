@@ -72,6 +72,14 @@ static const migration migrations[] = {
       * history), quadratic for a busy entity: a poll took seconds. */
      "CREATE INDEX cruster_messages_retrying ON cruster_messages (entity_type, entity_id, seq)"
      "  WHERE retry_at IS NOT NULL;"},
+    {3, "idempotency keys stored and compared",
+     /* A keyed call's request id is a weak hash of its identity (PRID):
+      * different calls can share it. The key is stored, and repeats compare
+      * the whole identity. Rows stored before have no key: they keep
+      * matching on type, entity id and method at their PRID, until
+      * storage_retention removes them. No rewrite of the table: a nullable
+      * column without a default is added in place. */
+     "ALTER TABLE cruster_messages ADD COLUMN idem_key BYTEA;"},
 };
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
 

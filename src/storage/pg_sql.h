@@ -22,27 +22,61 @@
   "m.payload, m.internal, m.is_request, m.keyed, "                                          \
   "coalesce((extract(epoch FROM m.deliver_at) * 1000)::int8, 0), m.attempts"
 
-/* Stores a message unless its id exists. It is claimed for direct delivery
- * ($12) only when no older undelivered message of the same entity exists,
- * which keeps per-entity send order. Returns one row: kind 0 = inserted
- * (claimed?), kind 1 = duplicate (processed?, reply). */
+/* Stores a keyed message unless a call with its identity is stored.
+ * Identity = entity type, entity id, method (tag) and the idempotency key's
+ * bytes ($14), compared as such; $1 holds the call's candidate request ids
+ * (core_key_candidates, PRID first). Rows stored before migration 3 have no
+ * key (idem_key NULL): they match on type, id and method at the PRID only,
+ * as before, until retention removes them. A new message takes the first
+ * candidate no row holds. It is claimed for direct delivery ($11) only when
+ * no older undelivered message of the same entity exists, which keeps
+ * per-entity send order. One row back: kind 0 = inserted (claimed?, id),
+ * kind 1 = duplicate (id, reply, processed?, same payload?), kind 2 = every
+ * candidate holds another call. No row: a concurrent insert took the free
+ * candidate (try again). */
 #define PG_SQL_INSERT                                                                         \
-  "WITH c AS (SELECT CASE WHEN $12::bool AND (SELECT w.seq"                                 \
+  "WITH cand AS MATERIALIZED (SELECT o.ord, m.request_id,"                                  \
+  "    m.keyed AND m.entity_type = $4::text AND m.entity_id = $5::text AND m.tag = $6::text"  \
+  "      AND coalesce(m.idem_key = $14::bytea, o.ord = 1) AS same,"                          \
+  "    m.payload = $7::bytea AS same_payload, m.processed, m.reply_status, m.reply_payload,"  \
+  "    m.reply_message"                                                                     \
+  "  FROM unnest($1::int8[]) WITH ORDINALITY AS o(id, ord)"                                 \
+  "  JOIN cruster_messages m ON m.request_id = o.id),"                                      \
+  " slot AS (SELECT o.id FROM unnest($1::int8[]) WITH ORDINALITY AS o(id, ord)"             \
+  "  WHERE NOT EXISTS (SELECT 1 FROM cand WHERE cand.same)"                                 \
+  "    AND NOT EXISTS (SELECT 1 FROM cand WHERE cand.request_id = o.id)"                    \
+  "  ORDER BY o.ord LIMIT 1),"                                                              \
+  " c AS (SELECT CASE WHEN $11::bool AND (SELECT w.seq"                                     \
   "    FROM cruster_messages w WHERE w.entity_type = $4::text AND w.entity_id = $5::text" \
-  "      AND w.processed_at IS NULL AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($14::int8 / 1000.0))" \
+  "      AND w.processed_at IS NULL AND (w.deliver_at IS NULL OR w.deliver_at <= to_timestamp($13::int8 / 1000.0))" \
   "      ORDER BY w.seq DESC LIMIT 1"                                                      \
-  "  ) IS NULL THEN $13::text END AS claimer),"                                                     \
+  "  ) IS NULL THEN $12::text END AS claimer),"                                                     \
   " ins AS (INSERT INTO cruster_messages (request_id, shard_group, shard_id, entity_type, entity_id," \
-  "    tag, payload, internal, is_request, keyed, deliver_at, claimed_by, claimed_at, attempts)" \
-  "  SELECT $1::int8, $2::text, $3::int4, $4::text, $5::text, $6::text, $7::bytea, $8::bool," \
-  "    $9::bool, $10::bool, CASE WHEN $11::int8 > 0 THEN to_timestamp($11::int8 / 1000.0) END," \
-  "    c.claimer, CASE WHEN c.claimer IS NOT NULL THEN now() END," \
-  "    CASE WHEN c.claimer IS NOT NULL THEN 1 ELSE 0 END FROM c"                             \
-  "  ON CONFLICT (request_id) DO NOTHING RETURNING claimed_by IS NOT NULL AS claimed)"      \
-  " SELECT 0::int4, ins.claimed, NULL::int4, NULL::bytea, NULL::text, FALSE FROM ins"       \
-  " UNION ALL SELECT 1::int4, FALSE, m.reply_status, m.reply_payload, m.reply_message,"      \
-  "  m.processed FROM cruster_messages m"                                                   \
-  "  WHERE m.request_id = $1::int8 AND NOT EXISTS (SELECT 1 FROM ins)"
+  "    tag, payload, internal, is_request, keyed, deliver_at, claimed_by, claimed_at, attempts," \
+  "    idem_key)"                                                                           \
+  "  SELECT slot.id, $2::text, $3::int4, $4::text, $5::text, $6::text, $7::bytea, $8::bool," \
+  "    $9::bool, TRUE, CASE WHEN $10::int8 > 0 THEN to_timestamp($10::int8 / 1000.0) END," \
+  "    c.claimer, CASE WHEN c.claimer IS NOT NULL THEN now() END,"                          \
+  "    CASE WHEN c.claimer IS NOT NULL THEN 1 ELSE 0 END, $14::bytea FROM slot, c"          \
+  "  ON CONFLICT (request_id) DO NOTHING RETURNING request_id, claimed_by IS NOT NULL AS claimed)" \
+  " SELECT 0::int4, ins.claimed, ins.request_id, NULL::int4, NULL::bytea, NULL::text, FALSE,"  \
+  "  TRUE FROM ins"                                                                         \
+  " UNION ALL SELECT 1::int4, FALSE, cand.request_id, cand.reply_status, cand.reply_payload," \
+  "  cand.reply_message, cand.processed, coalesce(cand.same_payload, FALSE) FROM cand"     \
+  "  WHERE cand.same"                                                                       \
+  " UNION ALL SELECT 2::int4, FALSE, 0::int8, NULL::int4, NULL::bytea, NULL::text, FALSE, FALSE" \
+  "  WHERE NOT EXISTS (SELECT 1 FROM cand WHERE cand.same)"                                 \
+  "    AND (SELECT count(*) FROM cand) >= cardinality($1::int8[])"
+
+/* A keyed call looked up by its identity (as PG_SQL_INSERT compares it):
+ * $1 candidates, $2 type, $3 id, $4 tag, $5 key. */
+#define PG_SQL_GET_KEYED                                                                      \
+  "SELECT m.request_id, m.processed, m.reply_status, m.reply_payload, m.reply_message"      \
+  " FROM unnest($1::int8[]) WITH ORDINALITY AS o(id, ord)"                                  \
+  " JOIN cruster_messages m ON m.request_id = o.id"                                         \
+  " WHERE m.keyed AND m.entity_type = $2::text AND m.entity_id = $3::text"                  \
+  "  AND m.tag = $4::text AND coalesce(m.idem_key = $5::bytea, o.ord = 1)"                  \
+  " ORDER BY o.ord LIMIT 1"
 
 /* An unkeyed message: its id is fresh, so no duplicate branch (a leaner
  * plan). Same parameters; no row back means the id was taken. */

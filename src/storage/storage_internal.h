@@ -25,8 +25,20 @@ typedef struct st_reply {
   const char *message; /* failure text, NULL on success */
 } st_reply;
 
-typedef void (*st_save_cb)(void *ud, int status, const char *errmsg, st_save_result r,
-                           const st_reply *existing);
+/* What save_request did or found (valid during the callback only). */
+typedef struct st_saved {
+  st_save_result result;
+  /* The stored message's id. For a keyed call it is the first candidate
+   * (core_key_candidates) whose row holds this call's identity, or was free:
+   * a call whose PRID is taken by another identity gets another id. */
+  int64_t request_id;
+  int same_payload;         /* duplicates: the stored payload equals this one */
+  const st_reply *existing; /* ST_DUPLICATE_REPLIED: the stored answer */
+} st_saved;
+
+/* `r` is never NULL; on failure (status != OK) only r->request_id means
+ * anything. */
+typedef void (*st_save_cb)(void *ud, int status, const char *errmsg, const st_saved *r);
 typedef void (*st_done_cb)(void *ud, int status, const char *errmsg);
 /* `msgs` (owned by the callee: free each with free()) are claimed messages to
  * deliver; `dead` are request ids that just became dead letters. */
@@ -38,6 +50,17 @@ typedef int (*st_owned_fn)(void *ud, const char *group, int32_t shard);
 /* found = a message with that id is stored; processed = it has its exit reply (r). */
 typedef void (*st_reply_cb)(void *ud, int status, const char *errmsg, int found, int processed,
                             const st_reply *r);
+/* The same for a keyed call looked up by its identity: request_id is the id
+ * it is stored under (0 when not found). */
+typedef void (*st_keyed_cb)(void *ud, int status, const char *errmsg, int64_t request_id,
+                            int processed, const st_reply *r);
+
+/* A keyed call's identity: the idempotency key (the type, entity id and
+ * method are the message's). */
+typedef struct st_key {
+  const void *data;
+  size_t len;
+} st_key;
 
 /* A dead letter, as listed. */
 typedef struct st_dead {
@@ -67,12 +90,20 @@ typedef struct st_ops {
    * `m` to its handler before the save completes; it acts on the handler's
    * answer only after. */
   int (*claims_now)(cruster_storage *s, const rt_env *m);
-  /* Stores a request unless its id exists. With claim=1 a new message is
-   * marked as being delivered by this runner (not returned by poll) -- unless
-   * an older unclaimed message for the same entity (deliver_at 0) is still
-   * stored: then it is stored unclaimed (ST_SAVED_QUEUED), which keeps
-   * per-entity send order. */
-  void (*save_request)(cruster_storage *s, const rt_env *m, int claim, st_save_cb cb, void *ud);
+  /* Stores a request. Unkeyed (key NULL): m->request_id is fresh; a stored
+   * row with that id is an error, never a duplicate. Keyed (m->keyed, key
+   * given): deduplicated on the full identity -- type, entity id, method and
+   * the key's bytes, compared as such -- over the candidate ids of
+   * core_key_candidates: a stored call with this identity is a duplicate
+   * (ST_DUPLICATE_*); otherwise the message takes the first free candidate
+   * (reported in r->request_id), or CRUSTER_E_CONFLICT when every candidate
+   * holds another call. With claim=1 a new message is marked as being
+   * delivered by this runner (not returned by poll) -- unless an older
+   * unclaimed message for the same entity (deliver_at 0) is still stored:
+   * then it is stored unclaimed (ST_SAVED_QUEUED), which keeps per-entity
+   * send order. */
+  void (*save_request)(cruster_storage *s, const rt_env *m, const st_key *key, int claim,
+                       st_save_cb cb, void *ud);
   /* Stores the exit reply (first one wins) and marks the message processed. */
   void (*save_reply)(cruster_storage *s, const rt_env *m, const st_reply *r, st_done_cb cb,
                      void *ud);
@@ -89,6 +120,9 @@ typedef struct st_ops {
   int64_t (*next_due)(cruster_storage *s);
   /* Looks up a message and its exit reply. */
   void (*get_reply)(cruster_storage *s, int64_t request_id, st_reply_cb cb, void *ud);
+  /* Looks up the keyed call (type, id, method, key) by its identity. */
+  void (*get_keyed)(cruster_storage *s, const char *type, const char *id, const char *method,
+                    const st_key *key, st_keyed_cb cb, void *ud);
   /* Lists up to `limit` dead letters, oldest first. */
   void (*list_dead)(cruster_storage *s, size_t limit, st_list_cb cb, void *ud);
   /* Turns dead letter `request_id` back into an undelivered message with no

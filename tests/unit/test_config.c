@@ -62,6 +62,7 @@ static const struct {
     {"storage_pool_size", "4"},
     {"storage_batch_size", "256"},
     {"storage_retry_backoff", "200ms"},
+    {"idempotency_strict_payload", "false"},
 };
 #define N_DEFAULTS (sizeof defaults / sizeof defaults[0])
 
@@ -167,6 +168,7 @@ static const struct {
     {"storage_pool_size", "8", "8"},
     {"storage_batch_size", "1000", "1000"},
     {"storage_retry_backoff", "1s", "1000ms"},
+    {"idempotency_strict_payload", "on", "true"},
 };
 
 static void every_field_is_settable_by_text(void **state) {

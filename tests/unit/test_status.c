@@ -39,6 +39,7 @@ static const struct {
     {CRUSTER_E_CANCELLED, "CRUSTER_E_CANCELLED"},
     {CRUSTER_E_HANDLER, "CRUSTER_E_HANDLER"},
     {CRUSTER_E_INTERNAL, "CRUSTER_E_INTERNAL"},
+    {CRUSTER_E_CONFLICT, "CRUSTER_E_CONFLICT"},
     {CRUSTER_E_APPLICATION, "CRUSTER_E_APPLICATION"},
 };
 #define N_CODES (sizeof codes / sizeof codes[0])
@@ -71,7 +72,7 @@ static void unknown_codes_are_named_unknown(void **state) {
   (void)state;
   assert_string_equal(cruster_status_name(1), "CRUSTER_E_UNKNOWN");
   assert_string_equal(cruster_status_name(INT32_MAX), "CRUSTER_E_UNKNOWN");
-  assert_string_equal(cruster_status_name(-25), "CRUSTER_E_UNKNOWN");
+  assert_string_equal(cruster_status_name(-26), "CRUSTER_E_UNKNOWN");
   assert_string_equal(cruster_status_name(-999), "CRUSTER_E_UNKNOWN");
   assert_non_null(cruster_status_message(-999));
 }
