@@ -20,62 +20,77 @@
 extern "C" {
 #endif
 
+/*
+ * CRUSTER_STATUS_CODES(X) -- the one table of status codes: for each, X(name
+ * suffix, value, message). The enum below, cruster_status_name() and
+ * cruster_status_message() are all generated from it, so they cannot drift.
+ * Codes are never renumbered; new ones are appended.
+ */
+#define CRUSTER_STATUS_CODES(X)                                                                    \
+  X(OK, 0, "success")                                                                              \
+  /* A parameter is invalid (NULL where not allowed, empty id, bad UTF-8...). */                   \
+  X(E_INVALID_ARGUMENT, -1, "invalid argument")                                                    \
+  /* A configuration field has an invalid value; the message names the field. */                   \
+  X(E_INVALID_CONFIG, -2, "invalid configuration")                                                 \
+  X(E_NOMEM, -3, "out of memory")                                                                  \
+  /* No entity type of that name is registered. */                                                 \
+  X(E_UNKNOWN_ENTITY_TYPE, -4, "unknown entity type")                                              \
+  /* The entity type has no dispatchable method of that name (also: private methods). */           \
+  X(E_UNKNOWN_METHOD, -5, "unknown method")                                                        \
+  /* The method is protected: only entities and workflows may call it. */                          \
+  X(E_FORBIDDEN, -6, "method may only be called by entities and workflows")                        \
+  /* The entity's mailbox holds its capacity of messages. */                                       \
+  X(E_MAILBOX_FULL, -7, "entity mailbox is full")                                                  \
+  /* The call's deadline passed before an answer arrived. */                                       \
+  X(E_TIMEOUT, -8, "timed out")                                                                    \
+  /* The runtime is stopping or stopped. */                                                        \
+  X(E_SHUTTING_DOWN, -9, "runtime is shutting down")                                               \
+  /* A payload, key or id is larger than the configured or fixed limit. */                         \
+  X(E_PAYLOAD_TOO_LARGE, -10, "payload or id too large")                                           \
+  /* No runner owns the entity's shard (yet). */                                                   \
+  X(E_NOT_ASSIGNED, -11, "shard is not assigned to any runner")                                    \
+  /* The runner that owns the shard cannot be reached. */                                          \
+  X(E_RUNNER_UNAVAILABLE, -12, "runner unavailable")                                               \
+  /* Message storage failed, or a persisted call has no storage. */                                \
+  X(E_PERSISTENCE, -13, "message storage failed")                                                  \
+  /* A message could not be decoded. */                                                            \
+  X(E_MALFORMED, -14, "malformed message")                                                         \
+  /* A request with the same id is already being processed. */                                     \
+  X(E_ALREADY_PROCESSING, -15, "request is already being processed")                               \
+  /* The clock moved backwards by more than 5 s. */                                                \
+  X(E_CLOCK_DRIFT, -16, "clock moved backwards by more than 5 s")                                  \
+  /* The entity was interrupted (shard moved, shutdown) before it answered. */                     \
+  X(E_INTERRUPTED, -17, "entity was interrupted before it answered")                               \
+  /* The message failed too often and was moved to the dead letters. */                            \
+  X(E_DEAD_LETTER, -18, "message was moved to the dead letters")                                   \
+  /* The thing asked for does not exist. */                                                        \
+  X(E_NOT_FOUND, -19, "not found")                                                                 \
+  /* Something of that name is already registered. */                                              \
+  X(E_ALREADY_EXISTS, -20, "already exists")                                                       \
+  /* The object is in the wrong state for this call (e.g. start twice). */                         \
+  X(E_STATE, -21, "wrong state for this operation")                                                \
+  /* The operation was cancelled. */                                                               \
+  X(E_CANCELLED, -22, "cancelled")                                                                 \
+  /* A handler failed without giving a more specific code. */                                      \
+  X(E_HANDLER, -23, "handler failed")                                                              \
+  /* A bug in cruster; the message says more. */                                                   \
+  X(E_INTERNAL, -24, "internal error")                                                             \
+  /* The idempotency key is taken by a call it cannot share: the same key with a different        \
+   * payload (with "idempotency_strict_payload"), or a key whose every candidate request id       \
+   * holds another call. */                                                                        \
+  X(E_CONFLICT, -25, "idempotency key conflicts with a stored call")
+
+#define CRUSTER_STATUS_ENUM_(suffix, value, message) CRUSTER_##suffix = (value),
+
 typedef enum cruster_status {
-  CRUSTER_OK = 0,
-  /** A parameter is invalid (NULL where not allowed, empty id, bad UTF-8...). */
-  CRUSTER_E_INVALID_ARGUMENT = -1,
-  /** A configuration field has an invalid value; the message names the field. */
-  CRUSTER_E_INVALID_CONFIG = -2,
-  /** Out of memory. */
-  CRUSTER_E_NOMEM = -3,
-  /** No entity type of that name is registered. */
-  CRUSTER_E_UNKNOWN_ENTITY_TYPE = -4,
-  /** The entity type has no dispatchable method of that name (also: private methods). */
-  CRUSTER_E_UNKNOWN_METHOD = -5,
-  /** The method is protected: only entities and workflows may call it. */
-  CRUSTER_E_FORBIDDEN = -6,
-  /** The entity's mailbox holds its capacity of messages. */
-  CRUSTER_E_MAILBOX_FULL = -7,
-  /** The call's deadline passed before an answer arrived. */
-  CRUSTER_E_TIMEOUT = -8,
-  /** The runtime is stopping or stopped. */
-  CRUSTER_E_SHUTTING_DOWN = -9,
-  /** A payload or id is larger than the configured or fixed limit. */
-  CRUSTER_E_PAYLOAD_TOO_LARGE = -10,
-  /** No runner owns the entity's shard (yet). */
-  CRUSTER_E_NOT_ASSIGNED = -11,
-  /** The runner that owns the shard cannot be reached. */
-  CRUSTER_E_RUNNER_UNAVAILABLE = -12,
-  /** Message storage failed, or a persisted call has no storage. */
-  CRUSTER_E_PERSISTENCE = -13,
-  /** A message could not be decoded. */
-  CRUSTER_E_MALFORMED = -14,
-  /** A request with the same id is already being processed. */
-  CRUSTER_E_ALREADY_PROCESSING = -15,
-  /** The clock moved backwards by more than 5 s. */
-  CRUSTER_E_CLOCK_DRIFT = -16,
-  /** The entity was interrupted (shard moved, shutdown) before it answered. */
-  CRUSTER_E_INTERRUPTED = -17,
-  /** The message failed too often and was moved to the dead letters. */
-  CRUSTER_E_DEAD_LETTER = -18,
-  /** The thing asked for does not exist. */
-  CRUSTER_E_NOT_FOUND = -19,
-  /** Something of that name is already registered. */
-  CRUSTER_E_ALREADY_EXISTS = -20,
-  /** The object is in the wrong state for this call (e.g. start twice). */
-  CRUSTER_E_STATE = -21,
-  /** The operation was cancelled. */
-  CRUSTER_E_CANCELLED = -22,
-  /** A handler failed without giving a more specific code. */
-  CRUSTER_E_HANDLER = -23,
-  /** A bug in cruster; the message says more. */
-  CRUSTER_E_INTERNAL = -24,
-  /** The idempotency key is already taken by a call it cannot share: the same
-   *  key with a different payload (with `idempotency_strict_payload`), or a
-   *  key whose every candidate request id holds another call. */
-  CRUSTER_E_CONFLICT = -25,
+  CRUSTER_STATUS_CODES(CRUSTER_STATUS_ENUM_)
   /** First code reserved for applications; every code <= this one is theirs. */
-  CRUSTER_E_APPLICATION = -1000
+  CRUSTER_E_APPLICATION = -1000,
+  /** Not a code: makes the enum's range cover every int, so an application
+   *  code (<= CRUSTER_E_APPLICATION) held in a cruster_status is well defined
+   *  in C and in C++. */
+  CRUSTER_STATUS_INT_MIN_ = -2147483647 - 1,
+  CRUSTER_STATUS_INT_MAX_ = 2147483647
 } cruster_status;
 
 /*

@@ -57,38 +57,12 @@ void cruster_error_free(cruster_error *err) {
   free(err);
 }
 
-/* Indexed by -status for CRUSTER_OK .. CRUSTER_E_CONFLICT. */
+/* Indexed by -status, from the one table in status.h. */
+#define STATUS_ROW_(suffix, value, message) [-(value)] = {"CRUSTER_" #suffix, message},
 static const struct {
   const char *name;
   const char *message;
-} status_table[] = {
-    {"CRUSTER_OK", "success"},
-    {"CRUSTER_E_INVALID_ARGUMENT", "invalid argument"},
-    {"CRUSTER_E_INVALID_CONFIG", "invalid configuration"},
-    {"CRUSTER_E_NOMEM", "out of memory"},
-    {"CRUSTER_E_UNKNOWN_ENTITY_TYPE", "unknown entity type"},
-    {"CRUSTER_E_UNKNOWN_METHOD", "unknown method"},
-    {"CRUSTER_E_FORBIDDEN", "method may only be called by entities and workflows"},
-    {"CRUSTER_E_MAILBOX_FULL", "entity mailbox is full"},
-    {"CRUSTER_E_TIMEOUT", "timed out"},
-    {"CRUSTER_E_SHUTTING_DOWN", "runtime is shutting down"},
-    {"CRUSTER_E_PAYLOAD_TOO_LARGE", "payload or id too large"},
-    {"CRUSTER_E_NOT_ASSIGNED", "shard is not assigned to any runner"},
-    {"CRUSTER_E_RUNNER_UNAVAILABLE", "runner unavailable"},
-    {"CRUSTER_E_PERSISTENCE", "message storage failed"},
-    {"CRUSTER_E_MALFORMED", "malformed message"},
-    {"CRUSTER_E_ALREADY_PROCESSING", "request is already being processed"},
-    {"CRUSTER_E_CLOCK_DRIFT", "clock moved backwards by more than 5 s"},
-    {"CRUSTER_E_INTERRUPTED", "entity was interrupted before it answered"},
-    {"CRUSTER_E_DEAD_LETTER", "message was moved to the dead letters"},
-    {"CRUSTER_E_NOT_FOUND", "not found"},
-    {"CRUSTER_E_ALREADY_EXISTS", "already exists"},
-    {"CRUSTER_E_STATE", "wrong state for this operation"},
-    {"CRUSTER_E_CANCELLED", "cancelled"},
-    {"CRUSTER_E_HANDLER", "handler failed"},
-    {"CRUSTER_E_INTERNAL", "internal error"},
-    {"CRUSTER_E_CONFLICT", "idempotency key conflicts with a stored call"},
-};
+} status_table[] = {CRUSTER_STATUS_CODES(STATUS_ROW_)};
 
 #define STATUS_COUNT (sizeof status_table / sizeof status_table[0])
 
