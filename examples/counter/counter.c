@@ -77,11 +77,15 @@ static void on_get(void *user, cruster_request *req) {
   reply_number(req, value);
 }
 
-/* Prints the error and exits when a call failed. */
-static void check(cruster_status st, cruster_error *err, const char *what) {
+/* Prints the error and exits when a call failed. `err` is passed by address
+ * and read here, after the call: check(f(..., &err), err, ...) would read it
+ * in an unspecified order relative to f (C leaves the order of argument
+ * evaluation open), often before f set it. */
+static void check(cruster_status st, cruster_error **err, const char *what) {
   if (st == CRUSTER_OK) return;
-  fprintf(stderr, "%s: %s: %s\n", what, cruster_status_name(st), cruster_error_message(err));
-  cruster_error_free(err);
+  fprintf(stderr, "%s: %s: %s\n", what, cruster_status_name(st), cruster_error_message(*err));
+  cruster_error_free(*err);
+  *err = NULL;
   exit(1);
 }
 
@@ -92,7 +96,7 @@ static long long call(cruster_runtime *rt, const char *method, const char *paylo
   cruster_error *err = NULL;
   check(cruster_send_sync(rt, "Counter", "counter-1", method, payload, strlen(payload), opts,
                           &reply, &len, &err),
-        err, method);
+        &err, method);
   long long value = reply != NULL ? strtoll(reply, NULL, 10) : 0; /* replies end with NUL */
   cruster_free(reply);
   return value;
@@ -104,23 +108,23 @@ int main(void) {
 
   cruster_config *cfg = cruster_config_new();
   if (cfg == NULL) return 1;
-  check(cruster_config_set_int(cfg, "shards_per_group", 16, &err), err, "config");
+  check(cruster_config_set_int(cfg, "shards_per_group", 16, &err), &err, "config");
 
   cruster_storage *storage = NULL;
-  check(cruster_storage_memory_new(&storage, &err), err, "storage");
+  check(cruster_storage_memory_new(&storage, &err), &err, "storage");
   cruster_runtime *rt = NULL;
-  check(cruster_runtime_new(cfg, storage, NULL, &rt, &err), err, "runtime");
+  check(cruster_runtime_new(cfg, storage, NULL, &rt, &err), &err, "runtime");
   cruster_config_free(cfg); /* the runtime keeps a copy */
 
   cruster_entity_def *def = NULL;
-  check(cruster_entity_def_new("Counter", &def, &err), err, "entity");
+  check(cruster_entity_def_new("Counter", &def, &err), &err, "entity");
   check(cruster_entity_def_add_rpc(def, "increment", CRUSTER_RPC_PERSISTED, on_increment,
                                    &counters, &err),
-        err, "increment");
-  check(cruster_entity_def_add_rpc(def, "get", 0, on_get, &counters, &err), err, "get");
-  check(cruster_runtime_register_entity(rt, def, &err), err, "register");
+        &err, "increment");
+  check(cruster_entity_def_add_rpc(def, "get", 0, on_get, &counters, &err), &err, "get");
+  check(cruster_runtime_register_entity(rt, def, &err), &err, "register");
   cruster_entity_def_free(def);
-  check(cruster_runtime_start(rt, &err), err, "start");
+  check(cruster_runtime_start(rt, &err), &err, "start");
 
   /* Persisted with an idempotency key: the retry gets the stored reply. */
   cruster_call_opts once = CRUSTER_CALL_OPTS_INIT;
@@ -130,7 +134,7 @@ int main(void) {
   call(rt, "increment", "5", &once);
   printf("counter-1 = %lld\n", call(rt, "get", "", NULL));
 
-  check(cruster_runtime_stop(rt, &err), err, "stop");
+  check(cruster_runtime_stop(rt, &err), &err, "stop");
   cruster_runtime_free(rt);
   return 0;
 }

@@ -139,6 +139,9 @@ CRUSTER_API const char *cruster_config_field_name(size_t index);
  *   Replaces the log sink. `fn` NULL restores the default (stderr). Records
  *   below `min_level` are not formatted at all. `user` is passed to `fn` and
  *   must stay valid as long as a runtime made from this config lives.
+ *   The environment variable CRUSTER_LOG (trace, debug, info, warn, error,
+ *   off), read by cruster_runtime_new, overrides `min_level` for that runtime;
+ *   an unknown value is reported (warning) and ignored.
  */
 CRUSTER_API void cruster_config_set_logger(cruster_config *cfg, cruster_log_fn fn, void *user,
                                            cruster_log_level min_level);

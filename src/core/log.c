@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 static const char *level_name(cruster_log_level level) {
@@ -16,6 +17,23 @@ static const char *level_name(cruster_log_level level) {
     case CRUSTER_LOG_ERROR: return "ERROR";
     default: return "OFF";
   }
+}
+
+int core_log_parse_level(const char *text, cruster_log_level *out) {
+  static const struct {
+    const char *name;
+    cruster_log_level level;
+  } names[] = {{"trace", CRUSTER_LOG_TRACE}, {"debug", CRUSTER_LOG_DEBUG},
+               {"info", CRUSTER_LOG_INFO},   {"warn", CRUSTER_LOG_WARN},
+               {"warning", CRUSTER_LOG_WARN}, {"error", CRUSTER_LOG_ERROR},
+               {"off", CRUSTER_LOG_OFF}};
+  if (!text) return -1;
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcasecmp(text, names[i].name) == 0) {
+      *out = names[i].level;
+      return 0;
+    }
+  return -1;
 }
 
 int core_log_enabled(const core_logger *lg, cruster_log_level level) {

@@ -17,5 +17,8 @@ typedef struct core_logger {
 void core_log(const core_logger *lg, cruster_log_level level, const char *component,
               const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 int core_log_enabled(const core_logger *lg, cruster_log_level level);
+/* Parses a level name (trace, debug, info, warn, error, off; any case):
+ * 0 and *out set, or -1. */
+int core_log_parse_level(const char *text, cruster_log_level *out);
 
 #endif

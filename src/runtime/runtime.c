@@ -294,6 +294,17 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   }
   rt->lg = &rt->cfg->logger;
+  /* CRUSTER_LOG=<level> in the environment overrides the configured level
+   * (an operator's switch: no rebuild to see debug records). */
+  const char *env_level = getenv("CRUSTER_LOG");
+  if (env_level && *env_level) {
+    cruster_log_level lvl;
+    if (core_log_parse_level(env_level, &lvl) == 0) rt->cfg->logger.min_level = lvl;
+    else
+      core_log(rt->lg, CRUSTER_LOG_WARN, "runtime",
+               "CRUSTER_LOG=%.32s is not a level (trace, debug, info, warn, error, off): ignored",
+               env_level);
+  }
   rt->runner_address = rt->cfg->runner_address;
   init_metrics(rt);
   core_snowflake_init(&rt->snowflake, 0);
@@ -328,7 +339,7 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   }
   rt->loop_started = 1;
   atomic_store(&rt->state, RT_NEW);
-  core_log(rt->lg, CRUSTER_LOG_DEBUG, "runtime", "runtime %s created", rt->runner_address);
+  core_log(rt->lg, CRUSTER_LOG_DEBUG, "runtime", "single-node runtime created");
   *out = rt;
   return CRUSTER_OK;
 
@@ -363,8 +374,9 @@ static void start_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
     return;
   }
   if (rt->storage) rt_poll_schedule(rt, 0);
-  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "runner %s started (single-node, %lld shards)",
-           rt->runner_address,
+  /* Single-node: nothing listens on runner_address, so the line does not
+   * name it. */
+  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner started (%lld shards)",
            (long long)(rt->cfg->shards_per_group * (int64_t)rt->cfg->n_shard_groups));
   rt_sync_done(s, CRUSTER_OK);
 }
@@ -482,7 +494,7 @@ cruster_status cruster_runtime_stop(cruster_runtime *rt, cruster_error **err) {
     }
     if (atomic_compare_exchange_weak(&rt->state, &st, RT_STOPPING)) break;
   }
-  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "runner %s stopping", rt->runner_address);
+  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner stopping");
   rt_stop_ctx ctx = {NULL};
   run_sync(rt, stop_on_loop, &ctx, NULL);
   /* Handlers and callbacks still queued run now; their answers are dropped. */
@@ -491,7 +503,7 @@ cruster_status cruster_runtime_stop(cruster_runtime *rt, cruster_error **err) {
   uv_thread_join(&rt->loop_thread);
   rt->loop_started = 0;
   atomic_store(&rt->state, RT_STOPPED);
-  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "runner %s stopped", rt->runner_address);
+  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner stopped");
   return CRUSTER_OK;
 }
 
