@@ -22,3 +22,9 @@ endforeach()
 configure_file("${CRUSTER_PC_TEMPLATE}" "${CRUSTER_PC_OUTPUT}" @ONLY)
 file(INSTALL DESTINATION "${CRUSTER_PC_LIBDIR_FULL}/pkgconfig" TYPE FILE
      FILES "${CRUSTER_PC_OUTPUT}")
+# cruster-cpp.pc: the header-only C++ layer (Requires: cruster, nlohmann_json).
+if(CRUSTER_PC_CPP_TEMPLATE)
+  configure_file("${CRUSTER_PC_CPP_TEMPLATE}" "${CRUSTER_PC_CPP_OUTPUT}" @ONLY)
+  file(INSTALL DESTINATION "${CRUSTER_PC_LIBDIR_FULL}/pkgconfig" TYPE FILE
+       FILES "${CRUSTER_PC_CPP_OUTPUT}")
+endif()

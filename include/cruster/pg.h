@@ -3,13 +3,22 @@
  *
  * Persisted messages and their replies live in PostgreSQL, so they survive a
  * crash of the runner: a message stored but not answered is delivered again
- * when a runner owning its shard starts (at-least-once; handlers must be
- * idempotent). The storage talks to the server with libpq in non-blocking
+ * when a runner owning its shard starts (at-least-once).
+ *
+ * The state model: cruster stores the message and its answer, your handler
+ * writes your tables. If the runner dies after the handler's write but
+ * before its answer is stored, the message runs again -- so a persisted
+ * handler must make its own write idempotent, or the stored answer and your
+ * tables can disagree after a crash. Key the write by cruster_request_id()
+ * (the same for every delivery of one call), e.g. INSERT ... ON CONFLICT
+ * (request_id) DO NOTHING: examples/payments/payments.c.
+ *
+ * The storage talks to the server with libpq in non-blocking
  * mode on the runtime's loop thread (a small pool of connections, prepared
  * statements, pipelined batches so that concurrent writes share commits).
  *
  * Schema: framework tables only (cruster_messages, which also holds each
- * message's answer), created
+ * message's answer and a keyed call's idempotency key), created
  * by versioned migrations embedded in the library and recorded in the table
  * named by the "storage_migrations_table" setting. Apply them with
  * cruster_storage_pg_migrate, or let the runtime do it at creation with

@@ -3,7 +3,8 @@
 # runs small consumers against it, the ways users consume it:
 #   - CMake: find_package(cruster CONFIG) -> cruster::cruster,
 #     cruster::cruster_static, cruster::cpp (consumer/CMakeLists.txt)
-#   - pkg-config: `pkg-config cruster`, shared and static
+#   - pkg-config: `pkg-config cruster`, shared and static; `cruster-cpp`
+#   - examples/counter copied out of the tree, built with find_package
 #
 # Usage: tests/install/run.sh BUILD_DIR
 #   BUILD_DIR is a configured and built cruster build tree. The compilers and
@@ -116,5 +117,26 @@ step "run the pkg-config consumer (shared)" env LD_LIBRARY_PATH="$libdir" "$work
 step "build the pkg-config consumer (static)" "$cc" "${strict[@]}" "${san_flags[@]}" "${pc_cflags[@]}" \
   "$here/consumer/consumer.c" -o "$work/pc_static" "${pc_static_libs[@]}"
 step "run the pkg-config consumer (static)" "$work/pc_static"
+[[ -f $libdir/pkgconfig/cruster-cpp.pc ]] || fail "cruster-cpp.pc missing"
+read -r -a pc_cpp_cflags <<<"$(pkg-config --cflags cruster-cpp)"
+read -r -a pc_cpp_libs <<<"$(pkg-config --libs cruster-cpp)"
+step "build the pkg-config consumer (C++)" "$cxx" -std=c++17 -Wall -Wextra -Werror "${san_flags[@]}" \
+  "${pc_cpp_cflags[@]}" "$here/consumer/consumer.cpp" -o "$work/pc_cpp" "${pc_cpp_libs[@]}"
+step "run the pkg-config consumer (C++)" env LD_LIBRARY_PATH="$libdir" "$work/pc_cpp"
 
-echo "install test passed: cruster $version into a temporary prefix; CMake (shared, static, C++) and pkg-config (shared, static) consumers built and ran"
+# ---- an example copied out of the tree, built against the prefix -----------------
+cp -r "$source_dir/examples/counter" "$work/counter-alone"
+alone_args=(-S "$work/counter-alone" -B "$work/counter-alone/build" -DCMAKE_PREFIX_PATH="$prefix"
+  -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx")
+if ((${#san_flags[@]})); then
+  alone_args+=(-DCMAKE_C_FLAGS="${san_flags[*]}" -DCMAKE_CXX_FLAGS="${san_flags[*]}"
+    -DCMAKE_EXE_LINKER_FLAGS="${san_flags[*]}")
+fi
+step "configure the counter example alone" cmake "${alone_args[@]}"
+step "build the counter example alone" cmake --build "$work/counter-alone/build"
+for exe in counter_c counter_cpp; do
+  out=$("$work/counter-alone/build/$exe" 2>/dev/null) || fail "$exe (built alone) failed"
+  [[ $out == *"counter-1 = 5"* ]] || fail "$exe (built alone) printed: $out"
+done
+
+echo "install test passed: cruster $version into a temporary prefix; CMake (shared, static, C++) and pkg-config (shared, static, C++) consumers and the counter example copied out alone built and ran"
