@@ -2,6 +2,8 @@
 #ifndef CORE_CONFIG_INTERNAL_H
 #define CORE_CONFIG_INTERNAL_H
 
+#include "core/prefix.h"
+
 #include <cruster/config.h>
 #include "log.h"
 

@@ -2,6 +2,8 @@
 #ifndef CORE_CONFIG_TEXT_H
 #define CORE_CONFIG_TEXT_H
 
+#include "core/prefix.h"
+
 #include <stddef.h>
 #include <stdint.h>
 

@@ -2,6 +2,8 @@
 #ifndef CORE_ERROR_H
 #define CORE_ERROR_H
 
+#include "core/prefix.h"
+
 #include <cruster/status.h>
 
 struct cruster_error {

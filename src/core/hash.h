@@ -2,6 +2,8 @@
 #ifndef CORE_HASH_H
 #define CORE_HASH_H
 
+#include "core/prefix.h"
+
 #include <stddef.h>
 #include <stdint.h>
 

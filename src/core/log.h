@@ -2,6 +2,8 @@
 #ifndef CORE_LOG_H
 #define CORE_LOG_H
 
+#include "core/prefix.h"
+
 #include <cruster/config.h>
 
 typedef struct core_logger {

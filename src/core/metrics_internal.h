@@ -4,6 +4,8 @@
 #ifndef CORE_METRICS_INTERNAL_H
 #define CORE_METRICS_INTERNAL_H
 
+#include "core/prefix.h"
+
 #include <cruster/metrics.h>
 
 typedef enum core_metric_kind { CORE_COUNTER, CORE_GAUGE, CORE_HISTOGRAM } core_metric_kind;

@@ -3,6 +3,8 @@
 #ifndef CORE_SNOWFLAKE_H
 #define CORE_SNOWFLAKE_H
 
+#include "core/prefix.h"
+
 #include <cruster/status.h>
 #include <stdatomic.h>
 #include <stdint.h>

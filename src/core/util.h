@@ -2,6 +2,8 @@
 #ifndef CORE_UTIL_H
 #define CORE_UTIL_H
 
+#include "core/prefix.h"
+
 #include <cruster/status.h>
 #include <stddef.h>
 #include <stdint.h>

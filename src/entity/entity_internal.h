@@ -2,6 +2,8 @@
 #ifndef EM_ENTITY_INTERNAL_H
 #define EM_ENTITY_INTERNAL_H
 
+#include "core/prefix.h"
+
 #include "runtime/runtime_internal.h"
 #include <stddef.h>
 

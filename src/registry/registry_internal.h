@@ -3,6 +3,8 @@
 #ifndef RG_REGISTRY_INTERNAL_H
 #define RG_REGISTRY_INTERNAL_H
 
+#include "core/prefix.h"
+
 #include <cruster/registry.h>
 
 typedef struct rg_ops {

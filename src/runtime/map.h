@@ -3,6 +3,8 @@
 #ifndef RT_MAP_H
 #define RT_MAP_H
 
+#include "core/prefix.h"
+
 #include <stddef.h>
 #include <stdint.h>
 

@@ -8,6 +8,8 @@
 #ifndef RT_POOL_H
 #define RT_POOL_H
 
+#include "core/prefix.h"
+
 #include <cruster/status.h>
 #include "core/log.h"
 #include "core/metrics_internal.h"

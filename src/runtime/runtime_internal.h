@@ -3,6 +3,8 @@
 #ifndef RT_RUNTIME_INTERNAL_H
 #define RT_RUNTIME_INTERNAL_H
 
+#include "core/prefix.h"
+
 #include <cruster/cruster.h>
 #include <stdatomic.h>
 #include <uv.h>

@@ -2,6 +2,8 @@
 #ifndef SH_SHARDING_INTERNAL_H
 #define SH_SHARDING_INTERNAL_H
 
+#include "core/prefix.h"
+
 #include "runtime/runtime_internal.h"
 
 /* A storage write a call (or a poll) waits for. */

@@ -2,6 +2,8 @@
 #ifndef ST_PG_INTERNAL_H
 #define ST_PG_INTERNAL_H
 
+#include "core/prefix.h"
+
 #include <libpq-fe.h>
 
 #include "storage/storage_internal.h"

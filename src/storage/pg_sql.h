@@ -14,6 +14,8 @@
 #ifndef ST_PG_SQL_H
 #define ST_PG_SQL_H
 
+#include "core/prefix.h"
+
 /* Columns of a message row, as parsed by pg_row_env(): seq, request_id,
  * shard_group, shard_id, entity_type, entity_id, tag, payload, internal,
  * is_request, keyed, deliver_at_ms, attempts. */

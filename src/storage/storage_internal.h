@@ -5,6 +5,8 @@
 #ifndef ST_STORAGE_INTERNAL_H
 #define ST_STORAGE_INTERNAL_H
 
+#include "core/prefix.h"
+
 #include <cruster/storage.h>
 
 #include "runtime/runtime_internal.h"
