@@ -1173,9 +1173,11 @@ public:
 
   /*
    * The request id a persisted call to M of entity `id` with
-   * `idempotency_key` is stored under (cruster_persisted_request_id): what
-   * dead_letter::request_id and context::request_id() show for it. Pure
-   * computation; any thread; never throws.
+   * `idempotency_key` is stored under (cruster_persisted_request_id, PRID):
+   * what dead_letter::request_id and context::request_id() show for it --
+   * unless a call of another identity already held that id (the weak hash
+   * collided), in which case the call was stored under another id
+   * (docs/ids.md). Pure computation; any thread; never throws.
    */
   template <auto M>
   int64_t persisted_request_id(const std::string &id, std::string_view idempotency_key) const
