@@ -143,6 +143,16 @@ static void reply_of_size_max_is_too_large(void **state) {
   cruster_entity_def_free(d);
 }
 
+/* A count the result (an index, an int) cannot express is refused before the
+ * list is read: the list below has one entry. */
+static void rendezvous_with_more_runners_than_int_is_refused(void **state) {
+  (void)state;
+  const char *runners[1] = {"10.0.0.1:9000"};
+  assert_int_equal(cruster_rendezvous_owner("default", 3, runners, NULL, 1), 0);
+  assert_int_equal(cruster_rendezvous_owner("default", 3, runners, NULL, (size_t)INT_MAX + 1), -1);
+  assert_int_equal(cruster_rendezvous_owner("default", 3, runners, NULL, SIZE_MAX), -1);
+}
+
 /* ---- 2. durations beyond the cap are refused, not overflowed -------------------- */
 
 static void max_idle_time_beyond_the_cap_is_refused(void **state) {
@@ -682,6 +692,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(payload_of_size_max_is_too_large),
       cmocka_unit_test(reply_of_size_max_is_too_large),
+      cmocka_unit_test(rendezvous_with_more_runners_than_int_is_refused),
       cmocka_unit_test(max_idle_time_beyond_the_cap_is_refused),
       cmocka_unit_test(deliver_at_beyond_year_9999_is_refused),
       cmocka_unit_test(answering_twice_in_the_handler_is_refused),
