@@ -71,12 +71,27 @@ typedef struct cruster_call_opts {
    *  the call persisted and deduplicated on (type, id, method, key). */
   const void *idempotency_key;
   size_t idempotency_key_len;
-  /** Do not deliver before this Unix time in ms; 0 = now. Implies persisted. */
+  /**
+   * Do not deliver before this Unix time in ms; 0 = now. Implies persisted.
+   * At most 253402300799999 (9999-12-31T23:59:59.999Z).
+   */
   int64_t deliver_at_ms;
   /**
    * The request being handled when an entity calls another entity: marks
    * the call as internal, so protected methods may be called. NULL for a
    * public client.
+   *
+   * The runtime believes it only if it is a request this runtime is handling
+   * when it routes the call: its handler was started and its answer has not
+   * been processed yet (so a call made before the handler answers, on the
+   * same thread, always qualifies). Anything else -- a made-up or stale
+   * pointer, an answered request, a request of another runtime -- makes the
+   * call fail with CRUSTER_E_FORBIDDEN, whatever the method's visibility.
+   * The pointer is only compared with the runtime's own, never read through.
+   * What this does not promise: protection from code in the same process.
+   * Code that handles a request, or can read the process's memory, can pass
+   * a live handle and reach protected methods; visibility guards against
+   * mistakes and public clients, it is not a security boundary in-process.
    */
   const cruster_request *caller;
 } cruster_call_opts;
@@ -103,12 +118,18 @@ typedef void (*cruster_reply_fn)(void *user, int status, const void *data, size_
  *   Strings must be NUL-terminated UTF-8 names / ids (see common.h limits).
  * Returns: CRUSTER_OK: the call was accepted and `fn` will be called exactly
  *   once, later, with the outcome (CRUSTER_E_UNKNOWN_ENTITY_TYPE,
- *   CRUSTER_E_UNKNOWN_METHOD, CRUSTER_E_FORBIDDEN, CRUSTER_E_MAILBOX_FULL,
+ *   CRUSTER_E_UNKNOWN_METHOD, CRUSTER_E_FORBIDDEN (a protected method
+ *   without opts.caller, or an opts.caller that is not a request this
+ *   runtime is handling), CRUSTER_E_MAILBOX_FULL,
  *   CRUSTER_E_TIMEOUT, CRUSTER_E_INTERRUPTED, CRUSTER_E_SHUTTING_DOWN,
  *   CRUSTER_E_PERSISTENCE, the handler's own error, ...).
  *   Any other value: nothing happened and `fn` is never called --
- *   CRUSTER_E_INVALID_ARGUMENT (NULL, empty or invalid name or id, bad
- *   options), CRUSTER_E_PAYLOAD_TOO_LARGE (over "max_payload_size", or id
+ *   CRUSTER_E_INVALID_ARGUMENT (NULL, empty or invalid name or id -- see
+ *   common.h --, or bad options: opts.size too small, unknown flags (the
+ *   message names them and the flags as passed), negative timeout_ms,
+ *   deliver_at_ms out of range, a NULL key with a length or an empty one),
+ *   CRUSTER_E_PAYLOAD_TOO_LARGE (`len` over "max_payload_size" -- any
+ *   size_t value, SIZE_MAX included --, a key over 65536 bytes, or an id
  *   over CRUSTER_MAX_ENTITY_ID_LEN), CRUSTER_E_STATE (not started),
  *   CRUSTER_E_SHUTTING_DOWN, CRUSTER_E_NOMEM.
  * Threads: any.

@@ -35,7 +35,13 @@ extern "C" {
 
 /** Longest entity type, method, or shard group name, in bytes. */
 #define CRUSTER_MAX_NAME_LEN 255
-/** Longest entity id, in bytes. */
+/**
+ * Longest entity id, in bytes. An entity id is 1..CRUSTER_MAX_ENTITY_ID_LEN
+ * bytes of UTF-8 without C0 control characters (U+0001..U+001F) or DEL
+ * (U+007F): calls with such an id fail with CRUSTER_E_INVALID_ARGUMENT, and
+ * the message names the byte and its offset. Other characters, spaces and
+ * C1 controls included, are allowed.
+ */
 #define CRUSTER_MAX_ENTITY_ID_LEN 1024
 /** Longest idempotency key, in bytes. */
 #define CRUSTER_MAX_KEY_LEN 65536

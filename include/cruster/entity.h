@@ -17,6 +17,24 @@
  * handler answers through its request handle -- before it returns, or later
  * from any thread -- exactly once, with cruster_request_reply or
  * cruster_request_fail.
+ *
+ * Lifetime of a request handle. The handle a handler receives stays valid
+ * until BOTH its handler function has returned AND the request has been
+ * answered; then the runtime frees it. So:
+ *  - inside the handler, the handle can be used to its end, also after the
+ *    answer (accessors keep working); a second answer there is refused with
+ *    CRUSTER_E_STATE and changes nothing -- always, whatever the timing;
+ *  - a handler that returns without answering keeps the handle valid until
+ *    it answers, from any thread; after that answer (outside the handler) the
+ *    handle is gone, and touching it again -- a second answer included -- is
+ *    undefined behaviour, like a double free.
+ * Why not detect every late second answer? That needs handles that are never
+ * reused: memory that grows with every request, or a process-wide handle
+ * table (global state). Tying the lifetime to the handler's return catches
+ * the usual mistake (answering twice in one handler, say on an error path)
+ * deterministically, and frees every handle as soon as nobody may hold it.
+ * Unanswered handles also stay valid after cruster_runtime_stop, until
+ * cruster_runtime_free.
  */
 #ifndef CRUSTER_ENTITY_H
 #define CRUSTER_ENTITY_H
@@ -48,8 +66,10 @@ typedef enum cruster_rpc_flags {
 
 /*
  * cruster_rpc_fn
- *   A handler. `req` is yours until you answer it (reply or fail), which
- *   frees it. `user` is the pointer given with the RPC.
+ *   A handler. `req` is valid until this function has returned and the
+ *   request has been answered (reply or fail), whichever comes last -- see
+ *   "Lifetime of a request handle" above. `user` is the pointer given with
+ *   the RPC.
  * Threads: runs on a worker thread of the runtime.
  */
 typedef void (*cruster_rpc_fn)(void *user, cruster_request *req);
@@ -83,9 +103,12 @@ CRUSTER_API cruster_status cruster_entity_def_set_shard_group(cruster_entity_def
 
 /*
  * cruster_entity_def_set_max_idle_time
- *   An instance with no message in its mailbox for `ms` milliseconds (>= 1)
- *   is evicted; its next message creates it again.
- * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (ms < 1).
+ *   An instance with no message in its mailbox for `ms` milliseconds is
+ *   evicted; its next message creates it again. 1 <= ms <= 9223372036854
+ *   (INT64_MAX / 10^6, about 292 years: the cap of every duration setting,
+ *   as for "entity_max_idle_time").
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (def NULL, ms out of
+ *   range; the message gives the range).
  */
 CRUSTER_API cruster_status cruster_entity_def_set_max_idle_time(cruster_entity_def *def,
                                                                 int64_t ms, cruster_error **err);
@@ -162,8 +185,10 @@ CRUSTER_API cruster_status cruster_runtime_register_entity(cruster_runtime *rt,
                                                            cruster_error **err);
 
 /*
- * Request accessors. Valid from the handler's start until the request is
- * answered; every returned pointer lives as long as the request. Any thread.
+ * Request accessors. Usable while the handle is valid (see "Lifetime of a
+ * request handle" above: inside the handler also after its answer); every
+ * returned pointer lives as long as the handle. NULL `req` gives NULL, 0, or
+ * -1 (shard). Any thread.
  */
 /** The request payload (`*len` receives its size; the pointer may be NULL for 0 bytes). */
 CRUSTER_API const void *cruster_request_payload(const cruster_request *req, size_t *len);
@@ -179,7 +204,8 @@ CRUSTER_API int32_t cruster_request_shard(const cruster_request *req);
 CRUSTER_API int64_t cruster_request_id(const cruster_request *req);
 /** 1 if the message came through message storage. */
 CRUSTER_API int cruster_request_is_persisted(const cruster_request *req);
-/** 1 if the caller is another entity or a workflow (not a public client). */
+/** 1 if the caller is another entity or a workflow (not a public client):
+ *  its call named, in opts.caller, a request its runtime was handling. */
 CRUSTER_API int cruster_request_from_entity(const cruster_request *req);
 /** The runtime that delivered the request. */
 CRUSTER_API cruster_runtime *cruster_request_runtime(const cruster_request *req);
@@ -195,12 +221,16 @@ CRUSTER_API int cruster_request_cancelled(const cruster_request *req);
 /*
  * cruster_request_reply
  *   Answers with success and `len` bytes at `data` (copied; NULL allowed for
- *   len 0), and frees `req` -- whatever the result.
+ *   len 0). Whatever the result (but CRUSTER_E_STATE) this is the request's
+ *   one answer: its caller hears of it, and the handle is released as
+ *   "Lifetime of a request handle" above describes.
  * Returns: CRUSTER_OK (also when the caller already gave up: the answer is
- *   then dropped); CRUSTER_E_PAYLOAD_TOO_LARGE (larger than
- *   "max_payload_size": the caller gets that error instead);
- *   CRUSTER_E_SHUTTING_DOWN (the runtime stopped first);
- *   CRUSTER_E_INVALID_ARGUMENT (req NULL, or data NULL with len > 0).
+ *   then dropped); CRUSTER_E_PAYLOAD_TOO_LARGE (more than
+ *   "max_payload_size" bytes -- any size_t value, SIZE_MAX included: the
+ *   caller gets that error instead); CRUSTER_E_INVALID_ARGUMENT (data NULL
+ *   with len > 0: the caller gets CRUSTER_E_HANDLER instead; or req NULL);
+ *   CRUSTER_E_STATE (the request was answered already: this call changes
+ *   nothing); CRUSTER_E_SHUTTING_DOWN (the runtime stopped first).
  * Threads: any.
  */
 CRUSTER_API cruster_status cruster_request_reply(cruster_request *req, const void *data,
@@ -208,11 +238,16 @@ CRUSTER_API cruster_status cruster_request_reply(cruster_request *req, const voi
 
 /*
  * cruster_request_fail
- *   Answers with an error: `status` (negative: a cruster code or an
- *   application code <= CRUSTER_E_APPLICATION) and `message` (copied; NULL =
- *   the code's standard message), which reach the caller unchanged. Frees
- *   `req`. A status >= 0 is replaced by CRUSTER_E_HANDLER.
- * Returns: as cruster_request_reply.
+ *   Answers with an error: `status` -- one of the codes of cruster_status or
+ *   an application code <= CRUSTER_E_APPLICATION -- and `message` (copied;
+ *   NULL = the code's standard message), which reach the caller unchanged.
+ *   Any other status is a handler bug and is answered with
+ *   CRUSTER_E_HANDLER: a status >= 0 with `message` as given; an unknown
+ *   negative code (say -500) with a message that names the code and quotes
+ *   `message`. The handle is released as for cruster_request_reply.
+ * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (status >= 0 or unknown,
+ *   answered as above; or req NULL); CRUSTER_E_STATE (answered already:
+ *   nothing changes); CRUSTER_E_SHUTTING_DOWN (the runtime stopped first).
  * Threads: any.
  */
 CRUSTER_API cruster_status cruster_request_fail(cruster_request *req, int status,

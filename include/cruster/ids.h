@@ -59,9 +59,11 @@ CRUSTER_API int64_t cruster_persisted_request_id(const char *entity_type, const 
  * cruster_rendezvous_owner
  *   Returns the index in `runners` of the runner that owns shard
  *   (`group`, `shard`) under rendezvous hashing, or -1 when no runner is a
- *   candidate (all weights <= 0, or n == 0). `runners` are "host:port"
- *   strings in etcd key order; `weights` their weights (NULL = all 1).
- *   Ties go to the last maximal runner, as in the original.
+ *   candidate (all weights <= 0, n == 0, n > INT_MAX, group or runners
+ *   NULL). `runners` are "host:port" strings in etcd key order (NULL entries
+ *   are skipped); `weights` their weights (NULL = all 1). Ties go to the
+ *   last maximal runner, as in the original. The cost is one hash per unit
+ *   of weight: linear in the sum of the weights.
  */
 CRUSTER_API int cruster_rendezvous_owner(const char *group, int32_t shard,
                                          const char *const *runners, const int32_t *weights,

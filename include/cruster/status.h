@@ -9,7 +9,10 @@
  * Application errors: a handler may fail a request with any code at or below
  * CRUSTER_E_APPLICATION (-1000); such codes travel to the caller unchanged
  * (also across runners) and are named "CRUSTER_E_APPLICATION" by
- * cruster_status_name().
+ * cruster_status_name(). A handler failing with any other code that is not
+ * listed below (say -500) is answered with CRUSTER_E_HANDLER instead (see
+ * cruster_request_fail): callers only ever see the codes below and
+ * application codes.
  */
 #ifndef CRUSTER_STATUS_H
 #define CRUSTER_STATUS_H

@@ -27,8 +27,8 @@ typedef struct field {
   string_check_fn check;
 } field;
 
-/* Durations are milliseconds; the cap keeps them convertible to ns. */
-#define DUR_MAX (INT64_MAX / 1000000)
+/* Durations are milliseconds, capped (config_internal.h). */
+#define DUR_MAX CORE_DURATION_MAX_MS
 
 static cruster_status check_hostport(const char *name, const char *v, cruster_error **err);
 static cruster_status check_optional_hostport(const char *name, const char *v, cruster_error **err);

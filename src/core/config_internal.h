@@ -7,6 +7,11 @@
 #include <cruster/config.h>
 #include "log.h"
 
+/* The largest duration (ms) anything accepts: 9223372036854 ms, about 292
+ * years. It keeps durations convertible to nanoseconds and lets them be
+ * added to a monotonic or Unix time in ms without overflow. */
+#define CORE_DURATION_MAX_MS (INT64_MAX / 1000000)
+
 struct cruster_config {
   char *runner_address;        /* "127.0.0.1:9000" */
   char *runner_listen_address; /* NULL = bind runner_address */

@@ -66,6 +66,10 @@ static const struct {
 
 #define STATUS_COUNT (sizeof status_table / sizeof status_table[0])
 
+int core_status_known(int status) {
+  return status <= 0 && status > CRUSTER_E_APPLICATION && (size_t)(-(long)status) < STATUS_COUNT;
+}
+
 const char *cruster_status_name(int status) {
   if (status <= CRUSTER_E_APPLICATION) return "CRUSTER_E_APPLICATION";
   if (status <= 0 && (size_t)(-(long)status) < STATUS_COUNT) return status_table[-status].name;

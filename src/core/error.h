@@ -21,4 +21,8 @@ cruster_error *core_error_new(int status, const char *fmt, ...) __attribute__((f
 int core_error_set(cruster_error **err, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* 1 if `status` is CRUSTER_OK or one of the defined cruster error codes
+ * (not an application code, not an unknown value). */
+int core_status_known(int status);
+
 #endif

@@ -4,6 +4,7 @@
 
 #include <cruster/ids.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,7 +178,8 @@ static uint64_t rendezvous_score(const char *shard_key, size_t shard_key_len, co
 
 int cruster_rendezvous_owner(const char *group, int32_t shard, const char *const *runners,
                              const int32_t *weights, size_t n) {
-  if (!group || !runners || n == 0) return -1;
+  /* The result is an int: a longer list could not be answered. */
+  if (!group || !runners || n == 0 || n > (size_t)INT_MAX) return -1;
   /* "<group>:<shard>": the group part is fed directly, only the number is
    * formatted; both go through one H64 stream per candidate. */
   size_t group_len = strlen(group);

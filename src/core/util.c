@@ -135,6 +135,17 @@ cruster_status core_check_entity_id(const char *s, cruster_error **err) {
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
                           "entity id is too long: %zu bytes, at most %d", len,
                           CRUSTER_MAX_ENTITY_ID_LEN);
+  /* C0 controls and DEL are single bytes that never occur inside a UTF-8
+   * sequence: a byte scan finds exactly them. (C1 controls, U+0080..U+009F,
+   * are allowed in ids, unlike in names.) */
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x20 || c == 0x7F)
+      return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                            "entity id must not contain control characters "
+                            "(byte 0x%02X at offset %zu)",
+                            (unsigned)c, i);
+  }
   if (!core_utf8_valid(s, len))
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "entity id is not valid UTF-8");
   return CRUSTER_OK;

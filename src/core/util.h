@@ -14,6 +14,14 @@ int64_t core_now_ms(void);                        /* Unix time, ms (CLOCK_REALTI
 int64_t core_mono_ms(void);                       /* monotonic ms */
 uint64_t core_mono_ns(void);                      /* monotonic ns */
 
+/* 1 if `n` (a size a caller handed in) is larger than `limit` (a configured
+ * int64_t maximum). Compares without casting `n` to a signed type: a size of
+ * 2^63 or more must never pass as a negative number. A negative limit admits
+ * nothing. */
+static inline int core_size_exceeds(size_t n, int64_t limit) {
+  return limit < 0 || (uintmax_t)n > (uintmax_t)limit;
+}
+
 /* 1 if `s` (len bytes) is valid UTF-8 without NUL; 0 otherwise. */
 int core_utf8_valid(const char *s, size_t len);
 /* A copy of NUL-terminated `s` with every byte that is not part of a valid
@@ -25,7 +33,8 @@ char *core_utf8_sanitize_dup(const char *s);
  * `what` names it in the error ("entity type"). */
 cruster_status core_check_name(const char *what, const char *s, cruster_error **err);
 /* Checks an entity id: non-NULL, 1..CRUSTER_MAX_ENTITY_ID_LEN bytes (longer:
- * CRUSTER_E_PAYLOAD_TOO_LARGE), valid UTF-8. */
+ * CRUSTER_E_PAYLOAD_TOO_LARGE), no C0 control character or DEL (the message
+ * names the byte and its offset), valid UTF-8. */
 cruster_status core_check_entity_id(const char *s, cruster_error **err);
 
 /* Parses "host:port" (port 1..65535, host non-empty; "[v6]:port" allowed).

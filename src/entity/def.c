@@ -99,9 +99,11 @@ cruster_status cruster_entity_def_set_shard_group(cruster_entity_def *d, const c
 cruster_status cruster_entity_def_set_max_idle_time(cruster_entity_def *d, int64_t ms,
                                                     cruster_error **err) {
   if (!d) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "def must not be NULL");
-  if (ms < 1)
-    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "max idle time must be >= 1 ms, got %lld",
-                          (long long)ms);
+  if (ms < 1 || ms > CORE_DURATION_MAX_MS)
+    return core_error_set(
+        err, CRUSTER_E_INVALID_ARGUMENT,
+        "max idle time must be from 1 to %lld ms (as entity_max_idle_time), got %lld",
+        (long long)CORE_DURATION_MAX_MS, (long long)ms);
   d->max_idle_ms = ms;
   return CRUSTER_OK;
 }

@@ -58,6 +58,12 @@ struct em_instance {
 
 #define EM_REPLY_SMALL 64 /* bytes; a multiple of sizeof(max_align_t) */
 
+/* A delivery, and the handle its handler gets. Two owners hold it: the loop
+ * (from em_deliver until em_request_free) and, while it runs, the handler
+ * (run_handler, until the handler function returns); the last one to let go
+ * frees it. So the handle stays valid until the handler has returned and the
+ * answer has been processed, whichever comes last: a second answer in that
+ * time is refused (CRUSTER_E_STATE), not a use after free. */
 struct cruster_request {
   rt_job job;
   rt_cmd done;
@@ -68,8 +74,11 @@ struct cruster_request {
   rt_call *call; /* waiting caller (non-persisted), or NULL */
   cruster_request *next;                /* mailbox queue */
   cruster_request *live_prev, *live_next; /* runtime's list of live deliveries */
-  uint64_t started_ns;
-  int running;
+  _Atomic int refs;      /* owners: the loop, the running handler */
+  uint64_t started_ns;   /* the handler started (worker) */
+  uint64_t answered_ns;  /* it answered (answering thread) */
+  int running;           /* handed to the pool, answer not processed yet */
+  cruster_request *run_next; /* in the runtime's set of running requests */
   /* A speculative persisted delivery: the save it waits for (NULL once
    * done); the handler answered meanwhile; the save failed. */
   struct rt_save *save;
@@ -92,7 +101,15 @@ int em_rpc_list_add(em_rpc_list *l, const char *name, const char *group, unsigne
                     cruster_rpc_fn fn, void *user);
 const em_rpc *em_rpc_list_find(const em_rpc_list *l, const char *name);
 
-/* Frees a delivery (loop thread). */
+/* The loop lets go of a delivery (loop thread); it is freed once its
+ * handler (if running) has returned too. */
 void em_request_free(cruster_runtime *rt, cruster_request *r);
+
+/* Called from any thread by cruster_request_reply/fail: records the answer
+ * and hands the request back to the loop. Returns CRUSTER_OK;
+ * CRUSTER_E_STATE when the request was answered already (nothing changes);
+ * CRUSTER_E_SHUTTING_DOWN when the loop is gone. */
+int em_request_answer(cruster_request *r, int status, const void *data, size_t len,
+                      const char *msg);
 
 #endif

@@ -153,7 +153,8 @@ static void idle_append(cruster_runtime *rt, em_instance *in) {
   if (t->idle_tail) t->idle_tail->idle_next = in; else t->idle_head = in;
   t->idle_tail = in;
   in->in_idle = 1;
-  if (!rt->stopping && !rt->closed) reaper_arm(rt, in->idle_since + t->max_idle_ms);
+  if (!rt->stopping && !rt->closed)
+    reaper_arm(rt, rt_deadline_after(in->idle_since, t->max_idle_ms));
 }
 
 static void instance_free(cruster_runtime *rt, em_instance *in) {
@@ -201,7 +202,7 @@ void em_reaper_fire(uv_timer_t *timer) {
         instance_free(rt, in);
       }
       if (t->idle_head) {
-        int64_t due = t->idle_head->idle_since + t->max_idle_ms;
+        int64_t due = rt_deadline_after(t->idle_head->idle_since, t->max_idle_ms);
         if (next == 0 || due < next) next = due;
       }
     }
@@ -224,20 +225,103 @@ static void live_unlink(cruster_runtime *rt, cruster_request *r) {
   r->live_prev = r->live_next = NULL;
 }
 
+/* ---- the set of running requests (valid opts.caller values) ---------------- */
+
+static size_t run_bucket(const cruster_runtime *rt, const void *p) {
+  uint64_t x = (uint64_t)(uintptr_t)p;
+  x ^= x >> 31;
+  x *= UINT64_C(0x9e3779b97f4a7c15);
+  x ^= x >> 29;
+  return (size_t)(x & (rt->run_nbuckets - 1));
+}
+
+/* Doubles the bucket array; on OOM the chains just get longer. */
+static void run_set_grow(cruster_runtime *rt) {
+  size_t nb = rt->run_nbuckets ? rt->run_nbuckets * 2 : 64;
+  cruster_request **b = calloc(nb, sizeof(*b));
+  if (!b) return;
+  cruster_request **old = rt->run_buckets;
+  size_t onb = rt->run_nbuckets;
+  rt->run_buckets = b;
+  rt->run_nbuckets = nb;
+  for (size_t i = 0; i < onb; i++) {
+    cruster_request *x = old[i];
+    while (x) {
+      cruster_request *next = x->run_next;
+      size_t j = run_bucket(rt, x);
+      x->run_next = b[j];
+      b[j] = x;
+      x = next;
+    }
+  }
+  free(old);
+}
+
+int em_run_set_init(cruster_runtime *rt) {
+  run_set_grow(rt);
+  return rt->run_nbuckets ? 0 : -1;
+}
+
+static void run_set_add(cruster_runtime *rt, cruster_request *r) {
+  r->running = 1;
+  if (rt->run_count >= rt->run_nbuckets) run_set_grow(rt);
+  if (!rt->run_nbuckets) return; /* (em_run_set_init made some) */
+  size_t j = run_bucket(rt, r);
+  r->run_next = rt->run_buckets[j];
+  rt->run_buckets[j] = r;
+  rt->run_count++;
+}
+
+static void run_set_remove(cruster_runtime *rt, cruster_request *r) {
+  if (!r->running) return;
+  r->running = 0;
+  if (!rt->run_nbuckets) return;
+  for (cruster_request **pp = &rt->run_buckets[run_bucket(rt, r)]; *pp; pp = &(*pp)->run_next) {
+    if (*pp != r) continue;
+    *pp = r->run_next;
+    r->run_next = NULL;
+    rt->run_count--;
+    return;
+  }
+}
+
+int em_request_is_running(const cruster_runtime *rt, const void *p) {
+  if (!p || !rt->run_nbuckets) return 0;
+  for (const cruster_request *x = rt->run_buckets[run_bucket(rt, p)]; x; x = x->run_next)
+    if ((const void *)x == p) return 1;
+  return 0;
+}
+
+/* ---- lifetime ------------------------------------------------------------- */
+
+/* Drops one owner's hold; the last one frees the handle (any thread). */
+static void request_unref(cruster_request *r) {
+  if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1) return;
+  free(r->env);
+  free(r);
+}
+
 void em_request_free(cruster_runtime *rt, cruster_request *r) {
   live_unlink(rt, r);
+  run_set_remove(rt, r);
   if (r->save) rt_save_unbind(r->save);
   if (r->call) r->call->req = NULL;
-  free(r->env);
+  r->save = NULL;
+  r->call = NULL;
+  /* The answer is consumed: a later (refused) answer never writes it. */
   if (r->reply != (void *)r->reply_small) free(r->reply);
+  r->reply = NULL;
   free(r->errmsg);
-  free(r);
+  r->errmsg = NULL;
+  request_unref(r);
 }
 
 static void run_handler(void *arg) {
   cruster_request *r = arg;
   r->started_ns = core_mono_ns();
   r->rpc->fn(r->rpc->user, r);
+  /* Until here the handle was the handler's to use, answered or not. */
+  request_unref(r);
 }
 
 static void request_done(cruster_runtime *rt, rt_cmd *cmd);
@@ -255,13 +339,15 @@ static void pump(cruster_runtime *rt, em_instance *in) {
       em_request_free(rt, r);
       continue;
     }
-    r->running = 1;
+    run_set_add(rt, r);
     in->running++;
     rt->running++;
     r->job.fn = run_handler;
     r->job.arg = r;
+    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed); /* the handler's */
     if (rt_submit(rt, &r->job) != CRUSTER_OK) {
-      r->started_ns = core_mono_ns();
+      atomic_fetch_sub_explicit(&r->refs, 1, memory_order_relaxed); /* never ran */
+      r->started_ns = r->answered_ns = core_mono_ns();
       r->status = CRUSTER_E_SHUTTING_DOWN;
       r->errmsg = core_strdup("the runtime is shutting down");
       atomic_store(&r->answered, 1);
@@ -286,6 +372,7 @@ int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_c
   }
   cruster_request *r = calloc(1, sizeof(*r));
   if (!r) return CRUSTER_E_NOMEM;
+  atomic_init(&r->refs, 1); /* the loop's */
   r->rt = rt;
   r->inst = in;
   r->rpc = &t->rpcs.v[rpc_index];
@@ -389,11 +476,15 @@ static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
   }
   em_instance *in = r->inst;
   em_type *t = in->type;
-  r->running = 0;
+  run_set_remove(rt, r);
   in->running--;
   rt->running--;
   core_metric_add(r->status == CRUSTER_OK ? t->m_ok : t->m_err, 1);
-  core_metric_observe(t->m_duration, (double)(core_mono_ns() - r->started_ns) / 1e9);
+  /* From the handler's start to its answer, both taken on the threads that
+   * did them: the time the answer then waited for the loop is not the
+   * handler's. */
+  uint64_t took = r->answered_ns > r->started_ns ? r->answered_ns - r->started_ns : 0;
+  core_metric_observe(t->m_duration, (double)took / 1e9);
   if (r->env->persisted && rt->storage) {
     /* Speculative and not stored yet: nobody hears of the answer before the
      * message is durable (em_saved). */
@@ -408,10 +499,10 @@ static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
   rt_stop_check(rt);
 }
 
-/* Called from any thread by cruster_request_reply/fail. */
 int em_request_answer(cruster_request *r, int status, const void *data, size_t len,
                       const char *msg) {
-  if (atomic_exchange(&r->answered, 1)) return CRUSTER_E_INVALID_ARGUMENT;
+  if (atomic_exchange(&r->answered, 1)) return CRUSTER_E_STATE;
+  r->answered_ns = core_mono_ns();
   r->status = status;
   if (status == CRUSTER_OK) {
     if (len <= sizeof(r->reply_small)) {
@@ -484,11 +575,15 @@ static void free_type_entry(void *ctx, rt_map_entry *e) {
 }
 
 void em_free_all(cruster_runtime *rt) {
+  /* The pool is joined: no handler holds a request any more. */
   while (rt->live_head) {
     cruster_request *r = rt->live_head;
     r->call = NULL;
     em_request_free(rt, r);
   }
+  free(rt->run_buckets);
+  rt->run_buckets = NULL;
+  rt->run_nbuckets = rt->run_count = 0;
   rt_map_each(&rt->instances, free_instance_entry, NULL);
   rt_map_clear(&rt->instances);
   rt_map_each(&rt->types, free_type_entry, NULL);

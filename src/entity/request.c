@@ -1,11 +1,11 @@
 /* The request handle given to handlers: accessors and answers. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "core/util.h"
 #include "entity/entity_internal.h"
-
-int em_request_answer(cruster_request *r, int status, const void *data, size_t len,
-                      const char *msg);
 
 const void *cruster_request_payload(const cruster_request *r, size_t *len) {
   if (!r) {
@@ -30,14 +30,23 @@ int cruster_request_cancelled(const cruster_request *r) {
   return r ? atomic_load(&((cruster_request *)r)->cancelled) : 1;
 }
 
+/* The handler misused an answer: its caller gets `status` with `msg` instead
+ * (nobody waits forever), and the handler learns CRUSTER_E_INVALID_ARGUMENT
+ * -- or CRUSTER_E_STATE when the request was answered already, which then
+ * stands unchanged. */
+static cruster_status answer_misuse(cruster_request *r, int status, const char *msg) {
+  int st = em_request_answer(r, status, NULL, 0, msg);
+  return st == CRUSTER_E_STATE ? st : CRUSTER_E_INVALID_ARGUMENT;
+}
+
 cruster_status cruster_request_reply(cruster_request *r, const void *data, size_t len) {
   if (!r) return CRUSTER_E_INVALID_ARGUMENT;
   if (!data && len > 0) {
-    em_request_answer(r, CRUSTER_E_HANDLER, NULL, 0,
-                      "the handler replied with a NULL buffer of non-zero length");
-    return CRUSTER_E_INVALID_ARGUMENT;
+    char msg[128];
+    snprintf(msg, sizeof(msg), "the handler replied with a NULL buffer of %zu bytes", len);
+    return answer_misuse(r, CRUSTER_E_HANDLER, msg);
   }
-  if ((int64_t)len > r->rt->cfg->max_payload_size) {
+  if (core_size_exceeds(len, r->rt->cfg->max_payload_size)) {
     char msg[160];
     snprintf(msg, sizeof(msg), "the reply of %zu bytes exceeds max_payload_size (%lld bytes)", len,
              (long long)r->rt->cfg->max_payload_size);
@@ -47,12 +56,30 @@ cruster_status cruster_request_reply(cruster_request *r, const void *data, size_
   return em_request_answer(r, CRUSTER_OK, data, len, NULL);
 }
 
+/* A failure status that is neither a cruster code nor an application code
+ * (-999..-25, say): the caller could not tell what it means
+ * (cruster_status_name would say "CRUSTER_E_UNKNOWN"). The caller gets
+ * CRUSTER_E_HANDLER with a message that names the code. */
+#define FAIL_UNKNOWN_FMT                                                                     \
+  "the handler failed with status %d, which is neither a cruster status nor an application " \
+  "code (<= %d): %s"
+static cruster_status fail_unknown(cruster_request *r, int status, const char *message) {
+  const char *text = message ? message : "(no message)";
+  int n = snprintf(NULL, 0, FAIL_UNKNOWN_FMT, status, (int)CRUSTER_E_APPLICATION, text);
+  char *msg = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (msg) snprintf(msg, (size_t)n + 1, FAIL_UNKNOWN_FMT, status, (int)CRUSTER_E_APPLICATION, text);
+  cruster_status st = answer_misuse(r, CRUSTER_E_HANDLER,
+                                    msg ? msg : "the handler failed with an unknown status code");
+  free(msg);
+  return st;
+}
+
 cruster_status cruster_request_fail(cruster_request *r, int status, const char *message) {
   if (!r) return CRUSTER_E_INVALID_ARGUMENT;
-  if (status >= 0) {
-    em_request_answer(r, CRUSTER_E_HANDLER, NULL, 0,
-                      message ? message : "the handler failed with a non-negative status");
-    return CRUSTER_E_INVALID_ARGUMENT;
-  }
+  if (status >= 0)
+    return answer_misuse(r, CRUSTER_E_HANDLER,
+                         message ? message : "the handler failed with a non-negative status");
+  if (status > CRUSTER_E_APPLICATION && !core_status_known(status))
+    return fail_unknown(r, status, message);
   return em_request_answer(r, status, NULL, 0, message);
 }

@@ -14,7 +14,18 @@
 rt_env *rt_env_new(const char *type, const char *id, const char *method, const void *payload,
                    size_t len) {
   size_t lt = strlen(type) + 1, li = strlen(id) + 1, lm = strlen(method) + 1;
-  rt_env *e = malloc(sizeof(*e) + lt + li + lm + len + 1);
+  /* Every term is checked before it is added: the payload length is the
+   * caller's, and a wrapped sum would allocate too little and copy past it. */
+  size_t size = sizeof(rt_env) + 1;
+  if (lt > SIZE_MAX - size) return NULL;
+  size += lt;
+  if (li > SIZE_MAX - size) return NULL;
+  size += li;
+  if (lm > SIZE_MAX - size) return NULL;
+  size += lm;
+  if (len > SIZE_MAX - size) return NULL;
+  size += len;
+  rt_env *e = malloc(size);
   if (!e) return NULL;
   memset(e, 0, sizeof(*e));
   char *p = e->data;
@@ -256,6 +267,7 @@ static void destroy_partial(cruster_runtime *rt) {
   if (rt->metrics) core_metrics_free(rt->metrics);
   cruster_config_free(rt->cfg);
   free(rt->heap);
+  free(rt->run_buckets);
   free(rt);
 }
 
@@ -311,6 +323,10 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   rt_map_init(&rt->types);
   rt_map_init(&rt->instances);
   rt_map_init(&rt->waiters);
+  if (em_run_set_init(rt) != 0) {
+    destroy_partial(rt);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
   st = rt_pool_new((int)rt->cfg->worker_threads, (int)rt->cfg->worker_threads_max, rt->lg,
                    rt->metrics, &rt->pool);
   if (st != CRUSTER_OK) {

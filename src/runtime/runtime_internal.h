@@ -70,6 +70,12 @@ struct rt_call {
   rt_call *wnext;             /* next waiter on the same persisted request id */
   int waiting;                /* listed in rt->waiters */
   int internal;               /* made by an entity/workflow (opts->caller) */
+  /* opts->caller as the caller passed it: untrusted, compared as an address
+   * with the requests being handled (rt_route), never read through. */
+  const cruster_request *caller;
+  /* The call's address, for messages (the envelope moves on) */
+  const char *type, *id, *method;
+  char names[];
 };
 
 /* Per-runtime metric series the hot paths update. */
@@ -112,6 +118,11 @@ struct cruster_runtime {
   rt_map instances; /* "type\0id" -> em_instance* */
   rt_map waiters;   /* persisted request id -> rt_call* list */
   cruster_request *live_head; /* every delivery not yet freed */
+  /* The deliveries whose handler was started and whose answer the loop has
+   * not processed yet: the only valid opts.caller values. An intrusive hash
+   * set keyed by address (entity/manager.c). */
+  cruster_request **run_buckets;
+  size_t run_nbuckets, run_count;
   size_t running;             /* handlers running */
   int closed;                 /* stop finished its drain: answers are dropped */
   int defer_wakes;            /* in drain_commands: pool wakes wait for the batch end */
@@ -165,7 +176,10 @@ static inline int64_t rt_deadline_after(int64_t base, int64_t ms) {
   return ms > INT64_MAX - base ? INT64_MAX : base + ms;
 }
 
-/* ---- calls (sharding/client.c) ---- */
+/* ---- calls (sharding/calls.c, sharding/client.c) ---- */
+/* A zeroed call that keeps a copy of its address (type, id, method). NULL
+ * on OOM. Free with rt_call_free. */
+rt_call *rt_call_new(const char *type, const char *id, const char *method);
 void rt_call_complete(cruster_runtime *rt, rt_call *c, int status, const void *data, size_t len,
                       const char *msg);
 void rt_call_free(rt_call *c);
@@ -197,6 +211,12 @@ int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_c
 void em_saved(cruster_runtime *rt, cruster_request *r, int ok);
 /* route.c: the delivery bound to `s` is gone (freed before the save completed). */
 void rt_save_unbind(struct rt_save *s);
+/* Makes the first buckets of the running set (0, or -1 on OOM). */
+int em_run_set_init(cruster_runtime *rt);
+/* 1 if `p` is the address of a request this runtime is handling (its
+ * handler started, its answer not processed yet). Compares addresses only:
+ * `p` may be any value and is never read through. */
+int em_request_is_running(const cruster_runtime *rt, const void *p);
 /* Finds the dispatchable RPC for a call; fills an error message on failure. */
 int em_lookup_rpc(em_type *t, const char *method, int internal, char *msg, size_t msgsz);
 void em_reaper_fire(uv_timer_t *t);

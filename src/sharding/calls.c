@@ -1,6 +1,7 @@
 /* Pending calls: the deadline heap, completion, persisted-reply waiters. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/util.h"
 #include "entity/entity_internal.h"
@@ -118,6 +119,18 @@ void rt_waiters_resolve(cruster_runtime *rt, int64_t request_id, int status, con
 
 /* ---- completion ---------------------------------------------------------- */
 
+rt_call *rt_call_new(const char *type, const char *id, const char *method) {
+  /* The strings were checked (names and ids are short): no overflow. */
+  size_t lt = strlen(type) + 1, li = strlen(id) + 1, lm = strlen(method) + 1;
+  rt_call *c = calloc(1, sizeof(*c) + lt + li + lm);
+  if (!c) return NULL;
+  char *p = c->names;
+  memcpy(p, type, lt); c->type = p; p += lt;
+  memcpy(p, id, li); c->id = p; p += li;
+  memcpy(p, method, lm); c->method = p;
+  return c;
+}
+
 void rt_call_free(rt_call *c) {
   if (!c) return;
   free(c->env);
@@ -149,11 +162,9 @@ void rt_deadline_fire(uv_timer_t *t) {
     rt_call *c = rt->heap[0];
     if (c->req) atomic_store(&c->req->cancelled, 1);
     core_metric_add(rt->m.calls_timeout, 1);
-    char msg[200];
+    char msg[2 * CRUSTER_MAX_NAME_LEN + CRUSTER_MAX_ENTITY_ID_LEN + 64];
     snprintf(msg, sizeof(msg), "no answer from %s/%s (method '%s') before the call's deadline",
-             c->env ? c->env->type : (c->req ? c->req->env->type : "entity"),
-             c->env ? c->env->id : (c->req ? c->req->env->id : "?"),
-             c->env ? c->env->method : (c->req ? c->req->env->method : "?"));
+             c->type, c->id, c->method);
     rt_call_complete(rt, c, CRUSTER_E_TIMEOUT, NULL, 0, msg);
   }
   deadline_rearm(rt);

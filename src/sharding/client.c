@@ -9,15 +9,17 @@
 #include "sharding/sharding_internal.h"
 
 #define MAX_KEY_LEN 65536
+/* The latest deliver_at_ms accepted: 9999-12-31T23:59:59.999Z. Every storage
+ * can represent it (PostgreSQL timestamps end in 294276), and the deadline
+ * and poll arithmetic on it cannot overflow. */
+#define MAX_DELIVER_AT_MS INT64_C(253402300799999)
 
-/* Fields of cruster_call_opts present in the caller's struct. */
-#define OPT_HAS(o, field) \
-  ((o) && (o)->size >= offsetof(cruster_call_opts, field) + sizeof((o)->field))
-
+/* `extra_flags`: flags the library adds itself (the blocking forms' inline
+ * callback); they are not the caller's, so they are never reported as such. */
 static int submit(cruster_runtime *rt, int kind, const char *type, const char *id,
                   const char *method, const void *payload, size_t len,
-                  const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
-                  cruster_error **err) {
+                  const cruster_call_opts *opts, unsigned extra_flags, cruster_reply_fn fn,
+                  void *user, cruster_error **err) {
   if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
   if (kind == RT_CALL_SEND && !fn)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "a send needs a reply callback");
@@ -27,7 +29,7 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   if ((st = core_check_name("method name", method, err)) != CRUSTER_OK) return st;
   if (!payload && len > 0)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "payload is NULL but len is %zu", len);
-  if ((int64_t)len > rt->cfg->max_payload_size)
+  if (core_size_exceeds(len, rt->cfg->max_payload_size))
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
                           "payload of %zu bytes exceeds max_payload_size (%lld bytes)", len,
                           (long long)rt->cfg->max_payload_size);
@@ -48,14 +50,18 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
     deliver_at = opts->deliver_at_ms;
     caller = opts->caller;
   }
-  if (flags & ~(unsigned)(CRUSTER_CALL_PERSISTED | CRUSTER_CALL_INLINE_CALLBACK))
-    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "unknown call flags 0x%x", flags);
+  const unsigned known = CRUSTER_CALL_PERSISTED | CRUSTER_CALL_INLINE_CALLBACK;
+  if (flags & ~known)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                          "unknown call flags 0x%x in opts.flags 0x%x", flags & ~known, flags);
   if (timeout < 0)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "timeout_ms must be >= 0, got %lld",
                           (long long)timeout);
-  if (deliver_at < 0)
-    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "deliver_at_ms must be >= 0, got %lld",
-                          (long long)deliver_at);
+  if (deliver_at < 0 || deliver_at > MAX_DELIVER_AT_MS)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                          "deliver_at_ms must be a Unix time in ms from 0 to %lld "
+                          "(9999-12-31T23:59:59.999Z), got %lld",
+                          (long long)MAX_DELIVER_AT_MS, (long long)deliver_at);
   if (!key && key_len > 0)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
                           "idempotency_key is NULL but its length is %zu", key_len);
@@ -66,7 +72,7 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
                           "idempotency key of %zu bytes exceeds %d bytes", key_len, MAX_KEY_LEN);
   if ((st = rt_check_started(rt, err)) != CRUSTER_OK) return st;
 
-  rt_call *c = calloc(1, sizeof(*c));
+  rt_call *c = rt_call_new(type, id, method);
   if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   c->env = rt_env_new(type, id, method, payload, len);
   c->key = key ? core_memdup(key, key_len) : NULL;
@@ -76,9 +82,12 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   }
   c->key_len = key_len;
   c->kind = kind;
-  c->flags = flags;
+  c->flags = flags | extra_flags;
   c->fn = fn;
   c->user = user;
+  /* Only remembered here: the loop checks that it is a request it is
+   * handling before it believes it (rt_route), and never reads through it. */
+  c->caller = caller;
   c->internal = caller != NULL;
   c->env->deliver_at = deliver_at;
   c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout > 0 ? timeout : rt->cfg->default_call_timeout);
@@ -98,13 +107,13 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
 cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *id,
                             const char *method, const void *payload, size_t len,
                             const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
-  return submit(rt, RT_CALL_SEND, type, id, method, payload, len, opts, fn, user, NULL);
+  return submit(rt, RT_CALL_SEND, type, id, method, payload, len, opts, 0, fn, user, NULL);
 }
 
 cruster_status cruster_notify(cruster_runtime *rt, const char *type, const char *id,
                               const char *method, const void *payload, size_t len,
                               const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
-  return submit(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, fn, user, NULL);
+  return submit(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, 0, fn, user, NULL);
 }
 
 /* ---- blocking forms ------------------------------------------------------- */
@@ -124,7 +133,7 @@ static void sync_cb(void *user, int status, const void *data, size_t len, const 
   void *copy = NULL;
   char *m = NULL;
   if (status == CRUSTER_OK) {
-    copy = malloc(len + 1);
+    copy = len < SIZE_MAX ? malloc(len + 1) : NULL;
     if (copy) {
       if (len) memcpy(copy, data, len);
       ((char *)copy)[len] = 0;
@@ -152,21 +161,13 @@ static int call_sync(cruster_runtime *rt, int kind, const char *type, const char
   if (err) *err = NULL;
   if (rt && rt_on_loop(rt))
     return core_error_set(err, CRUSTER_E_STATE, "blocking calls are not allowed on the loop thread");
-  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
-  if (opts) {
-    if (opts->size < sizeof(o))
-      return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                            "cruster_call_opts.size is %zu; initialise it with CRUSTER_CALL_OPTS_INIT",
-                            opts->size);
-    memcpy(&o, opts, sizeof(o));
-    o.size = sizeof(o);
-  }
-  o.flags |= CRUSTER_CALL_INLINE_CALLBACK;
   sync_wait w;
   memset(&w, 0, sizeof(w));
   uv_mutex_init(&w.mu);
   uv_cond_init(&w.cv);
-  int st = submit(rt, kind, type, id, method, payload, len, &o, sync_cb, &w, err);
+  /* The callback only signals this thread: run it on the loop. */
+  int st = submit(rt, kind, type, id, method, payload, len, opts, CRUSTER_CALL_INLINE_CALLBACK,
+                  sync_cb, &w, err);
   if (st == CRUSTER_OK) {
     rt_pool_block_enter(rt->pool);
     uv_mutex_lock(&w.mu);

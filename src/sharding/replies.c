@@ -242,7 +242,7 @@ cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const c
   if (opts && opts->timeout_ms < 0) return CRUSTER_E_INVALID_ARGUMENT;
   if ((st = rt_check_started(rt, NULL)) != CRUSTER_OK) return st;
   if (!rt->storage) return CRUSTER_E_PERSISTENCE;
-  rt_call *c = calloc(1, sizeof(*c));
+  rt_call *c = rt_call_new(type, id, method);
   if (!c) return CRUSTER_E_NOMEM;
   /* The identity travels in the call: the lookup and the timeout's message
    * use it. */

@@ -204,6 +204,14 @@ void rt_route(cruster_runtime *rt, rt_cmd *cmd) {
     reject(rt, c, CRUSTER_E_UNKNOWN_ENTITY_TYPE, msg);
     return;
   }
+  if (c->caller && !em_request_is_running(rt, c->caller)) {
+    /* Only a request this runtime is handling makes a call internal: a made
+     * up, stale or foreign pointer must not open protected methods. */
+    reject(rt, c, CRUSTER_E_FORBIDDEN,
+           "opts.caller is not a request this runtime is handling (not a request handle, "
+           "already answered, or of another runtime)");
+    return;
+  }
   int idx = em_lookup_rpc(t, env->method, c->internal, msg, sizeof(msg));
   if (idx < 0) {
     reject(rt, c, idx, msg);
@@ -249,7 +257,7 @@ void rt_poll_schedule(cruster_runtime *rt, int64_t delay_ms) {
   if (rt->poll_scheduled) {
     /* A poll is running and may have read storage before what this wake-up
      * is about: remember it, the poll honours it when it ends. */
-    int64_t at = core_mono_ms() + delay_ms;
+    int64_t at = rt_deadline_after(core_mono_ms(), delay_ms);
     if (rt->poll_again_at == 0 || at < rt->poll_again_at) rt->poll_again_at = at;
     return;
   }

@@ -94,7 +94,13 @@ static void check_entity_id_limits(void **state) {
   (void)state;
   cruster_error *e = NULL;
   assert_int_equal(core_check_entity_id("counter-1", &e), CRUSTER_OK);
-  assert_int_equal(core_check_entity_id("with\ttab is fine", NULL), CRUSTER_OK);
+  /* Control characters are refused as in names (C0 and DEL; issue 7). */
+  assert_int_equal(core_check_entity_id("with\ttab", &e), CRUSTER_E_INVALID_ARGUMENT);
+  assert_string_equal(cruster_error_message(e),
+                      "entity id must not contain control characters (byte 0x09 at offset 4)");
+  cruster_error_free(e);
+  e = NULL;
+  assert_int_equal(core_check_entity_id("caf\xC3\xA9 \xC2\x85", NULL), CRUSTER_OK); /* UTF-8, C1 */
   char *id = malloc(CRUSTER_MAX_ENTITY_ID_LEN + 2);
   assert_non_null(id);
   memset(id, 'i', CRUSTER_MAX_ENTITY_ID_LEN);
