@@ -42,6 +42,7 @@
 #define core_snowflake_next cruster__core_snowflake_next
 #define core_snowflake_set_clock cruster__core_snowflake_set_clock
 #define core_snowflake_set_machine_id cruster__core_snowflake_set_machine_id
+#define core_status_known cruster__core_status_known
 #define core_strdup cruster__core_strdup
 #define core_utf8_sanitize_dup cruster__core_utf8_sanitize_dup
 #define core_utf8_valid cruster__core_utf8_valid
@@ -53,9 +54,11 @@
 #define em_reaper_fire cruster__em_reaper_fire
 #define em_request_answer cruster__em_request_answer
 #define em_request_free cruster__em_request_free
+#define em_request_is_running cruster__em_request_is_running
 #define em_rpc_list_add cruster__em_rpc_list_add
 #define em_rpc_list_find cruster__em_rpc_list_find
 #define em_rpc_list_free cruster__em_rpc_list_free
+#define em_run_set_init cruster__em_run_set_init
 #define em_saved cruster__em_saved
 #define em_type_find cruster__em_type_find
 #define pg_check_schema cruster__pg_check_schema
@@ -64,6 +67,7 @@
 #define pg_quote_table cruster__pg_quote_table
 #define rt_call_complete cruster__rt_call_complete
 #define rt_call_free cruster__rt_call_free
+#define rt_call_new cruster__rt_call_new
 #define rt_calls_fail_all cruster__rt_calls_fail_all
 #define rt_check_started cruster__rt_check_started
 #define rt_deadline_fire cruster__rt_deadline_fire
