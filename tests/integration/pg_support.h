@@ -25,6 +25,11 @@
 
 #include "test_support.h"
 
+/* How long a test waits for something that must happen (an answer, a
+ * delivery, a row going away) before failing: generous, so that only what
+ * never happens fails, however loaded the machine. Never a rate. */
+#define PGT_DEADLINE_MS TS_DEADLINE_MS
+
 /* The connection string of the test server: the test FAILS (never skips)
  * when it is missing. */
 static const char *pgt_base_conninfo(void) {
