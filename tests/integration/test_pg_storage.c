@@ -179,17 +179,13 @@ static void migrate_applies_all_then_nothing(void **state) {
   /* answers live in the message row: no second table */
   assert_false(pgt_table_exists(&s, "cruster_replies"));
   /* framework tables only */
-  assert_int_equal(pgt_scalarf(s.admin, -1,
-                               "SELECT count(*) FROM information_schema.tables WHERE "
-                               "table_schema = '%s' AND table_name NOT LIKE 'cruster\\_%%'",
-                               s.name),
-                   0);
+  assert_int_equal(
+      pgt_scalarf(s.admin, -1, PGT_RELATION_IN_SCHEMA "AND c.relname NOT LIKE 'cruster\\_%%'", s.name),
+      0);
   /* Nothing leaked into public. */
-  assert_int_equal(pgt_scalar(s.admin,
-                              "SELECT count(*) FROM information_schema.tables WHERE "
-                              "table_schema = 'public' AND table_name = 'cruster_migrations'",
-                              -1),
-                   0);
+  assert_int_equal(
+      pgt_scalarf(s.admin, -1, PGT_RELATION_IN_SCHEMA "AND c.relname = 'cruster_migrations'", "public"),
+      0);
   /* Second run: nothing to do. */
   applied = -1;
   assert_int_equal(cruster_storage_pg_migrate(s.conninfo, NULL, &applied, &err), CRUSTER_OK);
