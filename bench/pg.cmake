@@ -5,3 +5,9 @@
 add_executable(bench_pg_rpc ${CMAKE_CURRENT_LIST_DIR}/bench_pg_rpc.c)
 target_compile_definitions(bench_pg_rpc PRIVATE _POSIX_C_SOURCE=200809L)
 target_link_libraries(bench_pg_rpc PRIVATE cruster_static)
+
+# bench_pg_hot_entity: how fast one hot entity is served (a steady stream of
+# persisted notifies to one entity); the rate test_pg_hot_entity used to assert.
+add_executable(bench_pg_hot_entity ${CMAKE_CURRENT_LIST_DIR}/bench_pg_hot_entity.c)
+target_compile_definitions(bench_pg_hot_entity PRIVATE _POSIX_C_SOURCE=200809L)
+target_link_libraries(bench_pg_hot_entity PRIVATE cruster_static)

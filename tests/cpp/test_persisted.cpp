@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <future>
 #include <optional>
@@ -19,23 +20,36 @@ namespace {
 
 using namespace std::chrono_literals;
 
+/** How long a test waits for what must happen: generous, never a rate. */
+constexpr auto deadline = 60s;
+constexpr long deadline_ms = 60000;
+
 /** Shared by every runtime a test makes (it outlives them). */
 struct JobState {
   std::atomic<int> entered{0};
   std::atomic<bool> open{false};
+  /* Set (by the log sink of dead_letter_is_listed_and_redelivered) once a
+   * stopping runtime gave up waiting for its running handlers: an answer
+   * after that is dropped. */
+  std::atomic<bool> gave_up{false};
 };
 
 struct Job {
   JobState *state;
 
   /* Holds until the gate opens. Interrupted (cancelled) while closed, it
-   * outlasts entity_termination_timeout so that its answer is dropped: the
-   * delivery counts as failed, as if the runner had died. */
+   * answers only once the stopping runtime gave up on it (after
+   * entity_termination_timeout), so that its answer is dropped: the delivery
+   * counts as failed, as if the runner had died. (Not a sleep: on a busy
+   * machine the runtime's timer may fire late, and an answer given before
+   * would be stored as the message's reply.) */
   std::string run(cruster::context &ctx, const std::string &what) {
     state->entered.fetch_add(1);
     while (!state->open.load() && !ctx.cancelled()) std::this_thread::sleep_for(2ms);
     if (!state->open.load()) {
-      std::this_thread::sleep_for(600ms);
+      auto end = std::chrono::steady_clock::now() + deadline;
+      while (!state->gave_up.load() && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(2ms);
       throw cruster::error(CRUSTER_E_INTERRUPTED, "interrupted");
     }
     return "done:" + what;
@@ -55,7 +69,7 @@ cruster::runtime pg_runtime(const test::pg_schema &schema, cruster::config cfg =
 }
 
 cruster::call_options keyed(std::string key) {
-  return cruster::call_options().idempotency_key(std::move(key)).timeout(30s);
+  return cruster::call_options().idempotency_key(std::move(key)).timeout(deadline);
 }
 
 void poll_reports_pending_then_the_answer(void **) {
@@ -73,7 +87,7 @@ void poll_reports_pending_then_the_answer(void **) {
 
   // Stored, being handled, not answered.
   jobs.notify<&Job::run>("j", std::string("x"), keyed("k-1"));
-  assert_true(test::eventually([&] { return state.entered.load() >= 1; }, 10000));
+  assert_true(test::eventually([&] { return state.entered.load() >= 1; }, deadline_ms));
   std::optional<std::string> pending = jobs.poll<&Job::run>("j", "k-1");
   assert_false(pending.has_value());
 
@@ -81,7 +95,7 @@ void poll_reports_pending_then_the_answer(void **) {
   state.open = true;
   std::optional<std::string> answer;
   assert_true(test::eventually(
-      [&] { return (answer = jobs.poll<&Job::run>("j", "k-1")).has_value(); }, 20000));
+      [&] { return (answer = jobs.poll<&Job::run>("j", "k-1")).has_value(); }, deadline_ms));
   assert_string_equal(answer->c_str(), "done:x");
   // Polling again reads the same stored answer; the handler does not run again.
   assert_string_equal(jobs.poll<&Job::run>("j", "k-1").value().c_str(), "done:x");
@@ -128,7 +142,7 @@ void join_waits_for_in_flight_and_returns_finished(void **) {
   rt.start();
 
   jobs.notify<&Job::run>("j", std::string("joined"), keyed("join-1"));
-  assert_true(test::eventually([&] { return state.entered.load() >= 1; }, 10000));
+  assert_true(test::eventually([&] { return state.entered.load() >= 1; }, deadline_ms));
 
   // In flight: a short join times out, a long one waits.
   std::future<std::string> early =
@@ -137,10 +151,11 @@ void join_waits_for_in_flight_and_returns_finished(void **) {
   assert_int_equal(test::status_of([&] { early.get(); }, &message), CRUSTER_E_TIMEOUT);
 
   std::future<std::string> waiting =
-      jobs.join_async<&Job::run>("j", "join-1", cruster::call_options().timeout(30s));
+      jobs.join_async<&Job::run>("j", "join-1", cruster::call_options().timeout(deadline));
+  // (The handler has not answered: the join cannot be ready, however long this takes.)
   assert_true(waiting.wait_for(300ms) == std::future_status::timeout);
   state.open = true;
-  assert_true(waiting.wait_for(20s) == std::future_status::ready);
+  assert_true(waiting.wait_for(deadline) == std::future_status::ready);
   assert_string_equal(waiting.get().c_str(), "done:joined");
 
   // Finished: every form reports the stored answer at once.
@@ -193,16 +208,28 @@ bool listed(const cruster::runtime &rt, int64_t id) {
   return false;
 }
 
+/* The log sink of dead_letter_is_listed_and_redelivered: notes when a
+ * stopping runtime gives up on its running handlers; prints errors. */
+void note_give_up(void *user, cruster_log_level level, const char *component, const char *message) {
+  auto *state = static_cast<JobState *>(user);
+  if (std::strstr(message, "still running after entity_termination_timeout") != nullptr)
+    state->gave_up = true;
+  else if (level >= CRUSTER_LOG_ERROR)
+    std::fprintf(stderr, "[%s] %s\n", component, message);
+}
+
 void dead_letter_is_listed_and_redelivered(void **) {
   test::pg_schema schema;
   JobState state;
-  auto config = [] {
+  auto make_runtime = [&] {
     cruster::config cfg;
-    cfg.set("storage_message_max_retries", 2)
+    cfg.set("shards_per_group", 16)
+        .set("storage_message_max_retries", 2)
         .set("storage_retry_backoff", 50ms)
         .set("storage_poll_interval", 100ms)
-        .set("entity_termination_timeout", 200ms);
-    return cfg;
+        .set("entity_termination_timeout", 200ms)
+        .set_logger(note_give_up, &state, CRUSTER_LOG_WARN);
+    return cruster::runtime(cfg, cruster::pg_storage(schema.conninfo()));
   };
 
   // Every runtime is stopped while the handler holds the message: a failed
@@ -211,15 +238,18 @@ void dead_letter_is_listed_and_redelivered(void **) {
   bool dead = false;
   std::optional<cruster::runtime> rt;
   for (int run = 0; run < 8 && !dead; ++run) {
-    rt.emplace(pg_runtime(schema, config()));
+    state.gave_up = false;
+    // Counted before the runtime starts: it may deliver at once.
+    const int before = state.entered.load();
+    rt.emplace(make_runtime());
     auto jobs = rt->register_entity(Job{&state});
     rt->start();
     if (run == 0) {
       jobs.notify<&Job::run>("p", std::string("apple"), keyed("dl-1"));
       id = jobs.persisted_request_id<&Job::run>("p", "dl-1");
     }
-    const int before = state.entered.load();
-    for (int i = 0; i < 500; ++i) {
+    const auto end = std::chrono::steady_clock::now() + deadline;
+    while (std::chrono::steady_clock::now() < end) {
       if (state.entered.load() > before) break;
       if (listed(*rt, id)) {
         dead = true;
@@ -258,7 +288,7 @@ void dead_letter_is_listed_and_redelivered(void **) {
   const int before = state.entered.load();
   rt->redeliver(id);
   assert_string_equal(
-      jobs.join<&Job::run>("p", "dl-1", cruster::call_options().timeout(30s)).c_str(),
+      jobs.join<&Job::run>("p", "dl-1", cruster::call_options().timeout(deadline)).c_str(),
       "done:apple");
   assert_true(state.entered.load() > before);
   assert_string_equal(jobs.poll<&Job::run>("p", "dl-1").value().c_str(), "done:apple");

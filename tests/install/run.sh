@@ -48,10 +48,14 @@ cc=$(cache_value CMAKE_C_COMPILER)
 cxx=$(cache_value CMAKE_CXX_COMPILER)
 libdir=$(cache_value CMAKE_INSTALL_LIBDIR)
 san_flags=()
-case $(cache_value CRUSTER_SANITIZE) in
-  ON | On | on | TRUE | True | true | 1 | YES | Yes | yes)
+# CRUSTER_SANITIZE as CMakeLists.txt reads it: ON/address = ASan + UBSan, thread = TSan.
+case $(cache_value CRUSTER_SANITIZE | tr '[:upper:]' '[:lower:]') in
+  on | true | 1 | yes | y | address | asan)
     # shellcheck disable=SC2054 # the commas belong to the flag
     san_flags=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+    ;;
+  thread | tsan)
+    san_flags=(-fsanitize=thread -fno-omit-frame-pointer)
     ;;
 esac
 

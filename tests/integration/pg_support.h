@@ -25,6 +25,11 @@
 
 #include "test_support.h"
 
+/* How long a test waits for something that must happen (an answer, a
+ * delivery, a row going away) before failing: generous, so that only what
+ * never happens fails, however loaded the machine. Never a rate. */
+#define PGT_DEADLINE_MS TS_DEADLINE_MS
+
 /* The connection string of the test server: the test FAILS (never skips)
  * when it is missing. */
 static const char *pgt_base_conninfo(void) {
@@ -149,12 +154,18 @@ static void pgt_schema_drop(pgt_schema *s) {
   PQfinish(c);
 }
 
+/* Catalog checks read pg_class / pg_namespace (plain MVCC scans). Views
+ * such as information_schema.tables or pg_indexes call functions
+ * (privilege checks, pg_get_indexdef) on every object of the database,
+ * including those of other test programs' schemas, which they may be
+ * dropping at that moment: "could not open relation with OID ...". */
+#define PGT_RELATION_IN_SCHEMA                                                                     \
+  "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "                 \
+  "WHERE n.nspname = '%s' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+
 /* 1 if table `name` exists in the schema. */
 static int pgt_table_exists(pgt_schema *s, const char *name) {
-  return pgt_scalarf(s->admin, 0,
-                     "SELECT count(*) FROM information_schema.tables WHERE table_schema = '%s' "
-                     "AND table_name = '%s'",
-                     s->name, name) > 0;
+  return pgt_scalarf(s->admin, 0, PGT_RELATION_IN_SCHEMA "AND c.relname = '%s'", s->name, name) > 0;
 }
 
 static long long pgt_count(pgt_schema *s, const char *table) {

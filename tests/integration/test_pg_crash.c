@@ -148,7 +148,7 @@ static void killed_runner_delivers_stored_messages_after_restart(void **state) {
     snprintf(line, sizeof(line), "s%d m%03d", i % N_ENT, i);
     wait_line_alive(b, out, line, 60000);
   }
-  int64_t end = pgt_mono_ms() + 30000;
+  int64_t end = pgt_mono_ms() + PGT_DEADLINE_MS;
   /* every message answered: an unkeyed row is deleted once its answer is recorded */
   while (pgt_count(&s, "cruster_messages") > 0 && pgt_mono_ms() < end) ts_sleep_ms(50);
   long long left = pgt_count(&s, "cruster_messages");
@@ -226,7 +226,7 @@ static void poison_message_is_dead_lettered_not_retried_forever(void **state) {
    * storage has them all done, so that only P is in flight at the kill (a
    * message still in flight when a runner dies is charged an attempt, and
    * would become a dead letter with P). */
-  assert_true(pgt_eventually(healthy_done, &s, 30000));
+  assert_true(pgt_eventually(healthy_done, &s, PGT_DEADLINE_MS));
   kill_child(prod);
 
   int deaths = 0, settled = 0;
@@ -311,7 +311,7 @@ static void poison_message_is_dead_lettered_not_retried_forever(void **state) {
   assert_int_equal(atomic_load(&g.n), 0); /* nothing else was pending */
   /* redeliver: runs again (the handler here is fixed) */
   assert_int_equal(cruster_dead_letter_redeliver(rt, id, &err), CRUSTER_OK);
-  assert_true(pgt_eventually(got_one, &g, 30000));
+  assert_true(pgt_eventually(got_one, &g, PGT_DEADLINE_MS));
   uv_mutex_lock(&g.mu);
   assert_string_equal(g.last, "P");
   uv_mutex_unlock(&g.mu);

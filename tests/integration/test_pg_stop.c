@@ -53,7 +53,7 @@ static void stop_does_not_hang_on_a_handler_blocked_on_storage(void **state) {
   pgt_exec(s.admin, "BEGIN");
   pgt_exec(s.admin, "LOCK TABLE cruster_messages IN ACCESS EXCLUSIVE MODE");
   assert_int_equal(cruster_notify(rt, "Stuck", "x", "peek", NULL, 0, NULL, NULL, NULL), CRUSTER_OK);
-  int64_t end = pgt_mono_ms() + 10000;
+  int64_t end = pgt_mono_ms() + PGT_DEADLINE_MS;
   while (!atomic_load(&entered) && pgt_mono_ms() < end) ts_sleep_ms(5);
   assert_true(atomic_load(&entered));
   ts_sleep_ms(100); /* it is waiting inside cruster_poll_reply now */
@@ -62,7 +62,7 @@ static void stop_does_not_hang_on_a_handler_blocked_on_storage(void **state) {
   stopper sp = {rt, 0};
   uv_thread_t th;
   uv_thread_create(&th, stop_thread, &sp);
-  end = pgt_mono_ms() + 15000; /* generous: the stop needs about 2 x 300 ms */
+  end = pgt_mono_ms() + PGT_DEADLINE_MS; /* generous: the stop needs about 2 x 300 ms */
   while (!atomic_load(&sp.done) && pgt_mono_ms() < end) ts_sleep_ms(10);
   int stopped = atomic_load(&sp.done);
   /* Release the lock either way, so a hanging stop can still finish. */

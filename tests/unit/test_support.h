@@ -5,6 +5,7 @@
 #include <cruster/cruster.h>
 #include <uv.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,13 +32,32 @@ static double ts_metric(cruster_runtime *rt, const char *name, const char *label
   return v;
 }
 
-/* Waits (up to 10 s) until fn(arg) is true. Returns 1 if it became true. */
+/* Tests never decide on timing: a wait polls for a condition up to a
+ * generous deadline, so only something that never happens (a bug) fails it,
+ * however loaded the machine (sanitizers, parallel builds). */
+#define TS_DEADLINE_MS 60000L
+
+static inline int64_t ts_mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits (up to TS_DEADLINE_MS) until fn(arg) is true. Returns 1 if it became true. */
 static int ts_eventually(int (*fn)(void *), void *arg) {
-  for (int i = 0; i < 2000; i++) {
+  int64_t end = ts_mono_ms() + TS_DEADLINE_MS;
+  while (ts_mono_ms() < end) {
     if (fn(arg)) return 1;
     ts_sleep_ms(5);
   }
   return fn(arg);
+}
+
+/* Waits (up to TS_DEADLINE_MS) until *a >= n. Returns 1 if it got there. */
+static inline int ts_wait_ge(atomic_int *a, int n) {
+  int64_t end = ts_mono_ms() + TS_DEADLINE_MS;
+  while (atomic_load(a) < n && ts_mono_ms() < end) ts_sleep_ms(1);
+  return atomic_load(a) >= n;
 }
 
 /* ---- helpers for cmocka tests (include <cmocka.h> first) ---- */
@@ -160,7 +180,8 @@ static inline void reply_wait(reply *r) {
 
 /* Waits up to `ms`; 1 if the call completed. */
 static inline int reply_wait_ms(reply *r, long ms) {
-  for (long i = 0; i < ms && !reply_done(r); i++) ts_sleep_ms(1);
+  int64_t end = ts_mono_ms() + ms;
+  while (!reply_done(r) && ts_mono_ms() < end) ts_sleep_ms(1);
   return reply_done(r);
 }
 
