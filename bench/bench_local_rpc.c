@@ -570,7 +570,7 @@ static void on_reply(void *user, int status, const void *data, size_t len, const
 static int drv_send(drv *d, token *t) {
   t->t0 = now_ns();
   cruster_status st = cruster_send(d->rt, "Echo", id_for((int)t->idx, d->callers, t->seq++), "echo",
-                                   g_payload_buf, g_payload, &d->opts, on_reply, t);
+                                   g_payload_buf, g_payload, &d->opts, on_reply, t, NULL);
   if (st != CRUSTER_OK) {
     fprintf(stderr, "cruster_send: %s\n", cruster_status_message(st));
     atomic_fetch_add(&g_errors, 1);

@@ -141,7 +141,7 @@ static int run(double seconds, long interval_us) {
   while (mono_us() < end) {
     char p[32];
     int n = snprintf(p, sizeof p, "%d", sent);
-    if (cruster_notify(rt, "Str", "E", "tick", p, (size_t)n, NULL, on_notify, NULL) == CRUSTER_OK)
+    if (cruster_notify(rt, "Str", "E", "tick", p, (size_t)n, NULL, on_notify, NULL, NULL) == CRUSTER_OK)
       sent++;
     if (handled_mid < 0 && mono_us() >= mid) handled_mid = atomic_load(&g_handled);
     sleep_us(interval_us);

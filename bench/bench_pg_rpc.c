@@ -167,7 +167,7 @@ static void *caller_main(void *arg) {
     snprintf(id, sizeof(id), "b%d-%ld", c->index, n % 16);
     c->done = 0;
     int64_t t0 = mono_us();
-    int st = cruster_send(c->rt, "Bench", id, "ack", payload, sizeof(payload), &o, on_reply, c);
+    int st = cruster_send(c->rt, "Bench", id, "ack", payload, sizeof(payload), &o, on_reply, c, NULL);
     if (st != CRUSTER_OK) {
       c->errors++;
       if (c->errors < 3) fprintf(stderr, "bench_pg_rpc: send refused: %s\n", cruster_status_name(st));

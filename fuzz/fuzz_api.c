@@ -278,8 +278,8 @@ static void h_act(void *user, cruster_request *req) {
     o.timeout_ms = 1 + arg % 50;
     const char *id = cruster_request_entity_id(req);
     cruster_runtime *rt = cruster_request_runtime(req);
-    st = (arg & 1) ? cruster_notify(rt, "Fz", id, "prot", "x", 1, &o, on_done, &not_forbidden_tag)
-                   : cruster_send(rt, "Fz", id, "echo", "x", 1, &o, on_done, &not_forbidden_tag);
+    st = (arg & 1) ? cruster_notify(rt, "Fz", id, "prot", "x", 1, &o, on_done, &not_forbidden_tag, NULL)
+                   : cruster_send(rt, "Fz", id, "echo", "x", 1, &o, on_done, &not_forbidden_tag, NULL);
     if (st != CRUSTER_OK && st != CRUSTER_E_SHUTTING_DOWN)
       broken("an internal call was refused", st);
     cruster_request_reply(req, NULL, 0);
@@ -709,11 +709,11 @@ static void op_call(input *in, cruster_runtime *rt) {
   int st;
   switch (how) {
   case 0:
-    st = cruster_send(rt, type, id, method, pl.p, pl.len, opts, on_done, NULL);
+    st = cruster_send(rt, type, id, method, pl.p, pl.len, opts, on_done, NULL, NULL);
     break;
   case 1:
     st =
-        cruster_notify(rt, type, id, method, pl.p, pl.len, opts, u8(in) & 1 ? on_done : NULL, NULL);
+        cruster_notify(rt, type, id, method, pl.p, pl.len, opts, u8(in) & 1 ? on_done : NULL, NULL, NULL);
     break;
   case 2: {
     void *reply = NULL;
@@ -814,7 +814,7 @@ static void op_stored(input *in, cruster_runtime *rt) {
   case 1: {
     void *opts_mem = NULL;
     cruster_call_opts *opts = gen_opts(in, 0, &opts_mem);
-    cruster_join_reply(rt, type, id, method, klen ? key : NULL, klen, opts, on_done, NULL);
+    cruster_join_reply(rt, type, id, method, klen ? key : NULL, klen, opts, on_done, NULL, NULL);
     free(opts_mem);
     break;
   }
@@ -921,7 +921,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_def(&in, rt);
   /* Calls before start are refused (CRUSTER_E_STATE), not lost. */
   if (u8(&in) & 1) {
-    int st = cruster_send(rt, "Fz", "x", "echo", NULL, 0, NULL, on_done, NULL);
+    int st = cruster_send(rt, "Fz", "x", "echo", NULL, 0, NULL, on_done, NULL, NULL);
     if (st != CRUSTER_E_STATE)
       broken("a call before start was not refused", st);
   }
@@ -960,7 +960,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         break;
       atomic_store(&stopping, 1);
       cruster_runtime_stop(rt, NULL);
-      int st = cruster_send(rt, "Fz", "x", "echo", NULL, 0, NULL, on_done, NULL);
+      int st = cruster_send(rt, "Fz", "x", "echo", NULL, 0, NULL, on_done, NULL, NULL);
       if (st != CRUSTER_E_SHUTTING_DOWN)
         broken("a call after stop was not refused", st);
       break;

@@ -59,6 +59,16 @@ typedef enum cruster_call_flags {
  * Per-call options. Initialise with CRUSTER_CALL_OPTS_INIT (which sets
  * `size`), then set what you need; pass NULL for all defaults. The struct
  * and what it points to are only read during the call.
+ *
+ * How it grows (the rule for every options struct of this API): fields are
+ * only ever appended. `size` says how much of the struct the caller has:
+ *   - at least CRUSTER_CALL_OPTS_SIZE_V1 (the first version) is required;
+ *   - a struct smaller than this header's (an older caller) is read only as
+ *     far as its size goes: the fields it does not have take their defaults;
+ *   - a larger one (a caller compiled against a newer cruster) is accepted
+ *     when every byte this library does not know is zero, and refused with
+ *     CRUSTER_E_INVALID_ARGUMENT otherwise (a newer option this library
+ *     cannot honour is never ignored silently).
  */
 typedef struct cruster_call_opts {
   /** sizeof(cruster_call_opts) as compiled by the caller: lets the struct grow. */
@@ -97,6 +107,9 @@ typedef struct cruster_call_opts {
 } cruster_call_opts;
 
 #define CRUSTER_CALL_OPTS_INIT {sizeof(cruster_call_opts), 0u, 0, NULL, 0u, 0, NULL}
+/** The size of the first version of cruster_call_opts (through `caller`). */
+#define CRUSTER_CALL_OPTS_SIZE_V1 \
+  (offsetof(cruster_call_opts, caller) + sizeof(const cruster_request *))
 
 /*
  * cruster_reply_fn
@@ -123,7 +136,8 @@ typedef void (*cruster_reply_fn)(void *user, int status, const void *data, size_
  *   runtime is handling), CRUSTER_E_MAILBOX_FULL,
  *   CRUSTER_E_TIMEOUT, CRUSTER_E_INTERRUPTED, CRUSTER_E_SHUTTING_DOWN,
  *   CRUSTER_E_PERSISTENCE, the handler's own error, ...).
- *   Any other value: nothing happened and `fn` is never called --
+ *   Any other value: nothing happened, `fn` is never called, and `*err` (when
+ *   err is not NULL) says why --
  *   CRUSTER_E_INVALID_ARGUMENT (NULL, empty or invalid name or id -- see
  *   common.h --, or bad options: opts.size too small, unknown flags (the
  *   message names them and the flags as passed), negative timeout_ms,
@@ -137,7 +151,7 @@ typedef void (*cruster_reply_fn)(void *user, int status, const void *data, size_
 CRUSTER_API cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *id,
                                         const char *method, const void *payload, size_t len,
                                         const cruster_call_opts *opts, cruster_reply_fn fn,
-                                        void *user);
+                                        void *user, cruster_error **err);
 
 /*
  * cruster_notify
@@ -151,7 +165,7 @@ CRUSTER_API cruster_status cruster_send(cruster_runtime *rt, const char *type, c
 CRUSTER_API cruster_status cruster_notify(cruster_runtime *rt, const char *type, const char *id,
                                           const char *method, const void *payload, size_t len,
                                           const cruster_call_opts *opts, cruster_reply_fn fn,
-                                          void *user);
+                                          void *user, cruster_error **err);
 
 /*
  * cruster_send_sync
@@ -207,15 +221,17 @@ CRUSTER_API cruster_status cruster_poll_reply(cruster_runtime *rt, const char *t
  *   Waits for the answer of the persisted call identified as for
  *   cruster_poll_reply and reports it to `fn` (as cruster_send does), within
  *   the options' deadline. An answer already stored is reported at once.
+ *   Of the options only timeout_ms and CRUSTER_CALL_INLINE_CALLBACK are
+ *   used (the call's own options may be passed again).
  * Returns: as cruster_send (CRUSTER_E_NOT_FOUND reaches `fn` when no such
- *   message is stored).
+ *   message is stored; a refusal up front is explained in `*err`).
  * Threads: any.
  */
 CRUSTER_API cruster_status cruster_join_reply(cruster_runtime *rt, const char *type,
                                               const char *id, const char *method,
                                               const void *key, size_t key_len,
                                               const cruster_call_opts *opts, cruster_reply_fn fn,
-                                              void *user);
+                                              void *user, cruster_error **err);
 
 /** A list of stored messages (dead letters). Opaque; free with cruster_message_list_free. */
 typedef struct cruster_message_list cruster_message_list;

@@ -6,6 +6,16 @@
  * (a human-readable message) comes through an optional `cruster_error **`
  * out-parameter or through the error argument of a completion callback.
  *
+ * The `cruster_error **err` contract, the same for every function that takes
+ * one: `err` may be NULL (no detail wanted). Otherwise `*err` is set to NULL
+ * on entry and, when the function fails, to a new error object carrying the
+ * returned status and a message; the caller owns it and frees it with
+ * cruster_error_free (on success there is nothing to free). An asynchronous
+ * function's `*err` explains only a refusal up front; what happens later
+ * reaches its callback. Read `*err` after the call returns -- never in the
+ * same expression as the call (C leaves the order of argument evaluation
+ * open: check(f(&err), err) may read err before f sets it).
+ *
  * Application errors: a handler may fail a request with any code at or below
  * CRUSTER_E_APPLICATION (-1000); such codes travel to the caller unchanged
  * (also across runners) and are named "CRUSTER_E_APPLICATION" by

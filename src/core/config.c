@@ -349,6 +349,7 @@ static const field *lookup(const char *name, cruster_error **err) {
 
 cruster_status cruster_config_set(cruster_config *cfg, const char *name, const char *value,
                                   cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!cfg || !name || !value)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
                           "cruster_config_set: config, name and value must not be NULL");
@@ -359,6 +360,7 @@ cruster_status cruster_config_set(cruster_config *cfg, const char *name, const c
 
 cruster_status cruster_config_set_int(cruster_config *cfg, const char *name, int64_t value,
                                       cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!cfg || !name)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
                           "cruster_config_set_int: config and name must not be NULL");
@@ -373,6 +375,7 @@ cruster_status cruster_config_set_int(cruster_config *cfg, const char *name, int
 
 cruster_status cruster_config_get(const cruster_config *cfg, const char *name, char **out,
                                   cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!cfg || !name || !out)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
                           "cruster_config_get: config, name and out must not be NULL");
@@ -420,6 +423,7 @@ cruster_status cruster_config_get(const cruster_config *cfg, const char *name, c
 
 cruster_status cruster_config_get_int(const cruster_config *cfg, const char *name, int64_t *out,
                                       cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!cfg || !name || !out)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
                           "cruster_config_get_int: config, name and out must not be NULL");
@@ -434,6 +438,7 @@ cruster_status cruster_config_get_int(const cruster_config *cfg, const char *nam
 }
 
 cruster_status cruster_config_validate(const cruster_config *cfg, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!cfg) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "config must not be NULL");
   for (size_t i = 0; i < N_FIELDS; i++) {
     const field *f = &fields[i];

@@ -18,6 +18,13 @@ cruster_error *core_error_new(int status, const char *fmt, ...) __attribute__((f
 /* If `err` is not NULL, stores a new error there (freeing nothing: *err must
  * be NULL or garbage the caller does not own). Always returns `status`, so
  * callers can write `return core_error_set(err, CRUSTER_E_X, "...")`. */
+/* The first statement of every public function taking `cruster_error
+ * **err`: the contract of status.h (cleared on entry, set on failure). */
+#define CORE_ERR_CLEAR(err) \
+  do {                      \
+    if (err) *(err) = NULL; \
+  } while (0)
+
 int core_error_set(cruster_error **err, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

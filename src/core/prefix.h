@@ -68,6 +68,7 @@
 #define rt_call_complete cruster__rt_call_complete
 #define rt_call_free cruster__rt_call_free
 #define rt_call_new cruster__rt_call_new
+#define rt_call_opts_read cruster__rt_call_opts_read
 #define rt_calls_fail_all cruster__rt_calls_fail_all
 #define rt_check_started cruster__rt_check_started
 #define rt_deadline_fire cruster__rt_deadline_fire

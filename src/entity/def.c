@@ -62,6 +62,7 @@ static cruster_status check_rpc(const char *method, unsigned flags, cruster_rpc_
 }
 
 cruster_status cruster_entity_def_new(const char *name, cruster_entity_def **out, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
   *out = NULL;
   cruster_status st = core_check_name("entity type", name, err);
@@ -86,6 +87,7 @@ void cruster_entity_def_free(cruster_entity_def *d) {
 
 cruster_status cruster_entity_def_set_shard_group(cruster_entity_def *d, const char *group,
                                                   cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!d) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "def must not be NULL");
   cruster_status st = core_check_name("shard group", group, err);
   if (st != CRUSTER_OK) return st;
@@ -98,6 +100,7 @@ cruster_status cruster_entity_def_set_shard_group(cruster_entity_def *d, const c
 
 cruster_status cruster_entity_def_set_max_idle_time(cruster_entity_def *d, int64_t ms,
                                                     cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!d) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "def must not be NULL");
   if (ms < 1 || ms > CORE_DURATION_MAX_MS)
     return core_error_set(
@@ -110,6 +113,7 @@ cruster_status cruster_entity_def_set_max_idle_time(cruster_entity_def *d, int64
 
 cruster_status cruster_entity_def_set_mailbox_capacity(cruster_entity_def *d, int64_t capacity,
                                                        cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!d) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "def must not be NULL");
   if (capacity < 1)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "mailbox capacity must be >= 1, got %lld",
@@ -120,6 +124,7 @@ cruster_status cruster_entity_def_set_mailbox_capacity(cruster_entity_def *d, in
 
 cruster_status cruster_entity_def_set_concurrency(cruster_entity_def *d, int64_t n,
                                                   cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!d) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "def must not be NULL");
   if (n < 0)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
@@ -130,6 +135,7 @@ cruster_status cruster_entity_def_set_concurrency(cruster_entity_def *d, int64_t
 
 cruster_status cruster_entity_def_add_rpc(cruster_entity_def *d, const char *method, unsigned flags,
                                           cruster_rpc_fn fn, void *user, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!d) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "def must not be NULL");
   cruster_status st = check_rpc(method, flags, fn, err);
   if (st != CRUSTER_OK) return st;
@@ -142,6 +148,7 @@ cruster_status cruster_entity_def_add_rpc(cruster_entity_def *d, const char *met
 }
 
 cruster_status cruster_rpc_group_new(const char *name, cruster_rpc_group **out, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
   *out = NULL;
   cruster_status st = core_check_name("RPC group name", name, err);
@@ -164,6 +171,7 @@ void cruster_rpc_group_free(cruster_rpc_group *g) {
 
 cruster_status cruster_rpc_group_add_rpc(cruster_rpc_group *g, const char *method, unsigned flags,
                                          cruster_rpc_fn fn, void *user, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!g) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "group must not be NULL");
   cruster_status st = check_rpc(method, flags, fn, err);
   if (st != CRUSTER_OK) return st;
@@ -177,6 +185,7 @@ cruster_status cruster_rpc_group_add_rpc(cruster_rpc_group *g, const char *metho
 
 cruster_status cruster_entity_def_add_group(cruster_entity_def *d, const cruster_rpc_group *g,
                                             cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!d || !g) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "def and group must not be NULL");
   for (size_t i = 0; i < g->rpcs.n; i++) {
     const em_rpc *have = em_rpc_list_find(&d->rpcs, g->rpcs.v[i].name);

@@ -44,6 +44,7 @@ static core_metric *type_metric(cruster_runtime *rt, core_metric_kind kind, cons
 
 cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruster_entity_def *d,
                                                cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!rt || !d) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt and def must not be NULL");
   if (d->rpcs.n == 0)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "entity type '%s' has no RPCs", d->name);

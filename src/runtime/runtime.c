@@ -274,6 +274,7 @@ static void destroy_partial(cruster_runtime *rt) {
 cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *storage,
                                    cruster_registry *registry, cruster_runtime **out,
                                    cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (out) *out = NULL;
   if (!cfg || !out) {
     cruster_storage_free(storage);
@@ -398,6 +399,7 @@ static void start_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
 }
 
 cruster_status cruster_runtime_start(cruster_runtime *rt, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
   if (rt_on_loop(rt) || rt_pool_is_worker(rt->pool))
     return core_error_set(err, CRUSTER_E_STATE, "cruster_runtime_start called from the runtime's own thread");
@@ -496,6 +498,7 @@ static void close_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
 }
 
 cruster_status cruster_runtime_stop(cruster_runtime *rt, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
   if (rt_on_loop(rt) || rt_pool_is_worker(rt->pool))
     return core_error_set(err, CRUSTER_E_STATE, "cruster_runtime_stop called from the runtime's own thread");

@@ -14,6 +14,37 @@
  * and poll arithmetic on it cannot overflow. */
 #define MAX_DELIVER_AT_MS INT64_C(253402300799999)
 
+/* Fields of cruster_call_opts present in the caller's struct. */
+#define OPT_HAS(o, field) ((o)->size >= offsetof(cruster_call_opts, field) + sizeof((o)->field))
+
+int rt_call_opts_read(const cruster_call_opts *opts, rt_call_opts *out, cruster_error **err) {
+  memset(out, 0, sizeof(*out));
+  if (!opts) return CRUSTER_OK;
+  if (opts->size < CRUSTER_CALL_OPTS_SIZE_V1)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                          "cruster_call_opts.size is %zu, less than the first version's %zu: "
+                          "initialise it with CRUSTER_CALL_OPTS_INIT",
+                          opts->size, (size_t)CRUSTER_CALL_OPTS_SIZE_V1);
+  if (opts->size > sizeof(cruster_call_opts)) {
+    /* A newer caller: what this library does not know must be unset. */
+    const unsigned char *extra = (const unsigned char *)opts + sizeof(cruster_call_opts);
+    for (size_t i = 0; i < opts->size - sizeof(cruster_call_opts); i++)
+      if (extra[i] != 0)
+        return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                              "cruster_call_opts.size is %zu: byte %zu is set, but this cruster "
+                              "knows only the first %zu bytes of the options (a newer option)",
+                              opts->size, sizeof(cruster_call_opts) + i,
+                              sizeof(cruster_call_opts));
+  }
+  if (OPT_HAS(opts, flags)) out->flags = opts->flags;
+  if (OPT_HAS(opts, timeout_ms)) out->timeout_ms = opts->timeout_ms;
+  if (OPT_HAS(opts, idempotency_key)) out->key = opts->idempotency_key;
+  if (OPT_HAS(opts, idempotency_key_len)) out->key_len = opts->idempotency_key_len;
+  if (OPT_HAS(opts, deliver_at_ms)) out->deliver_at_ms = opts->deliver_at_ms;
+  if (OPT_HAS(opts, caller)) out->caller = opts->caller;
+  return CRUSTER_OK;
+}
+
 /* `extra_flags`: flags the library adds itself (the blocking forms' inline
  * callback); they are not the caller's, so they are never reported as such. */
 static int submit(cruster_runtime *rt, int kind, const char *type, const char *id,
@@ -33,23 +64,13 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
                           "payload of %zu bytes exceeds max_payload_size (%lld bytes)", len,
                           (long long)rt->cfg->max_payload_size);
-  unsigned flags = 0;
-  int64_t timeout = 0, deliver_at = 0;
-  const void *key = NULL;
-  size_t key_len = 0;
-  const cruster_request *caller = NULL;
-  if (opts) {
-    if (opts->size < offsetof(cruster_call_opts, caller) + sizeof(opts->caller))
-      return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                            "cruster_call_opts.size is %zu; initialise it with CRUSTER_CALL_OPTS_INIT",
-                            opts->size);
-    flags = opts->flags;
-    timeout = opts->timeout_ms;
-    key = opts->idempotency_key;
-    key_len = opts->idempotency_key_len;
-    deliver_at = opts->deliver_at_ms;
-    caller = opts->caller;
-  }
+  rt_call_opts o;
+  if ((st = rt_call_opts_read(opts, &o, err)) != CRUSTER_OK) return st;
+  unsigned flags = o.flags;
+  int64_t timeout = o.timeout_ms, deliver_at = o.deliver_at_ms;
+  const void *key = o.key;
+  size_t key_len = o.key_len;
+  const cruster_request *caller = o.caller;
   const unsigned known = CRUSTER_CALL_PERSISTED | CRUSTER_CALL_INLINE_CALLBACK;
   if (flags & ~known)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
@@ -106,14 +127,18 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
 
 cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *id,
                             const char *method, const void *payload, size_t len,
-                            const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
-  return submit(rt, RT_CALL_SEND, type, id, method, payload, len, opts, 0, fn, user, NULL);
+                            const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
+                            cruster_error **err) {
+  CORE_ERR_CLEAR(err);
+  return submit(rt, RT_CALL_SEND, type, id, method, payload, len, opts, 0, fn, user, err);
 }
 
 cruster_status cruster_notify(cruster_runtime *rt, const char *type, const char *id,
                               const char *method, const void *payload, size_t len,
-                              const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
-  return submit(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, 0, fn, user, NULL);
+                              const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
+                              cruster_error **err) {
+  CORE_ERR_CLEAR(err);
+  return submit(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, 0, fn, user, err);
 }
 
 /* ---- blocking forms ------------------------------------------------------- */
@@ -193,11 +218,13 @@ cruster_status cruster_send_sync(cruster_runtime *rt, const char *type, const ch
                                  const char *method, const void *payload, size_t len,
                                  const cruster_call_opts *opts, void **reply, size_t *reply_len,
                                  cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   return call_sync(rt, RT_CALL_SEND, type, id, method, payload, len, opts, reply, reply_len, err);
 }
 
 cruster_status cruster_notify_sync(cruster_runtime *rt, const char *type, const char *id,
                                    const char *method, const void *payload, size_t len,
                                    const cruster_call_opts *opts, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   return call_sync(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, NULL, NULL, err);
 }

@@ -106,6 +106,7 @@ static void poll_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
 cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type, const char *id,
                                   const char *method, const void *key, size_t key_len, int *ready,
                                   void **reply, size_t *reply_len, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (ready) *ready = 0;
   if (reply) *reply = NULL;
   if (reply_len) *reply_len = 0;
@@ -191,7 +192,7 @@ static void join_found(void *ud, int status, const char *errmsg, int64_t request
   } else if (request_id == 0) {
     char msg[CRUSTER_MAX_NAME_LEN * 2 + CRUSTER_MAX_ENTITY_ID_LEN + 96];
     snprintf(msg, sizeof(msg), "no persisted call to %s/%s '%s' with that key is stored",
-             c->env->type, c->env->id, c->env->method);
+             c->type, c->id, c->method);
     rt_call_complete(rt, c, CRUSTER_E_NOT_FOUND, NULL, 0, msg);
   } else if (processed && r) {
     rt_call_complete(rt, c, r->status, r->data, r->len, r->message);
@@ -228,41 +229,50 @@ static void join_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
   hold->call = c;
   c->save = hold;
   st_key key = {c->key, c->key_len};
-  rt->storage->ops->get_keyed(rt->storage, c->env->type, c->env->id, c->env->method, &key,
+  rt->storage->ops->get_keyed(rt->storage, c->type, c->id, c->method, &key,
                               join_found, hold);
 }
 
 cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const char *id,
                                   const char *method, const void *key, size_t key_len,
-                                  const cruster_call_opts *opts, cruster_reply_fn fn, void *user) {
+                                  const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
+                                  cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   int st;
-  if (!rt || !fn) return CRUSTER_E_INVALID_ARGUMENT;
-  if ((st = check_identity(type, id, method, key, key_len, NULL)) != CRUSTER_OK) return st;
-  if (opts && opts->size < sizeof(cruster_call_opts)) return CRUSTER_E_INVALID_ARGUMENT;
-  if (opts && opts->timeout_ms < 0) return CRUSTER_E_INVALID_ARGUMENT;
-  if ((st = rt_check_started(rt, NULL)) != CRUSTER_OK) return st;
-  if (!rt->storage) return CRUSTER_E_PERSISTENCE;
+  if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
+  if (!fn) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "a join needs a reply callback");
+  if ((st = check_identity(type, id, method, key, key_len, err)) != CRUSTER_OK) return st;
+  rt_call_opts o;
+  if ((st = rt_call_opts_read(opts, &o, err)) != CRUSTER_OK) return st;
+  /* The call's own options may be passed again: only the timeout and the
+   * inline flag mean something to a join. */
+  const unsigned known = CRUSTER_CALL_PERSISTED | CRUSTER_CALL_INLINE_CALLBACK;
+  if (o.flags & ~known)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                          "unknown call flags 0x%x in opts.flags 0x%x", o.flags & ~known, o.flags);
+  if ((st = rt_check_started(rt, err)) != CRUSTER_OK) return st;
+  if (!rt->storage)
+    return core_error_set(err, CRUSTER_E_PERSISTENCE, "the runtime has no message storage");
   rt_call *c = rt_call_new(type, id, method);
-  if (!c) return CRUSTER_E_NOMEM;
-  /* The identity travels in the call: the lookup and the timeout's message
-   * use it. */
-  c->env = rt_env_new(type, id, method, NULL, 0);
+  if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  /* The identity travels in the call (names, key): the lookup and the
+   * timeout's message use it. */
   c->key = core_memdup(key, key_len);
-  if (!c->env || !c->key) {
+  if (!c->key) {
     rt_call_free(c);
-    return CRUSTER_E_NOMEM;
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   }
   c->key_len = key_len;
   c->kind = RT_CALL_SEND;
-  c->flags = opts ? (opts->flags & CRUSTER_CALL_INLINE_CALLBACK) : 0;
+  c->flags = o.flags & CRUSTER_CALL_INLINE_CALLBACK;
   c->fn = fn;
   c->user = user;
-  int64_t timeout = opts && opts->timeout_ms > 0 ? opts->timeout_ms : rt->cfg->default_call_timeout;
+  int64_t timeout = o.timeout_ms > 0 ? o.timeout_ms : rt->cfg->default_call_timeout;
   c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout);
   c->cmd.fn = join_on_loop;
   if (rt_post(rt, &c->cmd) != 0) {
     rt_call_free(c);
-    return CRUSTER_E_SHUTTING_DOWN;
+    return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
   }
   return CRUSTER_OK;
 }
@@ -282,6 +292,7 @@ static void dead_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
 
 cruster_status cruster_dead_letters(cruster_runtime *rt, size_t limit, cruster_message_list **out,
                                     cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
   *out = NULL;
   op o;
@@ -314,6 +325,7 @@ static void redeliver_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
 
 cruster_status cruster_dead_letter_redeliver(cruster_runtime *rt, int64_t request_id,
                                              cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   redeliver_op r;
   memset(&r, 0, sizeof(r));
   r.o.request_id = request_id;

@@ -20,6 +20,18 @@ typedef struct rt_save {
   cruster_request *req; /* the delivery, until bound off */
 } rt_save;
 
+/* cruster_call_opts as read under its growth rule (client.h): the fields the
+ * caller's size covers, defaults for the others. */
+typedef struct rt_call_opts {
+  unsigned flags;
+  int64_t timeout_ms;
+  const void *key;
+  size_t key_len;
+  int64_t deliver_at_ms;
+  const cruster_request *caller;
+} rt_call_opts;
+int rt_call_opts_read(const cruster_call_opts *opts, rt_call_opts *out, cruster_error **err);
+
 int rt_heap_insert(cruster_runtime *rt, rt_call *c);
 int rt_waiter_add(cruster_runtime *rt, rt_call *c);
 /* Routes a call posted by cruster_send/notify (loop thread). */

@@ -380,6 +380,7 @@ static const st_ops mem_ops = {
 };
 
 cruster_status cruster_storage_memory_new(cruster_storage **out, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
   *out = NULL;
   cruster_storage *s = calloc(1, sizeof(*s));

@@ -1681,6 +1681,7 @@ static const st_ops pg_ops = {
 
 cruster_status cruster_storage_pg_new(const char *conninfo, cruster_storage **out,
                                       cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
   *out = NULL;
   if (!conninfo) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "conninfo must not be NULL");

@@ -243,6 +243,7 @@ cruster_status pg_check_schema(PGconn *c, const char *table, int auto_migrate, c
 
 cruster_status cruster_storage_pg_migrate(const char *conninfo, const char *table, int *applied,
                                           cruster_error **err) {
+  CORE_ERR_CLEAR(err);
   if (applied) *applied = 0;
   if (!conninfo) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "conninfo must not be NULL");
   if (!table) table = "cruster_migrations";

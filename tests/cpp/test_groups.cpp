@@ -161,7 +161,7 @@ raw_reply raw_send(cruster::runtime &rt, const char *type, const char *method,
   std::future<raw_reply> f = p.get_future();
   cruster_call_opts opts = CRUSTER_CALL_OPTS_INIT; // caller = NULL: a public caller
   int st = cruster_send(rt.handle(), type, "l-1", method, payload.data(), payload.size(), &opts,
-                        on_raw_reply, &p);
+                        on_raw_reply, &p, NULL);
   if (st != CRUSTER_OK) return raw_reply{st, "refused synchronously"};
   return f.get();
 }

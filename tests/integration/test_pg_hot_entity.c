@@ -117,7 +117,7 @@ static int send_one(cruster_runtime *rt, int *sent) {
   if (*sent >= MAX_MSGS) return 0;
   char p[32];
   int n = snprintf(p, sizeof p, "%d", *sent);
-  if (cruster_notify(rt, "Str", "E", "tick", p, (size_t)n, NULL, on_notify, NULL) != CRUSTER_OK)
+  if (cruster_notify(rt, "Str", "E", "tick", p, (size_t)n, NULL, on_notify, NULL, NULL) != CRUSTER_OK)
     return 0;
   (*sent)++;
   struct timespec ts = {0, 250000};

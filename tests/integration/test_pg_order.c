@@ -138,7 +138,7 @@ static void leftover_retry_is_not_overtaken(void **state) {
   reply_init(&r);
   cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
   o.timeout_ms = PGT_DEADLINE_MS;
-  assert_int_equal(cruster_send(rt, "Ord", E, "step", "new", 3, &o, on_reply, &r), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Ord", E, "step", "new", 3, &o, on_reply, &r, NULL), CRUSTER_OK);
   assert_true(reply_wait_ms(&r, PGT_DEADLINE_MS));
   if (r.status != CRUSTER_OK)
     fail_msg("the new message failed: %s %s", cruster_status_name(r.status), r.msg);
@@ -219,9 +219,9 @@ static void burst(cruster_runtime *rt, const char *method, int round) {
     snprintf(p, sizeof(p), "r%d-%d", round, i);
     snprintf(out[i].expect, sizeof(out[i].expect), "ok:%s", p);
     if (i == OTHERS / 2)
-      assert_int_equal(cruster_send(rt, "Pois", "poison", method, "bad", 3, &o, on_reply, &pr),
+      assert_int_equal(cruster_send(rt, "Pois", "poison", method, "bad", 3, &o, on_reply, &pr, NULL),
                        CRUSTER_OK);
-    assert_int_equal(cruster_send(rt, "Pois", id, method, p, strlen(p), &o, on_reply, &out[i].r),
+    assert_int_equal(cruster_send(rt, "Pois", id, method, p, strlen(p), &o, on_reply, &out[i].r, NULL),
                      CRUSTER_OK);
   }
   assert_true(reply_wait_ms(&pr, PGT_DEADLINE_MS));
@@ -437,7 +437,7 @@ static void queued_speculative_message_is_dropped_when_not_stored(void **state) 
   reply_init(&blocked);
   cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
   o.timeout_ms = PGT_DEADLINE_MS;
-  assert_int_equal(cruster_send(rt, "Gate", "poison", "block", "b", 1, &o, on_reply, &blocked),
+  assert_int_equal(cruster_send(rt, "Gate", "poison", "block", "b", 1, &o, on_reply, &blocked, NULL),
                    CRUSTER_OK);
   assert_true(ts_wait_ge(&g_gate_entered, 1));
 
@@ -457,7 +457,7 @@ static void queued_speculative_message_is_dropped_when_not_stored(void **state) 
   /* Whatever was queued behind the blocking call has had time to run. */
   reply after;
   reply_init(&after);
-  assert_int_equal(cruster_send(rt, "Gate", "poison", "block", "b", 1, &o, on_reply, &after),
+  assert_int_equal(cruster_send(rt, "Gate", "poison", "block", "b", 1, &o, on_reply, &after, NULL),
                    CRUSTER_OK);
   assert_true(reply_wait_ms(&after, PGT_DEADLINE_MS));
   assert_int_equal(after.status, CRUSTER_OK);
@@ -672,7 +672,7 @@ static void *orderer_main(void *arg) {
       int64_t end = pgt_mono_ms() + 10000;
       while (handled_by(o->t) < i + 1 && pgt_mono_ms() < end) ts_sleep_ms(1);
     } else {
-      int st = cruster_notify(o->rt, "Ordr", id, "step", p, strlen(p), NULL, on_accepted, o);
+      int st = cruster_notify(o->rt, "Ordr", id, "step", p, strlen(p), NULL, on_accepted, o, NULL);
       if (st != CRUSTER_OK) {
         fprintf(stderr, "  %s: notify %d refused: %s\n", id, i, cruster_status_name(st));
         atomic_fetch_add(o->bad, 1);

@@ -52,7 +52,7 @@ static void stop_does_not_hang_on_a_handler_blocked_on_storage(void **state) {
   /* Hold an exclusive lock: every statement on the table waits. */
   pgt_exec(s.admin, "BEGIN");
   pgt_exec(s.admin, "LOCK TABLE cruster_messages IN ACCESS EXCLUSIVE MODE");
-  assert_int_equal(cruster_notify(rt, "Stuck", "x", "peek", NULL, 0, NULL, NULL, NULL), CRUSTER_OK);
+  assert_int_equal(cruster_notify(rt, "Stuck", "x", "peek", NULL, 0, NULL, NULL, NULL, NULL), CRUSTER_OK);
   int64_t end = pgt_mono_ms() + PGT_DEADLINE_MS;
   while (!atomic_load(&entered) && pgt_mono_ms() < end) ts_sleep_ms(5);
   assert_true(atomic_load(&entered));

@@ -635,7 +635,7 @@ static void per_entity_order_is_send_order(void **state) {
     if (i < 100)
       assert_int_equal(cruster_notify_sync(rt, "Fifo", "f", "step", p, 3, NULL, NULL), CRUSTER_OK);
     else
-      assert_int_equal(cruster_notify(rt, "Fifo", "f", "step", p, 3, NULL, on_notified, &w),
+      assert_int_equal(cruster_notify(rt, "Fifo", "f", "step", p, 3, NULL, on_notified, &w, NULL),
                        CRUSTER_OK);
   }
   assert_true(pgt_eventually(seq_reached, &l, PGT_DEADLINE_MS));
@@ -679,7 +679,7 @@ static void poll_reply_reports_not_found_pending_and_ready(void **state) {
   cruster_call_opts o = keyed("k-1");
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_send(rt, "Job", "j", "run", "result!", 7, &o, on_reply, &r), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Job", "j", "run", "result!", 7, &o, on_reply, &r, NULL), CRUSTER_OK);
   assert_true(pgt_eventually(gate_entered, &g, PGT_DEADLINE_MS));
   ready = -1;
   assert_int_equal(
@@ -737,7 +737,7 @@ static void join_reply_waits_for_the_answer(void **state) {
   reply_init(&r);
   cruster_call_opts jo = CRUSTER_CALL_OPTS_INIT;
   jo.timeout_ms = PGT_DEADLINE_MS;
-  assert_int_equal(cruster_join_reply(rt, "Job", "j", "run", "join-1", 6, &jo, on_reply, &r),
+  assert_int_equal(cruster_join_reply(rt, "Job", "j", "run", "join-1", 6, &jo, on_reply, &r, NULL),
                    CRUSTER_OK);
   ts_sleep_ms(300);
   assert_false(reply_done(&r)); /* the handler has not answered yet */
@@ -748,7 +748,7 @@ static void join_reply_waits_for_the_answer(void **state) {
   /* already answered: reported at once */
   reply r2;
   reply_init(&r2);
-  assert_int_equal(cruster_join_reply(rt, "Job", "j", "run", "join-1", 6, &jo, on_reply, &r2),
+  assert_int_equal(cruster_join_reply(rt, "Job", "j", "run", "join-1", 6, &jo, on_reply, &r2, NULL),
                    CRUSTER_OK);
   assert_true(reply_wait_ms(&r2, PGT_DEADLINE_MS));
   assert_int_equal(r2.status, CRUSTER_OK);
@@ -756,7 +756,7 @@ static void join_reply_waits_for_the_answer(void **state) {
   /* unknown key */
   reply r3;
   reply_init(&r3);
-  assert_int_equal(cruster_join_reply(rt, "Job", "j", "run", "nope", 4, &jo, on_reply, &r3),
+  assert_int_equal(cruster_join_reply(rt, "Job", "j", "run", "nope", 4, &jo, on_reply, &r3, NULL),
                    CRUSTER_OK);
   assert_true(reply_wait_ms(&r3, PGT_DEADLINE_MS));
   assert_int_equal(r3.status, CRUSTER_E_NOT_FOUND);
@@ -854,7 +854,7 @@ static void dead_letters_are_listed_and_redelivered(void **state) {
   /* Its caller learns it is dead. */
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_join_reply(rt, "Poison", "p", "eat", "dl-1", 4, NULL, on_reply, &r),
+  assert_int_equal(cruster_join_reply(rt, "Poison", "p", "eat", "dl-1", 4, NULL, on_reply, &r, NULL),
                    CRUSTER_OK);
   assert_true(reply_wait_ms(&r, PGT_DEADLINE_MS));
   printf("  join of the dead letter: %s %s\n", cruster_status_name(r.status), r.msg);
@@ -881,7 +881,7 @@ static void dead_letters_are_listed_and_redelivered(void **state) {
   cruster_call_opts jo = CRUSTER_CALL_OPTS_INIT;
   jo.timeout_ms = PGT_DEADLINE_MS;
   assert_int_equal(cruster_dead_letter_redeliver(rt, id, &err), CRUSTER_OK);
-  assert_int_equal(cruster_join_reply(rt, "Poison", "p", "eat", "dl-1", 4, &jo, on_reply, &r),
+  assert_int_equal(cruster_join_reply(rt, "Poison", "p", "eat", "dl-1", 4, &jo, on_reply, &r, NULL),
                    CRUSTER_OK);
   assert_true(reply_wait_ms(&r, PGT_DEADLINE_MS));
   assert_int_equal(r.status, CRUSTER_OK);
@@ -1065,7 +1065,7 @@ static void many_issue(many *m) {
   char id[32], p[32];
   snprintf(id, sizeof(id), "c-%d", i % 64);
   snprintf(p, sizeof(p), "m-%d", i);
-  int st = cruster_send(m->rt, "Conc", id, "run", p, strlen(p), NULL, on_many, m);
+  int st = cruster_send(m->rt, "Conc", id, "run", p, strlen(p), NULL, on_many, m, NULL);
   if (st != CRUSTER_OK) {
     atomic_fetch_add(&m->failed, 1);
     atomic_fetch_add(&m->done, 1);

@@ -119,7 +119,7 @@ static void async_send_calls_back_once(void **state) {
   cruster_runtime *rt = ts_runtime(NULL, &d, 1);
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", "x", 1, NULL, on_reply, &r), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", "x", 1, NULL, on_reply, &r, NULL), CRUSTER_OK);
   reply_wait(&r);
   assert_int_equal(r.status, CRUSTER_OK);
   assert_string_equal(r.data, "Echo/a:x");
@@ -217,7 +217,7 @@ static void full_mailbox_answers_mailbox_full(void **state) {
   reply r[4];
   for (int i = 0; i < 3; i++) {
     reply_init(&r[i]);
-    assert_int_equal(cruster_send(rt, "Slow", "s", "work", "x", 1, NULL, on_reply, &r[i]), CRUSTER_OK);
+    assert_int_equal(cruster_send(rt, "Slow", "s", "work", "x", 1, NULL, on_reply, &r[i], NULL), CRUSTER_OK);
   }
   /* Wait until the first runs: the other two are queued; 3 = capacity.
    * (Commands reach the loop in order: the two are queued before the
@@ -229,7 +229,7 @@ static void full_mailbox_answers_mailbox_full(void **state) {
   free(msg);
   /* Another instance of the same type has its own mailbox. */
   reply_init(&r[3]);
-  assert_int_equal(cruster_send(rt, "Slow", "other", "work", "x", 1, NULL, on_reply, &r[3]), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Slow", "other", "work", "x", 1, NULL, on_reply, &r[3], NULL), CRUSTER_OK);
   gate_open(&g);
   for (int i = 0; i < 4; i++) {
     reply_wait(&r[i]);
@@ -277,7 +277,7 @@ static void concurrency_one_runs_in_arrival_order(void **state) {
   for (int i = 0; i < 10; i++) {
     reply_init(&r[i]);
     char p[2] = {(char)('0' + i), 0};
-    assert_int_equal(cruster_send(rt, "Seq", "one", "step", p, 1, NULL, on_reply, &r[i]), CRUSTER_OK);
+    assert_int_equal(cruster_send(rt, "Seq", "one", "step", p, 1, NULL, on_reply, &r[i], NULL), CRUSTER_OK);
   }
   for (int i = 0; i < 10; i++) {
     reply_wait(&r[i]);
@@ -301,7 +301,7 @@ static void concurrency_n_runs_n_handlers_of_one_instance(void **state) {
   reply r[6];
   for (int i = 0; i < 6; i++) {
     reply_init(&r[i]);
-    assert_int_equal(cruster_send(rt, "Par", "p", "work", "x", 1, NULL, on_reply, &r[i]), CRUSTER_OK);
+    assert_int_equal(cruster_send(rt, "Par", "p", "work", "x", 1, NULL, on_reply, &r[i], NULL), CRUSTER_OK);
   }
   assert_true(ts_wait_ge(&g.entered, 3));
   /* Give a 4th handler the chance to start, if it wrongly could (a check
@@ -407,27 +407,27 @@ static void bad_input_is_refused_with_clear_status(void **state) {
   cruster_runtime *rt = ts_runtime("max_payload_size=1024", &d, 1);
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_send(rt, "Echo", "", "echo", "x", 1, NULL, on_reply, &r), CRUSTER_E_INVALID_ARGUMENT);
-  assert_int_equal(cruster_send(rt, "", "a", "echo", "x", 1, NULL, on_reply, &r), CRUSTER_E_INVALID_ARGUMENT);
-  assert_int_equal(cruster_send(rt, "Echo", "a", "", "x", 1, NULL, on_reply, &r), CRUSTER_E_INVALID_ARGUMENT);
-  assert_int_equal(cruster_send(rt, NULL, "a", "echo", "x", 1, NULL, on_reply, &r), CRUSTER_E_INVALID_ARGUMENT);
-  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", NULL, 3, NULL, on_reply, &r), CRUSTER_E_INVALID_ARGUMENT);
-  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", "x", 1, NULL, NULL, NULL), CRUSTER_E_INVALID_ARGUMENT);
-  assert_int_equal(cruster_send(rt, "Echo", "\xff\xfe", "echo", "x", 1, NULL, on_reply, &r), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, "Echo", "", "echo", "x", 1, NULL, on_reply, &r, NULL), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, "", "a", "echo", "x", 1, NULL, on_reply, &r, NULL), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, "Echo", "a", "", "x", 1, NULL, on_reply, &r, NULL), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, NULL, "a", "echo", "x", 1, NULL, on_reply, &r, NULL), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", NULL, 3, NULL, on_reply, &r, NULL), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", "x", 1, NULL, NULL, NULL, NULL), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, "Echo", "\xff\xfe", "echo", "x", 1, NULL, on_reply, &r, NULL), CRUSTER_E_INVALID_ARGUMENT);
   char big[2048];
   memset(big, 'a', sizeof(big));
-  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", big, sizeof(big), NULL, on_reply, &r), CRUSTER_E_PAYLOAD_TOO_LARGE);
+  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", big, sizeof(big), NULL, on_reply, &r, NULL), CRUSTER_E_PAYLOAD_TOO_LARGE);
   char *longid = malloc(CRUSTER_MAX_ENTITY_ID_LEN + 2);
   memset(longid, 'i', CRUSTER_MAX_ENTITY_ID_LEN + 1);
   longid[CRUSTER_MAX_ENTITY_ID_LEN + 1] = 0;
-  assert_int_equal(cruster_send(rt, "Echo", longid, "echo", "x", 1, NULL, on_reply, &r), CRUSTER_E_PAYLOAD_TOO_LARGE);
+  assert_int_equal(cruster_send(rt, "Echo", longid, "echo", "x", 1, NULL, on_reply, &r, NULL), CRUSTER_E_PAYLOAD_TOO_LARGE);
   free(longid);
   cruster_call_opts bad = CRUSTER_CALL_OPTS_INIT;
   bad.size = 4;
-  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", "x", 1, &bad, on_reply, &r), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", "x", 1, &bad, on_reply, &r, NULL), CRUSTER_E_INVALID_ARGUMENT);
   cruster_call_opts neg = CRUSTER_CALL_OPTS_INIT;
   neg.timeout_ms = -5;
-  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", "x", 1, &neg, on_reply, &r), CRUSTER_E_INVALID_ARGUMENT);
+  assert_int_equal(cruster_send(rt, "Echo", "a", "echo", "x", 1, &neg, on_reply, &r, NULL), CRUSTER_E_INVALID_ARGUMENT);
   assert_int_equal(r.done, 0); /* refused calls never call back */
   /* An oversized reply reaches the caller as an error. */
   cruster_runtime_free(rt);
@@ -487,7 +487,7 @@ static void registration_is_checked(void **state) {
   /* calls before start */
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_send(rt, "A", "1", "m", NULL, 0, NULL, on_reply, &r), CRUSTER_E_STATE);
+  assert_int_equal(cruster_send(rt, "A", "1", "m", NULL, 0, NULL, on_reply, &r, NULL), CRUSTER_E_STATE);
   /* persisted without storage */
   assert_int_equal(cruster_runtime_start(rt, NULL), CRUSTER_OK);
   assert_int_equal(cruster_runtime_start(rt, NULL), CRUSTER_E_STATE);
@@ -609,7 +609,7 @@ static void concurrent_keyed_calls_share_one_execution(void **state) {
   reply r[3];
   for (int i = 0; i < 3; i++) {
     reply_init(&r[i]);
-    assert_int_equal(cruster_send(rt, "Once", "o", "run", "x", 1, &o, on_reply, &r[i]), CRUSTER_OK);
+    assert_int_equal(cruster_send(rt, "Once", "o", "run", "x", 1, &o, on_reply, &r[i], NULL), CRUSTER_OK);
   }
   assert_true(ts_wait_ge(&g.entered, 1));
   /* The two repeats reach storage while the first is held: pending duplicates. */
@@ -670,7 +670,7 @@ static void persisted_messages_wait_for_room_instead_of_failing(void **state) {
   for (int i = 0; i < 5; i++) {
     reply_init(&r[i]);
     char p[2] = {(char)('a' + i), 0};
-    assert_int_equal(cruster_send(rt, "Busy", "b", "work", p, 1, NULL, on_reply, &r[i]), CRUSTER_OK);
+    assert_int_equal(cruster_send(rt, "Busy", "b", "work", p, 1, NULL, on_reply, &r[i], NULL), CRUSTER_OK);
   }
   assert_true(ts_wait_ge(&g.entered, 1));
   gate_open(&g);
@@ -729,7 +729,7 @@ static void notify_is_fire_and_forget(void **state) {
   add(d, "hit", 0, h_count, &c);
   cruster_runtime *rt = ts_runtime(NULL, &d, 1);
   for (int i = 0; i < 3; i++)
-    assert_int_equal(cruster_notify(rt, "N", "n", "hit", NULL, 0, NULL, NULL, NULL), CRUSTER_OK);
+    assert_int_equal(cruster_notify(rt, "N", "n", "hit", NULL, 0, NULL, NULL, NULL, NULL), CRUSTER_OK);
   assert_true(ts_eventually(calls_reach, &c));
   cruster_error *err = NULL;
   assert_int_equal(cruster_notify_sync(rt, "N", "n", "nope", NULL, 0, NULL, &err), CRUSTER_E_UNKNOWN_METHOD);
@@ -792,9 +792,9 @@ static void stop_answers_every_waiting_caller(void **state) {
   for (int i = 0; i < 6; i++) reply_init(&r[i]);
   /* one running (held, never answered), two queued behind it */
   for (int i = 0; i < 3; i++)
-    assert_int_equal(cruster_send(rt, "Hold", "h", "hold", NULL, 0, NULL, on_reply, &r[i]), CRUSTER_OK);
+    assert_int_equal(cruster_send(rt, "Hold", "h", "hold", NULL, 0, NULL, on_reply, &r[i], NULL), CRUSTER_OK);
   /* a persisted one on another instance */
-  assert_int_equal(cruster_send(rt, "Hold", "p", "held_p", NULL, 0, NULL, on_reply, &r[3]), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Hold", "p", "held_p", NULL, 0, NULL, on_reply, &r[3], NULL), CRUSTER_OK);
   assert_true(ts_wait_ge(&g.entered, 2));
   assert_int_equal(cruster_runtime_stop(rt, NULL), CRUSTER_OK);
   for (int i = 0; i < 4; i++) {
@@ -809,7 +809,7 @@ static void stop_answers_every_waiting_caller(void **state) {
   assert_int_equal(cruster_request_cancelled(g.held[0]), 1);
   assert_int_equal(cruster_request_reply(g.held[0], "x", 1), CRUSTER_E_SHUTTING_DOWN);
   /* new calls after stop */
-  assert_int_equal(cruster_send(rt, "Hold", "h", "hold", NULL, 0, NULL, on_reply, &r[4]), CRUSTER_E_SHUTTING_DOWN);
+  assert_int_equal(cruster_send(rt, "Hold", "h", "hold", NULL, 0, NULL, on_reply, &r[4], NULL), CRUSTER_E_SHUTTING_DOWN);
   assert_int_equal(cruster_runtime_stop(rt, NULL), CRUSTER_OK); /* idempotent */
   cruster_runtime_free(rt); /* frees the unanswered request g.held[1] */
   for (int i = 0; i < 6; i++) reply_destroy(&r[i]);
@@ -834,7 +834,7 @@ static void stop_lets_running_handlers_answer(void **state) {
   atomic_store(&slow_cancel_entered, 0);
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_send(rt, "Coop", "c", "wait", NULL, 0, NULL, on_reply, &r), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Coop", "c", "wait", NULL, 0, NULL, on_reply, &r, NULL), CRUSTER_OK);
   /* Stop only once the handler runs (a queued one would be interrupted
    * instead: another property, tested above). */
   assert_true(ts_wait_ge(&slow_cancel_entered, 1));

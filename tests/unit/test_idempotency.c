@@ -158,7 +158,7 @@ static void four_identities_on_one_prid(void **state) {
       o.idempotency_key = keys[i];
       o.idempotency_key_len = 4;
       o.timeout_ms = 20000;
-      assert_int_equal(cruster_send(rt, "Acct", "a-4", "deposit", keys[i], 4, &o, on_reply, &rep[i]),
+      assert_int_equal(cruster_send(rt, "Acct", "a-4", "deposit", keys[i], 4, &o, on_reply, &rep[i], NULL),
                        CRUSTER_OK);
     }
     for (int i = 0; i < 4; i++) {
@@ -197,7 +197,7 @@ static void poll_and_join_compare_the_key(void **state) {
   err = NULL;
   reply j;
   reply_init(&j);
-  assert_int_equal(cruster_join_reply(rt, "Acct", "a-2", "deposit", "dep-BA", 6, NULL, on_reply, &j),
+  assert_int_equal(cruster_join_reply(rt, "Acct", "a-2", "deposit", "dep-BA", 6, NULL, on_reply, &j, NULL),
                    CRUSTER_OK);
   reply_wait(&j);
   assert_int_equal(j.status, CRUSTER_E_NOT_FOUND);
@@ -217,7 +217,7 @@ static void poll_and_join_compare_the_key(void **state) {
   assert_memory_equal(data, "7 into a-2", len);
   cruster_free(data);
   reply_init(&j);
-  assert_int_equal(cruster_join_reply(rt, "Acct", "a-2", "deposit", "dep-BA", 6, NULL, on_reply, &j),
+  assert_int_equal(cruster_join_reply(rt, "Acct", "a-2", "deposit", "dep-BA", 6, NULL, on_reply, &j, NULL),
                    CRUSTER_OK);
   reply_wait(&j);
   assert_int_equal(j.status, CRUSTER_OK);
@@ -272,10 +272,10 @@ static void pending_collision_waits_for_its_own_answer(void **state) {
   o.idempotency_key = "k";
   o.idempotency_key_len = 1;
   o.timeout_ms = 20000;
-  assert_int_equal(cruster_send(rt, "Acct", "slow-Ab", "slow", "A", 1, &o, on_reply, &a),
+  assert_int_equal(cruster_send(rt, "Acct", "slow-Ab", "slow", "A", 1, &o, on_reply, &a, NULL),
                    CRUSTER_OK);
   assert_true(ts_eventually(entered_at_least_1, &g));
-  assert_int_equal(cruster_send(rt, "Acct", "slow-BA", "slow", "B", 1, &o, on_reply, &b),
+  assert_int_equal(cruster_send(rt, "Acct", "slow-BA", "slow", "B", 1, &o, on_reply, &b, NULL),
                    CRUSTER_OK);
   /* Both handlers run (distinct calls); opening the gate answers each with
    * its own payload. */

@@ -95,9 +95,9 @@ static void payload_of_size_max_is_too_large(void **state) {
                      CRUSTER_E_PAYLOAD_TOO_LARGE);
     reply r;
     reply_init(&r);
-    assert_int_equal(cruster_send(rt, "Echo", "e", "echo", buf, lens[i], NULL, on_reply, &r),
+    assert_int_equal(cruster_send(rt, "Echo", "e", "echo", buf, lens[i], NULL, on_reply, &r, NULL),
                      CRUSTER_E_PAYLOAD_TOO_LARGE);
-    assert_int_equal(cruster_notify(rt, "Echo", "e", "echo", buf, lens[i], NULL, NULL, NULL),
+    assert_int_equal(cruster_notify(rt, "Echo", "e", "echo", buf, lens[i], NULL, NULL, NULL, NULL),
                      CRUSTER_E_PAYLOAD_TOO_LARGE);
     reply_destroy(&r);
   }
@@ -309,7 +309,7 @@ static void deferred_answer_is_delivered_and_freed(void **state) {
   for (int i = 0; i < 20; i++) {
     reply r;
     reply_init(&r);
-    assert_int_equal(cruster_send(rt, "Later", "p", "park", NULL, 0, NULL, on_reply, &r),
+    assert_int_equal(cruster_send(rt, "Later", "p", "park", NULL, 0, NULL, on_reply, &r, NULL),
                      CRUSTER_OK);
     cruster_request *req = wait_parked();
     assert_string_equal(cruster_request_entity_id(req), "p");
@@ -355,7 +355,7 @@ static void fake_caller_is_forbidden(void **state) {
     assert_int_equal(send_str(rt, "Vault", "v", "open", NULL, &o, NULL, NULL), CRUSTER_E_FORBIDDEN);
     reply r;
     reply_init(&r);
-    assert_int_equal(cruster_notify(rt, "Vault", "v", "secret", NULL, 0, &o, on_reply, &r),
+    assert_int_equal(cruster_notify(rt, "Vault", "v", "secret", NULL, 0, &o, on_reply, &r, NULL),
                      CRUSTER_OK);
     reply_wait(&r);
     assert_int_equal(r.status, CRUSTER_E_FORBIDDEN);
@@ -436,7 +436,7 @@ static void parked_request_is_a_caller_until_answered(void **state) {
   cruster_runtime *rt = ts_runtime(NULL, defs, 2);
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_send(rt, "Later", "p", "park", NULL, 0, NULL, on_reply, &r), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Later", "p", "park", NULL, 0, NULL, on_reply, &r, NULL), CRUSTER_OK);
   cruster_request *req = wait_parked();
   cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
   o.caller = req;
@@ -537,7 +537,7 @@ static void timed_out_delayed_call_names_its_target(void **state) {
   /* Joining it times out the same way. */
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_join_reply(rt, "Later", "acct-8", "park", "k1", 2, &p, on_reply, &r),
+  assert_int_equal(cruster_join_reply(rt, "Later", "acct-8", "park", "k1", 2, &p, on_reply, &r, NULL),
                    CRUSTER_OK);
   reply_wait(&r);
   assert_int_equal(r.status, CRUSTER_E_TIMEOUT);
@@ -620,10 +620,10 @@ static void handler_duration_excludes_the_loops_backlog(void **state) {
   cruster_runtime *rt = ts_runtime(NULL, defs, 2);
   reply r;
   reply_init(&r);
-  assert_int_equal(cruster_send(rt, "Measured", "m", "m", NULL, 0, NULL, on_reply, &r), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Measured", "m", "m", NULL, 0, NULL, on_reply, &r, NULL), CRUSTER_OK);
   cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
   o.flags = CRUSTER_CALL_INLINE_CALLBACK;
-  assert_int_equal(cruster_send(rt, "Echo", "e", "echo", NULL, 0, &o, cb_hold_loop, &h),
+  assert_int_equal(cruster_send(rt, "Echo", "e", "echo", NULL, 0, &o, cb_hold_loop, &h, NULL),
                    CRUSTER_OK);
   /* The handler answers while the loop is held; the loop then stays held
    * for a second more. That second is the loop's backlog, not the
@@ -671,7 +671,7 @@ static void entity_id_with_control_characters_is_refused(void **state) {
                      CRUSTER_E_INVALID_ARGUMENT);
     assert_string_equal(msg, bad[i].msg);
     free(msg);
-    assert_int_equal(cruster_notify(rt, "Echo", bad[i].id, "echo", "x", 1, NULL, NULL, NULL),
+    assert_int_equal(cruster_notify(rt, "Echo", bad[i].id, "echo", "x", 1, NULL, NULL, NULL, NULL),
                      CRUSTER_E_INVALID_ARGUMENT);
     assert_int_equal(
         cruster_poll_reply(rt, "Echo", bad[i].id, "echo", "k", 1, NULL, NULL, NULL, NULL),

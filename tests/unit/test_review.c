@@ -71,9 +71,9 @@ static void huge_timeout_does_not_block_other_deadlines(void **state) {
   reply_init(&b);
   cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
   o.timeout_ms = INT64_MAX;
-  assert_int_equal(cruster_send(rt, "Park", "p", "park", NULL, 0, &o, on_reply, &a), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Park", "p", "park", NULL, 0, &o, on_reply, &a, NULL), CRUSTER_OK);
   o.timeout_ms = 100;
-  assert_int_equal(cruster_send(rt, "Park", "p", "park", NULL, 0, &o, on_reply, &b), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Park", "p", "park", NULL, 0, &o, on_reply, &b, NULL), CRUSTER_OK);
   /* b's deadline (100 ms) passes while a's (forever) is first in line;
    * a generous wait: only a deadline that never fires fails it. */
   assert_true(reply_wait_ms(&b, TS_DEADLINE_MS));
@@ -196,8 +196,8 @@ static void backlog_wakeup_during_a_poll_is_kept(void **state) {
   reply_init(&b);
   /* A runs (50 ms); B finds the mailbox full and waits in storage. A's end
    * asks for a poll while the first one is still in flight. */
-  assert_int_equal(cruster_send(rt, "Busy", "x", "work", "A", 1, NULL, on_reply, &a), CRUSTER_OK);
-  assert_int_equal(cruster_send(rt, "Busy", "x", "work", "B", 1, NULL, on_reply, &b), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Busy", "x", "work", "A", 1, NULL, on_reply, &a, NULL), CRUSTER_OK);
+  assert_int_equal(cruster_send(rt, "Busy", "x", "work", "B", 1, NULL, on_reply, &b, NULL), CRUSTER_OK);
   assert_true(reply_wait_ms(&a, TS_DEADLINE_MS));
   assert_int_equal(a.status, CRUSTER_OK);
   assert_true(reply_wait_ms(&b, TS_DEADLINE_MS));

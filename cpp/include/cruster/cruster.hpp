@@ -1122,7 +1122,7 @@ public:
    * Throws at once (and the future is never made) when the C layer refuses
    * the wait up front: CRUSTER_E_INVALID_ARGUMENT (empty key, bad id or
    * timeout), CRUSTER_E_STATE, CRUSTER_E_SHUTTING_DOWN, CRUSTER_E_PERSISTENCE
-   * (no storage), CRUSTER_E_NOMEM -- without a message (the C call has none).
+   * (no storage), CRUSTER_E_NOMEM -- with the C call's message.
    * Threads: any.
    */
   template <auto M>
@@ -1133,9 +1133,11 @@ public:
     std::future<R<M>> fut = promise->get_future();
     cruster_call_opts o = opts.to_c(caller_);
     o.flags |= CRUSTER_CALL_INLINE_CALLBACK; // setting a promise never blocks
+    cruster_error *err = nullptr;
     check(cruster_join_reply(rt_, type_.c_str(), id.c_str(), method_name<M>(),
                              idempotency_key.data(), idempotency_key.size(), &o,
-                             &detail::complete_promise<R<M>>, promise.get()));
+                             &detail::complete_promise<R<M>>, promise.get(), &err),
+          &err);
     promise.release(); // complete_promise owns it now
     return fut;
   }
@@ -1153,9 +1155,11 @@ public:
     auto box = std::make_unique<detail::callback_box<R<M>>>();
     box->fn = std::forward<F>(fn);
     cruster_call_opts o = opts.to_c(caller_);
+    cruster_error *err = nullptr;
     check(cruster_join_reply(rt_, type_.c_str(), id.c_str(), method_name<M>(),
                              idempotency_key.data(), idempotency_key.size(), &o,
-                             &detail::complete_callback<R<M>>, box.get()));
+                             &detail::complete_callback<R<M>>, box.get(), &err),
+          &err);
     box.release(); // complete_callback owns it now
   }
 
@@ -1237,8 +1241,10 @@ private:
     std::future<R<M>> fut = promise->get_future();
     cruster_call_opts o = opts.to_c(caller_);
     o.flags |= CRUSTER_CALL_INLINE_CALLBACK; // setting a promise never blocks
+    cruster_error *err = nullptr;
     check(cruster_send(rt_, type_.c_str(), id.c_str(), method_name<M>(), payload.data(),
-                       payload.size(), &o, &detail::complete_promise<R<M>>, promise.get()));
+                       payload.size(), &o, &detail::complete_promise<R<M>>, promise.get(), &err),
+          &err);
     promise.release(); // complete_promise owns it now
     return fut;
   }
@@ -1249,8 +1255,10 @@ private:
     auto box = std::make_unique<detail::callback_box<R<M>>>();
     box->fn = std::forward<F>(fn);
     cruster_call_opts o = opts.to_c(caller_);
+    cruster_error *err = nullptr;
     check(cruster_send(rt_, type_.c_str(), id.c_str(), method_name<M>(), payload.data(),
-                       payload.size(), &o, &detail::complete_callback<R<M>>, box.get()));
+                       payload.size(), &o, &detail::complete_callback<R<M>>, box.get(), &err),
+          &err);
     box.release(); // complete_callback owns it now
   }
 
