@@ -103,9 +103,20 @@
  * handler yet, so a runner killed by the head's handler must not charge them
  * (they would be dead-lettered with it). A message past the retry limit
  * ($4 > 0 and more than $4 + 1 attempts) becomes a dead letter here, in the
- * same row: processed, with reply status -18 (CRUSTER_E_DEAD_LETTER). */
+ * same row: processed, with reply status -18 (CRUSTER_E_DEAD_LETTER).
+ *
+ * Per-entity order: "prev" is the message just before each candidate in
+ * its entity's queue (the nearest older due undelivered one, found by a
+ * backward probe). The candidate may be claimed only when prev is none, is
+ * itself a candidate, or is claimed under this runtime's token ($2: being
+ * delivered here, so the candidate queues behind it in the mailbox). Any
+ * other prev -- a row someone else holds locked (SKIP LOCKED passed over
+ * it) or a claim under another token (one the reset or the reconcile is
+ * giving back) -- blocks the candidate and every younger candidate of its
+ * entity ("blocked", a running OR over the entity's candidates in seq
+ * order); they wait for a later poll. */
 #define PG_SQL_CLAIM                                                                          \
-  "WITH due AS (SELECT request_id FROM cruster_messages d"                                  \
+  "WITH due AS (SELECT d.request_id, d.seq, d.entity_type, d.entity_id FROM cruster_messages d" \
   "  WHERE NOT d.processed AND d.claimed_by IS NULL"                                        \
   "    AND (d.deliver_at IS NULL OR d.deliver_at <= to_timestamp($3::int8 / 1000.0))"       \
   "    AND (d.retry_at IS NULL OR d.retry_at <= now())"                                     \
@@ -114,13 +125,20 @@
   "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at IS NOT NULL"        \
   "      AND o.retry_at > now())"         \
   "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED),"                                \
-  " counted AS (SELECT due.request_id, m.attempts AS before, m.attempts + CASE WHEN (" \
-  "    SELECT h.seq FROM cruster_messages h WHERE h.entity_type = m.entity_type"               \
-  "      AND h.entity_id = m.entity_id AND h.processed_at IS NULL AND h.seq < m.seq"              \
+  " judged AS (SELECT due.request_id, due.seq, due.entity_type, due.entity_id,"             \
+  "    m.attempts AS before, p.seq AS prev,"                                                \
+  "    p.seq IS NOT NULL AND p.claimed_by IS DISTINCT FROM $2::text"                        \
+  "      AND NOT EXISTS (SELECT 1 FROM due q WHERE q.seq = p.seq) AS bad"                  \
+  "  FROM due JOIN cruster_messages m ON m.request_id = due.request_id"                    \
+  "  LEFT JOIN LATERAL (SELECT h.seq, h.claimed_by FROM cruster_messages h"                 \
+  "    WHERE h.entity_type = m.entity_type AND h.entity_id = m.entity_id"                   \
+  "      AND h.processed_at IS NULL AND h.seq < m.seq"                                      \
   "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0))"      \
-  "      ORDER BY h.seq DESC LIMIT 1) IS NOT NULL"    \
-  "    THEN 0 ELSE 1 END AS attempts, $4::int8 > 0 AND m.attempts > $4::int8 AS dead"       \
-  "  FROM due JOIN cruster_messages m ON m.request_id = due.request_id)"                    \
+  "      ORDER BY h.seq DESC LIMIT 1) p ON TRUE),"                                          \
+  " counted AS (SELECT request_id, before, before + CASE WHEN prev IS NULL THEN 1 ELSE 0 END" \
+  "    AS attempts, $4::int8 > 0 AND before > $4::int8 AS dead,"                             \
+  "    bool_or(bad) OVER (PARTITION BY entity_type, entity_id ORDER BY seq) AS blocked"     \
+  "  FROM judged)"                                                                          \
   " UPDATE cruster_messages m SET attempts = counted.attempts,"                             \
   "   claimed_by = CASE WHEN counted.dead THEN NULL ELSE $2::text END,"                     \
   "   claimed_at = CASE WHEN counted.dead THEN NULL ELSE now() END,"                        \
@@ -128,7 +146,7 @@
   "   processed_at = CASE WHEN counted.dead THEN now() END,"                                \
   "   reply_status = CASE WHEN counted.dead THEN -18 END,"                                  \
   "   reply_message = CASE WHEN counted.dead THEN 'max retries exceeded' END"               \
-  " FROM counted WHERE m.request_id = counted.request_id"                                   \
+  " FROM counted WHERE m.request_id = counted.request_id AND NOT counted.blocked"           \
   " RETURNING " PG_MSG_COLUMNS ", m.processed, counted.before"
 
 /* When the next stored message becomes due (Unix ms, 0 = none). */
