@@ -6,7 +6,8 @@
 
 #include "storage/storage_internal.h"
 
-#define PG_SCHEMA_VERSION 2
+/* Version 3 (the idempotency key's column) comes with another change. */
+#define PG_SCHEMA_VERSION 4
 
 /* Quotes "name" or "schema.name" as identifiers into out. 0 or -1. */
 int pg_quote_table(PGconn *c, const char *table, char *out, size_t outsz);

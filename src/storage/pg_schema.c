@@ -72,6 +72,18 @@ static const migration migrations[] = {
       * history), quadratic for a busy entity: a poll took seconds. */
      "CREATE INDEX cruster_messages_retrying ON cruster_messages (entity_type, entity_id, seq)"
      "  WHERE retry_at IS NOT NULL;"},
+    /* Version 3 (the idempotency key's column) comes with another change;
+     * this one applies on top of it or of version 2. */
+    {4, "claims record whether they charged an attempt",
+     /* A claim charges an attempt only to the head of an entity's queue.
+      * A claim given back unused (mailbox full, stop) undoes its charge:
+      * it must know whether there was one, or it takes an attempt from a
+      * message claimed behind the head -- erasing an earlier delivery, so
+      * the message could be delivered more than max_retries + 1 times.
+      * Rows claimed by their insert charged one: the default. A constant
+      * default costs no table rewrite. */
+     "ALTER TABLE cruster_messages ADD COLUMN IF NOT EXISTS claim_charged BOOLEAN NOT NULL"
+     "  DEFAULT TRUE;"},
 };
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
 

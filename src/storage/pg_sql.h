@@ -75,19 +75,27 @@
 
 /* Gives a claimed message back. $2 = 1: a failed delivery (counts, and
  * waits a doubling backoff from $3 ms, at most 30 s); 0: never handed to a
- * handler (does not count, no wait). */
+ * handler (does not count, no wait). What counts is exactly what the claim
+ * charged (claim_charged, schema v4): a claim behind the entity's head
+ * charged nothing, so giving it back unused takes nothing away, and a
+ * failed delivery of it adds the attempt its claim did not. A row no longer
+ * claimed (the reconcile gave it back) keeps its count. */
 #define PG_SQL_RELEASE                                                                        \
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL,"                       \
-  "  attempts = CASE WHEN $2::int4 = 1 THEN attempts ELSE greatest(attempts - 1, 0) END,"   \
+  "  attempts = CASE WHEN claimed_by IS NULL THEN attempts"                                 \
+  "    WHEN $2::int4 = 1 THEN attempts + CASE WHEN claim_charged THEN 0 ELSE 1 END"         \
+  "    WHEN claim_charged THEN greatest(attempts - 1, 0) ELSE attempts END,"                \
   "  retry_at = CASE WHEN $2::int4 = 1 THEN now() + make_interval(secs => least(30.0,"      \
-  "    $3::int8 / 1000.0 * power(2, least(greatest(attempts - 1, 0), 20)))) END"            \
+  "    $3::int8 / 1000.0 * power(2, least(greatest(attempts - 1"                            \
+  "      + CASE WHEN claimed_by IS NOT NULL AND NOT claim_charged THEN 1 ELSE 0 END, 0), 20)))) END" \
   " WHERE request_id = $1::int8 AND processed_at IS NULL"
 
 /* RELEASE with $2 = 0 for many messages at once (those a poll claimed and
  * full mailboxes could not take). */
 #define PG_SQL_RELEASE_MANY                                                                   \
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL,"                       \
-  "  attempts = greatest(attempts - 1, 0), retry_at = NULL"                                 \
+  "  attempts = CASE WHEN claimed_by IS NOT NULL AND claim_charged"                         \
+  "    THEN greatest(attempts - 1, 0) ELSE attempts END, retry_at = NULL"                   \
   " WHERE request_id = ANY($1::int8[]) AND processed_at IS NULL"
 
 /* Takes back a claim the poll just made, as if it had not: the message was
@@ -101,7 +109,8 @@
  * (no older due undelivered message of the entity) counts a delivery
  * attempt: the messages queued behind it in the mailbox are not handed to a
  * handler yet, so a runner killed by the head's handler must not charge them
- * (they would be dead-lettered with it). A message past the retry limit
+ * (they would be dead-lettered with it); claim_charged records which it
+ * was, for the release. A message past the retry limit
  * ($4 > 0 and more than $4 + 1 attempts) becomes a dead letter here, in the
  * same row: processed, with reply status -18 (CRUSTER_E_DEAD_LETTER).
  *
@@ -135,11 +144,12 @@
   "      AND h.processed_at IS NULL AND h.seq < m.seq"                                      \
   "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0))"      \
   "      ORDER BY h.seq DESC LIMIT 1) p ON TRUE),"                                          \
-  " counted AS (SELECT request_id, before, before + CASE WHEN prev IS NULL THEN 1 ELSE 0 END" \
-  "    AS attempts, $4::int8 > 0 AND before > $4::int8 AS dead,"                             \
+  " counted AS (SELECT request_id, before, prev IS NULL AS charged,"                       \
+  "    before + CASE WHEN prev IS NULL THEN 1 ELSE 0 END AS attempts,"                      \
+  "    $4::int8 > 0 AND before > $4::int8 AS dead,"                                          \
   "    bool_or(bad) OVER (PARTITION BY entity_type, entity_id ORDER BY seq) AS blocked"     \
   "  FROM judged)"                                                                          \
-  " UPDATE cruster_messages m SET attempts = counted.attempts,"                             \
+  " UPDATE cruster_messages m SET attempts = counted.attempts, claim_charged = counted.charged," \
   "   claimed_by = CASE WHEN counted.dead THEN NULL ELSE $2::text END,"                     \
   "   claimed_at = CASE WHEN counted.dead THEN NULL ELSE now() END,"                        \
   "   processed = counted.dead,"                                                            \

@@ -2,6 +2,10 @@
  * limit (fix 8) used to break, each made deterministic with locks a second
  * connection holds (advisory locks taken by a trigger, a row lock).
  *
+ *   release_without_attempt_undoes_only_its_charge
+ *       a message claimed behind its entity's head (no attempt charged) and
+ *       given back unused (mailbox full) keeps the attempts of its earlier
+ *       deliveries: it becomes a dead letter after max_retries + 1 of them.
  *   locked_older_message_is_not_passed_over
  *       the poll must not skip an older message whose row someone else
  *       holds locked and claim a younger one of the same entity.
@@ -127,6 +131,79 @@ static void insert_row(pgt_schema *s, long long request_id, const char *entity, 
             keyed ? "TRUE" : "FALSE", attempts);
 }
 
+/* ---- (2) a release undoes exactly what its claim charged ---------------------- */
+
+static atomic_int g_gate2, g_head_started, g_m_runs;
+static void h_step2(void *user, cruster_request *req) {
+  (void)user;
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  if (len == 4 && memcmp(p, "head", 4) == 0) {
+    atomic_store(&g_head_started, 1);
+    while (!atomic_load(&g_gate2)) ts_sleep_ms(2);
+  } else {
+    atomic_fetch_add(&g_m_runs, 1);
+  }
+  cruster_request_reply(req, "done", 4);
+}
+
+static int m_is_dead(void *arg) {
+  return pgt_scalar(((pgt_schema *)arg)->admin,
+                    "SELECT count(*) FROM cruster_messages WHERE request_id = 5002 AND "
+                    "reply_status = -18",
+                    0) == 1;
+}
+
+/* storage_message_max_retries = 1: at most 2 deliveries. An earlier life
+ * left entity E's head H (never delivered) and M (delivered once: attempts
+ * 1). M's reply can never be stored (a trigger refuses it), so each of its
+ * deliveries fails and it must become a dead letter after its second.
+ *
+ * E's mailbox holds 1 and H's handler blocks: every poll claims M behind H
+ * (its claim charges no attempt: it is not the head) and gives it back
+ * unused (mailbox full). That give-back used to subtract an attempt anyway,
+ * erasing M's earlier delivery: M then ran twice more in this life (3
+ * deliveries). Now it runs once. */
+static void release_without_attempt_undoes_only_its_charge(void **state) {
+  (void)state;
+  atomic_store(&g_gate2, 0);
+  atomic_store(&g_head_started, 0);
+  atomic_store(&g_m_runs, 0);
+  pgt_schema s;
+  pgt_schema_create(&s);
+  pgt_migrate(&s);
+  insert_row(&s, 5001, "E", "head", 0, 0);
+  insert_row(&s, 5002, "E", "m", 1, 1);
+  pgt_exec(s.admin,
+           "CREATE FUNCTION refuse_m() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+           "IF NEW.request_id = 5002 AND NEW.processed AND NEW.reply_status IS DISTINCT FROM -18 "
+           "THEN RAISE EXCEPTION 'the reply of m is refused'; END IF; RETURN NEW; END $$");
+  pgt_exec(s.admin, "CREATE TRIGGER refuse_m BEFORE UPDATE ON cruster_messages FOR EACH ROW "
+                    "EXECUTE FUNCTION refuse_m()");
+
+  cruster_entity_def *d = def_new("Ord");
+  add(d, "step", CRUSTER_RPC_PERSISTED, h_step2, NULL);
+  assert_int_equal(cruster_entity_def_set_mailbox_capacity(d, 1, NULL), CRUSTER_OK);
+  cruster_runtime *rt = pgt_runtime(&s,
+                                    "storage_poll_interval=50ms;storage_message_max_retries=1;"
+                                    "storage_retry_backoff=20ms",
+                                    &d, 1);
+  /* M claimed behind the running head and given back, three times. */
+  wait_metric(rt, "cluster_mailbox_full_total", "entity_type=\"Ord\"", 3);
+  assert_true(atomic_load(&g_head_started));
+  assert_int_equal(atomic_load(&g_m_runs), 0);
+  atomic_store(&g_gate2, 1);
+
+  assert_true(pgt_eventually(m_is_dead, &s, 30000));
+  printf("  m ran %d time(s) in this life (1 before); attempts stored: %lld\n",
+         atomic_load(&g_m_runs),
+         pgt_scalar(s.admin, "SELECT attempts FROM cruster_messages WHERE request_id = 5002", -1));
+  assert_int_equal(atomic_load(&g_m_runs), 1);
+  cruster_runtime_free(rt);
+  cruster_entity_def_free(d);
+  pgt_schema_drop(&s);
+}
+
 /* ---- (3) an older message is never passed over -------------------------------- */
 
 static seen_log g_e3;
@@ -220,6 +297,7 @@ int main(void) {
     fprintf(stderr, "CRUSTER_TEST_PG is not set: every test will fail. Run `scripts/dev services "
                     "start` and `source .dev/env`.\n");
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(release_without_attempt_undoes_only_its_charge),
       cmocka_unit_test(locked_older_message_is_not_passed_over),
       cmocka_unit_test(stale_claim_of_older_message_holds_younger_back),
   };
