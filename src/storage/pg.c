@@ -2,8 +2,11 @@
  * driven by uv_poll on the runtime's loop thread. A connection sends jobs:
  * the statements of up to storage_batch_size queued operations pipelined up
  * to one Sync (one implicit transaction), so concurrent writes share one
- * commit. Two jobs may be in flight, so the server never waits for us. Writes for one entity always use the same connection, which
- * keeps them in order. Operations queue while a connection reconnects. */
+ * commit. Two jobs may be in flight, so the server never waits for us; each
+ * job first checks that the one before it committed, so jobs commit in the
+ * order they were sent even when one fails. Writes for one entity always
+ * use the same connection, which keeps them in order. Operations queue
+ * while a connection reconnects. */
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +68,13 @@ typedef struct pg_conn {
   struct pg_job *jobs_head, *jobs_tail;
   int njobs;
   int want_write;
+  /* Job order (see "the job guard"): the id of the last job sent on this
+   * session, and of the last one known to have committed. */
+  int64_t job_seq, committed;
+  /* Operations of failed jobs, in their order, waiting to run again once
+   * every job in flight behind them has come back (nothing is sent
+   * meanwhile: it would commit before them). */
+  pg_op *redo_head, *redo_tail;
 } pg_conn;
 
 /* One Sync's worth of statements: a transaction of several operations (or,
@@ -72,11 +82,14 @@ typedef struct pg_conn {
 typedef struct pg_job {
   struct pg_job *next;
   int prepare;   /* the statement preparation of a new connection */
+  int64_t id;    /* its number on the connection's session (the guard's) */
+  int behind;    /* sent while another job was in flight */
   pg_op **ops;
   size_t nops;
   int nq;        /* statements sent */
-  int shared;    /* the first slots hold statements several operations share:
-                  * the delete of answered unkeyed messages, the fast inserts */
+  int shared;    /* after the guard (slot 0), the first slots hold statements
+                  * several operations share: the delete of answered unkeyed
+                  * messages, the fast inserts */
   int cur, have_cur;
   PGresult *slots[];
 } pg_job;
@@ -139,6 +152,7 @@ struct pg_store {
 
 static void conn_connect(pg_conn *c);
 static void conn_pump(pg_conn *c);
+static void redo_requeue(pg_conn *c);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
 static pg_op *op_new(int kind, void *cb, void *ud);
@@ -160,6 +174,7 @@ static const stmt stmts[] = {
     {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
     {"cr_scan", PG_SQL_SCAN, 1},    {"cr_unclaim", PG_SQL_UNCLAIM, 3},
+    {"cr_guard", PG_SQL_JOB_GUARD, 2},
 };
 #define N_STMTS (int)(sizeof stmts / sizeof stmts[0])
 
@@ -910,6 +925,7 @@ static void conn_fail(pg_conn *c, const char *why) {
   pg_job *jobs = c->jobs_head;
   c->jobs_head = c->jobs_tail = NULL;
   c->njobs = 0;
+  redo_requeue(c); /* not sent again yet: they wait for the new connection */
   conn_watch(c, 0);
   if (c->pq) PQfinish(c->pq);
   c->pq = NULL;
@@ -970,11 +986,54 @@ static int shared_kind(const pg_op *o) {
   return -1;
 }
 
-/* Sends queued operations while fewer than MAX_JOBS_IN_FLIGHT jobs are out. */
+/* ---- the job guard ----------------------------------------------------------
+ *
+ * Up to MAX_JOBS_IN_FLIGHT jobs are on their way, each its own transaction.
+ * When an operation makes a job fail, its other operations run again (each
+ * alone, so only the bad one fails) -- but the next job, already in the
+ * server's input, would commit before them: a message of that job could be
+ * stored before an older message of its entity that was in the failed job,
+ * and since the poll delivers in storage order (seq), be delivered first.
+ * So every job starts with the guard (PG_SQL_JOB_GUARD): it fails unless
+ * the job sent before it on this session committed. A failed job's
+ * successors in flight then fail too, without changing anything; their
+ * operations are kept, in order, behind the failed job's (redo), and
+ * nothing new is sent until every job in flight has come back. Then the
+ * redo list goes back to the head of the queue. Jobs thus commit in the
+ * order their operations were queued. */
+
+/* The statements an operation sends by itself (undoing what a job's
+ * grouping changed: shared ids, a fast insert's row). */
+static void op_reset_nstmt(pg_op *o) {
+  o->nstmt = o->kind == OP_POLL ? 2 : o->fast ? 0 : 1;
+}
+
+static void redo_add(pg_conn *c, pg_op *o, int solo) {
+  o->solo = o->solo || solo;
+  op_reset_nstmt(o);
+  o->next = NULL;
+  if (c->redo_tail) c->redo_tail->next = o; else c->redo_head = o;
+  c->redo_tail = o;
+}
+
+/* Once no job is in flight: the redo list goes back to the queue's head. */
+static void redo_requeue(pg_conn *c) {
+  if (!c->redo_head || c->jobs_head) return;
+  size_t n = 0;
+  for (pg_op *o = c->redo_head; o; o = o->next) n++;
+  c->redo_tail->next = c->q_head;
+  if (!c->q_head) c->q_tail = c->redo_tail;
+  c->q_head = c->redo_head;
+  c->qlen += n;
+  c->redo_head = c->redo_tail = NULL;
+}
+
+/* Sends queued operations while fewer than MAX_JOBS_IN_FLIGHT jobs are out
+ * (and no failed job's operations wait to run again). */
 static void conn_pump(pg_conn *c) {
   pg_store *st = c->st;
   int sent = 0;
-  while (c->state == C_READY && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
+  while (c->state == C_READY && !c->redo_head && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
     size_t max = (size_t)st->batch, nops = 0, nfast = 0, nsh[SHARED_KINDS] = {0};
     int solo = c->q_head->solo, stmts_n = 0;
     for (pg_op *o = c->q_head; o && nops < max && (nops == 0 || (!solo && !o->solo)); o = o->next) {
@@ -997,7 +1056,7 @@ static void conn_pump(pg_conn *c) {
       fail |= !(ids[k] = malloc(nsh[k] * sizeof(int64_t)));
     }
     int nchunks = fast_split(nfast, NULL);
-    stmts_n += nchunks;
+    stmts_n += nchunks + 1; /* and the guard */
     pg_job *j = job_new(stmts_n, nops);
     pg_op **fast = nfast ? malloc(nfast * sizeof(*fast)) : NULL;
     size_t *sizes = nchunks ? malloc((size_t)nchunks * sizeof(*sizes)) : NULL;
@@ -1025,9 +1084,17 @@ static void conn_pump(pg_conn *c) {
       if (o->fast) fast[nf++] = o;
       j->ops[j->nops++] = o;
     }
+    /* The guard: the job before this one, if still in flight, must commit. */
+    char prev[24], mine[24];
+    snprintf(prev, sizeof prev, "%lld",
+             (long long)(c->jobs_tail ? c->jobs_tail->id : c->committed));
+    j->id = ++c->job_seq;
+    j->behind = c->jobs_tail != NULL;
+    snprintf(mine, sizeof mine, "%lld", (long long)j->id);
     job_push(c, j);
     /* No BEGIN/COMMIT: everything up to a Sync is one implicit transaction. */
-    int ok = 1;
+    const char *gv[2] = {prev, mine};
+    int ok = send_stmt(c, "cr_guard", 2, gv, NULL, NULL);
     for (int k = 0; k < SHARED_KINDS; k++) {
       if (ok && ids[k]) {
         char *arr = int8_array(ids[k], nid[k]);
@@ -1053,7 +1120,7 @@ static void conn_pump(pg_conn *c) {
     sent = 1;
   }
   if (sent) conn_flush(c);
-  if (!c->jobs_head && !c->q_head) check_flushed(st);
+  if (!c->jobs_head && !c->q_head && !c->redo_head) check_flushed(st);
 }
 
 /* A job's Sync arrived: hand results to its operations. */
@@ -1088,14 +1155,19 @@ static void job_done(pg_conn *c, pg_job *j) {
     failed = 1;
     if (!err && r && s != PGRES_PIPELINE_ABORTED) err = PQresultErrorMessage(r);
   }
+  /* The guard (slot 0) failed: the job before this one did not commit, and
+   * this one changed nothing -- its operations run again after that one's. */
+  int guard_failed = failed && PQresultStatus(j->slots[0]) != PGRES_TUPLES_OK && j->behind;
+  if (!failed) c->committed = j->id;
   char msg[512] = "";
   if (failed) {
     snprintf(msg, sizeof(msg), "%s", err ? err : "the transaction was aborted");
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
   } else {
-    /* Move each operation's results to it (slot 0 may be the shared delete). */
-    int k = j->shared;
+    /* Move each operation's results to it (after the guard and the shared
+     * statements). */
+    int k = 1 + j->shared;
     for (size_t i = 0; i < j->nops; i++)
       for (int x = 0; x < j->ops[i]->nstmt; x++) {
         j->ops[i]->res[x] = j->slots[k];
@@ -1108,16 +1180,10 @@ static void job_done(pg_conn *c, pg_job *j) {
   j->nops = 0;
   job_free(j);
   /* Callbacks may queue more work: the job is already off the connection. */
-  if (failed && nops > 1) {
-    /* One bad operation aborted the batch: run each alone, in order. */
-    for (size_t i = nops; i-- > 0;) {
-      ops[i]->solo = 1;
-      if (shared_kind(ops[i]) >= 0) ops[i]->nstmt = 1;
-      ops[i]->next = c->q_head;
-      c->q_head = ops[i];
-      if (!c->q_tail) c->q_tail = ops[i];
-      c->qlen++;
-    }
+  if (guard_failed || (failed && nops > 1)) {
+    /* One bad operation aborted the batch: run each alone, in order (after
+     * the jobs in flight behind it have failed too: see the job guard). */
+    for (size_t i = 0; i < nops; i++) redo_add(c, ops[i], !guard_failed);
   } else {
     int reclaim = 0;
     for (size_t i = 0; i < nops; i++) {
@@ -1130,6 +1196,7 @@ static void job_done(pg_conn *c, pg_job *j) {
     if (reclaim && !st->closing) new_claim_token(st);
   }
   free(ops);
+  redo_requeue(c);
   if (c->pq) conn_pump(c);
 }
 
@@ -1174,7 +1241,7 @@ static void conn_connected(pg_conn *c) {
     return;
   }
   PQsetNoticeProcessor(c->pq, quiet_notices, NULL);
-  pg_job *j = job_new(N_STMTS + 2 + PG_FAST_SIZES, 0);
+  pg_job *j = job_new(N_STMTS + 3 + PG_FAST_SIZES, 0);
   if (!j) {
     conn_fail(c, "out of memory");
     return;
@@ -1190,6 +1257,9 @@ static void conn_connected(pg_conn *c) {
   /* Plans are made now, maybe on an empty table: no estimate may make a
    * sequential scan look as cheap as a lookup (see pg_sql.h). */
   ok = ok && PQsendQueryParams(c->pq, "SET enable_seqscan = off", 0, NULL, NULL, NULL, NULL, 0);
+  /* The job guard's setting: job 0 (this one) committed. */
+  ok = ok && PQsendQueryParams(c->pq, "SET cruster.job = '0'", 0, NULL, NULL, NULL, NULL, 0);
+  c->job_seq = c->committed = 0;
   for (int i = 0; ok && i < N_STMTS; i++)
     ok = PQsendPrepare(c->pq, stmts[i].name, stmts[i].sql, stmts[i].nparams, NULL);
   for (int i = 0; ok && i < PG_FAST_SIZES; i++) {

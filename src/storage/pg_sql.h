@@ -104,6 +104,17 @@
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL, attempts = $2::int4"   \
   " WHERE request_id = $1::int8 AND processed_at IS NULL AND claimed_by = $3::text"
 
+/* The job guard, the first statement of every job (pg.c, "the job
+ * guard"). The session setting cruster.job holds the number of the last
+ * job that committed on the connection: this statement sets it to the
+ * job's own number ($2) inside the job's transaction, so an aborted job
+ * leaves it as it was. A job sent while an earlier one was in flight
+ * expects that one ($1): if it did not commit, the cast fails and this job
+ * changes nothing -- it runs again after the failed one's operations. */
+#define PG_SQL_JOB_GUARD                                                                      \
+  "SELECT set_config('cruster.job', CASE WHEN current_setting('cruster.job') = $1::text"    \
+  "  THEN $2::text ELSE 'job ' || $1::text || ' did not commit' END, false)::int8"
+
 /* Claims due messages, oldest first; a message never overtakes an older one
  * of its entity that waits for a retry. Only the head of an entity's queue
  * (no older due undelivered message of the entity) counts a delivery

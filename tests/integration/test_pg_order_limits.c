@@ -2,6 +2,10 @@
  * limit (fix 8) used to break, each made deterministic with locks a second
  * connection holds (advisory locks taken by a trigger, a row lock).
  *
+ *   failed_job_rerun_is_not_overtaken
+ *       a job (one transaction of several operations) fails because of one
+ *       operation; the next job of the connection, already sent, must not
+ *       commit before the failed job's other operations are run again.
  *   release_without_attempt_undoes_only_its_charge
  *       a message claimed behind its entity's head (no attempt charged) and
  *       given back unused (mailbox full) keeps the attempts of its earlier
@@ -129,6 +133,122 @@ static void insert_row(pgt_schema *s, long long request_id, const char *entity, 
             "'default', %d, 'Ord', '%s', 'step', convert_to('%s', 'UTF8'), FALSE, FALSE, %s, %d)",
             request_id, (int)cruster_shard_for(entity, strlen(entity), 300), entity, payload,
             keyed ? "TRUE" : "FALSE", attempts);
+}
+
+/* ---- (1) a failed job's operations run again before the next job's ----------- */
+
+static seen_log g_e1;
+static void h_step1(void *user, cruster_request *req) {
+  (void)user;
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  if (strcmp(cruster_request_entity_id(req), "E") == 0) seen_add(&g_e1, p, len);
+  cruster_request_reply(req, "done", 4);
+}
+
+static void h_plain(void *user, cruster_request *req) {
+  (void)user;
+  cruster_request_reply(req, "ok", 2);
+}
+
+static void send_keyed(cruster_runtime *rt, const char *id, const char *key, reply *r) {
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.timeout_ms = 60000;
+  o.idempotency_key = key;
+  o.idempotency_key_len = strlen(key);
+  assert_int_equal(cruster_send(rt, "Ord", id, "step", key, strlen(key), &o, on_reply, r),
+                   CRUSTER_OK);
+}
+
+/* One connection, jobs of at most 2 operations. A trigger makes inserts
+ * of entity 'gate' wait for advisory lock K1, and inserts of 'poison' wait
+ * for K2 and then fail; the test holds both locks.
+ *
+ *  1. 'gate' is sent: job A = [gate] blocks in the server on K1.
+ *  2. 'x' is sent: job B = [x] is sent behind it (two jobs in flight).
+ *  3. 'poison', E:m1, E:m2 are sent (keyed, in this order) and wait in the
+ *     connection's queue.
+ *  4. K1 is released: A and B commit; C = [poison, m1] is sent and blocks
+ *     on K2, and D = [m2] is sent behind it.
+ *  5. K2 is released: poison fails, which aborts C. D, already in the
+ *     server's input, used to commit at once -- m2 stored before m1, whose
+ *     insert ran again after (a larger seq): the poll then delivered m2
+ *     first. Now D fails with C (each job checks that the previous one
+ *     committed), and its operations run again after C's. */
+static void failed_job_rerun_is_not_overtaken(void **state) {
+  (void)state;
+  seen_init(&g_e1);
+  pgt_schema s;
+  pgt_schema_create(&s);
+  pgt_migrate(&s);
+  long long k1 = lock_key(1), k2 = lock_key(2);
+  pgt_execf(s.admin,
+            "CREATE FUNCTION gatekeeper() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.entity_id = 'gate' THEN PERFORM pg_advisory_xact_lock(%lld); END IF; "
+            "IF NEW.entity_id = 'poison' THEN PERFORM pg_advisory_xact_lock(%lld); "
+            "RAISE EXCEPTION 'entity poison is refused'; END IF; RETURN NEW; END $$",
+            k1, k2);
+  pgt_exec(s.admin, "CREATE TRIGGER gatekeeper BEFORE INSERT ON cruster_messages FOR EACH ROW "
+                    "EXECUTE FUNCTION gatekeeper()");
+  PGconn *lk = pgt_connect(s.conninfo);
+  pgt_execf(lk, "SELECT pg_advisory_lock(%lld), pg_advisory_lock(%lld)", k1, k2);
+
+  cruster_entity_def *d = def_new("Ord");
+  add(d, "step", CRUSTER_RPC_PERSISTED, h_step1, NULL);
+  cruster_entity_def *p = def_new("Plain");
+  add(p, "ping", 0, h_plain, NULL);
+  cruster_entity_def *defs[] = {d, p};
+  /* No poll but those the runtime asks for (the first one at start). */
+  cruster_runtime *rt = pgt_runtime(
+      &s, "storage_pool_size=1;storage_batch_size=2;storage_poll_interval=1h", defs, 2);
+  wait_attach(rt);
+  const char *tx = "cluster_storage_transactions_total";
+  double base = metric(rt, tx, NULL);
+
+  reply rg, rx, rp, r1, r2;
+  reply_init(&rg);
+  reply_init(&rx);
+  reply_init(&rp);
+  reply_init(&r1);
+  reply_init(&r2);
+  send_keyed(rt, "gate", "g", &rg);
+  wait_lock_waiter(s.admin, k1);
+  send_keyed(rt, "x", "x", &rx);
+  wait_metric(rt, tx, NULL, base + 2);
+  send_keyed(rt, "poison", "p", &rp);
+  send_keyed(rt, "E", "m1", &r1);
+  send_keyed(rt, "E", "m2", &r2);
+  /* The loop handles commands in order: once this call is answered, the
+   * three saves above are queued. */
+  char *out = NULL;
+  assert_int_equal(send_str(rt, "Plain", "p", "ping", "", NULL, &out, NULL), CRUSTER_OK);
+  cruster_free(out);
+  assert_true(metric(rt, tx, NULL) == base + 2);
+
+  pgt_execf(lk, "SELECT pg_advisory_unlock(%lld)", k1);
+  wait_lock_waiter(s.admin, k2);        /* C runs: poison waits for K2 */
+  wait_metric(rt, tx, NULL, base + 4);  /* D is sent behind it */
+  pgt_execf(lk, "SELECT pg_advisory_unlock(%lld)", k2);
+
+  assert_true(reply_wait_ms(&rp, 30000));
+  printf("  poison: %s (%s)\n", cruster_status_name(rp.status), rp.msg);
+  assert_int_equal(rp.status, CRUSTER_E_PERSISTENCE);
+  reply *all[] = {&rg, &rx, &r1, &r2};
+  for (int i = 0; i < 4; i++) {
+    assert_true(reply_wait_ms(all[i], 30000));
+    if (all[i]->status != CRUSTER_OK)
+      fail_msg("call %d: %s %s", i, cruster_status_name(all[i]->status), all[i]->msg);
+  }
+  seen_expect(&g_e1, "m1,m2,");
+
+  for (int i = 0; i < 4; i++) reply_destroy(all[i]);
+  reply_destroy(&rp);
+  cruster_runtime_free(rt);
+  cruster_entity_def_free(d);
+  cruster_entity_def_free(p);
+  PQfinish(lk);
+  uv_mutex_destroy(&g_e1.mu);
+  pgt_schema_drop(&s);
 }
 
 /* ---- (2) a release undoes exactly what its claim charged ---------------------- */
@@ -297,6 +417,7 @@ int main(void) {
     fprintf(stderr, "CRUSTER_TEST_PG is not set: every test will fail. Run `scripts/dev services "
                     "start` and `source .dev/env`.\n");
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(failed_job_rerun_is_not_overtaken),
       cmocka_unit_test(release_without_attempt_undoes_only_its_charge),
       cmocka_unit_test(locked_older_message_is_not_passed_over),
       cmocka_unit_test(stale_claim_of_older_message_holds_younger_back),
