@@ -210,17 +210,15 @@
   " $%d::bool, $1::text, now(), 1)"
 #define PG_FAST_PARAMS 9
 
-/* Single-node: every claim but ours belongs to an earlier life of this
- * runner, which died with the messages undelivered. */
-#define PG_SQL_RESET                                                                          \
-  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
-  " WHERE claimed_by IS NOT NULL AND claimed_by <> $1::text AND NOT processed"
-
-/* After a lost connection: claims made under the old token ($1) that may
- * have committed, for messages not being handled here ($2), go back. */
+/* Gives back every claim not made under this runtime's current token ($1)
+ * and not of a message being handled here ($2). Single-node, such claims
+ * are stale: an earlier life of this runner died with the messages
+ * undelivered (run at start), or a lost connection left a claim of an
+ * earlier token of this life in doubt (run after the loss). */
 #define PG_SQL_RECONCILE                                                                      \
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
-  " WHERE claimed_by = $1::text AND NOT processed AND NOT (request_id = ANY($2::int8[]))"
+  " WHERE claimed_by IS NOT NULL AND claimed_by <> $1::text AND NOT processed"              \
+  "  AND NOT (request_id = ANY($2::int8[]))"
 
 /* Retention: processed messages older than $1 ms; dead letters stay until
  * redelivered. */
