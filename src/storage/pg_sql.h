@@ -136,7 +136,8 @@
  * entity ("blocked", a running OR over the entity's candidates in seq
  * order); they wait for a later poll. */
 #define PG_SQL_CLAIM                                                                          \
-  "WITH due AS (SELECT d.request_id, d.seq, d.entity_type, d.entity_id FROM cruster_messages d" \
+  "WITH due AS (SELECT d.request_id, d.seq, d.entity_type, d.entity_id, d.attempts"        \
+  "  FROM cruster_messages d"                                                              \
   "  WHERE NOT d.processed AND d.claimed_by IS NULL"                                        \
   "    AND (d.deliver_at IS NULL OR d.deliver_at <= to_timestamp($3::int8 / 1000.0))"       \
   "    AND (d.retry_at IS NULL OR d.retry_at <= now())"                                     \
@@ -146,13 +147,12 @@
   "      AND o.retry_at > now())"         \
   "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED),"                                \
   " judged AS (SELECT due.request_id, due.seq, due.entity_type, due.entity_id,"             \
-  "    m.attempts AS before, p.seq AS prev,"                                                \
+  "    due.attempts AS before, p.seq AS prev,"                                              \
   "    p.seq IS NOT NULL AND p.claimed_by IS DISTINCT FROM $2::text"                        \
   "      AND NOT EXISTS (SELECT 1 FROM due q WHERE q.seq = p.seq) AS bad"                  \
-  "  FROM due JOIN cruster_messages m ON m.request_id = due.request_id"                    \
-  "  LEFT JOIN LATERAL (SELECT h.seq, h.claimed_by FROM cruster_messages h"                 \
-  "    WHERE h.entity_type = m.entity_type AND h.entity_id = m.entity_id"                   \
-  "      AND h.processed_at IS NULL AND h.seq < m.seq"                                      \
+  "  FROM due LEFT JOIN LATERAL (SELECT h.seq, h.claimed_by FROM cruster_messages h"        \
+  "    WHERE h.entity_type = due.entity_type AND h.entity_id = due.entity_id"               \
+  "      AND h.processed_at IS NULL AND h.seq < due.seq"                                    \
   "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0))"      \
   "      ORDER BY h.seq DESC LIMIT 1) p ON TRUE),"                                          \
   " counted AS (SELECT request_id, before, prev IS NULL AS charged,"                       \
