@@ -1255,7 +1255,16 @@ static void job_done(pg_conn *c, pg_job *j) {
   if (guard_failed || (failed && nops > 1)) {
     /* One bad operation aborted the batch: run each alone, in order (after
      * the jobs in flight behind it have failed too: see the job guard). */
-    for (size_t i = 0; i < nops; i++) redo_add(c, ops[i], !guard_failed);
+    for (size_t i = 0; i < nops; i++) {
+      if (ops[i]->kind == OP_RECONCILE) {
+        /* Sent again by recon_kick, under its barrier (which held when this
+         * one was sent, not necessarily when the redo list runs). */
+        st->recon_busy = 0;
+        op_free(ops[i]);
+        continue;
+      }
+      redo_add(c, ops[i], !guard_failed);
+    }
   } else {
     int reclaim = 0;
     for (size_t i = 0; i < nops; i++) {
