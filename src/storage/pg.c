@@ -64,6 +64,7 @@ typedef struct pg_conn {
   int state;
   int64_t backoff;
   int refused;   /* the server refused our statements: a failed attempt */
+  int accepted;  /* this attempt got past authentication */
   pg_op *q_head, *q_tail;
   size_t qlen;
   /* jobs sent and not finished, oldest first (results come in this order) */
@@ -977,8 +978,12 @@ static void conn_fail(pg_conn *c, const char *why) {
   pg_store *st = c->st;
   int was = c->state;
   char msg[512];
+  /* An attempt fails (the server cannot be reached, refuses us or our
+   * statements) or an accepted connection is lost (its backend terminated,
+   * a restart). */
+  int failed_attempt = (was == C_CONNECTING && !c->accepted) || c->refused;
   snprintf(msg, sizeof(msg), "%s to PostgreSQL: %s",
-           was == C_CONNECTING ? "cannot connect" : "lost the connection", why);
+           failed_attempt ? "cannot connect" : "lost the connection", why);
   size_t n = strlen(msg);
   while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
   if (!st->closing)
@@ -1011,14 +1016,13 @@ static void conn_fail(pg_conn *c, const char *why) {
   if (in_doubt) new_claim_token(st);
   else recon_kick(st); /* its jobs under an earlier token are gone */
   core_metric_add(st->m_reconnects, 1);
-  /* One base backoff after losing a connection the server had accepted (a
-   * backend terminated, a restart); doubling up to 2 s while attempts fail
-   * -- the server cannot be reached, refuses us or our statements. */
-  if (was == C_CONNECTING || c->refused)
+  /* One base backoff after losing a connection the server had accepted;
+   * doubling up to 2 s while attempts fail. */
+  if (failed_attempt)
     c->backoff = c->backoff ? (c->backoff * 2 > 2000 ? 2000 : c->backoff * 2) : 50;
   else
     c->backoff = 50;
-  c->refused = 0;
+  c->refused = c->accepted = 0;
   uv_timer_start(&c->timer, on_retry_timer, (uint64_t)c->backoff, 0);
 }
 
@@ -1358,6 +1362,18 @@ static void conn_connected(pg_conn *c) {
 
 static void conn_connect_step(pg_conn *c) {
   PostgresPollingStatusType p = PQconnectPoll(c->pq);
+  switch (PQstatus(c->pq)) {
+  case CONNECTION_AUTH_OK:
+  case CONNECTION_SETENV:
+  case CONNECTION_CHECK_WRITABLE:
+  case CONNECTION_CONSUME:
+  case CONNECTION_CHECK_TARGET:
+  case CONNECTION_CHECK_STANDBY:
+    c->accepted = 1; /* authenticated: what fails now is a loss, not an attempt */
+    break;
+  default:
+    break;
+  }
   switch (p) {
   case PGRES_POLLING_READING:
     conn_watch(c, UV_READABLE);

@@ -425,6 +425,12 @@ static void calls_survive_backends_killed_repeatedly(void **state) {
    * more for connections that were starting when the last round ran. */
   if (events > k.killed + 4)
     fail_msg("%d connection lines for %d terminated backends", events, k.killed);
+  /* Every line saying "lost the connection": those, and one per operation
+   * that failed with its connection (a handful per terminated backend with
+   * 8 callers) -- a small multiple, never a storm. */
+  if (atomic_load(&g_lost_any) > 8 * k.killed + 16)
+    fail_msg("%d lines saying \"lost the connection\" for %d terminated backends",
+             atomic_load(&g_lost_any), k.killed);
 
   /* Afterwards the storage works as usual (a last round of terminations
    * may still be on its way: repeated with a key). */
