@@ -2,9 +2,13 @@
  * driven by uv_poll on the runtime's loop thread. A connection sends jobs:
  * the statements of up to storage_batch_size queued operations pipelined up
  * to one Sync (one implicit transaction), so concurrent writes share one
- * commit. Two jobs may be in flight, so the server never waits for us. Writes for one entity always use the same connection, which
- * keeps them in order. Operations queue while a connection reconnects. */
+ * commit. Two jobs may be in flight, so the server never waits for us; each
+ * job first checks that the one before it committed, so jobs commit in the
+ * order they were sent even when one fails. Writes for one entity always
+ * use the same connection, which keeps them in order. Operations queue
+ * while a connection reconnects. */
 #include <arpa/inet.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +20,7 @@
 #include "storage/pg_sql.h"
 
 enum {
-  OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_RESET, OP_CLEANUP,
+  OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_CLEANUP,
   OP_RECONCILE, OP_SCAN, OP_UNCLAIM, OP_GET_KEYED
 };
 enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
@@ -46,7 +50,7 @@ typedef struct pg_op {
   int64_t request_id, max_retries, now_ms;
   size_t limit;
   uint64_t queued_ns; /* when it was queued, for the latency histogram */
-  char *token;    /* RECONCILE: the claim token of before the loss */
+  char *token;    /* UNCLAIM: the token the poll claimed under */
   void *cb;
   void *ud;
 } pg_op;
@@ -63,12 +67,21 @@ typedef struct pg_conn {
   uv_timer_t timer;
   int state;
   int64_t backoff;
+  int refused;   /* the server refused our statements: a failed attempt */
+  int accepted;  /* this attempt got past authentication */
   pg_op *q_head, *q_tail;
   size_t qlen;
   /* jobs sent and not finished, oldest first (results come in this order) */
   struct pg_job *jobs_head, *jobs_tail;
   int njobs;
   int want_write;
+  /* Job order (see "the job guard"): the id of the last job sent on this
+   * session, and of the last one known to have committed. */
+  int64_t job_seq, committed;
+  /* Operations of failed jobs, in their order, waiting to run again once
+   * every job in flight behind them has come back (nothing is sent
+   * meanwhile: it would commit before them). */
+  pg_op *redo_head, *redo_tail;
 } pg_conn;
 
 /* One Sync's worth of statements: a transaction of several operations (or,
@@ -76,11 +89,15 @@ typedef struct pg_conn {
 typedef struct pg_job {
   struct pg_job *next;
   int prepare;   /* the statement preparation of a new connection */
+  int64_t id;    /* its number on the connection's session (the guard's) */
+  int64_t epoch; /* the store's claim token epoch when it was sent */
+  int behind;    /* sent while another job was in flight */
   pg_op **ops;
   size_t nops;
   int nq;        /* statements sent */
-  int shared;    /* the first slots hold statements several operations share:
-                  * the delete of answered unkeyed messages, the fast inserts */
+  int shared;    /* after the guard (slot 0), the first slots hold statements
+                  * several operations share: the delete of answered unkeyed
+                  * messages, the fast inserts */
   int cur, have_cur;
   PGresult *slots[];
 } pg_job;
@@ -138,15 +155,26 @@ struct pg_store {
   int done_timer_init;
   uv_timer_t scan_timer; /* retries a failed attach scan */
   int scan_timer_init;
+  /* Giving back stale claims (see "the reconcile"). epoch counts claim
+   * tokens: it grows each time a lost connection leaves claims in doubt. */
+  int64_t epoch;
+  int recon_need;  /* claims under other tokens than the current one may exist */
+  int recon_busy;  /* a reconcile is on its way */
+  int recon_first; /* the first one: what an earlier life left */
+  uv_timer_t recon_timer; /* retries a failed reconcile */
+  int recon_timer_init;
   core_metric *m_batches, *m_batch_ops, *m_reconnects, *m_latency;
 };
 
 static void conn_connect(pg_conn *c);
 static void conn_pump(pg_conn *c);
+static void redo_requeue(pg_conn *c);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
 static pg_conn *conn_for_entity(pg_store *st, const rt_env *e);
 static pg_op *op_new(int kind, void *cb, void *ud);
+static void recon_kick(pg_store *st);
+static void recon_kick_timer(uv_timer_t *t);
 
 /* ---- statements ------------------------------------------------------------ */
 
@@ -163,9 +191,10 @@ static const stmt stmts[] = {
     {"cr_done", PG_SQL_DONE, 1},    {"cr_done_many", PG_SQL_DONE_MANY, 1},    {"cr_rel", PG_SQL_RELEASE, 3},
     {"cr_rel_many", PG_SQL_RELEASE_MANY, 1},
     {"cr_get", PG_SQL_GET, 1},      {"cr_list", PG_SQL_LIST_DEAD, 1},
-    {"cr_redel", PG_SQL_REDELIVER, 1}, {"cr_reset", PG_SQL_RESET, 1},
+    {"cr_redel", PG_SQL_REDELIVER, 1},
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
     {"cr_scan", PG_SQL_SCAN, 1},    {"cr_unclaim", PG_SQL_UNCLAIM, 3},
+    {"cr_guard", PG_SQL_JOB_GUARD, 2},
 };
 #define N_STMTS (int)(sizeof stmts / sizeof stmts[0])
 
@@ -504,10 +533,6 @@ static int op_send(pg_conn *c, pg_op *o) {
     const char *v[1] = {a};
     return send_stmt(c, "cr_list", 1, v, NULL, NULL);
   }
-  case OP_RESET: {
-    const char *v[1] = {st->claimer};
-    return send_stmt(c, "cr_reset", 1, v, NULL, NULL);
-  }
   case OP_CLEANUP: {
     snprintf(a, sizeof a, "%lld", (long long)st->retention_ms);
     const char *v[1] = {a};
@@ -531,7 +556,7 @@ static int op_send(pg_conn *c, pg_op *o) {
     char *ids = inflight ? int8_array(inflight, n) : NULL;
     free(inflight);
     if (!ids) return 0;
-    const char *v[2] = {o->token, ids};
+    const char *v[2] = {st->claimer, ids};
     int ok = send_stmt(c, "cr_recon", 2, v, NULL, NULL);
     free(ids);
     return ok;
@@ -594,6 +619,15 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
     break;
   case OP_POLL:
     ((st_poll_cb)o->cb)(o->ud, status, msg, NULL, 0, NULL, 0);
+    break;
+  case OP_RECONCILE:
+    /* Never dropped: stale claims would hold their messages (and, as the
+     * claim never passes an older message, their entities) for good. It
+     * runs again, later (from a timer: never from inside enqueue's own
+     * failure). */
+    st->recon_busy = 0;
+    if (!st->closing && st->recon_timer_init)
+      uv_timer_start(&st->recon_timer, recon_kick_timer, 100, 0);
     break;
   case OP_GET:
     ((st_reply_cb)o->cb)(o->ud, status, msg, 0, 0, NULL);
@@ -823,20 +857,22 @@ static void op_complete(pg_store *st, pg_op *o) {
       unknown_add(st, get_text(r, i, 0), get_text(r, i, 1));
     st->scanned = 1;
     break;
-  case OP_RESET: {
-    const char *n = PQcmdTuples(r);
-    if (n && *n && strcmp(n, "0") != 0)
-      core_log(st->lg, CRUSTER_LOG_INFO, "storage",
-               "%s message(s) claimed by an earlier run will be delivered again", n);
-    break;
-  }
   case OP_CLEANUP:
     break;
   case OP_RECONCILE: {
+    st->recon_busy = 0;
+    if (o->request_id == st->epoch) st->recon_need = 0; /* else: a newer loss */
     const char *n = PQcmdTuples(r);
-    if (n && *n && strcmp(n, "0") != 0)
+    if (n && *n && strcmp(n, "0") != 0) {
       core_log(st->lg, CRUSTER_LOG_INFO, "storage",
-               "%s message(s) claimed just before a lost connection will be delivered again", n);
+               st->recon_first
+                   ? "%s message(s) claimed by an earlier run will be delivered again"
+                   : "%s message(s) claimed just before a lost connection will be delivered again",
+               n);
+      /* Their entities' younger messages waited for them. */
+      rt_poll_schedule(st->rt, 0);
+    }
+    st->recon_first = 0;
     break;
   }
   }
@@ -979,29 +1015,74 @@ static pg_job *job_pop(pg_conn *c) {
 
 static void on_retry_timer(uv_timer_t *t) { conn_connect(t->data); }
 
-/* A claiming statement was in flight when its connection broke (it may have
- * committed), or a statement that gives a claim back was lost with it: claim
- * under a new token from now on, and give back what the old token holds
- * that is not being handled here. */
-static void new_claim_token(pg_store *st) {
+/* ---- the reconcile --------------------------------------------------------------
+ *
+ * Claims carry the runtime's current token. A claim under any other token
+ * is stale (single-node): left by an earlier life of this runner, or made
+ * by a statement of this life whose connection broke before its result
+ * came back -- it may have committed, so the storage switched to a new
+ * token (new_claim_token). The reconcile (PG_SQL_RECONCILE) gives back
+ * every claim not under the current token, except those of messages being
+ * handled here: at start and after every such loss. It is sent only once no
+ * job sent under an earlier token is still in flight on any connection --
+ * their claims are then either delivered (being handled: kept) or failed
+ * (in doubt: given back); sent earlier, it would give back claims whose
+ * messages are about to be delivered. It runs again until it succeeds (a
+ * dropped one would hold stale claims, and the claim never passes an older
+ * message of an entity, for good), and one covers every loss before it. It
+ * goes to the head of the first connection's queue, sent at once. */
+
+static void recon_kick_timer(uv_timer_t *t) { recon_kick(t->data); }
+
+static void recon_kick(pg_store *st) {
+  if (st->closing || !st->recon_need || st->recon_busy || !st->conns) return;
+  pg_conn *c0 = &st->conns[0];
+  /* Sent now or not at all: the barrier below holds only now. */
+  if (c0->state != C_READY || c0->redo_head || c0->njobs >= MAX_JOBS_IN_FLIGHT) return;
+  for (int i = 0; i < st->nconns; i++)
+    for (struct pg_job *j = st->conns[i].jobs_head; j; j = j->next)
+      if (!j->prepare && j->epoch < st->epoch) return;
   pg_op *o = op_new(OP_RECONCILE, NULL, NULL);
-  if (!o || !(o->token = core_strdup(st->claimer))) {
-    free(o);
+  if (!o) {
     core_log(st->lg, CRUSTER_LOG_ERROR, "storage", "out of memory reconciling claims");
+    if (st->recon_timer_init) uv_timer_start(&st->recon_timer, recon_kick_timer, 100, 0);
     return;
   }
+  o->request_id = st->epoch; /* the losses it covers */
+  st->recon_busy = 1;
+  o->queued_ns = core_mono_ns();
+  o->next = c0->q_head;
+  c0->q_head = o;
+  if (!c0->q_tail) c0->q_tail = o;
+  c0->qlen++;
+  conn_pump(c0);
+}
+
+/* A claiming statement was in flight when its connection broke (it may have
+ * committed), or a statement that gives a claim back was lost: claim under
+ * a new token from now on, and reconcile. */
+static void new_claim_token(pg_store *st) {
   int64_t token = 0;
   core_snowflake_next(&st->rt->snowflake, &token);
   snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", st->rt->cfg->runner_address,
            (unsigned long long)token);
-  enqueue(st, &st->conns[0], o);
+  st->epoch++;
+  st->recon_need = 1;
+  recon_kick(st);
 }
 
-/* The connection broke: fail the jobs in flight, keep the queue, reconnect. */
+/* The connection broke (or could not be opened): fail the jobs in flight,
+ * keep the queue, reconnect. */
 static void conn_fail(pg_conn *c, const char *why) {
   pg_store *st = c->st;
+  int was = c->state;
   char msg[512];
-  snprintf(msg, sizeof(msg), "lost the connection to PostgreSQL: %s", why);
+  /* An attempt fails (the server cannot be reached, refuses us or our
+   * statements) or an accepted connection is lost (its backend terminated,
+   * a restart). */
+  int failed_attempt = (was == C_CONNECTING && !c->accepted) || c->refused;
+  snprintf(msg, sizeof(msg), "%s to PostgreSQL: %s",
+           failed_attempt ? "cannot connect" : "lost the connection", why);
   size_t n = strlen(msg);
   while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
   if (!st->closing)
@@ -1009,6 +1090,7 @@ static void conn_fail(pg_conn *c, const char *why) {
   pg_job *jobs = c->jobs_head;
   c->jobs_head = c->jobs_tail = NULL;
   c->njobs = 0;
+  redo_requeue(c); /* not sent again yet: they wait for the new connection */
   conn_watch(c, 0);
   if (c->pq) PQfinish(c->pq);
   c->pq = NULL;
@@ -1029,10 +1111,17 @@ static void conn_fail(pg_conn *c, const char *why) {
     j->nops = 0;
     job_free(j);
   }
-  if (in_doubt && !st->closing) new_claim_token(st);
   if (st->closing) return;
+  if (in_doubt) new_claim_token(st);
+  else recon_kick(st); /* its jobs under an earlier token are gone */
   core_metric_add(st->m_reconnects, 1);
-  c->backoff = c->backoff ? (c->backoff * 2 > 2000 ? 2000 : c->backoff * 2) : 50;
+  /* One base backoff after losing a connection the server had accepted;
+   * doubling up to 2 s while attempts fail. */
+  if (failed_attempt)
+    c->backoff = c->backoff ? (c->backoff * 2 > 2000 ? 2000 : c->backoff * 2) : 50;
+  else
+    c->backoff = 50;
+  c->refused = c->accepted = 0;
   uv_timer_start(&c->timer, on_retry_timer, (uint64_t)c->backoff, 0);
 }
 
@@ -1069,11 +1158,54 @@ static int shared_kind(const pg_op *o) {
   return -1;
 }
 
-/* Sends queued operations while fewer than MAX_JOBS_IN_FLIGHT jobs are out. */
+/* ---- the job guard ----------------------------------------------------------
+ *
+ * Up to MAX_JOBS_IN_FLIGHT jobs are on their way, each its own transaction.
+ * When an operation makes a job fail, its other operations run again (each
+ * alone, so only the bad one fails) -- but the next job, already in the
+ * server's input, would commit before them: a message of that job could be
+ * stored before an older message of its entity that was in the failed job,
+ * and since the poll delivers in storage order (seq), be delivered first.
+ * So every job starts with the guard (PG_SQL_JOB_GUARD): it fails unless
+ * the job sent before it on this session committed. A failed job's
+ * successors in flight then fail too, without changing anything; their
+ * operations are kept, in order, behind the failed job's (redo), and
+ * nothing new is sent until every job in flight has come back. Then the
+ * redo list goes back to the head of the queue. Jobs thus commit in the
+ * order their operations were queued. */
+
+/* The statements an operation sends by itself (undoing what a job's
+ * grouping changed: shared ids, a fast insert's row). */
+static void op_reset_nstmt(pg_op *o) {
+  o->nstmt = o->kind == OP_POLL ? 2 : o->fast ? 0 : 1;
+}
+
+static void redo_add(pg_conn *c, pg_op *o, int solo) {
+  o->solo = o->solo || solo;
+  op_reset_nstmt(o);
+  o->next = NULL;
+  if (c->redo_tail) c->redo_tail->next = o; else c->redo_head = o;
+  c->redo_tail = o;
+}
+
+/* Once no job is in flight: the redo list goes back to the queue's head. */
+static void redo_requeue(pg_conn *c) {
+  if (!c->redo_head || c->jobs_head) return;
+  size_t n = 0;
+  for (pg_op *o = c->redo_head; o; o = o->next) n++;
+  c->redo_tail->next = c->q_head;
+  if (!c->q_head) c->q_tail = c->redo_tail;
+  c->q_head = c->redo_head;
+  c->qlen += n;
+  c->redo_head = c->redo_tail = NULL;
+}
+
+/* Sends queued operations while fewer than MAX_JOBS_IN_FLIGHT jobs are out
+ * (and no failed job's operations wait to run again). */
 static void conn_pump(pg_conn *c) {
   pg_store *st = c->st;
   int sent = 0;
-  while (c->state == C_READY && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
+  while (c->state == C_READY && !c->redo_head && c->njobs < MAX_JOBS_IN_FLIGHT && c->q_head) {
     size_t max = (size_t)st->batch, nops = 0, nfast = 0, nsh[SHARED_KINDS] = {0};
     int solo = c->q_head->solo, stmts_n = 0;
     for (pg_op *o = c->q_head; o && nops < max && (nops == 0 || (!solo && !o->solo)); o = o->next) {
@@ -1096,7 +1228,7 @@ static void conn_pump(pg_conn *c) {
       fail |= !(ids[k] = malloc(nsh[k] * sizeof(int64_t)));
     }
     int nchunks = fast_split(nfast, NULL);
-    stmts_n += nchunks;
+    stmts_n += nchunks + 1; /* and the guard */
     pg_job *j = job_new(stmts_n, nops);
     pg_op **fast = nfast ? malloc(nfast * sizeof(*fast)) : NULL;
     size_t *sizes = nchunks ? malloc((size_t)nchunks * sizeof(*sizes)) : NULL;
@@ -1124,9 +1256,18 @@ static void conn_pump(pg_conn *c) {
       if (o->fast) fast[nf++] = o;
       j->ops[j->nops++] = o;
     }
+    /* The guard: the job before this one, if still in flight, must commit. */
+    char prev[24], mine[24];
+    snprintf(prev, sizeof prev, "%lld",
+             (long long)(c->jobs_tail ? c->jobs_tail->id : c->committed));
+    j->id = ++c->job_seq;
+    j->behind = c->jobs_tail != NULL;
+    j->epoch = st->epoch;
+    snprintf(mine, sizeof mine, "%lld", (long long)j->id);
     job_push(c, j);
     /* No BEGIN/COMMIT: everything up to a Sync is one implicit transaction. */
-    int ok = 1;
+    const char *gv[2] = {prev, mine};
+    int ok = send_stmt(c, "cr_guard", 2, gv, NULL, NULL);
     for (int k = 0; k < SHARED_KINDS; k++) {
       if (ok && ids[k]) {
         char *arr = int8_array(ids[k], nid[k]);
@@ -1152,7 +1293,7 @@ static void conn_pump(pg_conn *c) {
     sent = 1;
   }
   if (sent) conn_flush(c);
-  if (!c->jobs_head && !c->q_head) check_flushed(st);
+  if (!c->jobs_head && !c->q_head && !c->redo_head) check_flushed(st);
 }
 
 /* A job's Sync arrived: hand results to its operations. */
@@ -1168,6 +1309,7 @@ static void job_done(pg_conn *c, pg_job *j) {
       char msg[512];
       snprintf(msg, sizeof(msg), "preparing statements failed: %s", bad);
       job_free(j);
+      c->refused = 1;
       conn_fail(c, msg);
       return;
     }
@@ -1175,6 +1317,7 @@ static void job_done(pg_conn *c, pg_job *j) {
     c->state = C_READY;
     c->backoff = 0;
     core_log(st->lg, CRUSTER_LOG_DEBUG, "storage", "connection %d ready", c->idx);
+    recon_kick(st); /* first, at the head of the queue */
     conn_pump(c);
     return;
   }
@@ -1187,14 +1330,19 @@ static void job_done(pg_conn *c, pg_job *j) {
     failed = 1;
     if (!err && r && s != PGRES_PIPELINE_ABORTED) err = PQresultErrorMessage(r);
   }
+  /* The guard (slot 0) failed: the job before this one did not commit, and
+   * this one changed nothing -- its operations run again after that one's. */
+  int guard_failed = failed && PQresultStatus(j->slots[0]) != PGRES_TUPLES_OK && j->behind;
+  if (!failed) c->committed = j->id;
   char msg[512] = "";
   if (failed) {
     snprintf(msg, sizeof(msg), "%s", err ? err : "the transaction was aborted");
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
   } else {
-    /* Move each operation's results to it (slot 0 may be the shared delete). */
-    int k = j->shared;
+    /* Move each operation's results to it (after the guard and the shared
+     * statements). */
+    int k = 1 + j->shared;
     for (size_t i = 0; i < j->nops; i++)
       for (int x = 0; x < j->ops[i]->nstmt; x++) {
         j->ops[i]->res[x] = j->slots[k];
@@ -1207,15 +1355,18 @@ static void job_done(pg_conn *c, pg_job *j) {
   j->nops = 0;
   job_free(j);
   /* Callbacks may queue more work: the job is already off the connection. */
-  if (failed && nops > 1) {
-    /* One bad operation aborted the batch: run each alone, in order. */
-    for (size_t i = nops; i-- > 0;) {
-      ops[i]->solo = 1;
-      if (shared_kind(ops[i]) >= 0) ops[i]->nstmt = 1;
-      ops[i]->next = c->q_head;
-      c->q_head = ops[i];
-      if (!c->q_tail) c->q_tail = ops[i];
-      c->qlen++;
+  if (guard_failed || (failed && nops > 1)) {
+    /* One bad operation aborted the batch: run each alone, in order (after
+     * the jobs in flight behind it have failed too: see the job guard). */
+    for (size_t i = 0; i < nops; i++) {
+      if (ops[i]->kind == OP_RECONCILE) {
+        /* Sent again by recon_kick, under its barrier (which held when this
+         * one was sent, not necessarily when the redo list runs). */
+        st->recon_busy = 0;
+        op_free(ops[i]);
+        continue;
+      }
+      redo_add(c, ops[i], !guard_failed);
     }
   } else {
     int reclaim = 0;
@@ -1229,6 +1380,8 @@ static void job_done(pg_conn *c, pg_job *j) {
     if (reclaim && !st->closing) new_claim_token(st);
   }
   free(ops);
+  redo_requeue(c);
+  recon_kick(st); /* a job under an earlier token may have been the last */
   if (c->pq) conn_pump(c);
 }
 
@@ -1273,7 +1426,7 @@ static void conn_connected(pg_conn *c) {
     return;
   }
   PQsetNoticeProcessor(c->pq, quiet_notices, NULL);
-  pg_job *j = job_new(N_STMTS + 2 + PG_FAST_SIZES, 0);
+  pg_job *j = job_new(N_STMTS + 3 + PG_FAST_SIZES, 0);
   if (!j) {
     conn_fail(c, "out of memory");
     return;
@@ -1289,6 +1442,9 @@ static void conn_connected(pg_conn *c) {
   /* Plans are made now, maybe on an empty table: no estimate may make a
    * sequential scan look as cheap as a lookup (see pg_sql.h). */
   ok = ok && PQsendQueryParams(c->pq, "SET enable_seqscan = off", 0, NULL, NULL, NULL, NULL, 0);
+  /* The job guard's setting: job 0 (this one) committed. */
+  ok = ok && PQsendQueryParams(c->pq, "SET cruster.job = '0'", 0, NULL, NULL, NULL, NULL, 0);
+  c->job_seq = c->committed = 0;
   for (int i = 0; ok && i < N_STMTS; i++)
     ok = PQsendPrepare(c->pq, stmts[i].name, stmts[i].sql, stmts[i].nparams, NULL);
   for (int i = 0; ok && i < PG_FAST_SIZES; i++) {
@@ -1305,6 +1461,18 @@ static void conn_connected(pg_conn *c) {
 
 static void conn_connect_step(pg_conn *c) {
   PostgresPollingStatusType p = PQconnectPoll(c->pq);
+  switch (PQstatus(c->pq)) {
+  case CONNECTION_AUTH_OK:
+  case CONNECTION_SETENV:
+  case CONNECTION_CHECK_WRITABLE:
+  case CONNECTION_CONSUME:
+  case CONNECTION_CHECK_TARGET:
+  case CONNECTION_CHECK_STANDBY:
+    c->accepted = 1; /* authenticated: what fails now is a loss, not an attempt */
+    break;
+  default:
+    break;
+  }
   switch (p) {
   case PGRES_POLLING_READING:
     conn_watch(c, UV_READABLE);
@@ -1321,15 +1489,42 @@ static void conn_connect_step(pg_conn *c) {
   }
 }
 
+/* Why the socket reports an error (SO_ERROR). */
+static void socket_error(pg_conn *c, char *buf, size_t n) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  int fd = PQsocket(c->pq);
+  if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0)
+    snprintf(buf, n, "%s", uv_strerror(uv_translate_sys_error(err)));
+  else
+    snprintf(buf, n, "the connection's socket reported an error");
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   pg_conn *c = h->data;
   if (!c->pq) return;
-  if (c->state == C_CONNECTING) {
-    conn_connect_step(c);
+  if (status < 0) {
+    /* An error condition on the socket (POLLERR: the server reset the
+     * connection), which libuv reports as UV_EBADF ("bad file descriptor")
+     * -- the socket is open and ours -- after it stopped watching it. Let
+     * libpq read what the server sent before (the results of jobs that
+     * completed, and its reason: a terminated backend says so); if that
+     * does not end the connection, the socket's own error does. */
+    c->events = 0; /* so that conn_watch starts watching again */
+    if (c->state == C_CONNECTING) {
+      conn_connect_step(c);
+      return;
+    }
+    conn_read(c);
+    if (c->pq) {
+      char why[256];
+      socket_error(c, why, sizeof(why));
+      conn_fail(c, why);
+    }
     return;
   }
-  if (status < 0) {
-    conn_fail(c, uv_strerror(status));
+  if (c->state == C_CONNECTING) {
+    conn_connect_step(c);
     return;
   }
   if ((events & UV_WRITABLE) && c->want_write) {
@@ -1428,10 +1623,14 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
     st->cleanup_init = 1;
     uv_timer_start(&st->cleanup_timer, on_cleanup_timer, (uint64_t)every, (uint64_t)every);
   }
-  pg_op *o = op_new(OP_RESET, NULL, NULL);
-  if (o) enqueue(st, &st->conns[0], o);
-  /* After the reset, on the same connection: what earlier lives left. */
-  o = op_new(OP_SCAN, NULL, NULL);
+  uv_timer_init(&rt->loop, &st->recon_timer);
+  st->recon_timer.data = st;
+  st->recon_timer_init = 1;
+  /* Claims an earlier life left: given back once the first connection is
+   * ready (the reconcile goes first), then what earlier lives left is
+   * listed. */
+  st->recon_need = st->recon_first = 1;
+  pg_op *o = op_new(OP_SCAN, NULL, NULL);
   if (o) enqueue(st, &st->conns[0], o);
   return CRUSTER_OK;
 }
@@ -1624,6 +1823,11 @@ static void pg_detach(cruster_storage *s) {
     uv_timer_stop(&st->scan_timer);
     uv_close((uv_handle_t *)&st->scan_timer, NULL);
     st->scan_timer_init = 0;
+  }
+  if (st->recon_timer_init) {
+    uv_timer_stop(&st->recon_timer);
+    uv_close((uv_handle_t *)&st->recon_timer, NULL);
+    st->recon_timer_init = 0;
   }
   if (st->cleanup_init) {
     uv_timer_stop(&st->cleanup_timer);

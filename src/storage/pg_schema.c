@@ -80,6 +80,16 @@ static const migration migrations[] = {
       * storage_retention removes them. No rewrite of the table: a nullable
       * column without a default is added in place. */
      "ALTER TABLE cruster_messages ADD COLUMN idem_key BYTEA;"},
+    {4, "claims record whether they charged an attempt",
+     /* A claim charges an attempt only to the head of an entity's queue.
+      * A claim given back unused (mailbox full, stop) undoes its charge:
+      * it must know whether there was one, or it takes an attempt from a
+      * message claimed behind the head -- erasing an earlier delivery, so
+      * the message could be delivered more than max_retries + 1 times.
+      * Rows claimed by their insert charged one: the default. A constant
+      * default costs no table rewrite. */
+     "ALTER TABLE cruster_messages ADD COLUMN IF NOT EXISTS claim_charged BOOLEAN NOT NULL"
+     "  DEFAULT TRUE;"},
 };
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
 

@@ -111,19 +111,27 @@
 
 /* Gives a claimed message back. $2 = 1: a failed delivery (counts, and
  * waits a doubling backoff from $3 ms, at most 30 s); 0: never handed to a
- * handler (does not count, no wait). */
+ * handler (does not count, no wait). What counts is exactly what the claim
+ * charged (claim_charged, schema v4): a claim behind the entity's head
+ * charged nothing, so giving it back unused takes nothing away, and a
+ * failed delivery of it adds the attempt its claim did not. A row no longer
+ * claimed (the reconcile gave it back) keeps its count. */
 #define PG_SQL_RELEASE                                                                        \
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL,"                       \
-  "  attempts = CASE WHEN $2::int4 = 1 THEN attempts ELSE greatest(attempts - 1, 0) END,"   \
+  "  attempts = CASE WHEN claimed_by IS NULL THEN attempts"                                 \
+  "    WHEN $2::int4 = 1 THEN attempts + CASE WHEN claim_charged THEN 0 ELSE 1 END"         \
+  "    WHEN claim_charged THEN greatest(attempts - 1, 0) ELSE attempts END,"                \
   "  retry_at = CASE WHEN $2::int4 = 1 THEN now() + make_interval(secs => least(30.0,"      \
-  "    $3::int8 / 1000.0 * power(2, least(greatest(attempts - 1, 0), 20)))) END"            \
+  "    $3::int8 / 1000.0 * power(2, least(greatest(attempts - 1"                            \
+  "      + CASE WHEN claimed_by IS NOT NULL AND NOT claim_charged THEN 1 ELSE 0 END, 0), 20)))) END" \
   " WHERE request_id = $1::int8 AND processed_at IS NULL"
 
 /* RELEASE with $2 = 0 for many messages at once (those a poll claimed and
  * full mailboxes could not take). */
 #define PG_SQL_RELEASE_MANY                                                                   \
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL,"                       \
-  "  attempts = greatest(attempts - 1, 0), retry_at = NULL"                                 \
+  "  attempts = CASE WHEN claimed_by IS NOT NULL AND claim_charged"                         \
+  "    THEN greatest(attempts - 1, 0) ELSE attempts END, retry_at = NULL"                   \
   " WHERE request_id = ANY($1::int8[]) AND processed_at IS NULL"
 
 /* Takes back a claim the poll just made, as if it had not: the message was
@@ -132,16 +140,40 @@
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL, attempts = $2::int4"   \
   " WHERE request_id = $1::int8 AND processed_at IS NULL AND claimed_by = $3::text"
 
+/* The job guard, the first statement of every job (pg.c, "the job
+ * guard"). The session setting cruster.job holds the number of the last
+ * job that committed on the connection: this statement sets it to the
+ * job's own number ($2) inside the job's transaction, so an aborted job
+ * leaves it as it was. A job sent while an earlier one was in flight
+ * expects that one ($1): if it did not commit, the cast fails and this job
+ * changes nothing -- it runs again after the failed one's operations. */
+#define PG_SQL_JOB_GUARD                                                                      \
+  "SELECT set_config('cruster.job', CASE WHEN current_setting('cruster.job') = $1::text"    \
+  "  THEN $2::text ELSE 'job ' || $1::text || ' did not commit' END, false)::int8"
+
 /* Claims due messages, oldest first; a message never overtakes an older one
  * of its entity that waits for a retry. Only the head of an entity's queue
  * (no older due undelivered message of the entity) counts a delivery
  * attempt: the messages queued behind it in the mailbox are not handed to a
  * handler yet, so a runner killed by the head's handler must not charge them
- * (they would be dead-lettered with it). A message past the retry limit
+ * (they would be dead-lettered with it); claim_charged records which it
+ * was, for the release. A message past the retry limit
  * ($4 > 0 and more than $4 + 1 attempts) becomes a dead letter here, in the
- * same row: processed, with reply status -18 (CRUSTER_E_DEAD_LETTER). */
+ * same row: processed, with reply status -18 (CRUSTER_E_DEAD_LETTER).
+ *
+ * Per-entity order: "prev" is the message just before each candidate in
+ * its entity's queue (the nearest older due undelivered one, found by a
+ * backward probe). The candidate may be claimed only when prev is none, is
+ * itself a candidate, or is claimed under this runtime's token ($2: being
+ * delivered here, so the candidate queues behind it in the mailbox). Any
+ * other prev -- a row someone else holds locked (SKIP LOCKED passed over
+ * it) or a claim under another token (one the reset or the reconcile is
+ * giving back) -- blocks the candidate and every younger candidate of its
+ * entity ("blocked", a running OR over the entity's candidates in seq
+ * order); they wait for a later poll. */
 #define PG_SQL_CLAIM                                                                          \
-  "WITH due AS (SELECT request_id FROM cruster_messages d"                                  \
+  "WITH due AS (SELECT d.request_id, d.seq, d.entity_type, d.entity_id, d.attempts"        \
+  "  FROM cruster_messages d"                                                              \
   "  WHERE NOT d.processed AND d.claimed_by IS NULL"                                        \
   "    AND (d.deliver_at IS NULL OR d.deliver_at <= to_timestamp($3::int8 / 1000.0))"       \
   "    AND (d.retry_at IS NULL OR d.retry_at <= now())"                                     \
@@ -150,21 +182,28 @@
   "      AND o.claimed_by IS NULL AND o.deliver_at IS NULL AND o.retry_at IS NOT NULL"        \
   "      AND o.retry_at > now())"         \
   "  ORDER BY d.seq LIMIT $1::int4 FOR UPDATE SKIP LOCKED),"                                \
-  " counted AS (SELECT due.request_id, m.attempts AS before, m.attempts + CASE WHEN (" \
-  "    SELECT h.seq FROM cruster_messages h WHERE h.entity_type = m.entity_type"               \
-  "      AND h.entity_id = m.entity_id AND h.processed_at IS NULL AND h.seq < m.seq"              \
+  " judged AS (SELECT due.request_id, due.seq, due.entity_type, due.entity_id,"             \
+  "    due.attempts AS before, p.seq AS prev,"                                              \
+  "    p.seq IS NOT NULL AND p.claimed_by IS DISTINCT FROM $2::text"                        \
+  "      AND NOT EXISTS (SELECT 1 FROM due q WHERE q.seq = p.seq) AS bad"                  \
+  "  FROM due LEFT JOIN LATERAL (SELECT h.seq, h.claimed_by FROM cruster_messages h"        \
+  "    WHERE h.entity_type = due.entity_type AND h.entity_id = due.entity_id"               \
+  "      AND h.processed_at IS NULL AND h.seq < due.seq"                                    \
   "      AND (h.deliver_at IS NULL OR h.deliver_at <= to_timestamp($3::int8 / 1000.0))"      \
-  "      ORDER BY h.seq DESC LIMIT 1) IS NOT NULL"    \
-  "    THEN 0 ELSE 1 END AS attempts, $4::int8 > 0 AND m.attempts > $4::int8 AS dead"       \
-  "  FROM due JOIN cruster_messages m ON m.request_id = due.request_id)"                    \
-  " UPDATE cruster_messages m SET attempts = counted.attempts,"                             \
+  "      ORDER BY h.seq DESC LIMIT 1) p ON TRUE),"                                          \
+  " counted AS (SELECT request_id, before, prev IS NULL AS charged,"                       \
+  "    before + CASE WHEN prev IS NULL THEN 1 ELSE 0 END AS attempts,"                      \
+  "    $4::int8 > 0 AND before > $4::int8 AS dead,"                                          \
+  "    bool_or(bad) OVER (PARTITION BY entity_type, entity_id ORDER BY seq) AS blocked"     \
+  "  FROM judged)"                                                                          \
+  " UPDATE cruster_messages m SET attempts = counted.attempts, claim_charged = counted.charged," \
   "   claimed_by = CASE WHEN counted.dead THEN NULL ELSE $2::text END,"                     \
   "   claimed_at = CASE WHEN counted.dead THEN NULL ELSE now() END,"                        \
   "   processed = counted.dead,"                                                            \
   "   processed_at = CASE WHEN counted.dead THEN now() END,"                                \
   "   reply_status = CASE WHEN counted.dead THEN -18 END,"                                  \
   "   reply_message = CASE WHEN counted.dead THEN 'max retries exceeded' END"               \
-  " FROM counted WHERE m.request_id = counted.request_id"                                   \
+  " FROM counted WHERE m.request_id = counted.request_id AND NOT counted.blocked"           \
   " RETURNING " PG_MSG_COLUMNS ", m.processed, counted.before"
 
 /* When the next stored message becomes due (Unix ms, 0 = none). */
@@ -207,17 +246,15 @@
   " $%d::bool, $1::text, now(), 1)"
 #define PG_FAST_PARAMS 9
 
-/* Single-node: every claim but ours belongs to an earlier life of this
- * runner, which died with the messages undelivered. */
-#define PG_SQL_RESET                                                                          \
-  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
-  " WHERE claimed_by IS NOT NULL AND claimed_by <> $1::text AND NOT processed"
-
-/* After a lost connection: claims made under the old token ($1) that may
- * have committed, for messages not being handled here ($2), go back. */
+/* Gives back every claim not made under this runtime's current token ($1)
+ * and not of a message being handled here ($2). Single-node, such claims
+ * are stale: an earlier life of this runner died with the messages
+ * undelivered (run at start), or a lost connection left a claim of an
+ * earlier token of this life in doubt (run after the loss). */
 #define PG_SQL_RECONCILE                                                                      \
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
-  " WHERE claimed_by = $1::text AND NOT processed AND NOT (request_id = ANY($2::int8[]))"
+  " WHERE claimed_by IS NOT NULL AND claimed_by <> $1::text AND NOT processed"              \
+  "  AND NOT (request_id = ANY($2::int8[]))"
 
 /* Retention: processed messages older than $1 ms; dead letters stay until
  * redelivered. */
