@@ -198,8 +198,8 @@ static void lost_reconcile_runs_again(void **state) {
   o.idempotency_key = "b";
   assert_int_equal(cruster_send(rt, "Rec", "blocker", "step", "b", 1, &o, on_reply, &blocker, NULL),
                    CRUSTER_OK);
-  wait_lock_waiter(s.admin, app, "WITH c AS%");
-  assert_int_equal(kill_backends(s.admin, app, "WITH c AS%"), 1);
+  wait_lock_waiter(s.admin, app, "WITH cand AS%");
+  assert_int_equal(kill_backends(s.admin, app, "WITH cand AS%"), 1);
   const char *recon = "%NOT (request_id = ANY($2::int8[]))%";
   wait_lock_waiter(s.admin, app, recon);
   assert_int_equal(kill_backends(s.admin, app, recon), 1);
