@@ -44,6 +44,7 @@
 #define core_snowflake_set_machine_id cruster__core_snowflake_set_machine_id
 #define core_status_known cruster__core_status_known
 #define core_strdup cruster__core_strdup
+#define core_text_one_line cruster__core_text_one_line
 #define core_utf8_sanitize_dup cruster__core_utf8_sanitize_dup
 #define core_utf8_valid cruster__core_utf8_valid
 #define em_deliver cruster__em_deliver

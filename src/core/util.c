@@ -196,3 +196,19 @@ int core_parse_hostport(const char *s, char *host, size_t hostsz, int *port) {
   if (port) *port = (int)v;
   return 0;
 }
+
+void core_text_one_line(char *s) {
+  if (!s) return;
+  char *w = s;
+  int space = 0;
+  for (const char *r = s; *r; r++) {
+    if (*r == ' ' || *r == '\n' || *r == '\t' || *r == '\r' || *r == '\v' || *r == '\f') {
+      space = w != s;
+      continue;
+    }
+    if (space) *w++ = ' ';
+    space = 0;
+    *w++ = *r;
+  }
+  *w = 0;
+}

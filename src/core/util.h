@@ -27,6 +27,10 @@ int core_utf8_valid(const char *s, size_t len);
 /* A copy of NUL-terminated `s` with every byte that is not part of a valid
  * UTF-8 sequence replaced by '?' (same length). NULL on OOM or s NULL. */
 char *core_utf8_sanitize_dup(const char *s);
+/* Makes `s` one line in place: every run of whitespace (newlines and tabs
+ * of libpq's multi-line messages included) becomes one space; none is left
+ * at either end. */
+void core_text_one_line(char *s);
 
 /* Checks a name (entity type, method, shard group, group): non-NULL,
  * 1..CRUSTER_MAX_NAME_LEN bytes, valid UTF-8, no control characters.

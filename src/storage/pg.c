@@ -1083,8 +1083,7 @@ static void conn_fail(pg_conn *c, const char *why) {
   int failed_attempt = (was == C_CONNECTING && !c->accepted) || c->refused;
   snprintf(msg, sizeof(msg), "%s to PostgreSQL: %s",
            failed_attempt ? "cannot connect" : "lost the connection", why);
-  size_t n = strlen(msg);
-  while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
+  core_text_one_line(msg); /* libpq's text ends with a newline, may span lines */
   if (!st->closing)
     core_log(st->lg, CRUSTER_LOG_WARN, "storage", "connection %d: %s", c->idx, msg);
   pg_job *jobs = c->jobs_head;
@@ -1337,8 +1336,7 @@ static void job_done(pg_conn *c, pg_job *j) {
   char msg[512] = "";
   if (failed) {
     snprintf(msg, sizeof(msg), "%s", err ? err : "the transaction was aborted");
-    size_t n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
+    core_text_one_line(msg); /* libpq's text ends with a newline, may span lines */
   } else {
     /* Move each operation's results to it (after the guard and the shared
      * statements). */

@@ -117,10 +117,8 @@ int pg_quote_table(PGconn *c, const char *table, char *out, size_t outsz) {
   return rc;
 }
 
-static void trim_newline(char *s) {
-  size_t n = strlen(s);
-  while (n && (s[n - 1] == '\n' || s[n - 1] == ' ')) s[--n] = 0;
-}
+/* libpq's messages end with a newline and may span lines: ours are one. */
+static void trim_newline(char *s) { core_text_one_line(s); }
 
 PGconn *pg_connect_blocking(const char *conninfo, cruster_error **err) {
   const char *keys[] = {"dbname", "connect_timeout", NULL};

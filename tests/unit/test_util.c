@@ -257,6 +257,22 @@ static void default_sink_writes_one_line_to_stderr(void **state) {
                            "cruster ERROR [runtime] no logger\n");
 }
 
+/* libpq's messages ("server closed the connection unexpectedly\n\tThis
+ * probably means ...\n") become one line in our errors. */
+static void text_one_line_collapses_whitespace(void **state) {
+  (void)state;
+  char a[] = "server closed the connection unexpectedly\n\tThis probably means\n";
+  core_text_one_line(a);
+  assert_string_equal(a, "server closed the connection unexpectedly This probably means");
+  char b[] = "  \n\t ";
+  core_text_one_line(b);
+  assert_string_equal(b, "");
+  char c[] = "one";
+  core_text_one_line(c);
+  assert_string_equal(c, "one");
+  core_text_one_line(NULL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(utf8_accepts_valid_sequences),
@@ -270,6 +286,7 @@ int main(void) {
       cmocka_unit_test(clocks_are_plausible_and_monotonic),
       cmocka_unit_test(log_filters_by_level_and_formats),
       cmocka_unit_test(default_sink_writes_one_line_to_stderr),
+      cmocka_unit_test(text_one_line_collapses_whitespace),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
