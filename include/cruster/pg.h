@@ -17,6 +17,11 @@
  * mode on the runtime's loop thread (a small pool of connections, prepared
  * statements, pipelined batches so that concurrent writes share commits).
  *
+ * One runtime per schema: in single-node mode cruster_runtime_new refuses
+ * (CRUSTER_E_STATE, naming the other runtime's backend) a second runtime on
+ * a schema another live runtime uses; it holds a PostgreSQL advisory lock on
+ * one extra connection until it stops.
+ *
  * Schema: framework tables only (cruster_messages, which also holds each
  * message's answer and a keyed call's idempotency key), created
  * by versioned migrations embedded in the library and recorded in the table

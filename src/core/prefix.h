@@ -64,6 +64,7 @@
 #define em_type_find cruster__em_type_find
 #define pg_check_schema cruster__pg_check_schema
 #define pg_connect_blocking cruster__pg_connect_blocking
+#define pg_lock_schema cruster__pg_lock_schema
 #define pg_migrate_conn cruster__pg_migrate_conn
 #define pg_quote_table cruster__pg_quote_table
 #define rt_call_complete cruster__rt_call_complete

@@ -121,6 +121,7 @@ typedef struct pg_job {
 
 struct pg_store {
   char *conninfo;
+  PGconn *lock_conn; /* holds the schema's advisory lock (one runtime per schema) */
   cruster_runtime *rt;
   const core_logger *lg;
   pg_conn *conns;
@@ -1563,8 +1564,15 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
   if (!check) return CRUSTER_E_PERSISTENCE;
   cruster_status rc = pg_check_schema(check, cfg->storage_migrations_table,
                                       (int)cfg->storage_auto_migrate, err);
-  PQfinish(check);
-  if (rc != CRUSTER_OK) return rc;
+  /* Single-node mode: a second runtime on this schema would take the first
+   * one's claims and write beside it (the in-memory knowledge of pending
+   * entities assumes one writer). The check connection keeps the lock. */
+  if (rc == CRUSTER_OK) rc = pg_lock_schema(check, err);
+  if (rc != CRUSTER_OK) {
+    PQfinish(check);
+    return rc;
+  }
+  st->lock_conn = check;
   st->rt = rt;
   st->lg = rt->lg;
   st->batch = cfg->storage_batch_size;
@@ -1810,6 +1818,9 @@ static void pg_flush(cruster_storage *s, void (*cb)(void *ud), void *ud) {
 static void pg_detach(cruster_storage *s) {
   pg_store *st = s->impl;
   st->flush_cb = NULL;
+  /* The schema is free for another runtime once this one stops. */
+  if (st->lock_conn) PQfinish(st->lock_conn);
+  st->lock_conn = NULL;
   if (st->closing) return; /* stop may detach early (flush timeout), then again at close */
   st->closing = 1;
   release_done(st); /* fails them: closing */
@@ -1849,6 +1860,7 @@ static void pg_detach(cruster_storage *s) {
 
 static void pg_destroy(cruster_storage *s) {
   pg_store *st = s->impl;
+  if (st->lock_conn) PQfinish(st->lock_conn);
   rt_map_clear(&st->pending);
   rt_map_clear(&st->tracked);
   rt_map_clear(&st->unknown);

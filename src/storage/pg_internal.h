@@ -23,5 +23,10 @@ cruster_status pg_migrate_conn(PGconn *c, const char *table, int *applied, crust
 /* Checks that the schema is at PG_SCHEMA_VERSION; migrates first when
  * auto_migrate. */
 cruster_status pg_check_schema(PGconn *c, const char *table, int auto_migrate, cruster_error **err);
+/* Single-node mode: one runtime per schema. Takes a session advisory lock
+ * keyed by the cruster_messages table of `c`'s schema and keeps it while `c`
+ * stays open; CRUSTER_E_STATE (naming the holder) when another session has
+ * it. */
+cruster_status pg_lock_schema(PGconn *c, cruster_error **err);
 
 #endif

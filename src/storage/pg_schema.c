@@ -249,6 +249,42 @@ cruster_status pg_check_schema(PGconn *c, const char *table, int auto_migrate, c
                         v, missing ? "no migrations table;" : "cruster", PG_SCHEMA_VERSION);
 }
 
+/* The advisory lock's key: a constant in the high 32 bits ("crus"), the
+ * oid of this schema's cruster_messages in the low ones. */
+#define PG_LOCK_KEY "(1668445555::int8 * 4294967296 + 'cruster_messages'::regclass::oid::int8)"
+
+cruster_status pg_lock_schema(PGconn *c, cruster_error **err) {
+  PGresult *r = PQexec(c, "SELECT pg_try_advisory_lock(" PG_LOCK_KEY ")");
+  if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    trim_newline(msg);
+    PQclear(r);
+    return core_error_set(err, CRUSTER_E_PERSISTENCE, "taking the schema's lock failed: %s", msg);
+  }
+  int got = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+  PQclear(r);
+  if (got) return CRUSTER_OK;
+  /* Who has it (best effort: the holder may be gone by now). */
+  char who[256] = "another session";
+  r = PQexec(c, "SELECT format('process %s of %s (%s, connected %s)', a.pid,"
+                " coalesce(host(a.client_addr), 'a local client'),"
+                " coalesce(nullif(a.application_name, ''), 'no application_name'),"
+                " date_trunc('second', a.backend_start))"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                " AND l.classid = 1668445555"
+                " AND l.objid = 'cruster_messages'::regclass::oid LIMIT 1");
+  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+    snprintf(who, sizeof(who), "PostgreSQL backend %s", PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return core_error_set(err, CRUSTER_E_STATE,
+                        "another cruster runtime already uses this database schema (its lock is "
+                        "held by %s): in single-node mode one runtime owns a schema; give each "
+                        "its own schema (options=-csearch_path=...), or stop the other one",
+                        who);
+}
+
 cruster_status cruster_storage_pg_migrate(const char *conninfo, const char *table, int *applied,
                                           cruster_error **err) {
   CORE_ERR_CLEAR(err);
