@@ -198,9 +198,12 @@ static void failed_job_rerun_is_not_overtaken(void **state) {
   cruster_entity_def *p = def_new("Plain");
   add(p, "ping", 0, h_plain, NULL);
   cruster_entity_def *defs[] = {d, p};
-  /* No poll but those the runtime asks for (the first one at start). */
-  cruster_runtime *rt = pgt_runtime(
-      &s, "storage_pool_size=1;storage_batch_size=2;storage_poll_interval=1h", defs, 2);
+  /* No poll but those the runtime asks for (the first one at start), no
+   * retention sweep: nothing else joins the connection's jobs. */
+  cruster_runtime *rt = pgt_runtime(&s,
+                                    "storage_pool_size=1;storage_batch_size=2;"
+                                    "storage_poll_interval=1h;storage_retention=0",
+                                    defs, 2);
   wait_attach(rt);
   const char *tx = "cluster_storage_transactions_total";
   double base = metric(rt, tx, NULL);
