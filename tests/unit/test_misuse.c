@@ -627,7 +627,10 @@ static void handler_duration_excludes_the_loops_backlog(void **state) {
                    CRUSTER_OK);
   /* The handler answers while the loop is held; the loop then stays held
    * for a second more. That second is the loop's backlog, not the
-   * handler's time, and must not be in the handler's duration. */
+   * handler's time, and must not be in the handler's duration. Measured
+   * when the loop gets to the answer, the duration is at least the
+   * handler's own span + 1 s; measured at the answer, it is that span plus
+   * the instant between the handler's start and its first line. */
   latch_wait(&h.answered);
   ts_sleep_ms(1000);
   latch_set(&h.release);
@@ -637,7 +640,7 @@ static void handler_duration_excludes_the_loops_backlog(void **state) {
   double count =
       ts_metric(rt, "cluster_handler_duration_seconds_count", "entity_type=\"Measured\"");
   assert_true(count == 1);
-  if (!(sum >= 0 && sum < h.span_s + 0.5))
+  if (!(sum >= 0 && sum < h.span_s + 0.9))
     fail_msg("handler duration %.3f s; the handler itself took %.3f s", sum, h.span_s);
   reply_destroy(&r);
   cruster_runtime_free(rt);
