@@ -8,7 +8,6 @@
 #include "entity/entity_internal.h"
 #include "sharding/sharding_internal.h"
 
-#define MAX_KEY_LEN 65536
 /* The latest deliver_at_ms accepted: 9999-12-31T23:59:59.999Z. Every storage
  * can represent it (PostgreSQL timestamps end in 294276), and the deadline
  * and poll arithmetic on it cannot overflow. */
@@ -88,9 +87,9 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
                           "idempotency_key is NULL but its length is %zu", key_len);
   if (key && key_len == 0)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "idempotency_key must not be empty");
-  if (key_len > MAX_KEY_LEN)
+  if (key_len > CRUSTER_MAX_KEY_LEN)
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
-                          "idempotency key of %zu bytes exceeds %d bytes", key_len, MAX_KEY_LEN);
+                          "idempotency key of %zu bytes exceeds %d bytes", key_len, CRUSTER_MAX_KEY_LEN);
   if ((st = rt_check_started(rt, err)) != CRUSTER_OK) return st;
 
   rt_call *c = rt_call_new(type, id, method);

@@ -117,9 +117,6 @@ int pg_quote_table(PGconn *c, const char *table, char *out, size_t outsz) {
   return rc;
 }
 
-/* libpq's messages end with a newline and may span lines: ours are one. */
-static void trim_newline(char *s) { core_text_one_line(s); }
-
 PGconn *pg_connect_blocking(const char *conninfo, cruster_error **err) {
   const char *keys[] = {"dbname", "connect_timeout", NULL};
   const char *vals[] = {conninfo, "5", NULL};
@@ -132,7 +129,7 @@ PGconn *pg_connect_blocking(const char *conninfo, cruster_error **err) {
   if (PQstatus(c) != CONNECTION_OK) {
     char msg[512];
     snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
-    trim_newline(msg);
+    core_text_one_line(msg); /* libpq: trailing newline, may span lines */
     core_error_set(err, CRUSTER_E_PERSISTENCE, "cannot connect to PostgreSQL: %s", msg);
     PQfinish(c);
     return NULL;
@@ -146,7 +143,7 @@ static cruster_status exec_ok(PGconn *c, const char *sql, cruster_error **err, c
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
     char msg[512];
     snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-    trim_newline(msg);
+    core_text_one_line(msg); /* libpq: trailing newline, may span lines */
     PQclear(r);
     return core_error_set(err, CRUSTER_E_PERSISTENCE, "%s failed: %s", what, msg);
   }
@@ -169,7 +166,7 @@ static int current_version(PGconn *c, const char *qtable, int *missing, cruster_
     }
     char msg[512];
     snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-    trim_newline(msg);
+    core_text_one_line(msg); /* libpq: trailing newline, may span lines */
     PQclear(r);
     core_error_set(err, CRUSTER_E_PERSISTENCE, "reading the migrations table failed: %s", msg);
     return -1;
@@ -258,7 +255,7 @@ cruster_status pg_lock_schema(PGconn *c, cruster_error **err) {
   if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
     char msg[512];
     snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-    trim_newline(msg);
+    core_text_one_line(msg); /* libpq: trailing newline, may span lines */
     PQclear(r);
     return core_error_set(err, CRUSTER_E_PERSISTENCE, "taking the schema's lock failed: %s", msg);
   }

@@ -225,6 +225,15 @@ static int pgt_contains(const char *hay, const char *needle) {
   return 0;
 }
 
+/* The start of a test program's main: it never hangs (ctest's timeout is
+ * 300 s), and says at once when the server's address is missing. */
+static void pgt_main_start(void) {
+  alarm(280);
+  if (!getenv("CRUSTER_TEST_PG") || !*getenv("CRUSTER_TEST_PG"))
+    fprintf(stderr, "CRUSTER_TEST_PG is not set: every test will fail. Run `scripts/dev services "
+                    "start` and `source .dev/env`.\n");
+}
+
 /* Waits up to `ms` until fn(arg) is true. */
 static int pgt_eventually(int (*fn)(void *), void *arg, long ms) {
   int64_t end = pgt_mono_ms() + ms;

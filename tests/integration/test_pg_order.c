@@ -779,10 +779,7 @@ static void many_entities_order_with_small_mailbox(void **state) {
 }
 
 int main(void) {
-  alarm(280); /* never hang: ctest's timeout is 300 s */
-  if (!getenv("CRUSTER_TEST_PG") || !*getenv("CRUSTER_TEST_PG"))
-    fprintf(stderr, "CRUSTER_TEST_PG is not set: every test will fail. Run `scripts/dev services "
-                    "start` and `source .dev/env`.\n");
+  pgt_main_start();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(leftover_retry_is_not_overtaken),
       cmocka_unit_test(failed_insert_discards_speculative_answer),

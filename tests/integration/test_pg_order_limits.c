@@ -415,10 +415,7 @@ static void stale_claim_of_older_message_holds_younger_back(void **state) {
 }
 
 int main(void) {
-  alarm(280); /* never hang: ctest's timeout is 300 s */
-  if (!getenv("CRUSTER_TEST_PG") || !*getenv("CRUSTER_TEST_PG"))
-    fprintf(stderr, "CRUSTER_TEST_PG is not set: every test will fail. Run `scripts/dev services "
-                    "start` and `source .dev/env`.\n");
+  pgt_main_start();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(failed_job_rerun_is_not_overtaken),
       cmocka_unit_test(release_without_attempt_undoes_only_its_charge),

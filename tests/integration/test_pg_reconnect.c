@@ -448,10 +448,7 @@ static void calls_survive_backends_killed_repeatedly(void **state) {
 }
 
 int main(void) {
-  alarm(280); /* never hang: ctest's timeout is 300 s */
-  if (!getenv("CRUSTER_TEST_PG") || !*getenv("CRUSTER_TEST_PG"))
-    fprintf(stderr, "CRUSTER_TEST_PG is not set: every test will fail. Run `scripts/dev services "
-                    "start` and `source .dev/env`.\n");
+  pgt_main_start();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(lost_reconcile_runs_again),
       cmocka_unit_test(calls_survive_backends_killed_repeatedly),

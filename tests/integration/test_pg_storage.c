@@ -1122,10 +1122,7 @@ static void many_concurrent_callers_all_get_answers(void **state) {
 }
 
 int main(void) {
-  alarm(280); /* never hang: ctest's timeout is 300 s */
-  if (!getenv("CRUSTER_TEST_PG") || !*getenv("CRUSTER_TEST_PG"))
-    fprintf(stderr, "CRUSTER_TEST_PG is not set: every test will fail. Run `scripts/dev services "
-                    "start` and `source .dev/env`.\n");
+  pgt_main_start();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(migrate_applies_all_then_nothing),
       cmocka_unit_test(migrate_uses_custom_table_name),
