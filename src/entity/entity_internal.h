@@ -70,7 +70,7 @@ struct cruster_request {
   cruster_runtime *rt;
   em_instance *inst;
   const em_rpc *rpc;
-  rt_env *env;
+  core_env *env;
   rt_call *call; /* waiting caller (non-persisted), or NULL */
   cruster_request *next;                /* mailbox queue */
   cruster_request *live_prev, *live_next; /* runtime's list of live deliveries */

@@ -25,9 +25,9 @@ static void register_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
   int st = CRUSTER_OK;
   if (atomic_load(&rt->state) >= RT_STOPPING || rt->closed)
     st = CRUSTER_E_SHUTTING_DOWN;
-  else if (rt_map_get(&rt->types, t->name, strlen(t->name)))
+  else if (core_map_get(&rt->types, t->name, strlen(t->name)))
     st = CRUSTER_E_ALREADY_EXISTS;
-  else if (rt_map_put(&rt->types, t->name, strlen(t->name), t) != 0)
+  else if (core_map_put(&rt->types, t->name, strlen(t->name), t) != 0)
     st = CRUSTER_E_NOMEM;
   else
     core_metric_set(rt->m.entity_types, (double)rt->types.count);
@@ -102,7 +102,7 @@ cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruste
 }
 
 em_type *em_type_find(cruster_runtime *rt, const char *name) {
-  return rt_map_get(&rt->types, name, strlen(name));
+  return core_map_get(&rt->types, name, strlen(name));
 }
 
 int em_lookup_rpc(em_type *t, const char *method, int internal, char *msg, size_t msgsz) {
@@ -160,21 +160,21 @@ static void idle_append(cruster_runtime *rt, em_instance *in) {
 
 static void instance_free(cruster_runtime *rt, em_instance *in) {
   idle_remove(in);
-  rt_map_del(&rt->instances, in->key, in->key_len);
+  core_map_del(&rt->instances, in->key, in->key_len);
   core_metric_add(in->type->m_instances, -1);
   free(in->key);
   free(in);
 }
 
 static em_instance *instance_get(cruster_runtime *rt, em_type *t, const char *id, int create) {
-  rt_ekey key;
-  if (rt_ekey_make(&key, t->name, id) != 0) return NULL;
-  em_instance *in = rt_map_get(&rt->instances, key.p, key.n);
+  core_ekey key;
+  if (core_ekey_make(&key, t->name, id) != 0) return NULL;
+  em_instance *in = core_map_get(&rt->instances, key.p, key.n);
   if (!in && create) {
     in = calloc(1, sizeof(*in));
     char *k = in ? malloc(key.n + 1) : NULL;
     if (!k || (memcpy(k, key.p, key.n), k[key.n] = 0,
-               rt_map_put(&rt->instances, k, key.n, in) != 0)) {
+               core_map_put(&rt->instances, k, key.n, in) != 0)) {
       free(k);
       free(in);
       in = NULL;
@@ -186,7 +186,7 @@ static em_instance *instance_get(cruster_runtime *rt, em_type *t, const char *id
       core_metric_add(t->m_instances, 1);
     }
   }
-  rt_ekey_done(&key);
+  core_ekey_done(&key);
   return in;
 }
 
@@ -194,7 +194,7 @@ void em_reaper_fire(uv_timer_t *timer) {
   cruster_runtime *rt = timer->data;
   int64_t now = core_mono_ms(), next = 0;
   for (size_t b = 0; b < rt->types.nbuckets; b++) {
-    for (rt_map_entry *e = rt->types.buckets[b]; e; e = e->next) {
+    for (core_map_entry *e = rt->types.buckets[b]; e; e = e->next) {
       em_type *t = e->value;
       while (t->idle_head && now - t->idle_head->idle_since >= t->max_idle_ms) {
         em_instance *in = t->idle_head;
@@ -358,7 +358,7 @@ static void pump(cruster_runtime *rt, em_instance *in) {
   if (in->running == 0 && in->queued == 0 && !in->in_idle) idle_append(rt, in);
 }
 
-int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_call *call,
+int em_deliver(cruster_runtime *rt, em_type *t, core_env *env, int rpc_index, rt_call *call,
                struct rt_save *save, int *backlogged) {
   if (backlogged) *backlogged = 0;
   if (rt->stopping || rt->closed) return CRUSTER_E_SHUTTING_DOWN;
@@ -544,7 +544,7 @@ void em_interrupt_all(cruster_runtime *rt) {
   for (cruster_request *r = rt->live_head; r; r = r->live_next)
     if (r->running) atomic_store(&r->cancelled, 1);
   for (size_t b = 0; b < rt->instances.nbuckets; b++) {
-    for (rt_map_entry *e = rt->instances.buckets[b]; e; e = e->next) {
+    for (core_map_entry *e = rt->instances.buckets[b]; e; e = e->next) {
       em_instance *in = e->value;
       while (in->q_head) {
         cruster_request *r = in->q_head;
@@ -563,14 +563,14 @@ void em_interrupt_all(cruster_runtime *rt) {
   }
 }
 
-static void free_instance_entry(void *ctx, rt_map_entry *e) {
+static void free_instance_entry(void *ctx, core_map_entry *e) {
   (void)ctx;
   em_instance *in = e->value;
   free(in->key);
   free(in);
 }
 
-static void free_type_entry(void *ctx, rt_map_entry *e) {
+static void free_type_entry(void *ctx, core_map_entry *e) {
   (void)ctx;
   type_free(e->value);
 }
@@ -585,8 +585,8 @@ void em_free_all(cruster_runtime *rt) {
   free(rt->run_buckets);
   rt->run_buckets = NULL;
   rt->run_nbuckets = rt->run_count = 0;
-  rt_map_each(&rt->instances, free_instance_entry, NULL);
-  rt_map_clear(&rt->instances);
-  rt_map_each(&rt->types, free_type_entry, NULL);
-  rt_map_clear(&rt->types);
+  core_map_each(&rt->instances, free_instance_entry, NULL);
+  core_map_clear(&rt->instances);
+  core_map_each(&rt->types, free_type_entry, NULL);
+  core_map_clear(&rt->types);
 }

@@ -9,50 +9,6 @@
 #include "runtime/runtime_internal.h"
 #include "storage/storage_internal.h"
 
-/* ---- envelopes ---------------------------------------------------------- */
-
-rt_env *rt_env_new(const char *type, const char *id, const char *method, const void *payload,
-                   size_t len) {
-  size_t lt = strlen(type) + 1, li = strlen(id) + 1, lm = strlen(method) + 1;
-  /* Every term is checked before it is added: the payload length is the
-   * caller's, and a wrapped sum would allocate too little and copy past it. */
-  size_t size = sizeof(rt_env) + 1;
-  if (lt > SIZE_MAX - size) return NULL;
-  size += lt;
-  if (li > SIZE_MAX - size) return NULL;
-  size += li;
-  if (lm > SIZE_MAX - size) return NULL;
-  size += lm;
-  if (len > SIZE_MAX - size) return NULL;
-  size += len;
-  rt_env *e = malloc(size);
-  if (!e) return NULL;
-  memset(e, 0, sizeof(*e));
-  char *p = e->data;
-  memcpy(p, type, lt); e->type = p; p += lt;
-  memcpy(p, id, li); e->id = p; p += li;
-  memcpy(p, method, lm); e->method = p; p += lm;
-  if (len) memcpy(p, payload, len);
-  p[len] = 0;
-  e->payload = p;
-  e->len = len;
-  return e;
-}
-
-rt_env *rt_env_copy(const rt_env *src) {
-  rt_env *e = rt_env_new(src->type, src->id, src->method, src->payload, src->len);
-  if (!e) return NULL;
-  e->request_id = src->request_id;
-  e->shard = src->shard;
-  e->deliver_at = src->deliver_at;
-  e->internal = src->internal;
-  e->persisted = src->persisted;
-  e->is_request = src->is_request;
-  e->keyed = src->keyed;
-  memcpy(e->group, src->group, sizeof(e->group));
-  return e;
-}
-
 /* ---- the command queue -------------------------------------------------- */
 
 int rt_post(cruster_runtime *rt, rt_cmd *cmd) {
@@ -271,6 +227,10 @@ static void destroy_partial(cruster_runtime *rt) {
   free(rt);
 }
 
+/* The storage's callbacks up (st_host). */
+static int64_t *host_inflight(void *ud, size_t *n) { return em_inflight_persisted(ud, n); }
+static void host_wake(void *ud) { rt_poll_schedule(ud, 0); }
+
 cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *storage,
                                    cruster_registry *registry, cruster_runtime **out,
                                    cruster_error **err) {
@@ -321,9 +281,9 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   rt->runner_address = rt->cfg->runner_address;
   init_metrics(rt);
   core_snowflake_init(&rt->snowflake, 0);
-  rt_map_init(&rt->types);
-  rt_map_init(&rt->instances);
-  rt_map_init(&rt->waiters);
+  core_map_init(&rt->types);
+  core_map_init(&rt->instances);
+  core_map_init(&rt->waiters);
   if (em_run_set_init(rt) != 0) {
     destroy_partial(rt);
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
@@ -347,7 +307,9 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   uv_timer_init(&rt->loop, &rt->stop_timer);
   rt->deadline_timer.data = rt->reaper_timer.data = rt->poll_timer.data = rt->stop_timer.data = rt;
   if (rt->storage) {
-    st = rt->storage->ops->attach(rt->storage, rt, err);
+    st_host host = {&rt->loop, rt->cfg, rt->lg, rt->metrics, &rt->snowflake, rt,
+                    host_inflight, host_wake};
+    st = rt->storage->ops->attach(rt->storage, &host, err);
     if (st != CRUSTER_OK) goto fail_loop;
   }
   if (uv_thread_create(&rt->loop_thread, loop_main, rt) != 0) {
@@ -537,7 +499,7 @@ void cruster_runtime_free(cruster_runtime *rt) {
   uv_loop_close(&rt->loop);
   uv_mutex_destroy(&rt->cmd_mu);
   em_free_all(rt);
-  rt_map_clear(&rt->waiters);
+  core_map_clear(&rt->waiters);
   rt->pool = (rt_pool_free(rt->pool), NULL);
   destroy_partial(rt);
 }

@@ -10,10 +10,11 @@
 #include <uv.h>
 
 #include "core/config_internal.h"
+#include "core/envelope.h"
 #include "core/log.h"
 #include "core/metrics_internal.h"
 #include "core/snowflake.h"
-#include "runtime/map.h"
+#include "core/map.h"
 #include "runtime/pool.h"
 
 typedef struct em_type em_type;
@@ -28,25 +29,6 @@ struct rt_cmd {
   rt_cmd *next;
 };
 
-/* An addressed message: one allocation holding strings and payload. */
-typedef struct rt_env {
-  int64_t request_id;
-  const char *type, *id, *method;
-  const void *payload;
-  size_t len;
-  int32_t shard;
-  int64_t deliver_at; /* Unix ms, 0 = now */
-  unsigned char internal;   /* sent by an entity/workflow */
-  unsigned char persisted;  /* went through message storage */
-  unsigned char is_request; /* 1 = send (a caller waits), 0 = notify */
-  unsigned char keyed;      /* request id derived from an idempotency key */
-  char group[CRUSTER_MAX_NAME_LEN + 1];
-  char data[];
-} rt_env;
-
-rt_env *rt_env_new(const char *type, const char *id, const char *method, const void *payload,
-                   size_t len);
-rt_env *rt_env_copy(const rt_env *e);
 
 enum { RT_NEW = 0, RT_STARTED = 1, RT_STOPPING = 2, RT_STOPPED = 3 };
 enum { RT_CALL_SEND = 0, RT_CALL_NOTIFY = 1 };
@@ -56,7 +38,7 @@ struct rt_call {
   rt_cmd cmd;
   int kind;
   unsigned flags;
-  rt_env *env; /* owned until handed to a delivery */
+  core_env *env; /* owned until handed to a delivery */
   int64_t deadline_ms; /* monotonic */
   void *key;
   size_t key_len;
@@ -114,9 +96,9 @@ struct cruster_runtime {
   uv_timer_t stop_timer;
   rt_call **heap;
   size_t heap_len, heap_cap;
-  rt_map types;     /* name -> em_type* */
-  rt_map instances; /* "type\0id" -> em_instance* */
-  rt_map waiters;   /* persisted request id -> rt_call* list */
+  core_map types;     /* name -> em_type* */
+  core_map instances; /* "type\0id" -> em_instance* */
+  core_map waiters;   /* persisted request id -> rt_call* list */
   cruster_request *live_head; /* every delivery not yet freed */
   /* The deliveries whose handler was started and whose answer the loop has
    * not processed yet: the only valid opts.caller values. An intrusive hash
@@ -203,7 +185,7 @@ em_type *em_type_find(cruster_runtime *rt, const char *name);
  * message, still in flight -- the delivery is speculative, and its answer
  * waits for em_saved. Returns CRUSTER_OK, CRUSTER_E_MAILBOX_FULL, or
  * CRUSTER_E_SHUTTING_DOWN/NOMEM (env then still the caller's). */
-int em_deliver(cruster_runtime *rt, em_type *t, rt_env *env, int rpc_index, rt_call *call,
+int em_deliver(cruster_runtime *rt, em_type *t, core_env *env, int rpc_index, rt_call *call,
                struct rt_save *save, int *backlogged);
 /* The save a speculative delivery waited for completed (ok) or failed: a
  * failed one discards the handler's answer. The delivery is no longer

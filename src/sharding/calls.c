@@ -81,9 +81,9 @@ static void heap_remove(cruster_runtime *rt, rt_call *c) {
 /* ---- waiters ------------------------------------------------------------- */
 
 int rt_waiter_add(cruster_runtime *rt, rt_call *c) {
-  rt_call *head = rt_map_iget(&rt->waiters, c->request_id);
+  rt_call *head = core_map_iget(&rt->waiters, c->request_id);
   c->wnext = head;
-  if (rt_map_iput(&rt->waiters, c->request_id, c) != 0) return -1;
+  if (core_map_iput(&rt->waiters, c->request_id, c) != 0) return -1;
   c->waiting = 1;
   return 0;
 }
@@ -91,10 +91,10 @@ int rt_waiter_add(cruster_runtime *rt, rt_call *c) {
 static void waiter_remove(cruster_runtime *rt, rt_call *c) {
   if (!c->waiting) return;
   c->waiting = 0;
-  rt_call *head = rt_map_iget(&rt->waiters, c->request_id);
+  rt_call *head = core_map_iget(&rt->waiters, c->request_id);
   if (head == c) {
-    if (c->wnext) rt_map_iput(&rt->waiters, c->request_id, c->wnext);
-    else rt_map_idel(&rt->waiters, c->request_id);
+    if (c->wnext) core_map_iput(&rt->waiters, c->request_id, c->wnext);
+    else core_map_idel(&rt->waiters, c->request_id);
   } else {
     for (rt_call *p = head; p; p = p->wnext)
       if (p->wnext == c) {
@@ -107,7 +107,7 @@ static void waiter_remove(cruster_runtime *rt, rt_call *c) {
 
 void rt_waiters_resolve(cruster_runtime *rt, int64_t request_id, int status, const void *data,
                         size_t len, const char *msg) {
-  rt_call *c = rt_map_idel(&rt->waiters, request_id);
+  rt_call *c = core_map_idel(&rt->waiters, request_id);
   while (c) {
     rt_call *next = c->wnext;
     c->waiting = 0;

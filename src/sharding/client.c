@@ -94,7 +94,7 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
 
   rt_call *c = rt_call_new(type, id, method);
   if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
-  c->env = rt_env_new(type, id, method, payload, len);
+  c->env = core_env_new(type, id, method, payload, len);
   c->key = key ? core_memdup(key, key_len) : NULL;
   if (!c->env || (key && !c->key)) {
     rt_call_free(c);

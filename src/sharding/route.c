@@ -35,13 +35,13 @@ static void spec_saved(cruster_runtime *rt, rt_save *s, int ok) {
 
 /* A claimed message em_deliver refused (status `st`) stays in storage for
  * the poll loop. A full mailbox asks for a poll itself when it has room. */
-static void give_back(cruster_runtime *rt, const rt_env *env, int st) {
+static void give_back(cruster_runtime *rt, const core_env *env, int st) {
   rt->storage->ops->release(rt->storage, env, 0);
   if (st != CRUSTER_E_MAILBOX_FULL && st != CRUSTER_E_SHUTTING_DOWN)
     rt_poll_schedule(rt, rt->cfg->send_retry_interval);
 }
 
-static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, rt_env *env) {
+static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, core_env *env) {
   int backlogged = 0;
   int st = em_deliver(rt, t, env, rpc_index, NULL, NULL, &backlogged);
   if (st == CRUSTER_OK) return;
@@ -115,7 +115,7 @@ static void on_saved(void *ud, int status, const char *errmsg, const st_saved *s
      * the mailbox at stop): give it back to the poll. */
     give_back(rt, s->env, s->spec_status);
   } else if (r == ST_SAVED && s->claim && !rt->stopping && !rt->closed) {
-    rt_env *env = s->env;
+    core_env *env = s->env;
     s->env = NULL;
     deliver_persisted(rt, s->type, s->rpc_index, env);
   } else if (r == ST_SAVED && s->claim) {
@@ -136,7 +136,7 @@ static void on_saved(void *ud, int status, const char *errmsg, const st_saved *s
 }
 
 static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc_index) {
-  rt_env *env = c->env;
+  core_env *env = c->env;
   if (!rt->storage) {
     reject(rt, c, CRUSTER_E_PERSISTENCE,
            "this call is persisted but the runtime has no message storage");
@@ -172,7 +172,7 @@ static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc
    * answer is acted on only once it is (on_saved). */
   if (s->claim && !rt->stopping && rt->storage->ops->claims_now &&
       rt->storage->ops->claims_now(rt->storage, s->env)) {
-    rt_env *copy = rt_env_copy(s->env);
+    core_env *copy = core_env_copy(s->env);
     if (copy) {
       s->spec = 1;
       s->spec_status = em_deliver(rt, t, copy, rpc_index, NULL, s, NULL);
@@ -196,7 +196,7 @@ void rt_route(cruster_runtime *rt, rt_cmd *cmd) {
     rt_call_complete(rt, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
     return;
   }
-  rt_env *env = c->env;
+  core_env *env = c->env;
   em_type *t = em_type_find(rt, env->type);
   char msg[CRUSTER_MAX_NAME_LEN * 2 + 128];
   if (!t) {
@@ -264,7 +264,7 @@ void rt_poll_schedule(cruster_runtime *rt, int64_t delay_ms) {
   uv_timer_start(&rt->poll_timer, rt_poll_fire, (uint64_t)delay_ms, 0);
 }
 
-static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, size_t n,
+static void on_polled(void *ud, int status, const char *errmsg, core_env **msgs, size_t n,
                       const int64_t *dead, size_t ndead) {
   cruster_runtime *rt = ud;
   rt->poll_scheduled = 0;
@@ -290,7 +290,7 @@ static void on_polled(void *ud, int status, const char *errmsg, rt_env **msgs, s
     rt_waiters_resolve(rt, dead[i], CRUSTER_E_DEAD_LETTER, NULL, 0, msg);
   }
   for (size_t i = 0; i < n; i++) {
-    rt_env *env = msgs[i];
+    core_env *env = msgs[i];
     em_type *t = em_type_find(rt, env->type);
     if (!t || rt->stopping || rt->closed) {
       if (!t)

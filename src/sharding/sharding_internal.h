@@ -9,7 +9,7 @@
 /* A storage write a call (or a poll) waits for. */
 typedef struct rt_save {
   cruster_runtime *rt;
-  rt_env *env;    /* owned */
+  core_env *env;    /* owned */
   em_type *type;
   int rpc_index;
   int claim;

@@ -15,7 +15,7 @@ cruster_message_list *st_list_new(size_t cap) {
   return l;
 }
 
-int st_list_add(cruster_message_list *l, size_t *cap, rt_env *env, int64_t attempts) {
+int st_list_add(cruster_message_list *l, size_t *cap, core_env *env, int64_t attempts) {
   if (l->n == *cap) {
     size_t c = *cap ? *cap * 2 : 16;
     st_dead *v = realloc(l->v, c * sizeof(*v));

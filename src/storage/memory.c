@@ -9,7 +9,7 @@
 #include "storage/storage_internal.h"
 
 typedef struct mem_msg {
-  rt_env *env;
+  core_env *env;
   struct mem_msg *prev, *next; /* unprocessed FIFO */
   int processed, claimed;
   int64_t attempts;
@@ -23,22 +23,22 @@ typedef struct mem_msg {
 } mem_msg;
 
 typedef struct mem_store {
-  rt_map msgs;    /* request id -> mem_msg */
-  rt_map waiting; /* "type\0id" -> count of unclaimed unprocessed immediate messages */
+  core_map msgs;    /* request id -> mem_msg */
+  core_map waiting; /* "type\0id" -> count of unclaimed unprocessed immediate messages */
   mem_msg *head, *tail;
   int64_t next_seq;
 } mem_store;
 
 /* Per-entity count of stored immediate messages nobody is delivering. */
-static intptr_t waiting_add(mem_store *m, const rt_env *e, intptr_t delta) {
+static intptr_t waiting_add(mem_store *m, const core_env *e, intptr_t delta) {
   if (e->deliver_at > 0) return 0;
   char key[2 * (CRUSTER_MAX_ENTITY_ID_LEN + 2)];
   size_t lt = strlen(e->type), li = strlen(e->id);
   memcpy(key, e->type, lt + 1);
   memcpy(key + lt + 1, e->id, li);
-  intptr_t n = (intptr_t)rt_map_get(&m->waiting, key, lt + 1 + li) + delta;
-  if (n <= 0) rt_map_del(&m->waiting, key, lt + 1 + li);
-  else if (rt_map_put(&m->waiting, key, lt + 1 + li, (void *)n) != 0) return -1;
+  intptr_t n = (intptr_t)core_map_get(&m->waiting, key, lt + 1 + li) + delta;
+  if (n <= 0) core_map_del(&m->waiting, key, lt + 1 + li);
+  else if (core_map_put(&m->waiting, key, lt + 1 + li, (void *)n) != 0) return -1;
   return n;
 }
 
@@ -56,14 +56,14 @@ static void msg_free(mem_msg *x) {
   free(x);
 }
 
-static cruster_status mem_attach(cruster_storage *s, cruster_runtime *rt, cruster_error **err) {
-  (void)s; (void)rt; (void)err;
+static cruster_status mem_attach(cruster_storage *s, const st_host *host, cruster_error **err) {
+  (void)s; (void)host; (void)err;
   return CRUSTER_OK;
 }
 
 /* 1 when stored message `x` is the keyed call (e's type, id, method; key). */
-static int same_identity(const mem_msg *x, const rt_env *e, const st_key *key) {
-  const rt_env *y = x->env;
+static int same_identity(const mem_msg *x, const core_env *e, const st_key *key) {
+  const core_env *y = x->env;
   return y->keyed && x->key && x->key_len == key->len && strcmp(y->type, e->type) == 0 &&
          strcmp(y->id, e->id) == 0 && strcmp(y->method, e->method) == 0 &&
          memcmp(x->key, key->data, key->len) == 0;
@@ -71,12 +71,12 @@ static int same_identity(const mem_msg *x, const rt_env *e, const st_key *key) {
 
 /* The stored message with e's identity, or (*found = 0) the first free
  * candidate id in *id (0 when none is free). */
-static mem_msg *find_keyed(mem_store *m, const rt_env *e, const st_key *key, int64_t *id) {
+static mem_msg *find_keyed(mem_store *m, const core_env *e, const st_key *key, int64_t *id) {
   int64_t cand[CORE_KEY_CANDIDATES];
   core_key_candidates(e->type, e->id, e->method, key->data, key->len, cand);
   *id = 0;
   for (int k = 0; k < CORE_KEY_CANDIDATES; k++) {
-    mem_msg *x = rt_map_iget(&m->msgs, cand[k]);
+    mem_msg *x = core_map_iget(&m->msgs, cand[k]);
     if (!x) {
       if (*id == 0) *id = cand[k];
     } else if (same_identity(x, e, key)) {
@@ -87,7 +87,7 @@ static mem_msg *find_keyed(mem_store *m, const rt_env *e, const st_key *key, int
   return NULL;
 }
 
-static void mem_save_request(cruster_storage *s, const rt_env *e, const st_key *key, int claim,
+static void mem_save_request(cruster_storage *s, const core_env *e, const st_key *key, int claim,
                              st_save_cb cb, void *ud) {
   mem_store *m = s->impl;
   st_saved out = {ST_SAVED, e->request_id, 0, NULL};
@@ -110,15 +110,15 @@ static void mem_save_request(cruster_storage *s, const rt_env *e, const st_key *
          &out);
       return;
     }
-  } else if (rt_map_iget(&m->msgs, id)) {
+  } else if (core_map_iget(&m->msgs, id)) {
     cb(ud, CRUSTER_E_PERSISTENCE, "request id already stored for another message", &out);
     return;
   }
   out.request_id = id;
   x = calloc(1, sizeof(*x));
-  rt_env *copy = x ? rt_env_copy(e) : NULL;
+  core_env *copy = x ? core_env_copy(e) : NULL;
   if (x && e->keyed && key) x->key = core_memdup(key->data, key->len);
-  if (!copy || (e->keyed && key && !x->key) || rt_map_iput(&m->msgs, id, x) != 0) {
+  if (!copy || (e->keyed && key && !x->key) || core_map_iput(&m->msgs, id, x) != 0) {
     free(copy);
     if (x) free(x->key);
     free(x);
@@ -132,7 +132,7 @@ static void mem_save_request(cruster_storage *s, const rt_env *e, const st_key *
   int queued = claim && waiting_add(m, e, 0) > 0;
   if (queued) claim = 0;
   if (!claim && waiting_add(m, e, 1) < 0) {
-    rt_map_idel(&m->msgs, id);
+    core_map_idel(&m->msgs, id);
     msg_free(x);
     cb(ud, CRUSTER_E_NOMEM, "out of memory storing a message", &out);
     return;
@@ -146,11 +146,11 @@ static void mem_save_request(cruster_storage *s, const rt_env *e, const st_key *
   cb(ud, CRUSTER_OK, NULL, &out);
 }
 
-static void mem_save_reply(cruster_storage *s, const rt_env *e, const st_reply *r, st_done_cb cb,
+static void mem_save_reply(cruster_storage *s, const core_env *e, const st_reply *r, st_done_cb cb,
                            void *ud) {
   mem_store *m = s->impl;
   int64_t request_id = e->request_id;
-  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  mem_msg *x = core_map_iget(&m->msgs, request_id);
   if (!x || x->processed) { /* first exit reply wins */
     if (cb) cb(ud, CRUSTER_OK, NULL);
     return;
@@ -159,7 +159,7 @@ static void mem_save_reply(cruster_storage *s, const rt_env *e, const st_reply *
   if (!x->claimed) waiting_add(m, x->env, -1);
   if (!x->env->keyed && r->status != CRUSTER_E_DEAD_LETTER) {
     /* Nobody can ask for this reply again: its id was fresh. */
-    rt_map_idel(&m->msgs, request_id);
+    core_map_idel(&m->msgs, request_id);
     msg_free(x);
     if (cb) cb(ud, CRUSTER_OK, NULL);
     return;
@@ -177,7 +177,7 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
                      st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud) {
   mem_store *m = s->impl;
   size_t n = 0, nd = 0, cap = 16, dcap = 4;
-  rt_env **out = malloc(cap * sizeof(*out));
+  core_env **out = malloc(cap * sizeof(*out));
   int64_t *dead = malloc(dcap * sizeof(*dead));
   if (!out || !dead) {
     free(out);
@@ -188,7 +188,7 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
   mem_msg *x = m->head;
   while (x && n < limit) {
     mem_msg *next = x->next;
-    rt_env *e = x->env;
+    core_env *e = x->env;
     if (!x->claimed && (e->deliver_at <= now_ms) && (!owned || owned(owned_ud, e->group, e->shard))) {
       if (max_retries > 0 && x->attempts > max_retries) {
         if (nd == dcap) {
@@ -200,10 +200,10 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
         st_reply r = {CRUSTER_E_DEAD_LETTER, NULL, 0, "max retries exceeded"};
         mem_save_reply(s, e, &r, NULL, NULL);
       } else {
-        rt_env *copy = rt_env_copy(e);
+        core_env *copy = core_env_copy(e);
         if (!copy) break;
         if (n == cap) {
-          rt_env **o2 = realloc(out, (cap *= 2) * sizeof(*out));
+          core_env **o2 = realloc(out, (cap *= 2) * sizeof(*out));
           if (!o2) { free(copy); break; }
           out = o2;
         }
@@ -220,9 +220,9 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
   free(dead);
 }
 
-static void mem_release(cruster_storage *s, const rt_env *e, int attempt) {
+static void mem_release(cruster_storage *s, const core_env *e, int attempt) {
   mem_store *m = s->impl;
-  mem_msg *x = rt_map_iget(&m->msgs, e->request_id);
+  mem_msg *x = core_map_iget(&m->msgs, e->request_id);
   if (!x || x->processed || !x->claimed) return;
   x->claimed = 0;
   waiting_add(m, x->env, 1);
@@ -240,7 +240,7 @@ static int64_t mem_next_due(cruster_storage *s) {
 
 static void mem_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb, void *ud) {
   mem_store *m = s->impl;
-  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  mem_msg *x = core_map_iget(&m->msgs, request_id);
   if (!x) {
     cb(ud, CRUSTER_OK, NULL, 0, 0, NULL);
     return;
@@ -252,7 +252,7 @@ static void mem_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb
 static void mem_get_keyed(cruster_storage *s, const char *type, const char *id,
                           const char *method, const st_key *key, st_keyed_cb cb, void *ud) {
   mem_store *m = s->impl;
-  rt_env probe;
+  core_env probe;
   memset(&probe, 0, sizeof(probe));
   probe.type = type;
   probe.id = id;
@@ -273,7 +273,7 @@ typedef struct dead_ctx {
   int oom;
 } dead_ctx;
 
-static void collect_dead(void *ctx, rt_map_entry *e) {
+static void collect_dead(void *ctx, core_map_entry *e) {
   dead_ctx *d = ctx;
   mem_msg *x = e->value;
   if (!x->processed || x->status != CRUSTER_E_DEAD_LETTER || d->oom) return;
@@ -298,13 +298,13 @@ static int by_seq(const void *a, const void *b) {
 static void mem_list_dead(cruster_storage *s, size_t limit, st_list_cb cb, void *ud) {
   mem_store *m = s->impl;
   dead_ctx d = {NULL, 0, 0, 0};
-  rt_map_each(&m->msgs, collect_dead, &d);
+  core_map_each(&m->msgs, collect_dead, &d);
   size_t cap = 0;
   cruster_message_list *l = d.oom ? NULL : st_list_new(0);
   if (l) {
     if (d.n) qsort(d.v, d.n, sizeof(*d.v), by_seq);
     for (size_t i = 0; i < d.n && i < limit; i++) {
-      rt_env *e = rt_env_copy(d.v[i]->env);
+      core_env *e = core_env_copy(d.v[i]->env);
       if (!e || st_list_add(l, &cap, e, d.v[i]->attempts) != 0) {
         cruster_message_list_free(l);
         l = NULL;
@@ -319,7 +319,7 @@ static void mem_list_dead(cruster_storage *s, size_t limit, st_list_cb cb, void 
 
 static void mem_redeliver(cruster_storage *s, int64_t request_id, st_done_cb cb, void *ud) {
   mem_store *m = s->impl;
-  mem_msg *x = rt_map_iget(&m->msgs, request_id);
+  mem_msg *x = core_map_iget(&m->msgs, request_id);
   if (!x || !x->processed || x->status != CRUSTER_E_DEAD_LETTER) {
     cb(ud, CRUSTER_E_NOT_FOUND, "no dead letter with that request id");
     return;
@@ -348,16 +348,16 @@ static void mem_flush(cruster_storage *s, void (*cb)(void *ud), void *ud) {
 
 static void mem_detach(cruster_storage *s) { (void)s; }
 
-static void free_entry(void *ctx, rt_map_entry *e) {
+static void free_entry(void *ctx, core_map_entry *e) {
   (void)ctx;
   msg_free(e->value);
 }
 
 static void mem_destroy(cruster_storage *s) {
   mem_store *m = s->impl;
-  rt_map_each(&m->msgs, free_entry, NULL);
-  rt_map_clear(&m->msgs);
-  rt_map_clear(&m->waiting);
+  core_map_each(&m->msgs, free_entry, NULL);
+  core_map_clear(&m->msgs);
+  core_map_clear(&m->waiting);
   free(m);
   free(s);
 }
@@ -390,8 +390,8 @@ cruster_status cruster_storage_memory_new(cruster_storage **out, cruster_error *
     free(m);
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   }
-  rt_map_init(&m->msgs);
-  rt_map_init(&m->waiting);
+  core_map_init(&m->msgs);
+  core_map_init(&m->waiting);
   s->ops = &mem_ops;
   s->impl = m;
   *out = s;

@@ -33,7 +33,7 @@ typedef struct pg_op {
   int solo;       /* run in a transaction of its own */
   int nstmt;      /* statements it sends */
   PGresult *res[3];
-  rt_env *env;    /* copy: SAVE, REPLY, RELEASE */
+  core_env *env;    /* copy: SAVE, REPLY, RELEASE */
   int claim, attempt;
   int fast;       /* SAVE: a row of the job's fast insert (no probe, claimed) */
   int behind;     /* SAVE: an older message of its entity is tracked: never
@@ -122,7 +122,7 @@ typedef struct pg_job {
 struct pg_store {
   char *conninfo;
   PGconn *lock_conn; /* holds the schema's advisory lock (one runtime per schema) */
-  cruster_runtime *rt;
+  st_host host; /* the attaching layer: loop, settings, callbacks up */
   const core_logger *lg;
   pg_conn *conns;
   int nconns;
@@ -138,13 +138,13 @@ struct pg_store {
   int64_t next_due;
   /* What this runtime knows of stored unanswered messages (loop thread):
    * see "knowing the entities" below. */
-  rt_map pending;  /* "type\0id" -> count (as a pointer) of tracked messages */
-  rt_map tracked;  /* request id -> (void *)1: stored (or being stored) by this
+  core_map pending;  /* "type\0id" -> count (as a pointer) of tracked messages */
+  core_map tracked;  /* request id -> (void *)1: stored (or being stored) by this
                     * runtime and not answered */
-  rt_map unknown;  /* "type\0id" -> (void *)1: entities ordered by asking PostgreSQL */
-  rt_map transit;  /* "type\0id" -> count: claims of ours on their way to the
+  core_map unknown;  /* "type\0id" -> (void *)1: entities ordered by asking PostgreSQL */
+  core_map transit;  /* "type\0id" -> count: claims of ours on their way to the
                     * runtime (a claiming insert, a release) */
-  rt_map held;     /* "type\0id" -> (void *)1: a poll held its messages back;
+  core_map held;     /* "type\0id" -> (void *)1: a poll held its messages back;
                     * poll again once its transits are over */
   int scanned;     /* the scan of stored messages at attach has completed */
   int all_unknown; /* too many to list, or out of memory: every entity asks */
@@ -172,7 +172,7 @@ static void conn_pump(pg_conn *c);
 static void redo_requeue(pg_conn *c);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
-static pg_conn *conn_for_entity(pg_store *st, const rt_env *e);
+static pg_conn *conn_for_entity(pg_store *st, const core_env *e);
 static pg_op *op_new(int kind, void *cb, void *ud);
 static void recon_kick(pg_store *st);
 static void recon_kick_timer(uv_timer_t *t);
@@ -225,8 +225,8 @@ static const char *get_text(const PGresult *r, int row, int col) {
 }
 
 /* Builds an envelope from a PG_MSG_COLUMNS row. */
-static rt_env *row_env(const PGresult *r, int row, int64_t *attempts) {
-  rt_env *e = rt_env_new(get_text(r, row, 4), get_text(r, row, 5), get_text(r, row, 6),
+static core_env *row_env(const PGresult *r, int row, int64_t *attempts) {
+  core_env *e = core_env_new(get_text(r, row, 4), get_text(r, row, 5), get_text(r, row, 6),
                          PQgetvalue(r, row, 7), (size_t)PQgetlength(r, row, 7));
   if (!e) return NULL;
   e->request_id = get_i64(r, row, 1);
@@ -259,82 +259,82 @@ static rt_env *row_env(const PGresult *r, int row, int64_t *attempts) {
 /* Adds `delta` (+1 or -1) to the count of `k` in `m` (a count held as the
  * value, absent = 0); returns the new count. A count that cannot be stored
  * (OOM) makes every entity ask PostgreSQL. */
-static uintptr_t count_add(pg_store *st, rt_map *m, const rt_ekey *k, int delta) {
-  uintptr_t n = (uintptr_t)rt_map_get(m, k->p, k->n);
+static uintptr_t count_add(pg_store *st, core_map *m, const core_ekey *k, int delta) {
+  uintptr_t n = (uintptr_t)core_map_get(m, k->p, k->n);
   if (delta > 0) {
-    if (rt_map_put(m, k->p, k->n, (void *)(n + 1)) != 0) {
+    if (core_map_put(m, k->p, k->n, (void *)(n + 1)) != 0) {
       st->all_unknown = 1;
       return n;
     }
     return n + 1;
   }
   if (n == 0) return 0;
-  if (n == 1) rt_map_del(m, k->p, k->n);
-  else rt_map_put(m, k->p, k->n, (void *)(n - 1)); /* replaces: no allocation */
+  if (n == 1) core_map_del(m, k->p, k->n);
+  else core_map_put(m, k->p, k->n, (void *)(n - 1)); /* replaces: no allocation */
   return n - 1;
 }
 
 static void unknown_add(pg_store *st, const char *type, const char *id) {
-  rt_ekey k;
+  core_ekey k;
   if (st->all_unknown) return;
-  if (rt_ekey_make(&k, type, id) != 0) {
+  if (core_ekey_make(&k, type, id) != 0) {
     st->all_unknown = 1;
     return;
   }
-  if (!rt_map_get(&st->unknown, k.p, k.n) && rt_map_put(&st->unknown, k.p, k.n, (void *)1) != 0)
+  if (!core_map_get(&st->unknown, k.p, k.n) && core_map_put(&st->unknown, k.p, k.n, (void *)1) != 0)
     st->all_unknown = 1;
-  rt_ekey_done(&k);
+  core_ekey_done(&k);
 }
 
 /* 1 when `m` (unkeyed, due now) can take the fast insert. */
-static int knows_clear(pg_store *st, const rt_env *m) {
+static int knows_clear(pg_store *st, const core_env *m) {
   if (!st->scanned || st->all_unknown || m->keyed || m->deliver_at != 0) return 0;
-  rt_ekey k;
-  if (rt_ekey_make(&k, m->type, m->id) != 0) return 0;
-  int clear = !rt_map_get(&st->pending, k.p, k.n) && !rt_map_get(&st->unknown, k.p, k.n);
-  rt_ekey_done(&k);
+  core_ekey k;
+  if (core_ekey_make(&k, m->type, m->id) != 0) return 0;
+  int clear = !core_map_get(&st->pending, k.p, k.n) && !core_map_get(&st->unknown, k.p, k.n);
+  core_ekey_done(&k);
   return clear;
 }
 
 /* How many tracked messages its entity has. */
-static uintptr_t pending_of(pg_store *st, const rt_env *m) {
-  rt_ekey k;
-  if (rt_ekey_make(&k, m->type, m->id) != 0) return 1;
-  uintptr_t n = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
-  rt_ekey_done(&k);
+static uintptr_t pending_of(pg_store *st, const core_env *m) {
+  core_ekey k;
+  if (core_ekey_make(&k, m->type, m->id) != 0) return 1;
+  uintptr_t n = (uintptr_t)core_map_get(&st->pending, k.p, k.n);
+  core_ekey_done(&k);
   return n;
 }
 
 /* Counts a message being stored; 1 if this call added it. */
-static int track_add(pg_store *st, const rt_env *m) {
-  if (rt_map_iget(&st->tracked, m->request_id)) return 0; /* a repeated key */
-  rt_ekey k;
-  if (rt_ekey_make(&k, m->type, m->id) != 0) {
+static int track_add(pg_store *st, const core_env *m) {
+  if (core_map_iget(&st->tracked, m->request_id)) return 0; /* a repeated key */
+  core_ekey k;
+  if (core_ekey_make(&k, m->type, m->id) != 0) {
     st->all_unknown = 1; /* untracked: nobody may rely on memory */
     return 0;
   }
-  int ok = rt_map_iput(&st->tracked, m->request_id, (void *)1) == 0;
+  int ok = core_map_iput(&st->tracked, m->request_id, (void *)1) == 0;
   if (!ok) {
     st->all_unknown = 1;
   } else {
-    uintptr_t before = (uintptr_t)rt_map_get(&st->pending, k.p, k.n);
+    uintptr_t before = (uintptr_t)core_map_get(&st->pending, k.p, k.n);
     ok = count_add(st, &st->pending, &k, 1) > before; /* else all_unknown is set */
-    if (!ok) rt_map_idel(&st->tracked, m->request_id);
+    if (!ok) core_map_idel(&st->tracked, m->request_id);
   }
-  rt_ekey_done(&k);
+  core_ekey_done(&k);
   return ok;
 }
 
 /* The message is answered (or was never stored): uncounts it. */
 static void track_remove(pg_store *st, int64_t request_id, const char *type, const char *id) {
-  if (!rt_map_idel(&st->tracked, request_id)) return;
-  rt_ekey k;
-  if (rt_ekey_make(&k, type, id) != 0) {
+  if (!core_map_idel(&st->tracked, request_id)) return;
+  core_ekey k;
+  if (core_ekey_make(&k, type, id) != 0) {
     st->all_unknown = 1; /* its count can no longer be lowered */
     return;
   }
   count_add(st, &st->pending, &k, -1);
-  rt_ekey_done(&k);
+  core_ekey_done(&k);
 }
 
 /* A claimed message is "in transit" from a claiming insert's start until
@@ -344,32 +344,32 @@ static void track_remove(pg_store *st, int64_t request_id, const char *type, con
  * delivering that one first would break the entity's order. Such a message
  * is held back: its claim is undone, and the runtime polls again when the
  * entity's transits are over. */
-static void transit_start(pg_store *st, const rt_env *m) {
-  rt_ekey k;
-  if (rt_ekey_make(&k, m->type, m->id) != 0) {
+static void transit_start(pg_store *st, const core_env *m) {
+  core_ekey k;
+  if (core_ekey_make(&k, m->type, m->id) != 0) {
     st->all_unknown = 1;
     return;
   }
   count_add(st, &st->transit, &k, 1);
-  rt_ekey_done(&k);
+  core_ekey_done(&k);
 }
 
-static void transit_end(pg_store *st, const rt_env *m) {
-  rt_ekey k;
-  if (rt_ekey_make(&k, m->type, m->id) != 0) return;
-  if (count_add(st, &st->transit, &k, -1) == 0 && rt_map_del(&st->held, k.p, k.n))
-    rt_poll_schedule(st->rt, 0);
-  rt_ekey_done(&k);
+static void transit_end(pg_store *st, const core_env *m) {
+  core_ekey k;
+  if (core_ekey_make(&k, m->type, m->id) != 0) return;
+  if (count_add(st, &st->transit, &k, -1) == 0 && core_map_del(&st->held, k.p, k.n))
+    st->host.wake(st->host.ud);
+  core_ekey_done(&k);
 }
 
 static int in_transit(pg_store *st, const char *type, const char *id) {
   if (st->transit.count == 0) return 0;
-  rt_ekey k;
-  if (rt_ekey_make(&k, type, id) != 0) return 1;
-  int n = rt_map_get(&st->transit, k.p, k.n) != NULL;
-  if (n && !rt_map_get(&st->held, k.p, k.n) && rt_map_put(&st->held, k.p, k.n, (void *)1) != 0)
+  core_ekey k;
+  if (core_ekey_make(&k, type, id) != 0) return 1;
+  int n = core_map_get(&st->transit, k.p, k.n) != NULL;
+  if (n && !core_map_get(&st->held, k.p, k.n) && core_map_put(&st->held, k.p, k.n, (void *)1) != 0)
     n = 0; /* cannot remember to poll again: deliver it rather than strand it */
-  rt_ekey_done(&k);
+  core_ekey_done(&k);
   return n;
 }
 
@@ -406,7 +406,7 @@ static int send_fast(pg_conn *c, pg_op **ops, size_t n) {
   if (ok) {
     v[0] = st->claimer;
     for (size_t i = 0; i < n; i++) {
-      const rt_env *m = ops[i]->env;
+      const core_env *m = ops[i]->env;
       int b = 1 + PG_FAST_PARAMS * (int)i;
       snprintf(num[i][0], sizeof num[i][0], "%lld", (long long)m->request_id);
       snprintf(num[i][1], sizeof num[i][1], "%d", m->shard);
@@ -450,7 +450,7 @@ static int op_send(pg_conn *c, pg_op *o) {
   char a[32], b[32], d[32], e[32], f[32];
   switch (o->kind) {
   case OP_SAVE: {
-    const rt_env *m = o->env;
+    const core_env *m = o->env;
     snprintf(b, sizeof b, "%d", m->shard);
     snprintf(d, sizeof d, "%lld", (long long)m->deliver_at);
     snprintf(e, sizeof e, "%lld", (long long)o->now_ms);
@@ -517,7 +517,7 @@ static int op_send(pg_conn *c, pg_op *o) {
     return send_stmt(c, o->kind == OP_GET ? "cr_get" : "cr_redel", 1, v, NULL, NULL);
   }
   case OP_GET_KEYED: {
-    const rt_env *m = o->env;
+    const core_env *m = o->env;
     int64_t cand[CORE_KEY_CANDIDATES];
     core_key_candidates(m->type, m->id, m->method, o->key, o->key_len, cand);
     char *ids = int8_array(cand, CORE_KEY_CANDIDATES);
@@ -553,7 +553,7 @@ static int op_send(pg_conn *c, pg_op *o) {
   case OP_RECONCILE: {
     /* The set is taken now, on the loop thread: exactly what runs here. */
     size_t n = 0;
-    int64_t *inflight = em_inflight_persisted(st->rt, &n);
+    int64_t *inflight = st->host.inflight(st->host.ud, &n);
     char *ids = inflight ? int8_array(inflight, n) : NULL;
     free(inflight);
     if (!ids) return 0;
@@ -749,7 +749,7 @@ static void op_complete(pg_store *st, pg_op *o) {
     int n = PQntuples(r), nd = 0;
     int64_t *dead_ids = calloc((size_t)n + 1, sizeof(int64_t));
     int64_t (*order)[2] = calloc((size_t)n + 1, sizeof(*order));
-    rt_env **msgs = calloc((size_t)n + 1, sizeof(*msgs));
+    core_env **msgs = calloc((size_t)n + 1, sizeof(*msgs));
     if (!dead_ids || !order || !msgs) {
       free(dead_ids);
       free(order);
@@ -773,7 +773,7 @@ static void op_complete(pg_store *st, pg_op *o) {
     for (int k = 0; k < n; k++) {
       int i = (int)order[k][1];
       if (get_bool(r, i, 13)) continue;
-      rt_env *e = row_env(r, i, NULL);
+      core_env *e = row_env(r, i, NULL);
       if (!e) continue;
       if (in_transit(st, e->type, e->id)) {
         /* An older message of its entity may still be on its way: not now. */
@@ -826,7 +826,7 @@ static void op_complete(pg_store *st, pg_op *o) {
     cruster_message_list *l = st_list_new(0);
     for (int i = 0; l && i < PQntuples(r); i++) {
       int64_t attempts = 0;
-      rt_env *e = row_env(r, i, &attempts);
+      core_env *e = row_env(r, i, &attempts);
       if (!e || st_list_add(l, &cap, e, attempts) != 0) {
         cruster_message_list_free(l);
         l = NULL;
@@ -871,7 +871,7 @@ static void op_complete(pg_store *st, pg_op *o) {
                    : "%s message(s) claimed just before a lost connection will be delivered again",
                n);
       /* Their entities' younger messages waited for them. */
-      rt_poll_schedule(st->rt, 0);
+      st->host.wake(st->host.ud);
     }
     st->recon_first = 0;
     break;
@@ -882,10 +882,10 @@ static void op_complete(pg_store *st, pg_op *o) {
 
 /* ---- the queue ---------------------------------------------------------------------- */
 
-static pg_conn *conn_for_entity(pg_store *st, const rt_env *e) {
+static pg_conn *conn_for_entity(pg_store *st, const core_env *e) {
   /* type, a zero byte, id: as the instance keys */
-  uint64_t h = rt_hash_bytes(RT_HASH_SEED, e->type, strlen(e->type) + 1);
-  h = rt_hash_bytes(h, e->id, strlen(e->id));
+  uint64_t h = core_hash_bytes(CORE_HASH_SEED, e->type, strlen(e->type) + 1);
+  h = core_hash_bytes(h, e->id, strlen(e->id));
   return &st->conns[h % (uint64_t)st->nconns];
 }
 
@@ -965,7 +965,7 @@ static void conn_watch(pg_conn *c, int events) {
   if (events == 0 || fd < 0) return;
   if (!c->poll) {
     c->poll = malloc(sizeof(*c->poll));
-    if (!c->poll || uv_poll_init(&c->st->rt->loop, c->poll, fd) != 0) {
+    if (!c->poll || uv_poll_init(c->st->host.loop, c->poll, fd) != 0) {
       free(c->poll);
       c->poll = NULL;
       return;
@@ -1064,8 +1064,8 @@ static void recon_kick(pg_store *st) {
  * a new token from now on, and reconcile. */
 static void new_claim_token(pg_store *st) {
   int64_t token = 0;
-  core_snowflake_next(&st->rt->snowflake, &token);
-  snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", st->rt->cfg->runner_address,
+  core_snowflake_next(st->host.snowflake, &token);
+  snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", st->host.cfg->runner_address,
            (unsigned long long)token);
   st->epoch++;
   st->recon_need = 1;
@@ -1557,9 +1557,9 @@ static void on_cleanup_timer(uv_timer_t *t) {
   if (o) enqueue(st, &st->conns[0], o);
 }
 
-static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster_error **err) {
+static cruster_status pg_attach(cruster_storage *s, const st_host *host, cruster_error **err) {
   pg_store *st = s->impl;
-  const cruster_config *cfg = rt->cfg;
+  const cruster_config *cfg = host->cfg;
   PGconn *check = pg_connect_blocking(st->conninfo, err);
   if (!check) return CRUSTER_E_PERSISTENCE;
   cruster_status rc = pg_check_schema(check, cfg->storage_migrations_table,
@@ -1573,13 +1573,13 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
     return rc;
   }
   st->lock_conn = check;
-  st->rt = rt;
-  st->lg = rt->lg;
+  st->host = *host;
+  st->lg = host->lg;
   st->batch = cfg->storage_batch_size;
   st->backoff_ms = cfg->storage_retry_backoff;
   st->retention_ms = cfg->storage_retention;
   int64_t token = 0;
-  core_snowflake_next(&rt->snowflake, &token);
+  core_snowflake_next(host->snowflake, &token);
   snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", cfg->runner_address, (unsigned long long)token);
   for (int i = 0; i < PG_FAST_SIZES; i++) {
     int rows = 1 << i;
@@ -1597,39 +1597,39 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
   st->conns = calloc((size_t)cfg->storage_pool_size, sizeof(*st->conns));
   if (!st->conns) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   st->nconns = (int)cfg->storage_pool_size;
-  st->m_batches = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_transactions_total",
+  st->m_batches = core_metrics_get(host->metrics, CORE_COUNTER, "cluster_storage_transactions_total",
                                    "Transactions the PostgreSQL storage committed or tried", NULL);
-  st->m_batch_ops = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_operations_total",
+  st->m_batch_ops = core_metrics_get(host->metrics, CORE_COUNTER, "cluster_storage_operations_total",
                                      "Storage operations sent to PostgreSQL (several share a transaction)", NULL);
-  st->m_latency = core_metrics_get(rt->metrics, CORE_HISTOGRAM, "cluster_storage_operation_seconds",
+  st->m_latency = core_metrics_get(host->metrics, CORE_HISTOGRAM, "cluster_storage_operation_seconds",
                                    "Time from queueing a storage operation to its result", NULL);
-  st->m_reconnects = core_metrics_get(rt->metrics, CORE_COUNTER, "cluster_storage_reconnects_total",
+  st->m_reconnects = core_metrics_get(host->metrics, CORE_COUNTER, "cluster_storage_reconnects_total",
                                       "Times a PostgreSQL connection was lost and reopened", NULL);
   for (int i = 0; i < st->nconns; i++) {
     pg_conn *c = &st->conns[i];
     c->st = st;
     c->idx = i;
     c->fd = -1;
-    uv_timer_init(&rt->loop, &c->timer);
+    uv_timer_init(host->loop, &c->timer);
     c->timer.data = c;
     conn_connect(c);
   }
-  uv_timer_init(&rt->loop, &st->done_timer);
+  uv_timer_init(host->loop, &st->done_timer);
   st->done_timer.data = st;
   st->done_timer_init = 1;
-  uv_timer_init(&rt->loop, &st->scan_timer);
+  uv_timer_init(host->loop, &st->scan_timer);
   st->scan_timer.data = st;
   st->scan_timer_init = 1;
   if (st->retention_ms > 0) {
     int64_t every = st->retention_ms / 2;
     if (every < 500) every = 500;
     if (every > 60000) every = 60000;
-    uv_timer_init(&rt->loop, &st->cleanup_timer);
+    uv_timer_init(host->loop, &st->cleanup_timer);
     st->cleanup_timer.data = st;
     st->cleanup_init = 1;
     uv_timer_start(&st->cleanup_timer, on_cleanup_timer, (uint64_t)every, (uint64_t)every);
   }
-  uv_timer_init(&rt->loop, &st->recon_timer);
+  uv_timer_init(host->loop, &st->recon_timer);
   st->recon_timer.data = st;
   st->recon_timer_init = 1;
   /* Claims an earlier life left: given back once the first connection is
@@ -1641,11 +1641,11 @@ static cruster_status pg_attach(cruster_storage *s, cruster_runtime *rt, cruster
   return CRUSTER_OK;
 }
 
-static int pg_claims_now(cruster_storage *s, const rt_env *m) {
+static int pg_claims_now(cruster_storage *s, const core_env *m) {
   return knows_clear(s->impl, m);
 }
 
-static void pg_save_request(cruster_storage *s, const rt_env *m, const st_key *key, int claim,
+static void pg_save_request(cruster_storage *s, const core_env *m, const st_key *key, int claim,
                             st_save_cb cb, void *ud) {
   pg_store *st = s->impl;
   st_saved fail = {ST_SAVED, m->request_id, 0, NULL};
@@ -1654,7 +1654,7 @@ static void pg_save_request(cruster_storage *s, const rt_env *m, const st_key *k
     return;
   }
   pg_op *o = op_new(OP_SAVE, (void *)cb, ud);
-  if (o) o->env = rt_env_copy(m);
+  if (o) o->env = core_env_copy(m);
   if (o && o->env && m->keyed) {
     o->key = core_memdup(key->data, key->len);
     o->key_len = key->len;
@@ -1681,7 +1681,7 @@ static void pg_save_request(cruster_storage *s, const rt_env *m, const st_key *k
   enqueue(st, conn_for_entity(st, m), o);
 }
 
-static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r, st_done_cb cb,
+static void pg_save_reply(cruster_storage *s, const core_env *m, const st_reply *r, st_done_cb cb,
                           void *ud) {
   pg_store *st = s->impl;
   /* Answered: newer messages of the entity no longer wait for it (should
@@ -1689,7 +1689,7 @@ static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r
   track_remove(st, m->request_id, m->type, m->id);
   pg_op *o = op_new(OP_REPLY, (void *)cb, ud);
   if (o) {
-    o->env = rt_env_copy(m);
+    o->env = core_env_copy(m);
     o->status = r->status;
     o->len = r->len;
     o->data = r->status == CRUSTER_OK ? core_memdup(r->data, r->len) : NULL;
@@ -1717,10 +1717,10 @@ static void pg_save_reply(cruster_storage *s, const rt_env *m, const st_reply *r
   enqueue(st, conn_for_entity(st, m), o);
 }
 
-static void pg_release(cruster_storage *s, const rt_env *m, int attempt) {
+static void pg_release(cruster_storage *s, const core_env *m, int attempt) {
   pg_store *st = s->impl;
   pg_op *o = op_new(OP_RELEASE, NULL, NULL);
-  if (o) o->env = rt_env_copy(m);
+  if (o) o->env = core_env_copy(m);
   if (!o || !o->env) {
     free(o);
     core_log(st->lg, CRUSTER_LOG_ERROR, "storage", "out of memory releasing message %lld",
@@ -1772,7 +1772,7 @@ static void pg_get_keyed(cruster_storage *s, const char *type, const char *id, c
   pg_store *st = s->impl;
   pg_op *o = op_new(OP_GET_KEYED, (void *)cb, ud);
   if (o) {
-    o->env = rt_env_new(type, id, method, NULL, 0);
+    o->env = core_env_new(type, id, method, NULL, 0);
     o->key = key->len <= INT32_MAX ? core_memdup(key->data, key->len) : NULL;
     o->key_len = key->len;
   }
@@ -1861,11 +1861,11 @@ static void pg_detach(cruster_storage *s) {
 static void pg_destroy(cruster_storage *s) {
   pg_store *st = s->impl;
   if (st->lock_conn) PQfinish(st->lock_conn);
-  rt_map_clear(&st->pending);
-  rt_map_clear(&st->tracked);
-  rt_map_clear(&st->unknown);
-  rt_map_clear(&st->transit);
-  rt_map_clear(&st->held);
+  core_map_clear(&st->pending);
+  core_map_clear(&st->tracked);
+  core_map_clear(&st->unknown);
+  core_map_clear(&st->transit);
+  core_map_clear(&st->held);
   for (int i = 0; i < PG_FAST_SIZES; i++) free(st->fast_sql[i]);
   if (st->conns) {
     free(st->conns);

@@ -4,6 +4,7 @@
 
 #include "core/prefix.h"
 
+#include <cruster/pg.h>
 #include <libpq-fe.h>
 
 #include "storage/storage_internal.h"

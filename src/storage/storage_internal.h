@@ -7,9 +7,17 @@
 
 #include "core/prefix.h"
 
+#include <cruster/client.h>
 #include <cruster/storage.h>
 
-#include "runtime/runtime_internal.h"
+#include <uv.h>
+
+#include "core/config_internal.h"
+#include "core/envelope.h"
+#include "core/map.h"
+#include "core/log.h"
+#include "core/metrics_internal.h"
+#include "core/snowflake.h"
 
 typedef enum st_save_result {
   ST_SAVED = 0,             /* new message stored (and claimed when asked) */
@@ -44,7 +52,7 @@ typedef void (*st_save_cb)(void *ud, int status, const char *errmsg, const st_sa
 typedef void (*st_done_cb)(void *ud, int status, const char *errmsg);
 /* `msgs` (owned by the callee: free each with free()) are claimed messages to
  * deliver; `dead` are request ids that just became dead letters. */
-typedef void (*st_poll_cb)(void *ud, int status, const char *errmsg, rt_env **msgs, size_t n,
+typedef void (*st_poll_cb)(void *ud, int status, const char *errmsg, core_env **msgs, size_t n,
                            const int64_t *dead, size_t ndead);
 /* 1 if this runner owns the shard right now. */
 typedef int (*st_owned_fn)(void *ud, const char *group, int32_t shard);
@@ -66,7 +74,7 @@ typedef struct st_key {
 
 /* A dead letter, as listed. */
 typedef struct st_dead {
-  rt_env *env; /* owned */
+  core_env *env; /* owned */
   int64_t attempts;
 } st_dead;
 
@@ -80,18 +88,35 @@ typedef void (*st_list_cb)(void *ud, int status, const char *errmsg, cruster_mes
 
 cruster_message_list *st_list_new(size_t cap);
 /* Appends (takes env); returns 0 or -1 on OOM (env then freed). */
-int st_list_add(cruster_message_list *l, size_t *cap, rt_env *env, int64_t attempts);
+int st_list_add(cruster_message_list *l, size_t *cap, core_env *env, int64_t attempts);
+
+/* What a backend gets from the layer that attaches it: the loop it runs on,
+ * settings, and the two things it needs from above, as callbacks (storage
+ * never calls up). Valid from attach until detach. */
+typedef struct st_host {
+  uv_loop_t *loop;
+  const cruster_config *cfg;
+  const core_logger *lg;
+  cruster_metrics *metrics;
+  core_snowflake *snowflake;
+  void *ud; /* passed to the callbacks */
+  /* Ids of the persisted messages being handled on this runner right now
+   * (malloc'd, the callee frees; NULL with *n = 0 when none or on OOM). */
+  int64_t *(*inflight)(void *ud, size_t *n);
+  /* Messages became claimable sooner than the poll expected: poll now. */
+  void (*wake)(void *ud);
+} st_host;
 
 typedef struct st_ops {
   const char *name;
   /* Called once by cruster_runtime_new on the loop thread. */
-  cruster_status (*attach)(cruster_storage *s, cruster_runtime *rt, cruster_error **err);
+  cruster_status (*attach)(cruster_storage *s, const st_host *host, cruster_error **err);
   /* Optional (NULL: never). 1 when a save_request(m, claim=1) made now is
    * sure, if it succeeds, to store `m` claimed (ST_SAVED): no older
    * unanswered message of its entity is stored. The runtime may then hand
    * `m` to its handler before the save completes; it acts on the handler's
    * answer only after. */
-  int (*claims_now)(cruster_storage *s, const rt_env *m);
+  int (*claims_now)(cruster_storage *s, const core_env *m);
   /* Stores a request. Unkeyed (key NULL): m->request_id is fresh; a stored
    * row with that id is an error, never a duplicate. Keyed (m->keyed, key
    * given): deduplicated on the full identity -- type, entity id, method and
@@ -104,10 +129,10 @@ typedef struct st_ops {
    * unclaimed message for the same entity (deliver_at 0) is still stored:
    * then it is stored unclaimed (ST_SAVED_QUEUED), which keeps per-entity
    * send order. */
-  void (*save_request)(cruster_storage *s, const rt_env *m, const st_key *key, int claim,
+  void (*save_request)(cruster_storage *s, const core_env *m, const st_key *key, int claim,
                        st_save_cb cb, void *ud);
   /* Stores the exit reply (first one wins) and marks the message processed. */
-  void (*save_reply)(cruster_storage *s, const rt_env *m, const st_reply *r, st_done_cb cb,
+  void (*save_reply)(cruster_storage *s, const core_env *m, const st_reply *r, st_done_cb cb,
                      void *ud);
   /* Claims up to `limit` due, unprocessed, unclaimed messages of owned
    * shards, oldest first (FIFO per entity). Each claim is one delivery
@@ -117,7 +142,7 @@ typedef struct st_ops {
                st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud);
   /* Gives a claimed message back without an answer. attempt=0 when it was
    * never handed to a handler (mailbox full): then it does not count. */
-  void (*release)(cruster_storage *s, const rt_env *m, int attempt);
+  void (*release)(cruster_storage *s, const core_env *m, int attempt);
   /* Earliest deliver_at (Unix ms) among unprocessed unclaimed messages, 0 if none. */
   int64_t (*next_due)(cruster_storage *s);
   /* Looks up a message and its exit reply. */

@@ -100,7 +100,7 @@ typedef struct slow_poll {
   cruster_runtime *rt;
   uv_timer_t timer;
   int pending;
-  rt_env **msgs;
+  core_env **msgs;
   size_t n;
   int64_t *dead;
   size_t nd;
@@ -109,7 +109,7 @@ typedef struct slow_poll {
 } slow_poll;
 static slow_poll sp;
 
-static void sp_capture(void *ud, int status, const char *errmsg, rt_env **msgs, size_t n,
+static void sp_capture(void *ud, int status, const char *errmsg, core_env **msgs, size_t n,
                        const int64_t *dead, size_t nd) {
   (void)ud; (void)status; (void)errmsg;
   sp.msgs = calloc(n + 1, sizeof(*msgs));
@@ -135,11 +135,10 @@ static void sp_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t ma
   sp.pending = 1;
   uv_timer_start(&sp.timer, sp_fire, 400, 0);
 }
-static cruster_status sp_attach(cruster_storage *s, cruster_runtime *rt, cruster_error **err) {
+static cruster_status sp_attach(cruster_storage *s, const st_host *host, cruster_error **err) {
   (void)s;
-  sp.rt = rt;
-  uv_timer_init(&rt->loop, &sp.timer);
-  return sp.inner->ops->attach(sp.inner, rt, err);
+  uv_timer_init(host->loop, &sp.timer);
+  return sp.inner->ops->attach(sp.inner, host, err);
 }
 static void sp_detach(cruster_storage *s) {
   (void)s;

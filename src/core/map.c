@@ -1,10 +1,10 @@
 /* Chained hash map; FNV-1a for byte keys, a 64-bit mixer for int keys. */
-#include "runtime/map.h"
+#include "core/map.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-uint64_t rt_hash_bytes(uint64_t h, const void *key, size_t len) {
+uint64_t core_hash_bytes(uint64_t h, const void *key, size_t len) {
   const unsigned char *p = key;
   for (size_t i = 0; i < len; i++) {
     h ^= p[i];
@@ -23,7 +23,7 @@ static uint64_t hash_int(int64_t k) {
   return x;
 }
 
-int rt_ekey_make(rt_ekey *k, const char *type, const char *id) {
+int core_ekey_make(core_ekey *k, const char *type, const char *id) {
   size_t lt = strlen(type), li = strlen(id);
   k->n = lt + 1 + li;
   k->p = k->n <= sizeof(k->buf) ? k->buf : malloc(k->n);
@@ -33,33 +33,33 @@ int rt_ekey_make(rt_ekey *k, const char *type, const char *id) {
   return 0;
 }
 
-void rt_ekey_done(rt_ekey *k) {
+void core_ekey_done(core_ekey *k) {
   if (k->p != k->buf) free(k->p);
 }
 
-void rt_map_init(rt_map *m) { memset(m, 0, sizeof(*m)); }
+void core_map_init(core_map *m) { memset(m, 0, sizeof(*m)); }
 
-void rt_map_clear(rt_map *m) {
+void core_map_clear(core_map *m) {
   for (size_t i = 0; i < m->nbuckets; i++) {
-    rt_map_entry *e = m->buckets[i];
+    core_map_entry *e = m->buckets[i];
     while (e) {
-      rt_map_entry *n = e->next;
+      core_map_entry *n = e->next;
       free(e);
       e = n;
     }
   }
   free(m->buckets);
-  rt_map_init(m);
+  core_map_init(m);
 }
 
-static int grow(rt_map *m) {
+static int grow(core_map *m) {
   size_t nb = m->nbuckets ? m->nbuckets * 2 : 16;
-  rt_map_entry **b = calloc(nb, sizeof(*b));
+  core_map_entry **b = calloc(nb, sizeof(*b));
   if (!b) return -1;
   for (size_t i = 0; i < m->nbuckets; i++) {
-    rt_map_entry *e = m->buckets[i];
+    core_map_entry *e = m->buckets[i];
     while (e) {
-      rt_map_entry *n = e->next;
+      core_map_entry *n = e->next;
       size_t j = e->hash & (nb - 1);
       e->next = b[j];
       b[j] = e;
@@ -72,12 +72,12 @@ static int grow(rt_map *m) {
   return 0;
 }
 
-static rt_map_entry **find(const rt_map *m, uint64_t h, const void *key, size_t klen, int ikey_mode,
+static core_map_entry **find(const core_map *m, uint64_t h, const void *key, size_t klen, int ikey_mode,
                            int64_t ikey) {
   if (!m->nbuckets) return NULL;
-  rt_map_entry **pp = &m->buckets[h & (m->nbuckets - 1)];
+  core_map_entry **pp = &m->buckets[h & (m->nbuckets - 1)];
   for (; *pp; pp = &(*pp)->next) {
-    rt_map_entry *e = *pp;
+    core_map_entry *e = *pp;
     if (e->hash != h) continue;
     if (ikey_mode ? e->ikey == ikey : (e->klen == klen && memcmp(e->key, key, klen) == 0))
       return pp;
@@ -85,15 +85,15 @@ static rt_map_entry **find(const rt_map *m, uint64_t h, const void *key, size_t 
   return NULL;
 }
 
-static int put(rt_map *m, uint64_t h, const void *key, size_t klen, int64_t ikey, int ikey_mode,
+static int put(core_map *m, uint64_t h, const void *key, size_t klen, int64_t ikey, int ikey_mode,
                void *value) {
-  rt_map_entry **pp = find(m, h, key, klen, ikey_mode, ikey);
+  core_map_entry **pp = find(m, h, key, klen, ikey_mode, ikey);
   if (pp) {
     (*pp)->value = value;
     return 0;
   }
   if ((m->count + 1) * 4 > m->nbuckets * 3 && grow(m) != 0) return -1;
-  rt_map_entry *e = malloc(sizeof(*e) + (ikey_mode ? 0 : klen + 1));
+  core_map_entry *e = malloc(sizeof(*e) + (ikey_mode ? 0 : klen + 1));
   if (!e) return -1;
   e->hash = h;
   e->ikey = ikey;
@@ -110,9 +110,9 @@ static int put(rt_map *m, uint64_t h, const void *key, size_t klen, int64_t ikey
   return 0;
 }
 
-static void *del(rt_map *m, rt_map_entry **pp) {
+static void *del(core_map *m, core_map_entry **pp) {
   if (!pp) return NULL;
-  rt_map_entry *e = *pp;
+  core_map_entry *e = *pp;
   void *v = e->value;
   *pp = e->next;
   free(e);
@@ -120,26 +120,26 @@ static void *del(rt_map *m, rt_map_entry **pp) {
   return v;
 }
 
-void *rt_map_get(const rt_map *m, const void *key, size_t klen) {
-  rt_map_entry **pp = find(m, rt_hash_bytes(RT_HASH_SEED, key, klen), key, klen, 0, 0);
+void *core_map_get(const core_map *m, const void *key, size_t klen) {
+  core_map_entry **pp = find(m, core_hash_bytes(CORE_HASH_SEED, key, klen), key, klen, 0, 0);
   return pp ? (*pp)->value : NULL;
 }
-int rt_map_put(rt_map *m, const void *key, size_t klen, void *value) {
-  return put(m, rt_hash_bytes(RT_HASH_SEED, key, klen), key, klen, 0, 0, value);
+int core_map_put(core_map *m, const void *key, size_t klen, void *value) {
+  return put(m, core_hash_bytes(CORE_HASH_SEED, key, klen), key, klen, 0, 0, value);
 }
-void *rt_map_del(rt_map *m, const void *key, size_t klen) {
-  return del(m, find(m, rt_hash_bytes(RT_HASH_SEED, key, klen), key, klen, 0, 0));
+void *core_map_del(core_map *m, const void *key, size_t klen) {
+  return del(m, find(m, core_hash_bytes(CORE_HASH_SEED, key, klen), key, klen, 0, 0));
 }
-void *rt_map_iget(const rt_map *m, int64_t key) {
-  rt_map_entry **pp = find(m, hash_int(key), NULL, 0, 1, key);
+void *core_map_iget(const core_map *m, int64_t key) {
+  core_map_entry **pp = find(m, hash_int(key), NULL, 0, 1, key);
   return pp ? (*pp)->value : NULL;
 }
-int rt_map_iput(rt_map *m, int64_t key, void *value) {
+int core_map_iput(core_map *m, int64_t key, void *value) {
   return put(m, hash_int(key), NULL, 0, key, 1, value);
 }
-void *rt_map_idel(rt_map *m, int64_t key) { return del(m, find(m, hash_int(key), NULL, 0, 1, key)); }
+void *core_map_idel(core_map *m, int64_t key) { return del(m, find(m, hash_int(key), NULL, 0, 1, key)); }
 
-void rt_map_each(const rt_map *m, void (*fn)(void *ctx, rt_map_entry *e), void *ctx) {
+void core_map_each(const core_map *m, void (*fn)(void *ctx, core_map_entry *e), void *ctx) {
   for (size_t i = 0; i < m->nbuckets; i++)
-    for (rt_map_entry *e = m->buckets[i]; e; e = e->next) fn(ctx, e);
+    for (core_map_entry *e = m->buckets[i]; e; e = e->next) fn(ctx, e);
 }

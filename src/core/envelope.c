@@ -1,0 +1,48 @@
+/* Envelopes of addressed messages. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/envelope.h"
+
+core_env *core_env_new(const char *type, const char *id, const char *method, const void *payload,
+                   size_t len) {
+  size_t lt = strlen(type) + 1, li = strlen(id) + 1, lm = strlen(method) + 1;
+  /* Every term is checked before it is added: the payload length is the
+   * caller's, and a wrapped sum would allocate too little and copy past it. */
+  size_t size = sizeof(core_env) + 1;
+  if (lt > SIZE_MAX - size) return NULL;
+  size += lt;
+  if (li > SIZE_MAX - size) return NULL;
+  size += li;
+  if (lm > SIZE_MAX - size) return NULL;
+  size += lm;
+  if (len > SIZE_MAX - size) return NULL;
+  size += len;
+  core_env *e = malloc(size);
+  if (!e) return NULL;
+  memset(e, 0, sizeof(*e));
+  char *p = e->data;
+  memcpy(p, type, lt); e->type = p; p += lt;
+  memcpy(p, id, li); e->id = p; p += li;
+  memcpy(p, method, lm); e->method = p; p += lm;
+  if (len) memcpy(p, payload, len);
+  p[len] = 0;
+  e->payload = p;
+  e->len = len;
+  return e;
+}
+
+core_env *core_env_copy(const core_env *src) {
+  core_env *e = core_env_new(src->type, src->id, src->method, src->payload, src->len);
+  if (!e) return NULL;
+  e->request_id = src->request_id;
+  e->shard = src->shard;
+  e->deliver_at = src->deliver_at;
+  e->internal = src->internal;
+  e->persisted = src->persisted;
+  e->is_request = src->is_request;
+  e->keyed = src->keyed;
+  memcpy(e->group, src->group, sizeof(e->group));
+  return e;
+}
+

@@ -1,0 +1,34 @@
+/* Internal: the envelope of an addressed message, shared by every layer
+ * that moves messages (entity, sharding, storage, transport). */
+#ifndef CORE_ENVELOPE_H
+#define CORE_ENVELOPE_H
+
+#include "core/prefix.h"
+
+#include <cruster/common.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* An addressed message: one allocation holding strings and payload. */
+typedef struct core_env {
+  int64_t request_id;
+  const char *type, *id, *method;
+  const void *payload;
+  size_t len;
+  int32_t shard;
+  int64_t deliver_at; /* Unix ms, 0 = now */
+  unsigned char internal;   /* sent by an entity/workflow */
+  unsigned char persisted;  /* went through message storage */
+  unsigned char is_request; /* 1 = send (a caller waits), 0 = notify */
+  unsigned char keyed;      /* request id derived from an idempotency key */
+  char group[CRUSTER_MAX_NAME_LEN + 1];
+  char data[];
+} core_env;
+
+/* One allocation: strings and payload copied in. NULL on OOM or when the
+ * sizes overflow. Free with free(). */
+core_env *core_env_new(const char *type, const char *id, const char *method, const void *payload,
+                   size_t len);
+core_env *core_env_copy(const core_env *e);
+
+#endif
