@@ -19,5 +19,6 @@
 #include "runtime.h"
 #include "entity.h"
 #include "client.h"
+#include "workflow.h"
 
 #endif /* CRUSTER_CRUSTER_H */

@@ -91,7 +91,12 @@ extern "C" {
   /* The idempotency key is taken by a call it cannot share: the same key with a different        \
    * payload (with "idempotency_strict_payload"), or a key whose every candidate request id       \
    * holds another call. */                                                                        \
-  X(E_CONFLICT, -25, "idempotency key conflicts with a stored call")
+  X(E_CONFLICT, -25, "idempotency key conflicts with a stored call")                             \
+  /* A workflow's durable call cannot finish now (a timer, a deferred, a retry's wait): return    \
+   * from execute; it runs again when the wait ends. */                                          \
+  X(E_SUSPENDED, -26, "workflow execution suspended")                                             \
+  /* A workflow's execute made a durable call that differs from its journal at that position. */ \
+  X(E_DETERMINISM, -27, "workflow execution is not deterministic")
 
 #define CRUSTER_STATUS_ENUM_(suffix, value, message) CRUSTER_##suffix = (value),
 

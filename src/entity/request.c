@@ -57,7 +57,7 @@ cruster_status cruster_request_reply(cruster_request *r, const void *data, size_
 }
 
 /* A failure status that is neither a cruster code nor an application code
- * (-999..-25, say): the caller could not tell what it means
+ * (-999..-28, say): the caller could not tell what it means
  * (cruster_status_name would say "CRUSTER_E_UNKNOWN"). The caller gets
  * CRUSTER_E_HANDLER with a message that names the code. */
 #define FAIL_UNKNOWN_FMT                                                                     \

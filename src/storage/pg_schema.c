@@ -90,6 +90,40 @@ static const migration migrations[] = {
       * default costs no table rewrite. */
      "ALTER TABLE cruster_messages ADD COLUMN IF NOT EXISTS claim_charged BOOLEAN NOT NULL"
      "  DEFAULT TRUE;"},
+    {5, "workflow journals and deferreds",
+     /* An execution is its keyed execute message: its journal and deferreds
+      * live under that message's request id and are deleted with it
+      * (storage_retention). No foreign key: it would cost every delete of an
+      * answered message a probe here. wake_seq counts the wake-ups (a
+      * deferred resolved, a cancellation): a park made from an older read
+      * leaves the message due at once instead of asleep. Parked messages
+      * wait on deliver_at: the index finds the next one due without
+      * walking the sleepers. */
+     "ALTER TABLE cruster_messages ADD COLUMN IF NOT EXISTS wake_seq BIGINT NOT NULL DEFAULT 0;"
+     "CREATE TABLE cruster_journal ("
+     "  request_id BIGINT NOT NULL,"
+     "  seq INT NOT NULL,"
+     "  kind INT NOT NULL,"
+     "  name TEXT NOT NULL,"
+     "  status INT NOT NULL,"
+     "  attempts INT NOT NULL DEFAULT 0,"
+     "  at_ms BIGINT NOT NULL DEFAULT 0,"
+     "  value BYTEA,"
+     "  message TEXT,"
+     "  created_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+     "  PRIMARY KEY (request_id, seq)"
+     ");"
+     "CREATE TABLE cruster_deferreds ("
+     "  request_id BIGINT NOT NULL,"
+     "  name TEXT NOT NULL,"
+     "  status INT NOT NULL,"
+     "  value BYTEA,"
+     "  message TEXT,"
+     "  resolved_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+     "  PRIMARY KEY (request_id, name)"
+     ");"
+     "CREATE INDEX cruster_messages_due ON cruster_messages (deliver_at)"
+     "  WHERE NOT processed AND claimed_by IS NULL AND deliver_at IS NOT NULL;"},
 };
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
 

@@ -1,0 +1,515 @@
+/* PostgreSQL workflow storage (wf_storage.h): journals, deferreds and the
+ * activities' transactions, on a pool of blocking connections used from
+ * worker and client threads -- apart from the loop's non-blocking ones.
+ * Statements go in pipeline mode where several are sent together, so a
+ * journal write and its COMMIT cost one round trip. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "core/error.h"
+#include "core/util.h"
+#include "storage/pg_wf.h"
+
+struct st_tx {
+  PGconn *conn;
+  struct st_tx *next; /* idle list */
+};
+
+struct pg_wf {
+  char *conninfo;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  st_tx *idle;
+  size_t open, max; /* connections open (idle + lent), the cap */
+  int closed;
+};
+
+/* ---- statements --------------------------------------------------------- */
+
+#define SQL_LOAD                                                                               \
+  "SELECT 0, seq, kind, name, status, attempts, at_ms, value, message"                       \
+  "  FROM cruster_journal WHERE request_id = $1"                                              \
+  " UNION ALL SELECT 1, 0, 0, name, status, 0, 0::BIGINT, value, message"                     \
+  "  FROM cruster_deferreds WHERE request_id = $1"                                            \
+  " UNION ALL SELECT 2, 0, 0, '', CASE WHEN processed THEN 1 ELSE 0 END, 0, wake_seq, NULL,"  \
+  "  NULL FROM cruster_messages WHERE request_id = $1"
+#define SQL_UPSERT                                                                             \
+  "INSERT INTO cruster_journal (request_id, seq, kind, name, status, attempts, at_ms, value,"  \
+  " message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"                                      \
+  " ON CONFLICT (request_id, seq) DO UPDATE SET kind = EXCLUDED.kind, name = EXCLUDED.name,"   \
+  " status = EXCLUDED.status, attempts = EXCLUDED.attempts, at_ms = EXCLUDED.at_ms,"           \
+  " value = EXCLUDED.value, message = EXCLUDED.message"
+#define SQL_FIND                                                                               \
+  "SELECT request_id, processed FROM cruster_messages"                                        \
+  " WHERE entity_type = $1 AND entity_id = $2 AND tag = 'execute' ORDER BY seq"
+/* One statement, one snapshot: the message row is locked first, so a
+ * concurrent answer or park of the execution serializes with it. A wake
+ * bumps wake_seq (a park made from an older read then leaves the message
+ * due) and makes a parked message due now. */
+#define SQL_RESOLVE                                                                            \
+  "WITH m AS (SELECT request_id, processed FROM cruster_messages"                             \
+  "  WHERE request_id = $1 FOR UPDATE),"                                                      \
+  " ins AS (INSERT INTO cruster_deferreds (request_id, name, status, value, message)"          \
+  "  SELECT $1, $2, $3, $4, $5 FROM m WHERE NOT m.processed ON CONFLICT DO NOTHING"            \
+  "  RETURNING 1),"                                                                            \
+  " up AS (UPDATE cruster_messages SET wake_seq = wake_seq + 1,"                              \
+  "  deliver_at = CASE WHEN claimed_by IS NULL AND deliver_at > now() THEN now()"             \
+  "  ELSE deliver_at END WHERE request_id = $1 AND EXISTS (SELECT 1 FROM ins) RETURNING 1)"    \
+  " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM m WHERE processed),"                \
+  " (SELECT count(*) FROM ins), (SELECT count(*) FROM up)"
+/* Restart: a failed (or cancelled) execution gets no answer, loses its
+ * cancellation and the journal from its first failed activity on, and is
+ * due now with no attempts. */
+#define SQL_RESTART                                                                            \
+  "WITH m AS (SELECT request_id, processed, reply_status FROM cruster_messages"               \
+  "  WHERE request_id = $1 FOR UPDATE),"                                                      \
+  " ok AS (SELECT request_id FROM m WHERE processed AND reply_status <> 0),"                  \
+  " f AS (SELECT min(seq) AS s FROM cruster_journal WHERE request_id = $1"                    \
+  "  AND kind = 1 AND status <> 0 AND at_ms = 0),"                                             \
+  " dj AS (DELETE FROM cruster_journal WHERE request_id IN (SELECT request_id FROM ok)"       \
+  "  AND seq >= (SELECT s FROM f) RETURNING 1),"                                               \
+  " dd AS (DELETE FROM cruster_deferreds WHERE request_id IN (SELECT request_id FROM ok)"     \
+  "  AND name = '' RETURNING 1),"                                                              \
+  " up AS (UPDATE cruster_messages SET processed = FALSE, processed_at = NULL,"                \
+  "  reply_status = NULL, reply_payload = NULL, reply_message = NULL, claimed_by = NULL,"      \
+  "  claimed_at = NULL, attempts = 0, retry_at = NULL, deliver_at = NULL,"                     \
+  "  wake_seq = wake_seq + 1 WHERE request_id IN (SELECT request_id FROM ok) RETURNING 1)"     \
+  " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM m WHERE processed),"               \
+  " (SELECT count(*) FROM up), (SELECT count(*) FROM dj), (SELECT count(*) FROM dd)"
+
+/* ---- binary values ------------------------------------------------------ */
+
+static int64_t get_i64(const PGresult *r, int row, int col) {
+  const unsigned char *p = (const unsigned char *)PQgetvalue(r, row, col);
+  int n = PQgetlength(r, row, col);
+  uint64_t v = 0;
+  for (int i = 0; i < n && i < 8; i++) v = (v << 8) | p[i];
+  if (n == 4) return (int32_t)(uint32_t)v;
+  if (n == 2) return (int16_t)(uint16_t)v;
+  return (int64_t)v;
+}
+
+static void put_i64(unsigned char out[8], int64_t v) {
+  uint64_t u = (uint64_t)v;
+  for (int i = 7; i >= 0; i--) {
+    out[i] = (unsigned char)(u & 0xff);
+    u >>= 8;
+  }
+}
+
+static void put_i32(unsigned char out[4], int32_t v) {
+  uint32_t u = htonl((uint32_t)v);
+  memcpy(out, &u, 4);
+}
+
+static int pq_fail(PGconn *c, const PGresult *r, const char *what, cruster_error **err) {
+  const char *m = r ? PQresultErrorMessage(r) : NULL;
+  if (!m || !*m) m = PQerrorMessage(c);
+  char buf[512];
+  snprintf(buf, sizeof(buf), "%s: %s", what, m && *m ? m : "connection lost");
+  core_text_one_line(buf);
+  return core_error_set(err, CRUSTER_E_PERSISTENCE, "%s", buf);
+}
+
+/* ---- the pool ----------------------------------------------------------- */
+
+pg_wf *pg_wf_new(const char *conninfo, size_t max_conns) {
+  pg_wf *w = calloc(1, sizeof(*w));
+  if (!w) return NULL;
+  w->conninfo = core_strdup(conninfo);
+  if (!w->conninfo || uv_mutex_init(&w->mu) != 0) {
+    free(w->conninfo);
+    free(w);
+    return NULL;
+  }
+  uv_cond_init(&w->cv);
+  w->max = max_conns ? max_conns : 1;
+  return w;
+}
+
+void pg_wf_free(pg_wf *w) {
+  if (!w) return;
+  uv_mutex_lock(&w->mu);
+  w->closed = 1;
+  st_tx *t = w->idle;
+  w->idle = NULL;
+  uv_mutex_unlock(&w->mu);
+  while (t) {
+    st_tx *n = t->next;
+    PQfinish(t->conn);
+    free(t);
+    t = n;
+  }
+  uv_cond_destroy(&w->cv);
+  uv_mutex_destroy(&w->mu);
+  free(w->conninfo);
+  free(w);
+}
+
+/* Takes an idle connection, opens one under the cap, or waits for one.
+ * CRUSTER_OK with *out set, or the failure (*err set). */
+static int take(pg_wf *w, st_tx **out, cruster_error **err) {
+  *out = NULL;
+  uv_mutex_lock(&w->mu);
+  for (;;) {
+    if (w->closed) {
+      uv_mutex_unlock(&w->mu);
+      return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the workflow storage is closed");
+    }
+    if (w->idle) {
+      st_tx *t = w->idle;
+      w->idle = t->next;
+      uv_mutex_unlock(&w->mu);
+      if (PQstatus(t->conn) != CONNECTION_OK) PQreset(t->conn); /* lost since last use */
+      if (PQstatus(t->conn) == CONNECTION_OK) {
+        *out = t;
+        return CRUSTER_OK;
+      }
+      int rc = pq_fail(t->conn, NULL, "workflow storage connection", err);
+      PQfinish(t->conn);
+      free(t);
+      uv_mutex_lock(&w->mu);
+      w->open--;
+      uv_cond_signal(&w->cv);
+      uv_mutex_unlock(&w->mu);
+      return rc;
+    }
+    if (w->open < w->max) {
+      w->open++;
+      uv_mutex_unlock(&w->mu);
+      int rc = CRUSTER_OK;
+      st_tx *t = calloc(1, sizeof(*t));
+      if (!t) rc = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+      else if (!(t->conn = pg_connect_blocking(w->conninfo, err))) rc = CRUSTER_E_PERSISTENCE;
+      if (rc == CRUSTER_OK) {
+        *out = t;
+        return rc;
+      }
+      free(t);
+      uv_mutex_lock(&w->mu);
+      w->open--;
+      uv_cond_signal(&w->cv);
+      uv_mutex_unlock(&w->mu);
+      return rc;
+    }
+    uv_cond_wait(&w->cv, &w->mu);
+  }
+}
+
+/* Gives a connection back; a broken one, or one left inside a transaction
+ * or a pipeline, is closed instead. */
+static void give(pg_wf *w, st_tx *t) {
+  if (!t) return;
+  int ok = PQstatus(t->conn) == CONNECTION_OK &&
+           PQtransactionStatus(t->conn) == PQTRANS_IDLE &&
+           PQpipelineStatus(t->conn) == PQ_PIPELINE_OFF;
+  uv_mutex_lock(&w->mu);
+  if (ok && !w->closed) {
+    t->next = w->idle;
+    w->idle = t;
+    t = NULL;
+  } else {
+    w->open--;
+  }
+  uv_cond_signal(&w->cv);
+  uv_mutex_unlock(&w->mu);
+  if (t) {
+    PQfinish(t->conn);
+    free(t);
+  }
+}
+
+/* Runs one statement with binary results; NULL with *err set on failure. */
+static PGresult *exec1(PGconn *c, const char *sql, int n, const char *const *v, const int *l,
+                       const int *f, const char *what, cruster_error **err) {
+  PGresult *r = PQexecParams(c, sql, n, NULL, v, l, f, 1);
+  ExecStatusType s = PQresultStatus(r);
+  if (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK) return r;
+  pq_fail(c, r, what, err);
+  PQclear(r);
+  return NULL;
+}
+
+/* ---- operations --------------------------------------------------------- */
+
+static int wf_load(void *impl, int64_t request_id, st_wf_state *out, cruster_error **err) {
+  pg_wf *w = impl;
+  memset(out, 0, sizeof(*out));
+  st_tx *t;
+  int trc = take(w, &t, err);
+  if (trc != CRUSTER_OK) return trc;
+  unsigned char id[8];
+  put_i64(id, request_id);
+  const char *v[1] = {(const char *)id};
+  int l[1] = {8}, f[1] = {1};
+  PGresult *r = exec1(t->conn, SQL_LOAD, 1, v, l, f, "loading a workflow journal", err);
+  give(w, t);
+  if (!r) return CRUSTER_E_PERSISTENCE;
+  int rows = PQntuples(r);
+  size_t nj = 0, nd = 0;
+  for (int i = 0; i < rows; i++) {
+    int64_t which = get_i64(r, i, 0);
+    if (which == 0) nj++;
+    else if (which == 1) nd++;
+  }
+  int rc = CRUSTER_OK;
+  out->entries = nj ? calloc(nj, sizeof(*out->entries)) : NULL;
+  out->deferreds = nd ? calloc(nd, sizeof(*out->deferreds)) : NULL;
+  if ((nj && !out->entries) || (nd && !out->deferreds)) {
+    rc = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+    goto done;
+  }
+  int found = 0;
+  for (int i = 0; i < rows; i++) {
+    int64_t which = get_i64(r, i, 0);
+    const char *name = PQgetvalue(r, i, 3);
+    size_t vlen = PQgetisnull(r, i, 7) ? 0 : (size_t)PQgetlength(r, i, 7);
+    const char *msg = PQgetisnull(r, i, 8) ? NULL : PQgetvalue(r, i, 8);
+    if (which == 2) {
+      found = 1;
+      out->wake_seq = get_i64(r, i, 6);
+      continue;
+    }
+    void *val = NULL;
+    if (!PQgetisnull(r, i, 7)) {
+      val = core_memdup(PQgetvalue(r, i, 7), vlen);
+      if (!val) {
+        rc = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+        goto done;
+      }
+    }
+    char *nm = core_strdup(name), *ms = msg ? core_strdup(msg) : NULL;
+    if (!nm || (msg && !ms)) {
+      free(val);
+      free(nm);
+      free(ms);
+      rc = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+      goto done;
+    }
+    if (which == 0) {
+      int64_t seq = get_i64(r, i, 1);
+      /* Entries are dense from 0 (each durable call is journaled before the
+       * next one's); anything else is damage, not a replay to trust. */
+      if (seq < 0 || (uint64_t)seq >= nj || out->entries[seq].name) {
+        free(val);
+        free(nm);
+        free(ms);
+        rc = core_error_set(err, CRUSTER_E_INTERNAL,
+                            "workflow journal of request %lld is not dense (entry %lld)",
+                            (long long)request_id, (long long)seq);
+        goto done;
+      }
+      st_jentry *e = &out->entries[seq];
+      e->seq = (int32_t)seq;
+      e->kind = (int32_t)get_i64(r, i, 2);
+      e->name = nm;
+      e->status = (int32_t)get_i64(r, i, 4);
+      e->attempts = (int32_t)get_i64(r, i, 5);
+      e->at = get_i64(r, i, 6);
+      e->value = val;
+      e->len = vlen;
+      e->message = ms;
+      out->n++;
+    } else {
+      st_deferred *d = &out->deferreds[out->nd++];
+      d->name = nm;
+      d->status = (int32_t)get_i64(r, i, 4);
+      d->value = val;
+      d->len = vlen;
+      d->message = ms;
+      if (!*nm) out->cancelled = 1;
+    }
+  }
+  if (!found) rc = core_error_set(err, CRUSTER_E_NOT_FOUND, "workflow execution %lld is not stored",
+                                  (long long)request_id);
+done:
+  PQclear(r);
+  if (rc != CRUSTER_OK) st_wf_state_free(out);
+  return rc;
+}
+
+static int wf_begin(void *impl, st_tx **out, cruster_error **err) {
+  pg_wf *w = impl;
+  *out = NULL;
+  st_tx *t;
+  int trc = take(w, &t, err);
+  if (trc != CRUSTER_OK) return trc;
+  PGresult *r = exec1(t->conn, "BEGIN", 0, NULL, NULL, NULL, "beginning an activity", err);
+  if (!r) {
+    give(w, t);
+    return CRUSTER_E_PERSISTENCE;
+  }
+  PQclear(r);
+  *out = t;
+  return CRUSTER_OK;
+}
+
+static void *wf_tx_handle(st_tx *t) { return t ? t->conn : NULL; }
+
+static void wf_rollback(void *impl, st_tx *t) {
+  if (!t) return;
+  PGresult *r = PQexec(t->conn, "ROLLBACK");
+  PQclear(r);
+  give(impl, t);
+}
+
+/* Sends one upsert of `e` in pipeline mode. 0 or -1. */
+static int send_upsert(PGconn *c, int64_t request_id, const st_jentry *e) {
+  unsigned char id[8], seq[4], kind[4], status[4], attempts[4], at[8];
+  put_i64(id, request_id);
+  put_i32(seq, e->seq);
+  put_i32(kind, e->kind);
+  put_i32(status, e->status);
+  put_i32(attempts, e->attempts);
+  put_i64(at, e->at);
+  const char *v[9] = {(const char *)id, (const char *)seq,    (const char *)kind,
+                      e->name ? e->name : "", (const char *)status,
+                      (const char *)attempts, (const char *)at,
+                      e->len ? (const char *)e->value : NULL, e->message};
+  int l[9] = {8, 4, 4, 0, 4, 4, 8, (int)e->len, 0};
+  int f[9] = {1, 1, 1, 0, 1, 1, 1, 1, 0};
+  return PQsendQueryParams(c, SQL_UPSERT, 9, NULL, v, l, f, 1) ? 0 : -1;
+}
+
+/* Reads the pipeline's results up to its sync; CRUSTER_OK or the first
+ * failure. */
+static int drain_pipeline(PGconn *c, const char *what, cruster_error **err) {
+  int rc = CRUSTER_OK;
+  for (;;) {
+    PGresult *r = PQgetResult(c);
+    if (!r) {
+      /* end of one statement's results; the next one follows */
+      if (PQstatus(c) != CONNECTION_OK) return rc == CRUSTER_OK ? pq_fail(c, NULL, what, err) : rc;
+      continue;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    if (s == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      return rc;
+    }
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && rc == CRUSTER_OK)
+      rc = pq_fail(c, r, what, err);
+    PQclear(r);
+  }
+}
+
+static int wf_commit(void *impl, st_tx *t, int64_t request_id, const st_jentry *entries,
+                     size_t n, cruster_error **err) {
+  pg_wf *w = impl;
+  int own = !t;
+  if (own) {
+    if (n == 0) return CRUSTER_OK;
+    int trc = take(w, &t, err);
+    if (trc != CRUSTER_OK) return trc;
+  }
+  PGconn *c = t->conn;
+  int rc = CRUSTER_OK;
+  if (!PQenterPipelineMode(c)) {
+    rc = pq_fail(c, NULL, "writing a workflow journal", err);
+    goto out;
+  }
+  /* Own transaction: the statements before the sync are one implicit
+   * transaction. An activity's: it was opened with BEGIN. */
+  int sent = 1;
+  for (size_t i = 0; sent && i < n; i++) sent = send_upsert(c, request_id, &entries[i]) == 0;
+  if (sent && !own) sent = PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+  if (!sent || !PQpipelineSync(c)) {
+    rc = pq_fail(c, NULL, "writing a workflow journal", err);
+  } else {
+    rc = drain_pipeline(c, "writing a workflow journal", err);
+  }
+  PQexitPipelineMode(c);
+out:
+  if (PQtransactionStatus(c) != PQTRANS_IDLE) {
+    PGresult *r = PQexec(c, "ROLLBACK");
+    PQclear(r);
+  }
+  give(w, t);
+  return rc;
+}
+
+static int wf_find(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,
+                   size_t *n, cruster_error **err) {
+  pg_wf *w = impl;
+  *n = 0;
+  st_tx *t;
+  int trc = take(w, &t, err);
+  if (trc != CRUSTER_OK) return trc;
+  const char *v[2] = {type, id};
+  PGresult *r = exec1(t->conn, SQL_FIND, 2, v, NULL, NULL, "finding a workflow execution", err);
+  give(w, t);
+  if (!r) return CRUSTER_E_PERSISTENCE;
+  int rows = PQntuples(r);
+  for (int i = 0; i < rows; i++) {
+    if ((size_t)i < cap) {
+      out[i].request_id = get_i64(r, i, 0);
+      out[i].finished = *PQgetvalue(r, i, 1) != 0;
+    }
+  }
+  *n = (size_t)rows;
+  PQclear(r);
+  return CRUSTER_OK;
+}
+
+static int wf_resolve(void *impl, int64_t request_id, const char *name, int32_t status,
+                      const void *value, size_t len, const char *message, cruster_error **err) {
+  pg_wf *w = impl;
+  if (len > INT32_MAX)
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "deferred value too large");
+  st_tx *t;
+  int trc = take(w, &t, err);
+  if (trc != CRUSTER_OK) return trc;
+  unsigned char id[8], st[4];
+  put_i64(id, request_id);
+  put_i32(st, status);
+  const char *v[5] = {(const char *)id, name, (const char *)st, len ? (const char *)value : NULL,
+                      message};
+  int l[5] = {8, 0, 4, (int)len, 0}, f[5] = {1, 0, 1, 1, 0};
+  PGresult *r = exec1(t->conn, SQL_RESOLVE, 5, v, l, f, "resolving a deferred", err);
+  give(w, t);
+  if (!r) return CRUSTER_E_PERSISTENCE;
+  int64_t found = get_i64(r, 0, 0), done = get_i64(r, 0, 1), ins = get_i64(r, 0, 2);
+  PQclear(r);
+  if (!found) return core_error_set(err, CRUSTER_E_NOT_FOUND, "the execution is not stored");
+  if (done) return core_error_set(err, CRUSTER_E_STATE, "the execution has finished");
+  if (!ins)
+    return core_error_set(err, CRUSTER_E_ALREADY_EXISTS,
+                          *name ? "deferred \"%s\" was resolved or rejected already"
+                                : "the execution was cancelled already%s",
+                          name);
+  return CRUSTER_OK;
+}
+
+static int wf_restart(void *impl, int64_t request_id, cruster_error **err) {
+  pg_wf *w = impl;
+  st_tx *t;
+  int trc = take(w, &t, err);
+  if (trc != CRUSTER_OK) return trc;
+  unsigned char id[8];
+  put_i64(id, request_id);
+  const char *v[1] = {(const char *)id};
+  int l[1] = {8}, f[1] = {1};
+  PGresult *r = exec1(t->conn, SQL_RESTART, 1, v, l, f, "restarting an execution", err);
+  give(w, t);
+  if (!r) return CRUSTER_E_PERSISTENCE;
+  int64_t found = get_i64(r, 0, 0), done = get_i64(r, 0, 1), up = get_i64(r, 0, 2);
+  PQclear(r);
+  if (!found) return core_error_set(err, CRUSTER_E_NOT_FOUND, "the execution is not stored");
+  if (!done) return core_error_set(err, CRUSTER_E_STATE, "the execution has not finished");
+  if (!up) return core_error_set(err, CRUSTER_E_STATE, "the execution succeeded: nothing to restart");
+  return CRUSTER_OK;
+}
+
+const st_wf_ops pg_wf_ops = {
+    .load = wf_load,
+    .begin = wf_begin,
+    .tx_handle = wf_tx_handle,
+    .commit = wf_commit,
+    .rollback = wf_rollback,
+    .find = wf_find,
+    .resolve = wf_resolve,
+    .restart = wf_restart,
+};

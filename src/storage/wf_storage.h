@@ -1,0 +1,118 @@
+/* Internal: the workflow storage -- journals, deferreds, cancellations and
+ * the activities' transactions. Unlike the message storage (st_ops, on the
+ * loop thread, asynchronous), these calls are synchronous and made from
+ * worker threads (the execute and activity functions) and client threads:
+ * the PostgreSQL backend uses its own pool of blocking connections, kept
+ * apart from the loop's non-blocking ones; the memory backend runs each call
+ * on the loop thread through st_host.run_on_loop.
+ *
+ * An execution is addressed by the request id of its execute message (a
+ * keyed message, kept after its answer for "storage_retention"): its journal
+ * and deferreds live under that id and go with the message. */
+#ifndef ST_WF_STORAGE_H
+#define ST_WF_STORAGE_H
+
+#include "core/prefix.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cruster/common.h>
+#include <cruster/status.h>
+
+/* Kinds of durable call (the journal's `kind`). Never renumbered: stored. */
+enum {
+  ST_J_ACTIVITY = 1,
+  ST_J_SLEEP = 2,
+  ST_J_AWAIT = 3,
+  ST_J_NOW = 4,
+  ST_J_RANDOM = 5,
+  ST_J_PATCH = 6
+};
+
+/* One journal entry: durable call number `seq` of an execution.
+ *   ACTIVITY: status = the result (CRUSTER_OK + value, or the failure code +
+ *             message); attempts = attempts made; at = 0 when final, else
+ *             the Unix ms of the next attempt (a retry waits).
+ *   SLEEP:    at = when it is due (Unix ms).
+ *   AWAIT:    the execution reached await `name` (its outcome is the
+ *             deferred's).
+ *   NOW:      at = the time read.
+ *   RANDOM:   value = the bytes.
+ *   PATCH:    a version marker named `name`. */
+typedef struct st_jentry {
+  int32_t seq;
+  int32_t kind;
+  char *name;
+  int32_t status;
+  int32_t attempts;
+  int64_t at;
+  void *value;
+  size_t len;
+  char *message;
+} st_jentry;
+
+/* A resolved or rejected deferred. The empty name is the cancellation. */
+typedef struct st_deferred {
+  char *name;
+  int32_t status;
+  void *value;
+  size_t len;
+  char *message;
+} st_deferred;
+
+/* What a run of execute starts from, read in one snapshot. */
+typedef struct st_wf_state {
+  st_jentry *entries; /* ordered by seq: entries[i].seq == i */
+  size_t n;
+  st_deferred *deferreds;
+  size_t nd;
+  int64_t wake_seq; /* the execution's wake counter when read (see park) */
+  int cancelled;
+} st_wf_state;
+
+void st_wf_state_free(st_wf_state *s);
+void st_jentry_clear(st_jentry *e);
+
+/* An execution found by its id (the execute messages of (type, id)). */
+typedef struct st_exec_ref {
+  int64_t request_id;
+  int finished; /* its answer is stored */
+} st_exec_ref;
+
+/* An activity's open transaction. */
+typedef struct st_tx st_tx;
+
+typedef struct st_wf_ops {
+  /* Reads the journal, the deferreds and the wake counter of execution
+   * `request_id`. */
+  int (*load)(void *impl, int64_t request_id, st_wf_state *out, cruster_error **err);
+  /* Opens a transaction for an activity (PostgreSQL: a pooled connection
+   * with BEGIN sent). *tx = NULL with memory storage (no transaction). */
+  int (*begin)(void *impl, st_tx **tx, cruster_error **err);
+  /* The handle the activity sees: the PGconn *, or NULL. */
+  void *(*tx_handle)(st_tx *tx);
+  /* Writes `entries` (upserts by seq) for execution `request_id` in `tx`
+   * (NULL: in its own transaction) and commits. On failure the transaction
+   * is rolled back; either way `tx` is finished. */
+  int (*commit)(void *impl, st_tx *tx, int64_t request_id, const st_jentry *entries, size_t n,
+                cruster_error **err);
+  void (*rollback)(void *impl, st_tx *tx);
+  /* Executions of (type, id, method "execute"): up to `cap` into `out`,
+   * their count in *n (may exceed cap). */
+  int (*find)(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,
+              size_t *n, cruster_error **err);
+  /* Records deferred `name`'s outcome (first one wins: CRUSTER_E_ALREADY_EXISTS
+   * after) and wakes the execution; the empty name cancels it.
+   * CRUSTER_E_STATE when the execution has its answer; CRUSTER_E_NOT_FOUND
+   * when it is gone. */
+  int (*resolve)(void *impl, int64_t request_id, const char *name, int32_t status,
+                 const void *value, size_t len, const char *message, cruster_error **err);
+  /* Makes a failed or cancelled execution run again: removes its answer,
+   * the failures of its journal (activities whose final result is a
+   * failure, and everything after the first such entry) and its
+   * cancellation. CRUSTER_E_STATE when it has no answer or succeeded. */
+  int (*restart)(void *impl, int64_t request_id, cruster_error **err);
+} st_wf_ops;
+
+#endif
