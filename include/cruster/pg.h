@@ -37,6 +37,7 @@
 #include "common.h"
 #include "status.h"
 #include "storage.h"
+#include "workflow.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -74,6 +75,20 @@ CRUSTER_API cruster_status cruster_storage_pg_new(const char *conninfo, cruster_
 CRUSTER_API cruster_status cruster_storage_pg_migrate(const char *conninfo,
                                                       const char *migrations_table, int *applied,
                                                       cruster_error **err);
+
+/*
+ * cruster_activity_pg
+ *   The connection of the open transaction an activity runs in (a PGconn *:
+ *   include <libpq-fe.h> and use it as one). Do the activity's SQL on it
+ *   with ordinary blocking libpq calls; never COMMIT, ROLLBACK or close it:
+ *   the engine writes the activity's journal row on it and commits when the
+ *   activity answers, or rolls back when it fails. NULL with memory
+ *   storage (activities then run without a transaction) and for NULL.
+ *   Valid until the activity function returns.
+ * Threads: the activity's own.
+ */
+struct pg_conn;
+CRUSTER_API struct pg_conn *cruster_activity_pg(cruster_activity *act);
 
 /*
  * cruster_storage_pg_schema_version

@@ -118,5 +118,13 @@
 #define st_list_add cruster__st_list_add
 #define st_list_new cruster__st_list_new
 #define st_wf_state_free cruster__st_wf_state_free
+#define wf_activity_find cruster__wf_activity_find
+#define wf_activity_list_add cruster__wf_activity_list_add
+#define wf_activity_list_free cruster__wf_activity_list_free
+#define wf_activity_opts_read cruster__wf_activity_opts_read
+#define wf_def_copy cruster__wf_def_copy
+#define wf_run_done cruster__wf_run_done
+#define wf_run_flush cruster__wf_run_flush
+#define wf_run_init cruster__wf_run_init
 
 #endif
