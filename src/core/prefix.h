@@ -123,8 +123,18 @@
 #define wf_activity_list_free cruster__wf_activity_list_free
 #define wf_activity_opts_read cruster__wf_activity_opts_read
 #define wf_def_copy cruster__wf_def_copy
+#define wf_engine_free cruster__wf_engine_free
+#define wf_engine_new cruster__wf_engine_new
+#define wf_execute cruster__wf_execute
+#define wf_execution_id cruster__wf_execution_id
+#define wf_join cruster__wf_join
+#define wf_poll cruster__wf_poll
+#define wf_register cruster__wf_register
+#define wf_resolve cruster__wf_resolve
+#define wf_restart cruster__wf_restart
 #define wf_run_done cruster__wf_run_done
 #define wf_run_flush cruster__wf_run_flush
 #define wf_run_init cruster__wf_run_init
+#define wf_start cruster__wf_start
 
 #endif

@@ -43,7 +43,7 @@ struct pg_wf {
   " status = EXCLUDED.status, attempts = EXCLUDED.attempts, at_ms = EXCLUDED.at_ms,"           \
   " value = EXCLUDED.value, message = EXCLUDED.message"
 #define SQL_FIND                                                                               \
-  "SELECT request_id, processed FROM cruster_messages"                                        \
+  "SELECT request_id, processed, idem_key FROM cruster_messages"                                        \
   " WHERE entity_type = $1 AND entity_id = $2 AND tag = 'execute' ORDER BY seq"
 /* One statement, one snapshot: the message row is locked first, so a
  * concurrent answer or park of the execution serializes with it. A wake
@@ -447,6 +447,13 @@ static int wf_find(void *impl, const char *type, const char *id, st_exec_ref *ou
     if ((size_t)i < cap) {
       out[i].request_id = get_i64(r, i, 0);
       out[i].finished = *PQgetvalue(r, i, 1) != 0;
+      out[i].key_len = PQgetisnull(r, i, 2) ? 0 : (size_t)PQgetlength(r, i, 2);
+      out[i].key = core_memdup(PQgetvalue(r, i, 2), out[i].key_len);
+      if (!out[i].key) {
+        for (int j = 0; j < i; j++) free(out[j].key);
+        PQclear(r);
+        return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+      }
     }
   }
   *n = (size_t)rows;

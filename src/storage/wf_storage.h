@@ -78,6 +78,8 @@ void st_jentry_clear(st_jentry *e);
 typedef struct st_exec_ref {
   int64_t request_id;
   int finished; /* its answer is stored */
+  void *key;    /* its idempotency key (malloc'd: the caller frees) */
+  size_t key_len;
 } st_exec_ref;
 
 /* An activity's open transaction. */
@@ -98,8 +100,8 @@ typedef struct st_wf_ops {
   int (*commit)(void *impl, st_tx *tx, int64_t request_id, const st_jentry *entries, size_t n,
                 cruster_error **err);
   void (*rollback)(void *impl, st_tx *tx);
-  /* Executions of (type, id, method "execute"): up to `cap` into `out`,
-   * their count in *n (may exceed cap). */
+  /* Executions of (type, id, method "execute"): up to `cap` into `out`
+   * (each key the caller's to free), their count in *n (may exceed cap). */
   int (*find)(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,
               size_t *n, cruster_error **err);
   /* Records deferred `name`'s outcome (first one wins: CRUSTER_E_ALREADY_EXISTS

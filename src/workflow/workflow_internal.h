@@ -116,4 +116,55 @@ void wf_run_init(cruster_wf *wf, const wf_host *host, const cruster_workflow_def
 int wf_run_flush(cruster_wf *wf, cruster_error **err);
 void wf_run_done(cruster_wf *wf);
 
+/* ---- the engine (engine.c): one per runtime ---------------------------- */
+
+typedef struct wf_engine wf_engine;
+
+/* What the engine needs from the layers below, filled by the runner. */
+typedef struct wf_engine_hooks {
+  void *ud;
+  /* The calling worker blocks on storage (the pool may add a worker). */
+  void (*block_enter)(void *ud);
+  void (*block_leave)(void *ud);
+  /* 1 on the runtime's loop thread (where blocking is refused). */
+  int (*on_loop)(void *ud);
+  /* Stored messages became due: poll the storage now. */
+  void (*poll_now)(void *ud);
+  /* Answers `req` (a persisted execute message) by giving the message back
+   * to storage unanswered: due again at `wake_at` (Unix ms; INT64_MAX =
+   * when woken) -- or at once if a wake-up came after the run read
+   * `wake_seq` (< 0: no such check). `progress`: the run reached a
+   * suspension (the delivery attempt is not counted), else it failed to
+   * make progress (storage trouble: it counts). */
+  int (*park)(void *ud, cruster_request *req, int64_t wake_at, int64_t wake_seq, int progress);
+} wf_engine_hooks;
+
+/* `ops`/`impl`: the storage's workflow side (NULL: no storage, workflows
+ * refused). `cfg` and `lg` outlive the engine. NULL on OOM. */
+wf_engine *wf_engine_new(const wf_engine_hooks *hooks, const st_wf_ops *ops, void *impl,
+                         const struct cruster_config *cfg, const core_logger *lg);
+void wf_engine_free(wf_engine *e);
+
+/* The public functions of workflow.h taking a runtime, on its engine. */
+cruster_status wf_register(wf_engine *e, cruster_runtime *rt, const cruster_workflow_def *def,
+                           cruster_error **err);
+cruster_status wf_execution_id(wf_engine *e, const char *workflow, const void *input, size_t len,
+                               const cruster_workflow_opts *opts, char **id, cruster_error **err);
+cruster_status wf_start(wf_engine *e, cruster_runtime *rt, const char *workflow, const void *input,
+                        size_t len, const cruster_workflow_opts *opts, char **id,
+                        cruster_error **err);
+cruster_status wf_execute(wf_engine *e, cruster_runtime *rt, const char *workflow,
+                          const void *input, size_t len, const cruster_workflow_opts *opts,
+                          cruster_reply_fn fn, void *user, void **out, size_t *out_len,
+                          cruster_error **err);
+cruster_status wf_poll(wf_engine *e, cruster_runtime *rt, const char *workflow, const char *id,
+                       int *ready, void **out, size_t *out_len, cruster_error **err);
+cruster_status wf_join(wf_engine *e, cruster_runtime *rt, const char *workflow, const char *id,
+                       int64_t timeout_ms, cruster_reply_fn fn, void *user, void **out,
+                       size_t *out_len, cruster_error **err);
+cruster_status wf_resolve(wf_engine *e, const char *workflow, const char *id, const char *name,
+                          int32_t status, const void *value, size_t len, const char *message,
+                          cruster_error **err);
+cruster_status wf_restart(wf_engine *e, const char *workflow, const char *id, cruster_error **err);
+
 #endif

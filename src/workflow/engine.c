@@ -1,0 +1,619 @@
+/* The workflow engine: executions as entities of type "Workflow/<name>",
+ * one run of execute per delivery of the execution's message, and the
+ * clients. It uses the entity and call layers through their public
+ * functions, and the runner's hooks for what only the layers below know
+ * (parking a message, polling now, the pool's blocking accounting). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include <cruster/cruster.h>
+
+#include "core/config_internal.h"
+#include "core/error.h"
+#include "core/util.h"
+#include "workflow/workflow_internal.h"
+
+typedef struct wf_type {
+  cruster_workflow_def *def;
+  char type[CRUSTER_MAX_NAME_LEN + 1]; /* "Workflow/<name>" */
+  wf_engine *engine;
+} wf_type;
+
+struct wf_engine {
+  wf_engine_hooks hooks;
+  wf_host host;
+  const cruster_config *cfg;
+  const core_logger *lg;
+  uv_mutex_t mu; /* types and running */
+  wf_type **types;
+  size_t ntypes;
+  cruster_wf *running; /* runs in progress (for cancellations made meanwhile) */
+};
+
+static void block_enter(void *ud) {
+  wf_engine *e = ud;
+  if (e->hooks.block_enter) e->hooks.block_enter(e->hooks.ud);
+}
+static void block_leave(void *ud) {
+  wf_engine *e = ud;
+  if (e->hooks.block_leave) e->hooks.block_leave(e->hooks.ud);
+}
+
+wf_engine *wf_engine_new(const wf_engine_hooks *hooks, const st_wf_ops *ops, void *impl,
+                         const cruster_config *cfg, const core_logger *lg) {
+  wf_engine *e = calloc(1, sizeof(*e));
+  if (!e) return NULL;
+  if (uv_mutex_init(&e->mu) != 0) {
+    free(e);
+    return NULL;
+  }
+  e->hooks = *hooks;
+  e->cfg = cfg;
+  e->lg = lg;
+  e->host.ops = ops;
+  e->host.impl = impl;
+  e->host.lg = lg;
+  e->host.block_enter = block_enter;
+  e->host.block_leave = block_leave;
+  e->host.block_ud = e;
+  e->host.max_payload = cfg->max_payload_size;
+  return e;
+}
+
+void wf_engine_free(wf_engine *e) {
+  if (!e) return;
+  for (size_t i = 0; i < e->ntypes; i++) {
+    cruster_workflow_def_free(e->types[i]->def);
+    free(e->types[i]);
+  }
+  free(e->types);
+  uv_mutex_destroy(&e->mu);
+  free(e);
+}
+
+static wf_type *find_type(wf_engine *e, const char *name) {
+  wf_type *t = NULL;
+  uv_mutex_lock(&e->mu);
+  for (size_t i = 0; i < e->ntypes && !t; i++)
+    if (strcmp(e->types[i]->def->name, name) == 0) t = e->types[i];
+  uv_mutex_unlock(&e->mu);
+  return t;
+}
+
+/* ---- running executions ------------------------------------------------- */
+
+static void running_add(wf_engine *e, cruster_wf *wf) {
+  uv_mutex_lock(&e->mu);
+  wf->run_next = e->running;
+  e->running = wf;
+  uv_mutex_unlock(&e->mu);
+}
+
+static void running_del(wf_engine *e, cruster_wf *wf) {
+  uv_mutex_lock(&e->mu);
+  for (cruster_wf **p = &e->running; *p; p = &(*p)->run_next)
+    if (*p == wf) {
+      *p = wf->run_next;
+      break;
+    }
+  uv_mutex_unlock(&e->mu);
+}
+
+/* A cancellation was stored: a run in progress here stops at its next
+ * durable call. */
+static void running_cancel(wf_engine *e, int64_t request_id) {
+  uv_mutex_lock(&e->mu);
+  for (cruster_wf *w = e->running; w; w = w->run_next)
+    if (w->request_id == request_id) atomic_store(&w->cancel_flag, 1);
+  uv_mutex_unlock(&e->mu);
+}
+
+/* ---- one run ------------------------------------------------------------ */
+
+static void park(wf_engine *e, cruster_request *req, int64_t wake_at, int64_t seq, int progress) {
+  if (e->hooks.park(e->hooks.ud, req, wake_at, seq, progress) != CRUSTER_OK) {
+    /* The runtime is stopping: the message stays stored and claimed; the
+     * next life of the runner delivers it again. */
+    cruster_request_fail(req, CRUSTER_E_SHUTTING_DOWN, "the runtime stopped during a park");
+  }
+}
+
+/* After storage trouble the run is tried again after a backoff. */
+static int64_t retry_at(wf_engine *e) {
+  int64_t b = e->cfg->storage_retry_backoff > 0 ? e->cfg->storage_retry_backoff : 1000;
+  return core_now_ms() + b;
+}
+
+static void on_execute(void *user, cruster_request *req) {
+  wf_type *t = user;
+  wf_engine *e = t->engine;
+  int64_t rid = cruster_request_id(req);
+  const char *exec_id = cruster_request_entity_id(req);
+  size_t len;
+  const void *input = cruster_request_payload(req, &len);
+  st_wf_state st;
+  cruster_error *err = NULL;
+  block_enter(e);
+  int rc = e->host.ops->load(e->host.impl, rid, &st, &err);
+  block_leave(e);
+  if (rc != CRUSTER_OK) {
+    core_log(e->lg, CRUSTER_LOG_WARN, "workflow", "execution %s of %s: cannot load its journal: %s",
+             exec_id, t->def->name, err ? err->message : cruster_status_message(rc));
+    cruster_error_free(err);
+    park(e, req, retry_at(e), -1, 0);
+    return;
+  }
+  int64_t wake_seq = st.wake_seq;
+  cruster_wf wf;
+  wf_run_init(&wf, &e->host, t->def, exec_id, rid, input, len, &st);
+  if (wf.st.cancelled) {
+    wf.stop = CRUSTER_E_CANCELLED;
+    wf.stop_msg = core_strdup("the execution was cancelled");
+  } else {
+    running_add(e, &wf);
+    t->def->fn(t->def->user, &wf);
+    running_del(e, &wf);
+  }
+  if (wf.answered && !wf.stop) {
+    if (wf.status == CRUSTER_OK) cruster_request_reply(req, wf.reply, wf.reply_len);
+    else cruster_request_fail(req, wf.status, wf.message);
+  } else {
+    switch (wf.stop) {
+      case CRUSTER_E_SUSPENDED:
+        if (wf_run_flush(&wf, &err) == CRUSTER_OK) {
+          park(e, req, wf.wake_at, wake_seq, 1);
+        } else {
+          core_log(e->lg, CRUSTER_LOG_WARN, "workflow",
+                   "execution %s of %s: cannot write its journal before suspending: %s", exec_id,
+                   t->def->name, err ? err->message : "storage failed");
+          park(e, req, retry_at(e), -1, 0);
+        }
+        break;
+      case CRUSTER_E_CANCELLED:
+        cruster_request_fail(req, CRUSTER_E_CANCELLED, "the execution was cancelled");
+        break;
+      case CRUSTER_E_DETERMINISM:
+        core_log(e->lg, CRUSTER_LOG_ERROR, "workflow", "%s", wf.stop_msg ? wf.stop_msg : "");
+        cruster_request_fail(req, CRUSTER_E_DETERMINISM, wf.stop_msg);
+        break;
+      case 0:
+        cruster_request_fail(req, CRUSTER_E_HANDLER,
+                             "execute returned without an answer and without a stop");
+        break;
+      default: /* storage trouble or out of memory: run again later */
+        core_log(e->lg, CRUSTER_LOG_WARN, "workflow", "execution %s of %s: %s; runs again later",
+                 exec_id, t->def->name, wf.stop_msg ? wf.stop_msg : cruster_status_message(wf.stop));
+        park(e, req, retry_at(e), -1, 0);
+        break;
+    }
+  }
+  cruster_error_free(err);
+  wf_run_done(&wf);
+}
+
+/* ---- registration ------------------------------------------------------- */
+
+cruster_status wf_register(wf_engine *e, cruster_runtime *rt, const cruster_workflow_def *def,
+                           cruster_error **err) {
+  if (!e || !rt || !def) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "runtime or definition is NULL");
+  if (!e->host.ops)
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                          "workflow \"%s\": the runtime has no storage, and workflows journal in one",
+                          def->name);
+  if (find_type(e, def->name))
+    return core_error_set(err, CRUSTER_E_ALREADY_EXISTS, "workflow \"%s\" is already registered",
+                          def->name);
+  wf_type *t = calloc(1, sizeof(*t));
+  if (!t || !(t->def = wf_def_copy(def))) {
+    free(t);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  t->engine = e;
+  snprintf(t->type, sizeof(t->type), WF_TYPE_PREFIX "%s", def->name);
+  cruster_entity_def *ed = NULL;
+  cruster_status rc = cruster_entity_def_new(t->type, &ed, err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_entity_def_add_rpc(ed, WF_METHOD, CRUSTER_RPC_PERSISTED, on_execute, t, err);
+  uv_mutex_lock(&e->mu);
+  wf_type **v = rc == CRUSTER_OK ? realloc(e->types, (e->ntypes + 1) * sizeof(*v)) : NULL;
+  if (v) e->types = v;
+  uv_mutex_unlock(&e->mu);
+  if (rc == CRUSTER_OK && !v) rc = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  /* Listed before the entity exists: a message delivered at once finds it. */
+  if (rc == CRUSTER_OK) {
+    uv_mutex_lock(&e->mu);
+    e->types[e->ntypes++] = t;
+    uv_mutex_unlock(&e->mu);
+    rc = cruster_runtime_register_entity(rt, ed, err);
+    if (rc != CRUSTER_OK) {
+      uv_mutex_lock(&e->mu);
+      e->ntypes--;
+      uv_mutex_unlock(&e->mu);
+    }
+  }
+  cruster_entity_def_free(ed);
+  if (rc != CRUSTER_OK) {
+    cruster_workflow_def_free(t->def);
+    free(t);
+  }
+  return rc;
+}
+
+/* ---- clients ------------------------------------------------------------ */
+
+/* The options, read under the growth rule. */
+static cruster_status read_opts(const cruster_workflow_opts *in, cruster_workflow_opts *o,
+                                cruster_error **err) {
+  cruster_workflow_opts def = CRUSTER_WORKFLOW_OPTS_INIT;
+  *o = def;
+  if (!in) return CRUSTER_OK;
+  if (in->size < CRUSTER_WORKFLOW_OPTS_SIZE_V1)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                          "workflow options: size %zu is smaller than the first version's (%zu): "
+                          "initialise with CRUSTER_WORKFLOW_OPTS_INIT",
+                          in->size, (size_t)CRUSTER_WORKFLOW_OPTS_SIZE_V1);
+  if (in->size > sizeof(*in)) {
+    const unsigned char *p = (const unsigned char *)in;
+    for (size_t i = sizeof(*in); i < in->size; i++)
+      if (p[i])
+        return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                              "workflow options: byte %zu is set, and this version of cruster "
+                              "does not know that option",
+                              i);
+  }
+  memcpy(o, in, sizeof(*o));
+  o->size = sizeof(*o);
+  if (o->key_len && !o->key)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "workflow options: key is NULL with length %zu",
+                          o->key_len);
+  if (o->key && o->key_len == 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "workflow options: the key is empty");
+  if (o->key_len > CRUSTER_MAX_KEY_LEN)
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
+                          "workflow options: the key is %zu bytes, at most %d", o->key_len,
+                          CRUSTER_MAX_KEY_LEN);
+  if (o->raw_key != 0 && o->raw_key != 1)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "workflow options: raw_key is %d: 0 or 1",
+                          o->raw_key);
+  if (o->timeout_ms < 0)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "workflow options: timeout_ms is negative");
+  return CRUSTER_OK;
+}
+
+/* An execution's key and id. `key` receives a malloc'd copy. */
+typedef struct wf_ident {
+  char type[CRUSTER_MAX_NAME_LEN + 1];
+  char *id;
+  void *key;
+  size_t key_len;
+} wf_ident;
+
+static void ident_free(wf_ident *x) {
+  free(x->id);
+  free(x->key);
+  x->id = NULL;
+  x->key = NULL;
+}
+
+static cruster_status check_workflow_name(const char *workflow, char type[CRUSTER_MAX_NAME_LEN + 1],
+                                          cruster_error **err) {
+  cruster_status rc = core_check_name("workflow name", workflow, err);
+  if (rc != CRUSTER_OK) return rc;
+  if (strlen(workflow) > CRUSTER_MAX_NAME_LEN - WF_TYPE_PREFIX_LEN)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "workflow name is too long (%zu bytes)",
+                          strlen(workflow));
+  snprintf(type, CRUSTER_MAX_NAME_LEN + 1, WF_TYPE_PREFIX "%s", workflow);
+  return CRUSTER_OK;
+}
+
+static cruster_status make_ident(wf_engine *e, const char *workflow, const void *input, size_t len,
+                                 const cruster_workflow_opts *o, wf_ident *x,
+                                 cruster_error **err) {
+  memset(x, 0, sizeof(*x));
+  cruster_status rc = check_workflow_name(workflow, x->type, err);
+  if (rc != CRUSTER_OK) return rc;
+  if (len && !input) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "input is NULL with length %zu", len);
+  if (core_size_exceeds(len, e->cfg->max_payload_size))
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
+                          "input of %zu bytes is over max_payload_size (%lld)", len,
+                          (long long)e->cfg->max_payload_size);
+  int hash = 1;
+  if (o->key) {
+    x->key = core_memdup(o->key, o->key_len);
+    x->key_len = o->key_len;
+    hash = !o->raw_key;
+  } else {
+    wf_type *t = find_type(e, workflow);
+    if (t && t->def->key_fn) {
+      x->key = malloc(CRUSTER_MAX_KEY_LEN);
+      if (!x->key) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+      size_t n = 0;
+      int krc = t->def->key_fn(t->def->key_user, input, len, x->key, CRUSTER_MAX_KEY_LEN, &n);
+      if (krc != CRUSTER_OK) {
+        ident_free(x);
+        return core_error_set(err, krc == CRUSTER_E_APPLICATION || krc < 0 ? krc : CRUSTER_E_HANDLER,
+                              "the key function of workflow \"%s\" refused the input (%d)",
+                              workflow, krc);
+      }
+      if (n == 0 || n > CRUSTER_MAX_KEY_LEN) {
+        ident_free(x);
+        return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                              "the key function of workflow \"%s\" gave %zu bytes: 1..%d", workflow,
+                              n, CRUSTER_MAX_KEY_LEN);
+      }
+      x->key_len = n;
+      hash = t->def->hash;
+    } else if (!t) {
+      /* Its key function, if any, is unknown here: an id made from the
+       * input could name another execution than the owner's. */
+      return core_error_set(err, CRUSTER_E_NOT_FOUND,
+                            "workflow \"%s\" is not registered on this runtime: give a key",
+                            workflow);
+    } else {
+      /* The input is the key: the same input, the same execution. */
+      if (len == 0)
+        return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                              "workflow \"%s\": an empty input and no key name no execution: give a key",
+                              workflow);
+      if (len > CRUSTER_MAX_KEY_LEN)
+        return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
+                              "workflow \"%s\": the input (%zu bytes) is the key when none is given, "
+                              "and a key is at most %d bytes: give a key",
+                              workflow, len, CRUSTER_MAX_KEY_LEN);
+      x->key = core_memdup(input, len);
+      x->key_len = len;
+    }
+  }
+  if (!x->key) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  if (hash) {
+    x->id = malloc(33);
+    if (x->id) cruster_hex128(x->key, x->key_len, x->id);
+  } else {
+    x->id = malloc(x->key_len + 1);
+    if (x->id) {
+      memcpy(x->id, x->key, x->key_len);
+      x->id[x->key_len] = 0;
+      if (memchr(x->key, 0, x->key_len)) {
+        ident_free(x);
+        return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                              "a raw key is the execution id and may not contain NUL bytes");
+      }
+      rc = core_check_entity_id(x->id, err);
+      if (rc != CRUSTER_OK) {
+        ident_free(x);
+        return rc;
+      }
+    }
+  }
+  if (!x->id) {
+    ident_free(x);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  return CRUSTER_OK;
+}
+
+cruster_status wf_execution_id(wf_engine *e, const char *workflow, const void *input, size_t len,
+                               const cruster_workflow_opts *opts, char **id, cruster_error **err) {
+  if (!id) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "id is NULL");
+  *id = NULL;
+  cruster_workflow_opts o;
+  cruster_status rc = read_opts(opts, &o, err);
+  if (rc != CRUSTER_OK) return rc;
+  wf_ident x;
+  rc = make_ident(e, workflow, input, len, &o, &x, err);
+  if (rc != CRUSTER_OK) return rc;
+  *id = x.id;
+  x.id = NULL;
+  ident_free(&x);
+  return CRUSTER_OK;
+}
+
+static void call_opts(const cruster_workflow_opts *o, const wf_ident *x, cruster_call_opts *c) {
+  cruster_call_opts d = CRUSTER_CALL_OPTS_INIT;
+  *c = d;
+  c->flags = CRUSTER_CALL_PERSISTED;
+  c->timeout_ms = o->timeout_ms;
+  c->idempotency_key = x->key;
+  c->idempotency_key_len = x->key_len;
+}
+
+cruster_status wf_start(wf_engine *e, cruster_runtime *rt, const char *workflow, const void *input,
+                        size_t len, const cruster_workflow_opts *opts, char **id,
+                        cruster_error **err) {
+  if (id) *id = NULL;
+  cruster_workflow_opts o;
+  cruster_status rc = read_opts(opts, &o, err);
+  if (rc != CRUSTER_OK) return rc;
+  wf_ident x;
+  rc = make_ident(e, workflow, input, len, &o, &x, err);
+  if (rc != CRUSTER_OK) return rc;
+  cruster_call_opts c;
+  call_opts(&o, &x, &c);
+  rc = cruster_notify_sync(rt, x.type, x.id, WF_METHOD, input, len, &c, err);
+  if (rc == CRUSTER_OK && id) {
+    *id = x.id;
+    x.id = NULL;
+  }
+  ident_free(&x);
+  return rc;
+}
+
+cruster_status wf_execute(wf_engine *e, cruster_runtime *rt, const char *workflow,
+                          const void *input, size_t len, const cruster_workflow_opts *opts,
+                          cruster_reply_fn fn, void *user, void **out, size_t *out_len,
+                          cruster_error **err) {
+  if (out) *out = NULL;
+  if (out_len) *out_len = 0;
+  cruster_workflow_opts o;
+  cruster_status rc = read_opts(opts, &o, err);
+  if (rc != CRUSTER_OK) return rc;
+  wf_ident x;
+  rc = make_ident(e, workflow, input, len, &o, &x, err);
+  if (rc != CRUSTER_OK) return rc;
+  cruster_call_opts c;
+  call_opts(&o, &x, &c);
+  if (fn)
+    rc = cruster_send(rt, x.type, x.id, WF_METHOD, input, len, &c, fn, user, err);
+  else
+    rc = cruster_send_sync(rt, x.type, x.id, WF_METHOD, input, len, &c, out, out_len, err);
+  ident_free(&x);
+  return rc;
+}
+
+/* The one execution stored under (workflow, id): its request id and key. */
+static cruster_status find_one(wf_engine *e, const char *workflow, const char *id, char *type,
+                               st_exec_ref *ref, cruster_error **err) {
+  memset(ref, 0, sizeof(*ref));
+  if (!e->host.ops)
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG, "the runtime has no storage: no workflows");
+  if (e->hooks.on_loop && e->hooks.on_loop(e->hooks.ud))
+    return core_error_set(err, CRUSTER_E_STATE, "a blocking workflow call on the loop thread");
+  cruster_status rc = check_workflow_name(workflow, type, err);
+  if (rc == CRUSTER_OK) rc = core_check_entity_id(id, err);
+  if (rc != CRUSTER_OK) return rc;
+  st_exec_ref refs[2];
+  size_t n = 0;
+  block_enter(e);
+  rc = e->host.ops->find(e->host.impl, type, id, refs, 2, &n, err);
+  block_leave(e);
+  if (rc != CRUSTER_OK) return rc;
+  size_t got = n < 2 ? n : 2;
+  if (n == 1) {
+    *ref = refs[0];
+    return CRUSTER_OK;
+  }
+  for (size_t i = 0; i < got; i++) free(refs[i].key);
+  if (n == 0)
+    return core_error_set(err, CRUSTER_E_NOT_FOUND, "no execution %s of workflow \"%s\" is stored",
+                          id, workflow);
+  return core_error_set(err, CRUSTER_E_CONFLICT,
+                        "%zu executions of workflow \"%s\" share the id %s (their keys' HEX128 "
+                        "collide): give each a raw key",
+                        n, workflow, id);
+}
+
+cruster_status wf_poll(wf_engine *e, cruster_runtime *rt, const char *workflow, const char *id,
+                       int *ready, void **out, size_t *out_len, cruster_error **err) {
+  if (ready) *ready = 0;
+  if (out) *out = NULL;
+  if (out_len) *out_len = 0;
+  if (!ready) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "ready is NULL");
+  char type[CRUSTER_MAX_NAME_LEN + 1];
+  st_exec_ref ref;
+  cruster_status rc = find_one(e, workflow, id, type, &ref, err);
+  if (rc != CRUSTER_OK) return rc;
+  rc = cruster_poll_reply(rt, type, id, WF_METHOD, ref.key, ref.key_len, ready, out, out_len, err);
+  free(ref.key);
+  return rc;
+}
+
+/* The blocking join: waits on a condition the reply callback signals. */
+typedef struct join_wait {
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  int done, status;
+  void *data;
+  size_t len;
+  char *msg;
+} join_wait;
+
+static void join_done(void *user, int status, const void *data, size_t len, const char *msg) {
+  join_wait *w = user;
+  void *copy = status == CRUSTER_OK ? core_memdup(data, len) : NULL;
+  char *m = status != CRUSTER_OK ? core_strdup(msg) : NULL;
+  uv_mutex_lock(&w->mu);
+  w->status = status == CRUSTER_OK && !copy ? CRUSTER_E_NOMEM : status;
+  w->data = copy;
+  w->len = len;
+  w->msg = m;
+  w->done = 1;
+  uv_cond_signal(&w->cv);
+  uv_mutex_unlock(&w->mu);
+}
+
+cruster_status wf_join(wf_engine *e, cruster_runtime *rt, const char *workflow, const char *id,
+                       int64_t timeout_ms, cruster_reply_fn fn, void *user, void **out,
+                       size_t *out_len, cruster_error **err) {
+  if (out) *out = NULL;
+  if (out_len) *out_len = 0;
+  if (timeout_ms < 0) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "timeout_ms is negative");
+  char type[CRUSTER_MAX_NAME_LEN + 1];
+  st_exec_ref ref;
+  cruster_status rc = find_one(e, workflow, id, type, &ref, err);
+  if (rc != CRUSTER_OK) return rc;
+  cruster_call_opts c = CRUSTER_CALL_OPTS_INIT;
+  c.timeout_ms = timeout_ms;
+  if (fn) {
+    rc = cruster_join_reply(rt, type, id, WF_METHOD, ref.key, ref.key_len, &c, fn, user, err);
+    free(ref.key);
+    return rc;
+  }
+  join_wait w;
+  memset(&w, 0, sizeof(w));
+  uv_mutex_init(&w.mu);
+  uv_cond_init(&w.cv);
+  c.flags = CRUSTER_CALL_INLINE_CALLBACK;
+  rc = cruster_join_reply(rt, type, id, WF_METHOD, ref.key, ref.key_len, &c, join_done, &w, err);
+  free(ref.key);
+  if (rc == CRUSTER_OK) {
+    block_enter(e);
+    uv_mutex_lock(&w.mu);
+    while (!w.done) uv_cond_wait(&w.cv, &w.mu);
+    uv_mutex_unlock(&w.mu);
+    block_leave(e);
+    rc = w.status;
+    if (rc == CRUSTER_OK) {
+      if (out) *out = w.data;
+      else free(w.data);
+      if (out_len) *out_len = w.len;
+    } else {
+      core_error_set(err, rc, "%s", w.msg ? w.msg : cruster_status_message(rc));
+    }
+  }
+  free(w.msg);
+  uv_cond_destroy(&w.cv);
+  uv_mutex_destroy(&w.mu);
+  return rc;
+}
+
+cruster_status wf_resolve(wf_engine *e, const char *workflow, const char *id, const char *name,
+                          int32_t status, const void *value, size_t len, const char *message,
+                          cruster_error **err) {
+  if (!name) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "deferred name is NULL");
+  if (*name) {
+    cruster_status nrc = core_check_name("deferred name", name, err);
+    if (nrc != CRUSTER_OK) return nrc;
+  }
+  if (len && !value) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "value is NULL with length %zu", len);
+  if (core_size_exceeds(len, e->cfg->max_payload_size))
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "deferred value of %zu bytes is over max_payload_size", len);
+  char type[CRUSTER_MAX_NAME_LEN + 1];
+  st_exec_ref ref;
+  cruster_status rc = find_one(e, workflow, id, type, &ref, err);
+  if (rc != CRUSTER_OK) return rc;
+  free(ref.key);
+  if (ref.finished && *name) return core_error_set(err, CRUSTER_E_STATE, "execution %s has finished", id);
+  if (ref.finished) return core_error_set(err, CRUSTER_E_STATE, "execution %s has finished: nothing to cancel", id);
+  block_enter(e);
+  rc = e->host.ops->resolve(e->host.impl, ref.request_id, name, status, value, len, message, err);
+  block_leave(e);
+  if (rc != CRUSTER_OK) return rc;
+  if (!*name) running_cancel(e, ref.request_id);
+  if (e->hooks.poll_now) e->hooks.poll_now(e->hooks.ud);
+  return CRUSTER_OK;
+}
+
+cruster_status wf_restart(wf_engine *e, const char *workflow, const char *id, cruster_error **err) {
+  char type[CRUSTER_MAX_NAME_LEN + 1];
+  st_exec_ref ref;
+  cruster_status rc = find_one(e, workflow, id, type, &ref, err);
+  if (rc != CRUSTER_OK) return rc;
+  free(ref.key);
+  block_enter(e);
+  rc = e->host.ops->restart(e->host.impl, ref.request_id, err);
+  block_leave(e);
+  if (rc == CRUSTER_OK && e->hooks.poll_now) e->hooks.poll_now(e->hooks.ud);
+  return rc;
+}
