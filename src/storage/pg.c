@@ -29,12 +29,16 @@ enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
 
 typedef struct pg_op {
   struct pg_op *next;
-  int kind;
+  int kind;       /* OP_*: selects the member of cb */
   int solo;       /* run in a transaction of its own */
   int nstmt;      /* statements it sends */
   PGresult *res[3];
-  core_env *env;    /* copy: SAVE, REPLY, RELEASE */
-  int claim, attempt;
+  core_env *env;  /* the message: a copy (SAVE, REPLY, RELEASE), the
+                   * identity looked up (GET_KEYED, no payload), the row
+                   * claimed (UNCLAIM) */
+  int claim;      /* SAVE: claim the message for direct delivery */
+  int attempt;    /* RELEASE: a failed delivery (counts), not a message
+                   * never handed to a handler */
   int fast;       /* SAVE: a row of the job's fast insert (no probe, claimed) */
   int behind;     /* SAVE: an older message of its entity is tracked: never
                    * claim it at insert, even if the probe sees none */
@@ -43,15 +47,26 @@ typedef struct pg_op {
   void *key;      /* SAVE (keyed), GET_KEYED: the idempotency key */
   size_t key_len;
   int retries;    /* SAVE (keyed): tries lost to a concurrent insert */
-  int status;     /* REPLY */
+  int status;     /* REPLY: the exit reply (data, len on success; message) */
   void *data;
   size_t len;
   char *message;
-  int64_t request_id, max_retries, now_ms;
-  size_t limit;
+  int64_t request_id; /* GET, REDELIVER: the message looked up */
+  int64_t attempts_before; /* UNCLAIM: the row's attempts before the claim */
+  int64_t epoch;  /* RECONCILE: the store's epoch when sent (the losses it covers) */
+  int64_t max_retries; /* POLL */
+  int64_t now_ms; /* SAVE, POLL: the runtime's clock (due messages) */
+  size_t limit;   /* POLL, DEAD: at most this many rows */
   uint64_t queued_ns; /* when it was queued, for the latency histogram */
   char *token;    /* UNCLAIM: the token the poll claimed under */
-  void *cb;
+  union {
+    st_save_cb save;   /* SAVE */
+    st_done_cb done;   /* REPLY (may be NULL), REDELIVER */
+    st_poll_cb poll;   /* POLL */
+    st_reply_cb reply; /* GET */
+    st_keyed_cb keyed; /* GET_KEYED */
+    st_list_cb list;   /* DEAD */
+  } cb;           /* none for RELEASE, CLEANUP, RECONCILE, SCAN, UNCLAIM */
   void *ud;
 } pg_op;
 
@@ -173,7 +188,7 @@ static void redo_requeue(pg_conn *c);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void enqueue(pg_store *st, pg_conn *c, pg_op *o);
 static pg_conn *conn_for_entity(pg_store *st, const core_env *e);
-static pg_op *op_new(int kind, void *cb, void *ud);
+static pg_op *op_new(int kind, void *ud);
 static void recon_kick(pg_store *st);
 static void recon_kick_timer(uv_timer_t *t);
 
@@ -541,7 +556,7 @@ static int op_send(pg_conn *c, pg_op *o) {
   }
   case OP_UNCLAIM: {
     snprintf(a, sizeof a, "%lld", (long long)o->env->request_id);
-    snprintf(b, sizeof b, "%lld", (long long)o->request_id); /* attempts before */
+    snprintf(b, sizeof b, "%lld", (long long)o->attempts_before);
     const char *v[3] = {a, b, o->token};
     return send_stmt(c, "cr_unclaim", 3, v, NULL, NULL);
   }
@@ -580,7 +595,7 @@ static void op_free(pg_op *o) {
 
 static void on_scan_timer(uv_timer_t *t) {
   pg_store *st = t->data;
-  pg_op *o = op_new(OP_SCAN, NULL, NULL);
+  pg_op *o = op_new(OP_SCAN, NULL);
   if (o) enqueue(st, &st->conns[0], o);
 }
 
@@ -593,7 +608,7 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
     unknown_add(st, o->env->type, o->env->id);
     {
       st_saved out = {ST_SAVED, o->env->request_id, 0, NULL};
-      ((st_save_cb)o->cb)(o->ud, status, msg, &out);
+      o->cb.save(o->ud, status, msg, &out);
     }
     if (o->in_transit) transit_end(st, o->env);
     break;
@@ -613,13 +628,13 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
     /* Not answered after all: the message is retried, after the ones in
      * memory would be delivered -- so its entity asks from now on. */
     unknown_add(st, o->env->type, o->env->id);
-    if (o->cb) ((st_done_cb)o->cb)(o->ud, status, msg);
+    if (o->cb.done) o->cb.done(o->ud, status, msg);
     break;
   case OP_REDELIVER:
-    if (o->cb) ((st_done_cb)o->cb)(o->ud, status, msg);
+    if (o->cb.done) o->cb.done(o->ud, status, msg);
     break;
   case OP_POLL:
-    ((st_poll_cb)o->cb)(o->ud, status, msg, NULL, 0, NULL, 0);
+    o->cb.poll(o->ud, status, msg, NULL, 0, NULL, 0);
     break;
   case OP_RECONCILE:
     /* Never dropped: stale claims would hold their messages (and, as the
@@ -631,13 +646,13 @@ static void op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
       uv_timer_start(&st->recon_timer, recon_kick_timer, 100, 0);
     break;
   case OP_GET:
-    ((st_reply_cb)o->cb)(o->ud, status, msg, 0, 0, NULL);
+    o->cb.reply(o->ud, status, msg, 0, 0, NULL);
     break;
   case OP_GET_KEYED:
-    ((st_keyed_cb)o->cb)(o->ud, status, msg, 0, 0, NULL);
+    o->cb.keyed(o->ud, status, msg, 0, 0, NULL);
     break;
   case OP_DEAD:
-    ((st_list_cb)o->cb)(o->ud, status, msg, NULL);
+    o->cb.list(o->ud, status, msg, NULL);
     break;
   default:
     if (!st->closing)
@@ -656,7 +671,7 @@ static int cmp_seq(const void *a, const void *b) {
  * was queued again (a concurrent insert took its free candidate id). */
 #define PG_KEYED_TRIES 8
 static int save_keyed_done(pg_store *st, pg_op *o, PGresult *r, st_saved *out) {
-  st_save_cb cb = (st_save_cb)o->cb;
+  st_save_cb cb = o->cb.save;
   int kind = PQntuples(r) > 0 ? get_i32(r, 0, 0) : -1;
   if (kind == 0) {
     int64_t id = get_i64(r, 0, 2);
@@ -714,7 +729,7 @@ static void op_complete(pg_store *st, pg_op *o) {
   core_metric_observe(st->m_latency, (double)(core_mono_ns() - o->queued_ns) / 1e9);
   switch (o->kind) {
   case OP_SAVE: {
-    st_save_cb cb = (st_save_cb)o->cb;
+    st_save_cb cb = o->cb.save;
     st_saved out = {ST_SAVED, o->env->request_id, 0, NULL};
     if (o->fast) {
       /* A row of the job's fast insert, which succeeded: stored, claimed. */
@@ -738,7 +753,7 @@ static void op_complete(pg_store *st, pg_op *o) {
     break;
   }
   case OP_REPLY:
-    if (o->cb) ((st_done_cb)o->cb)(o->ud, CRUSTER_OK, NULL);
+    if (o->cb.done) o->cb.done(o->ud, CRUSTER_OK, NULL);
     break;
   case OP_RELEASE:
     transit_end(st, o->env);
@@ -754,7 +769,7 @@ static void op_complete(pg_store *st, pg_op *o) {
       free(dead_ids);
       free(order);
       free(msgs);
-      ((st_poll_cb)o->cb)(o->ud, CRUSTER_E_NOMEM, "out of memory", NULL, 0, NULL, 0);
+      o->cb.poll(o->ud, CRUSTER_E_NOMEM, "out of memory", NULL, 0, NULL, 0);
       break;
     }
     /* Column 13: processed -- the claim made it a dead letter. */
@@ -777,10 +792,10 @@ static void op_complete(pg_store *st, pg_op *o) {
       if (!e) continue;
       if (in_transit(st, e->type, e->id)) {
         /* An older message of its entity may still be on its way: not now. */
-        pg_op *u = op_new(OP_UNCLAIM, NULL, NULL);
+        pg_op *u = op_new(OP_UNCLAIM, NULL);
         if (u && (u->token = core_strdup(st->claimer))) {
           u->env = e;
-          u->request_id = get_i32(r, i, 14);
+          u->attempts_before = get_i32(r, i, 14);
           enqueue(st, &st->conns[0], u);
           continue;
         }
@@ -789,14 +804,14 @@ static void op_complete(pg_store *st, pg_op *o) {
       msgs[nm++] = e;
     }
     st->next_due = get_i64(o->res[1], 0, 0);
-    ((st_poll_cb)o->cb)(o->ud, CRUSTER_OK, NULL, msgs, nm, dead_ids, (size_t)nd);
+    o->cb.poll(o->ud, CRUSTER_OK, NULL, msgs, nm, dead_ids, (size_t)nd);
     free(msgs);
     free(order);
     free(dead_ids);
     break;
   }
   case OP_GET: {
-    st_reply_cb cb = (st_reply_cb)o->cb;
+    st_reply_cb cb = o->cb.reply;
     if (PQntuples(r) == 0) {
       cb(o->ud, CRUSTER_OK, NULL, 0, 0, NULL);
     } else if (get_bool(r, 0, 0) && !PQgetisnull(r, 0, 1)) {
@@ -809,7 +824,7 @@ static void op_complete(pg_store *st, pg_op *o) {
     break;
   }
   case OP_GET_KEYED: {
-    st_keyed_cb cb = (st_keyed_cb)o->cb;
+    st_keyed_cb cb = o->cb.keyed;
     if (PQntuples(r) == 0) {
       cb(o->ud, CRUSTER_OK, NULL, 0, 0, NULL);
     } else if (get_bool(r, 0, 1) && !PQgetisnull(r, 0, 2)) {
@@ -832,18 +847,18 @@ static void op_complete(pg_store *st, pg_op *o) {
         l = NULL;
       }
     }
-    if (l) ((st_list_cb)o->cb)(o->ud, CRUSTER_OK, NULL, l);
-    else ((st_list_cb)o->cb)(o->ud, CRUSTER_E_NOMEM, "out of memory", NULL);
+    if (l) o->cb.list(o->ud, CRUSTER_OK, NULL, l);
+    else o->cb.list(o->ud, CRUSTER_E_NOMEM, "out of memory", NULL);
     break;
   }
   case OP_REDELIVER:
     if (PQntuples(r) == 0) {
-      ((st_done_cb)o->cb)(o->ud, CRUSTER_E_NOT_FOUND, "no dead letter with that request id");
+      o->cb.done(o->ud, CRUSTER_E_NOT_FOUND, "no dead letter with that request id");
     } else {
       /* Unanswered again, and not in memory: newer messages of its entity
        * must be ordered by asking. */
       unknown_add(st, get_text(r, 0, 1), get_text(r, 0, 2));
-      ((st_done_cb)o->cb)(o->ud, CRUSTER_OK, NULL);
+      o->cb.done(o->ud, CRUSTER_OK, NULL);
     }
     break;
   case OP_SCAN:
@@ -862,7 +877,7 @@ static void op_complete(pg_store *st, pg_op *o) {
     break;
   case OP_RECONCILE: {
     st->recon_busy = 0;
-    if (o->request_id == st->epoch) st->recon_need = 0; /* else: a newer loss */
+    if (o->epoch == st->epoch) st->recon_need = 0; /* else: a newer loss */
     const char *n = PQcmdTuples(r);
     if (n && *n && strcmp(n, "0") != 0) {
       core_log(st->lg, CRUSTER_LOG_INFO, "storage",
@@ -941,11 +956,10 @@ static void release_done(pg_store *st) {
 
 static void on_done_timer(uv_timer_t *t) { release_done(t->data); }
 
-static pg_op *op_new(int kind, void *cb, void *ud) {
+static pg_op *op_new(int kind, void *ud) {
   pg_op *o = calloc(1, sizeof(*o));
   if (!o) return NULL;
   o->kind = kind;
-  o->cb = cb;
   o->ud = ud;
   o->nstmt = kind == OP_POLL ? 2 : 1;
   return o;
@@ -1043,13 +1057,13 @@ static void recon_kick(pg_store *st) {
   for (int i = 0; i < st->nconns; i++)
     for (struct pg_job *j = st->conns[i].jobs_head; j; j = j->next)
       if (!j->prepare && j->epoch < st->epoch) return;
-  pg_op *o = op_new(OP_RECONCILE, NULL, NULL);
+  pg_op *o = op_new(OP_RECONCILE, NULL);
   if (!o) {
     core_log(st->lg, CRUSTER_LOG_ERROR, "storage", "out of memory reconciling claims");
     if (st->recon_timer_init) uv_timer_start(&st->recon_timer, recon_kick_timer, 100, 0);
     return;
   }
-  o->request_id = st->epoch; /* the losses it covers */
+  o->epoch = st->epoch; /* the losses it covers */
   st->recon_busy = 1;
   o->queued_ns = core_mono_ns();
   o->next = c0->q_head;
@@ -1100,7 +1114,7 @@ static void conn_fail(pg_conn *c, const char *why) {
     for (size_t i = 0; i < j->nops; i++)
       in_doubt |= j->ops[i]->kind == OP_POLL || (j->ops[i]->kind == OP_SAVE && j->ops[i]->claim) ||
                   j->ops[i]->kind == OP_RELEASE || j->ops[i]->kind == OP_UNCLAIM ||
-                  (j->ops[i]->kind == OP_REPLY && !j->ops[i]->cb);
+                  (j->ops[i]->kind == OP_REPLY && !j->ops[i]->cb.done);
   /* Fail first: a delivery whose insert failed is no longer counted as
    * handled here when the reconcile takes its set. */
   while (jobs) {
@@ -1553,7 +1567,7 @@ static void conn_connect(pg_conn *c) {
 
 static void on_cleanup_timer(uv_timer_t *t) {
   pg_store *st = t->data;
-  pg_op *o = op_new(OP_CLEANUP, NULL, NULL);
+  pg_op *o = op_new(OP_CLEANUP, NULL);
   if (o) enqueue(st, &st->conns[0], o);
 }
 
@@ -1636,7 +1650,7 @@ static cruster_status pg_attach(cruster_storage *s, const st_host *host, cruster
    * ready (the reconcile goes first), then what earlier lives left is
    * listed. */
   st->recon_need = st->recon_first = 1;
-  pg_op *o = op_new(OP_SCAN, NULL, NULL);
+  pg_op *o = op_new(OP_SCAN, NULL);
   if (o) enqueue(st, &st->conns[0], o);
   return CRUSTER_OK;
 }
@@ -1653,8 +1667,11 @@ static void pg_save_request(cruster_storage *s, const core_env *m, const st_key 
     cb(ud, CRUSTER_E_INTERNAL, "a keyed message needs its key", &fail);
     return;
   }
-  pg_op *o = op_new(OP_SAVE, (void *)cb, ud);
-  if (o) o->env = core_env_copy(m);
+  pg_op *o = op_new(OP_SAVE, ud);
+  if (o) {
+    o->cb.save = cb;
+    o->env = core_env_copy(m);
+  }
   if (o && o->env && m->keyed) {
     o->key = core_memdup(key->data, key->len);
     o->key_len = key->len;
@@ -1687,8 +1704,9 @@ static void pg_save_reply(cruster_storage *s, const core_env *m, const st_reply 
   /* Answered: newer messages of the entity no longer wait for it (should
    * storing the answer fail, op_fail makes the entity ask). */
   track_remove(st, m->request_id, m->type, m->id);
-  pg_op *o = op_new(OP_REPLY, (void *)cb, ud);
+  pg_op *o = op_new(OP_REPLY, ud);
   if (o) {
+    o->cb.done = cb;
     o->env = core_env_copy(m);
     o->status = r->status;
     o->len = r->len;
@@ -1719,7 +1737,7 @@ static void pg_save_reply(cruster_storage *s, const core_env *m, const st_reply 
 
 static void pg_release(cruster_storage *s, const core_env *m, int attempt) {
   pg_store *st = s->impl;
-  pg_op *o = op_new(OP_RELEASE, NULL, NULL);
+  pg_op *o = op_new(OP_RELEASE, NULL);
   if (o) o->env = core_env_copy(m);
   if (!o || !o->env) {
     free(o);
@@ -1740,11 +1758,12 @@ static void pg_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t ma
   (void)owned; /* single-node: every shard is ours */
   (void)owned_ud;
   pg_store *st = s->impl;
-  pg_op *o = op_new(OP_POLL, (void *)cb, ud);
+  pg_op *o = op_new(OP_POLL, ud);
   if (!o) {
     cb(ud, CRUSTER_E_NOMEM, "out of memory", NULL, 0, NULL, 0);
     return;
   }
+  o->cb.poll = cb;
   o->now_ms = now_ms;
   o->limit = limit;
   o->max_retries = max_retries;
@@ -1758,11 +1777,12 @@ static int64_t pg_next_due(cruster_storage *s) {
 
 static void pg_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb, void *ud) {
   pg_store *st = s->impl;
-  pg_op *o = op_new(OP_GET, (void *)cb, ud);
+  pg_op *o = op_new(OP_GET, ud);
   if (!o) {
     cb(ud, CRUSTER_E_NOMEM, "out of memory", 0, 0, NULL);
     return;
   }
+  o->cb.reply = cb;
   o->request_id = request_id;
   enqueue(st, &st->conns[0], o);
 }
@@ -1770,8 +1790,9 @@ static void pg_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb,
 static void pg_get_keyed(cruster_storage *s, const char *type, const char *id, const char *method,
                          const st_key *key, st_keyed_cb cb, void *ud) {
   pg_store *st = s->impl;
-  pg_op *o = op_new(OP_GET_KEYED, (void *)cb, ud);
+  pg_op *o = op_new(OP_GET_KEYED, ud);
   if (o) {
+    o->cb.keyed = cb;
     o->env = core_env_new(type, id, method, NULL, 0);
     o->key = key->len <= INT32_MAX ? core_memdup(key->data, key->len) : NULL;
     o->key_len = key->len;
@@ -1787,22 +1808,24 @@ static void pg_get_keyed(cruster_storage *s, const char *type, const char *id, c
 
 static void pg_list_dead(cruster_storage *s, size_t limit, st_list_cb cb, void *ud) {
   pg_store *st = s->impl;
-  pg_op *o = op_new(OP_DEAD, (void *)cb, ud);
+  pg_op *o = op_new(OP_DEAD, ud);
   if (!o) {
     cb(ud, CRUSTER_E_NOMEM, "out of memory", NULL);
     return;
   }
+  o->cb.list = cb;
   o->limit = limit;
   enqueue(st, &st->conns[0], o);
 }
 
 static void pg_redeliver(cruster_storage *s, int64_t request_id, st_done_cb cb, void *ud) {
   pg_store *st = s->impl;
-  pg_op *o = op_new(OP_REDELIVER, (void *)cb, ud);
+  pg_op *o = op_new(OP_REDELIVER, ud);
   if (!o) {
     cb(ud, CRUSTER_E_NOMEM, "out of memory");
     return;
   }
+  o->cb.done = cb;
   o->request_id = request_id;
   enqueue(st, &st->conns[0], o);
 }
