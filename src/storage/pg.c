@@ -135,7 +135,7 @@ static void pg_save_reply(cruster_storage *s, const core_env *m, const st_reply 
                           void *ud) {
   pg_store *st = s->impl;
   /* Answered: newer messages of the entity no longer wait for it (should
-   * storing the answer fail, op_fail makes the entity ask). */
+   * storing the answer fail, pg_op_fail makes the entity ask). */
   pg_track_remove(st, m->request_id, m->type, m->id);
   pg_op *o = pg_op_new(OP_REPLY, ud);
   if (o) {
