@@ -47,6 +47,18 @@ void pg_enqueue(pg_store *st, pg_conn *c, pg_op *o) {
   pg_conn_pump(c);
 }
 
+/* Graceful stop: the flush callback runs once nothing is waiting. */
+void pg_check_flushed(pg_store *st) {
+  if (!st->flush_cb || st->done_head) return;
+  for (int i = 0; i < st->nconns; i++)
+    if (st->conns[i].jobs_head || st->conns[i].q_head) return;
+  void (*cb)(void *) = st->flush_cb;
+  st->flush_cb = NULL;
+  cb(st->flush_ud);
+}
+
+/* ---- deletes of answered messages --------------------------------------------------- */
+
 /* Sends the waiting deletes, each on its entity's connection (behind that
  * entity's writes: a delete that overtook a younger message's insert would
  * let that insert's probe find the entity clear and claim it while a poll
@@ -95,14 +107,7 @@ void pg_enqueue_reply(pg_store *st, pg_op *o) {
   pg_enqueue(st, pg_conn_for_entity(st, o->env), o);
 }
 
-void pg_check_flushed(pg_store *st) {
-  if (!st->flush_cb || st->done_head) return;
-  for (int i = 0; i < st->nconns; i++)
-    if (st->conns[i].jobs_head || st->conns[i].q_head) return;
-  void (*cb)(void *) = st->flush_cb;
-  st->flush_cb = NULL;
-  cb(st->flush_ud);
-}
+/* ---- jobs ------------------------------------------------------------------------------ */
 
 /* Operations of which a job sends one statement over all their ids, in
  * place of one each: answered unkeyed messages (deleted: they were all
