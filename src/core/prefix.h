@@ -91,6 +91,13 @@
 #define core_map_iput cruster__core_map_iput
 #define core_map_put cruster__core_map_put
 #define rt_on_loop cruster__rt_on_loop
+#define rt_loop_init cruster__rt_loop_init
+#define rt_loop_set_close_hook cruster__rt_loop_set_close_hook
+#define rt_loop_run cruster__rt_loop_run
+#define rt_loop_abandon cruster__rt_loop_abandon
+#define rt_loop_shutdown cruster__rt_loop_shutdown
+#define rt_loop_done cruster__rt_loop_done
+#define rt_on_own_thread cruster__rt_on_own_thread
 #define rt_poll_fire cruster__rt_poll_fire
 #define rt_poll_schedule cruster__rt_poll_schedule
 #define rt_pool_block_enter cruster__rt_pool_block_enter

@@ -19,11 +19,12 @@ static void type_free(em_type *t) {
   free(t);
 }
 
-static void register_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+static void register_on_loop(void *ud, rt_cmd *cmd) {
+  cruster_runtime *rt = ud;
   rt_sync *r = (rt_sync *)cmd;
   em_type *t = r->arg;
   int st = CRUSTER_OK;
-  if (atomic_load(&rt->state) >= RT_STOPPING || rt->closed)
+  if (atomic_load(&rt->loop.state) >= RT_STOPPING || rt->closed)
     st = CRUSTER_E_SHUTTING_DOWN;
   else if (core_map_get(&rt->types, t->name, strlen(t->name)))
     st = CRUSTER_E_ALREADY_EXISTS;
@@ -53,7 +54,7 @@ cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruste
                           "entity type '%s' uses shard group '%s', which is not in shard_groups; "
                           "no runner would ever own it",
                           d->name, d->shard_group);
-  if (atomic_load(&rt->state) >= RT_STOPPING)
+  if (atomic_load(&rt->loop.state) >= RT_STOPPING)
     return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
   em_type *t = calloc(1, sizeof(*t));
   if (!t) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
@@ -87,7 +88,7 @@ cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruste
   rt_sync r;
   memset(&r, 0, sizeof(r));
   r.arg = t;
-  int st = rt_run_sync(rt, &r, register_on_loop, NULL);
+  int st = rt_run_sync(&rt->loop, &r, register_on_loop, rt, NULL);
   if (st != CRUSTER_OK) {
     type_free(t);
     if (st == CRUSTER_E_ALREADY_EXISTS)
@@ -325,7 +326,7 @@ static void run_handler(void *arg) {
   request_unref(r);
 }
 
-static void request_done(cruster_runtime *rt, rt_cmd *cmd);
+static void request_done(void *ud, rt_cmd *cmd);
 
 static void pump(cruster_runtime *rt, em_instance *in) {
   int64_t limit = in->type->concurrency;
@@ -346,7 +347,7 @@ static void pump(cruster_runtime *rt, em_instance *in) {
     r->job.fn = run_handler;
     r->job.arg = r;
     atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed); /* the handler's */
-    if (rt_submit(rt, &r->job) != CRUSTER_OK) {
+    if (rt_submit(&rt->loop, &r->job) != CRUSTER_OK) {
       atomic_fetch_sub_explicit(&r->refs, 1, memory_order_relaxed); /* never ran */
       r->started_ns = r->answered_ns = core_mono_ns();
       r->status = CRUSTER_E_SHUTTING_DOWN;
@@ -382,6 +383,7 @@ int em_deliver(cruster_runtime *rt, em_type *t, core_env *env, int rpc_index, rt
   r->save = save;
   if (save) save->req = r;
   r->done.fn = request_done;
+  r->done.ud = rt;
   if (call) call->req = r;
   live_link(rt, r);
   idle_remove(in);
@@ -469,7 +471,8 @@ void em_saved(cruster_runtime *rt, cruster_request *r, int ok) {
   if (r->finished) persisted_answer(rt, r);
 }
 
-static void request_done(cruster_runtime *rt, rt_cmd *cmd) {
+static void request_done(void *ud, rt_cmd *cmd) {
+  cruster_runtime *rt = ud;
   cruster_request *r = (cruster_request *)((char *)cmd - offsetof(cruster_request, done));
   if (rt->closed) {
     em_request_free(rt, r);
@@ -520,7 +523,7 @@ int em_request_answer(cruster_request *r, int status, const void *data, size_t l
   } else {
     r->errmsg = core_strdup(msg ? msg : cruster_status_message(status));
   }
-  if (rt_post(r->rt, &r->done) != 0) return CRUSTER_E_SHUTTING_DOWN;
+  if (rt_post(&r->rt->loop, &r->done) != 0) return CRUSTER_E_SHUTTING_DOWN;
   return CRUSTER_OK;
 }
 

@@ -15,22 +15,12 @@
 #include "core/metrics_internal.h"
 #include "core/snowflake.h"
 #include "core/map.h"
-#include "runtime/pool.h"
+#include "loop/loop.h"
 
 typedef struct em_type em_type;
 typedef struct em_instance em_instance;
 typedef struct rt_call rt_call;
 
-/* A command executed on the loop thread. Embedded in a larger struct. */
-typedef struct rt_cmd rt_cmd;
-typedef void (*rt_cmd_fn)(cruster_runtime *rt, rt_cmd *cmd);
-struct rt_cmd {
-  rt_cmd_fn fn;
-  rt_cmd *next;
-};
-
-
-enum { RT_NEW = 0, RT_STARTED = 1, RT_STOPPING = 2, RT_STOPPED = 3 };
 enum { RT_CALL_SEND = 0, RT_CALL_NOTIFY = 1 };
 
 /* A caller waiting for an answer (send) or an acceptance (notify). */
@@ -75,21 +65,10 @@ struct cruster_runtime {
   core_snowflake snowflake;
   cruster_storage *storage;
   cruster_registry *registry;
-  rt_pool *pool;
   char *runner_address;
-
-  _Atomic int state;
-  uv_thread_t loop_thread;
-  int loop_started;
-  uv_mutex_t cmd_mu;
-  rt_cmd *cmd_head, *cmd_tail;
-  int cmd_closed; /* under cmd_mu: the loop no longer takes commands */
-  int cmd_draining; /* under cmd_mu: the loop is in drain_commands and will
-                     * look at the queue again before it sleeps */
+  rt_loop loop;
 
   /* ---- loop-owned ---- */
-  uv_loop_t loop;
-  uv_async_t async;
   uv_timer_t deadline_timer;
   uv_timer_t reaper_timer;
   uv_timer_t poll_timer;
@@ -107,56 +86,11 @@ struct cruster_runtime {
   size_t run_nbuckets, run_count;
   size_t running;             /* handlers running */
   int closed;                 /* stop finished its drain: answers are dropped */
-  int defer_wakes;            /* in drain_commands: pool wakes wait for the batch end */
-  int wake_pending;           /* jobs were queued with their wake deferred */
   int poll_scheduled;          /* a storage poll is in flight */
   int64_t poll_again_at;       /* asked for while one was in flight: monotonic ms, 0 = none */
   struct rt_stop_ctx *stopping;
   struct rt_sync *stop_sync; /* stop waits for the storage to flush */
 };
-
-/* A command that a thread outside the loop waits for. Embed it first in a
- * larger struct to carry arguments and results. */
-typedef struct rt_sync {
-  rt_cmd cmd;
-  uv_mutex_t mu;
-  uv_cond_t cv;
-  int done;
-  int status;
-  cruster_error *err; /* set by the loop side on failure (optional) */
-  void *arg;
-} rt_sync;
-
-/* Posts `fn` with `s` (which the caller zeroed and filled) to the loop and
- * waits until the loop calls rt_sync_done; a worker counts as blocked
- * meanwhile. Returns the status; *err receives s->err (or a message). */
-int rt_run_sync(cruster_runtime *rt, rt_sync *s, rt_cmd_fn fn, cruster_error **err);
-/* Loop side: finishes `s` with `status` (s->err may be set before). */
-void rt_sync_done(rt_sync *s, int status);
-
-/* CRUSTER_OK when the runtime takes calls; else CRUSTER_E_STATE (not
- * started) or CRUSTER_E_SHUTTING_DOWN, with *err set. Any thread. */
-int rt_check_started(cruster_runtime *rt, cruster_error **err);
-
-/* Posts a command to the loop. Returns 0, or -1 if the loop is gone. */
-int rt_post(cruster_runtime *rt, rt_cmd *cmd);
-/* Loop thread only: queues a job on the pool. Inside a command batch the
- * worker wake-ups are deferred to the batch end (one pass, no wake-preempt
- * ping-pong between the loop and workers per job). */
-cruster_status rt_submit(cruster_runtime *rt, rt_job *job);
-/* 1 if the calling thread is the loop thread. */
-int rt_on_loop(cruster_runtime *rt);
-
-/* Runs a user callback: inline on the loop when `inline_cb`, else on the
- * pool (falling back to inline when the pool is gone). Copies data/msg. */
-void rt_invoke_reply(cruster_runtime *rt, cruster_reply_fn fn, void *user, int inline_cb,
-                     int status, const void *data, size_t len, const char *msg);
-
-/* `base` + `ms` (both >= 0), saturating at INT64_MAX: a huge timeout means
- * "no deadline in practice", never an overflowed (past) one. */
-static inline int64_t rt_deadline_after(int64_t base, int64_t ms) {
-  return ms > INT64_MAX - base ? INT64_MAX : base + ms;
-}
 
 /* ---- calls (sharding/calls.c, sharding/client.c) ---- */
 /* A zeroed call that keeps a copy of its address (type, id, method). NULL

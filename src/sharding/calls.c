@@ -150,7 +150,7 @@ void rt_call_complete(cruster_runtime *rt, rt_call *c, int status, const void *d
     c->save->call = NULL;
     c->save = NULL;
   }
-  rt_invoke_reply(rt, c->fn, c->user, (c->flags & CRUSTER_CALL_INLINE_CALLBACK) != 0, status, data,
+  rt_invoke_reply(&rt->loop, c->fn, c->user, (c->flags & CRUSTER_CALL_INLINE_CALLBACK) != 0, status, data,
                   len, msg);
   rt_call_free(c);
 }

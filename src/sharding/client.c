@@ -90,7 +90,7 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   if (key_len > CRUSTER_MAX_KEY_LEN)
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
                           "idempotency key of %zu bytes exceeds %d bytes", key_len, CRUSTER_MAX_KEY_LEN);
-  if ((st = rt_check_started(rt, err)) != CRUSTER_OK) return st;
+  if ((st = rt_check_started(&rt->loop, err)) != CRUSTER_OK) return st;
 
   rt_call *c = rt_call_new(type, id, method);
   if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
@@ -117,7 +117,8 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
     if (wait > 0) c->deadline_ms = rt_deadline_after(c->deadline_ms, wait);
   }
   c->cmd.fn = rt_route;
-  if (rt_post(rt, &c->cmd) != 0) {
+  c->cmd.ud = rt;
+  if (rt_post(&rt->loop, &c->cmd) != 0) {
     rt_call_free(c);
     return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
   }
@@ -183,7 +184,7 @@ static int call_sync(cruster_runtime *rt, int kind, const char *type, const char
   if (reply) *reply = NULL;
   if (reply_len) *reply_len = 0;
   if (err) *err = NULL;
-  if (rt && rt_on_loop(rt))
+  if (rt && rt_on_loop(&rt->loop))
     return core_error_set(err, CRUSTER_E_STATE, "blocking calls are not allowed on the loop thread");
   sync_wait w;
   memset(&w, 0, sizeof(w));
@@ -193,11 +194,11 @@ static int call_sync(cruster_runtime *rt, int kind, const char *type, const char
   int st = submit(rt, kind, type, id, method, payload, len, opts, CRUSTER_CALL_INLINE_CALLBACK,
                   sync_cb, &w, err);
   if (st == CRUSTER_OK) {
-    rt_pool_block_enter(rt->pool);
+    rt_pool_block_enter(rt->loop.pool);
     uv_mutex_lock(&w.mu);
     while (!w.done) uv_cond_wait(&w.cv, &w.mu);
     uv_mutex_unlock(&w.mu);
-    rt_pool_block_leave(rt->pool);
+    rt_pool_block_leave(rt->loop.pool);
     st = w.status;
     if (st == CRUSTER_OK) {
       if (reply) *reply = w.data; else free(w.data);

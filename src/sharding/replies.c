@@ -39,13 +39,13 @@ static void op_finish(op *o, int status, const char *msg) {
 
 static int op_run(cruster_runtime *rt, op *o, rt_cmd_fn fn, cruster_error **err) {
   if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
-  if (rt_on_loop(rt))
+  if (rt_on_loop(&rt->loop))
     return core_error_set(err, CRUSTER_E_STATE, "blocking calls are not allowed on the loop thread");
-  int rc = rt_check_started(rt, err);
+  int rc = rt_check_started(&rt->loop, err);
   if (rc != CRUSTER_OK) return rc;
   if (!rt->storage)
     return core_error_set(err, CRUSTER_E_PERSISTENCE, "the runtime has no message storage");
-  return rt_run_sync(rt, &o->sync, fn, err);
+  return rt_run_sync(&rt->loop, &o->sync, fn, rt, err);
 }
 
 /* Checks the identity of a keyed call a caller looks up. */
@@ -98,7 +98,8 @@ static void poll_got(void *ud, int status, const char *errmsg, int64_t request_i
   op_finish(o, CRUSTER_OK, NULL);
 }
 
-static void poll_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+static void poll_on_loop(void *ud, rt_cmd *cmd) {
+  cruster_runtime *rt = ud;
   op *o = (op *)cmd;
   rt->storage->ops->get_keyed(rt->storage, o->type, o->id, o->method, &o->key, poll_got, o);
 }
@@ -212,10 +213,11 @@ static void join_found(void *ud, int status, const char *errmsg, int64_t request
   }
 }
 
-static void join_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+static void join_on_loop(void *ud, rt_cmd *cmd) {
+  cruster_runtime *rt = ud;
   rt_call *c = (rt_call *)cmd;
   c->heap_idx = SIZE_MAX;
-  if (atomic_load(&rt->state) != RT_STARTED || rt->stopping || rt->closed) {
+  if (atomic_load(&rt->loop.state) != RT_STARTED || rt->stopping || rt->closed) {
     rt_call_complete(rt, c, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "the runtime is shutting down");
     return;
   }
@@ -250,7 +252,7 @@ cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const c
   if (o.flags & ~known)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
                           "unknown call flags 0x%x in opts.flags 0x%x", o.flags & ~known, o.flags);
-  if ((st = rt_check_started(rt, err)) != CRUSTER_OK) return st;
+  if ((st = rt_check_started(&rt->loop, err)) != CRUSTER_OK) return st;
   if (!rt->storage)
     return core_error_set(err, CRUSTER_E_PERSISTENCE, "the runtime has no message storage");
   rt_call *c = rt_call_new(type, id, method);
@@ -270,7 +272,8 @@ cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const c
   int64_t timeout = o.timeout_ms > 0 ? o.timeout_ms : rt->cfg->default_call_timeout;
   c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout);
   c->cmd.fn = join_on_loop;
-  if (rt_post(rt, &c->cmd) != 0) {
+  c->cmd.ud = rt;
+  if (rt_post(&rt->loop, &c->cmd) != 0) {
     rt_call_free(c);
     return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
   }
@@ -285,7 +288,8 @@ static void dead_listed(void *ud, int status, const char *errmsg, cruster_messag
   op_finish(o, status == CRUSTER_OK ? CRUSTER_OK : storage_status(status), errmsg);
 }
 
-static void dead_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+static void dead_on_loop(void *ud, rt_cmd *cmd) {
+  cruster_runtime *rt = ud;
   op *o = (op *)cmd;
   rt->storage->ops->list_dead(rt->storage, o->limit, dead_listed, o);
 }
@@ -317,7 +321,8 @@ static void redelivered(void *ud, int status, const char *errmsg) {
             errmsg);
 }
 
-static void redeliver_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+static void redeliver_on_loop(void *ud, rt_cmd *cmd) {
+  cruster_runtime *rt = ud;
   redeliver_op *r = (redeliver_op *)cmd;
   r->rt = rt;
   rt->storage->ops->redeliver(rt->storage, r->o.request_id, redelivered, r);

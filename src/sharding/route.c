@@ -185,10 +185,11 @@ static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc
 
 /* ---- routing --------------------------------------------------------------- */
 
-void rt_route(cruster_runtime *rt, rt_cmd *cmd) {
+void rt_route(void *ud, rt_cmd *cmd) {
+  cruster_runtime *rt = ud;
   rt_call *c = (rt_call *)cmd;
   c->heap_idx = SIZE_MAX;
-  if (atomic_load(&rt->state) != RT_STARTED || rt->stopping || rt->closed) {
+  if (atomic_load(&rt->loop.state) != RT_STARTED || rt->stopping || rt->closed) {
     rt_call_complete(rt, c, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "the runtime is shutting down");
     return;
   }
@@ -249,7 +250,7 @@ void rt_route(cruster_runtime *rt, rt_cmd *cmd) {
 /* ---- the poll loop ---------------------------------------------------------- */
 
 void rt_poll_schedule(cruster_runtime *rt, int64_t delay_ms) {
-  if (!rt->storage || atomic_load(&rt->state) != RT_STARTED || rt->stopping || rt->closed) return;
+  if (!rt->storage || atomic_load(&rt->loop.state) != RT_STARTED || rt->stopping || rt->closed) return;
   if (delay_ms < 0) delay_ms = 0;
   if (uv_is_active((uv_handle_t *)&rt->poll_timer) &&
       (int64_t)uv_timer_get_due_in(&rt->poll_timer) <= delay_ms)

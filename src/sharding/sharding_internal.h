@@ -35,6 +35,6 @@ int rt_call_opts_read(const cruster_call_opts *opts, rt_call_opts *out, cruster_
 int rt_heap_insert(cruster_runtime *rt, rt_call *c);
 int rt_waiter_add(cruster_runtime *rt, rt_call *c);
 /* Routes a call posted by cruster_send/notify (loop thread). */
-void rt_route(cruster_runtime *rt, rt_cmd *cmd);
+void rt_route(void *ud, rt_cmd *cmd);
 
 #endif
