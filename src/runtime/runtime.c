@@ -14,8 +14,6 @@
 static void init_metrics(cruster_runtime *rt) {
   cruster_metrics *m = rt->metrics;
   rt_metrics *x = &rt->m;
-  x->entity_types = core_metrics_get(m, CORE_GAUGE, "cluster_entity_types",
-                                     "Entity types registered on this runner", NULL);
   x->shards = core_metrics_get(m, CORE_GAUGE, "cluster_shards", "Shards owned by this runner", NULL);
   x->runners = core_metrics_get(m, CORE_GAUGE, "cluster_runners", "Runners known to this runner", NULL);
   x->runners_healthy = core_metrics_get(m, CORE_GAUGE, "cluster_runners_healthy",
@@ -58,15 +56,21 @@ static void destroy_partial(cruster_runtime *rt) {
   if (rt->metrics) core_metrics_free(rt->metrics);
   cruster_config_free(rt->cfg);
   free(rt->heap);
-  free(rt->run_buckets);
   free(rt);
 }
 
 static void on_loop_close(void *ud);
 
 /* The storage's callbacks up (st_host). */
-static int64_t *host_inflight(void *ud, size_t *n) { return em_inflight_persisted(ud, n); }
+static int64_t *host_inflight(void *ud, size_t *n) {
+  cruster_runtime *rt = ud;
+  return em_inflight_persisted(&rt->em, n);
+}
 static void host_wake(void *ud) { rt_poll_schedule(ud, 0); }
+
+/* The entity manager's hooks (em_hooks). */
+static void em_room(void *ud) { rt_poll_schedule(ud, 0); }
+static void stop_check(void *ud);
 
 cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *storage,
                                    cruster_registry *registry, cruster_runtime **out,
@@ -118,13 +122,7 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   rt->runner_address = rt->cfg->runner_address;
   init_metrics(rt);
   core_snowflake_init(&rt->snowflake, 0);
-  core_map_init(&rt->types);
-  core_map_init(&rt->instances);
   core_map_init(&rt->waiters);
-  if (em_run_set_init(rt) != 0) {
-    destroy_partial(rt);
-    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
-  }
   st = rt_loop_init(&rt->loop, (int)rt->cfg->worker_threads, (int)rt->cfg->worker_threads_max,
                     rt->lg, rt->metrics, err);
   if (st != CRUSTER_OK) {
@@ -132,11 +130,18 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
     return st;
   }
   rt_loop_set_close_hook(&rt->loop, on_loop_close, rt);
+  em_hooks hooks = {rt, em_room, stop_check};
+  st = em_init(&rt->em, &rt->loop, rt->cfg, rt->lg, rt->metrics, rt, &hooks, err);
+  if (st != CRUSTER_OK) {
+    rt_loop_abandon(&rt->loop);
+    em_free(&rt->em);
+    destroy_partial(rt);
+    return st;
+  }
   uv_timer_init(&rt->loop.uv, &rt->deadline_timer);
-  uv_timer_init(&rt->loop.uv, &rt->reaper_timer);
   uv_timer_init(&rt->loop.uv, &rt->poll_timer);
   uv_timer_init(&rt->loop.uv, &rt->stop_timer);
-  rt->deadline_timer.data = rt->reaper_timer.data = rt->poll_timer.data = rt->stop_timer.data = rt;
+  rt->deadline_timer.data = rt->poll_timer.data = rt->stop_timer.data = rt;
   if (rt->storage) {
     st_host host = {&rt->loop.uv, rt->cfg, rt->lg, rt->metrics, &rt->snowflake, rt,
                     host_inflight, host_wake};
@@ -152,6 +157,7 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
 fail_loop:
   if (rt->storage) rt->storage->ops->detach(rt->storage);
   rt_loop_abandon(&rt->loop);
+  em_free(&rt->em);
   destroy_partial(rt);
   return st;
 }
@@ -226,6 +232,7 @@ static void stop_finish(cruster_runtime *rt) {
   rt->stopping = NULL;
   uv_timer_stop(&rt->stop_timer);
   rt->closed = 1;
+  em_close(&rt->em);
   rt_calls_fail_all(rt, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
   rt->stop_sync = ctx->sync;
   if (!rt->storage) {
@@ -238,8 +245,10 @@ static void stop_finish(cruster_runtime *rt) {
   rt->storage->ops->flush(rt->storage, stop_flushed, rt);
 }
 
-void rt_stop_check(cruster_runtime *rt) {
-  if (rt->stopping && rt->running == 0) stop_finish(rt);
+/* No handler runs any more (em_hooks.idle): a stop waiting for them goes on. */
+static void stop_check(void *ud) {
+  cruster_runtime *rt = ud;
+  if (rt->stopping && rt->em.running == 0) stop_finish(rt);
 }
 
 static void on_stop_timeout(uv_timer_t *t) {
@@ -247,7 +256,7 @@ static void on_stop_timeout(uv_timer_t *t) {
   if (rt->stopping)
     core_log(rt->lg, CRUSTER_LOG_WARN, "runtime",
              "%zu handler(s) still running after entity_termination_timeout; their answers will be dropped",
-             rt->running);
+             rt->em.running);
   stop_finish(rt);
 }
 
@@ -258,9 +267,8 @@ static void stop_on_loop(void *ud, rt_cmd *cmd) {
   ctx->sync = s;
   rt->stopping = ctx;
   uv_timer_stop(&rt->poll_timer);
-  uv_timer_stop(&rt->reaper_timer);
-  em_interrupt_all(rt);
-  if (rt->running == 0) {
+  em_interrupt_all(&rt->em);
+  if (rt->em.running == 0) {
     stop_finish(rt);
     return;
   }
@@ -309,7 +317,7 @@ void cruster_runtime_free(cruster_runtime *rt) {
     return;
   }
   cruster_runtime_stop(rt, NULL);
-  em_free_all(rt);
+  em_free(&rt->em);
   core_map_clear(&rt->waiters);
   rt_loop_done(&rt->loop);
   destroy_partial(rt);
@@ -321,4 +329,9 @@ const cruster_metrics *cruster_runtime_metrics(const cruster_runtime *rt) {
 
 const char *cruster_runtime_runner_address(const cruster_runtime *rt) {
   return rt ? rt->runner_address : NULL;
+}
+
+cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruster_entity_def *d,
+                                               cruster_error **err) {
+  return em_register(rt ? &rt->em : NULL, d, err);
 }

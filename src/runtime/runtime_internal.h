@@ -15,10 +15,9 @@
 #include "core/metrics_internal.h"
 #include "core/snowflake.h"
 #include "core/map.h"
+#include "entity/entity_internal.h"
 #include "loop/loop.h"
 
-typedef struct em_type em_type;
-typedef struct em_instance em_instance;
 typedef struct rt_call rt_call;
 
 enum { RT_CALL_SEND = 0, RT_CALL_NOTIFY = 1 };
@@ -52,7 +51,7 @@ struct rt_call {
 
 /* Per-runtime metric series the hot paths update. */
 typedef struct rt_metrics {
-  core_metric *entity_types, *shards, *runners, *runners_healthy, *singletons, *detached;
+  core_metric *shards, *runners, *runners_healthy, *singletons, *detached;
   core_metric *calls_timeout, *calls_rejected, *calls_inflight;
   core_metric *st_polls, *st_queued, *st_saved, *st_duplicates, *st_replies, *st_dead_letters, *st_errors;
 } rt_metrics;
@@ -67,24 +66,15 @@ struct cruster_runtime {
   cruster_registry *registry;
   char *runner_address;
   rt_loop loop;
+  em_manager em;
 
   /* ---- loop-owned ---- */
   uv_timer_t deadline_timer;
-  uv_timer_t reaper_timer;
   uv_timer_t poll_timer;
   uv_timer_t stop_timer;
   rt_call **heap;
   size_t heap_len, heap_cap;
-  core_map types;     /* name -> em_type* */
-  core_map instances; /* "type\0id" -> em_instance* */
   core_map waiters;   /* persisted request id -> rt_call* list */
-  cruster_request *live_head; /* every delivery not yet freed */
-  /* The deliveries whose handler was started and whose answer the loop has
-   * not processed yet: the only valid opts.caller values. An intrusive hash
-   * set keyed by address (entity/manager.c). */
-  cruster_request **run_buckets;
-  size_t run_nbuckets, run_count;
-  size_t running;             /* handlers running */
   int closed;                 /* stop finished its drain: answers are dropped */
   int poll_scheduled;          /* a storage poll is in flight */
   int64_t poll_again_at;       /* asked for while one was in flight: monotonic ms, 0 = none */
@@ -109,37 +99,4 @@ void rt_calls_fail_all(cruster_runtime *rt, int status, const char *msg);
 /* ---- persisted delivery (sharding/dispatch.c) ---- */
 void rt_poll_schedule(cruster_runtime *rt, int64_t delay_ms);
 void rt_poll_fire(uv_timer_t *t);
-/* Called when a handler finishes during stop. */
-void rt_stop_check(cruster_runtime *rt);
-
-/* ---- entity manager (entity/manager.c) ---- */
-em_type *em_type_find(cruster_runtime *rt, const char *name);
-/* Delivers `env` (ownership passes on success) to the instance; `call` may
- * be NULL. `save` (may be NULL): the storage write of this persisted
- * message, still in flight -- the delivery is speculative, and its answer
- * waits for em_saved. Returns CRUSTER_OK, CRUSTER_E_MAILBOX_FULL, or
- * CRUSTER_E_SHUTTING_DOWN/NOMEM (env then still the caller's). */
-int em_deliver(cruster_runtime *rt, em_type *t, core_env *env, int rpc_index, rt_call *call,
-               struct rt_save *save, int *backlogged);
-/* The save a speculative delivery waited for completed (ok) or failed: a
- * failed one discards the handler's answer. The delivery is no longer
- * bound to the save. */
-void em_saved(cruster_runtime *rt, cruster_request *r, int ok);
-/* route.c: the delivery bound to `s` is gone (freed before the save completed). */
-void rt_save_unbind(struct rt_save *s);
-/* Makes the first buckets of the running set (0, or -1 on OOM). */
-int em_run_set_init(cruster_runtime *rt);
-/* 1 if `p` is the address of a request this runtime is handling (its
- * handler started, its answer not processed yet). Compares addresses only:
- * `p` may be any value and is never read through. */
-int em_request_is_running(const cruster_runtime *rt, const void *p);
-/* Finds the dispatchable RPC for a call; fills an error message on failure. */
-int em_lookup_rpc(em_type *t, const char *method, int internal, char *msg, size_t msgsz);
-void em_reaper_fire(uv_timer_t *t);
-/* Ids of the persisted messages being handled here (malloc'd; NULL on OOM). */
-int64_t *em_inflight_persisted(cruster_runtime *rt, size_t *n);
-/* Stop: cancel running handlers, fail queued messages. */
-void em_interrupt_all(cruster_runtime *rt);
-void em_free_all(cruster_runtime *rt);
-
 #endif

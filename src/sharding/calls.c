@@ -143,7 +143,7 @@ void rt_call_complete(cruster_runtime *rt, rt_call *c, int status, const void *d
   heap_remove(rt, c);
   waiter_remove(rt, c);
   if (c->req) {
-    c->req->call = NULL;
+    em_request_withdraw(c->req);
     c->req = NULL;
   }
   if (c->save) {
@@ -160,7 +160,7 @@ void rt_deadline_fire(uv_timer_t *t) {
   int64_t now = core_mono_ms();
   while (rt->heap_len && rt->heap[0]->deadline_ms <= now) {
     rt_call *c = rt->heap[0];
-    if (c->req) atomic_store(&c->req->cancelled, 1);
+    if (c->req) em_request_cancel(c->req);
     core_metric_add(rt->m.calls_timeout, 1);
     char msg[2 * CRUSTER_MAX_NAME_LEN + CRUSTER_MAX_ENTITY_ID_LEN + 64];
     snprintf(msg, sizeof(msg), "no answer from %s/%s (method '%s') before the call's deadline",

@@ -16,22 +16,92 @@ static void reject(cruster_runtime *rt, rt_call *c, int status, const char *msg)
 
 /* ---- persisted ------------------------------------------------------------ */
 
-static void save_free(rt_save *s) {
-  if (s->call) s->call->save = NULL;
-  if (s->req) s->req->save = NULL;
-  free(s->env);
-  free(s);
-}
-
-void rt_save_unbind(rt_save *s) { s->req = NULL; }
-
 /* The speculative delivery learns how its save went (it may free itself). */
 static void spec_saved(cruster_runtime *rt, rt_save *s, int ok) {
   cruster_request *r = s->req;
   if (!r) return;
   s->req = NULL;
-  em_saved(rt, r, ok);
+  em_hold_end(&rt->em, r, ok);
 }
+
+static void save_free(rt_save *s) {
+  if (s->call) s->call->save = NULL;
+  /* (A speculative delivery still held here -- none is: they are unkeyed,
+   * and only keyed saves end without spec_saved -- is not accepted.) */
+  spec_saved(s->rt, s, 0);
+  free(s->env);
+  free(s);
+}
+
+/* ---- what the entity manager tells a deliverer (em_sink) --------------------- */
+
+/* A non-persisted send: the delivery answers its call (cmd.ud: the runtime). */
+static void call_answered(void *ud, cruster_request *r) {
+  rt_call *c = ud;
+  cruster_runtime *rt = c->cmd.ud;
+  rt_call_complete(rt, c, r->status, r->reply, r->reply_len, r->errmsg);
+  em_request_free(&rt->em, r);
+}
+
+static void call_dropped(void *ud, cruster_request *r) {
+  rt_call *c = ud;
+  (void)r;
+  rt_call_complete(c->cmd.ud, c, CRUSTER_E_INTERRUPTED, NULL, 0,
+                   "entity interrupted due to shard movement or shutdown");
+}
+
+static void call_unbound(void *ud, cruster_request *r) {
+  rt_call *c = ud;
+  (void)r;
+  c->req = NULL;
+}
+
+static const em_sink call_sink = {call_answered, call_dropped, call_unbound, NULL};
+
+static void persist_done(void *ud, int status, const char *errmsg) {
+  cruster_request *r = ud;
+  cruster_runtime *rt = r->ud;
+  if (status != CRUSTER_OK) {
+    /* The reply is not durable: give the message back so it runs again. */
+    core_metric_add(rt->m.st_errors, 1);
+    core_log(rt->lg, CRUSTER_LOG_ERROR, "storage", "saving the reply of request %lld failed: %s",
+             (long long)r->env->request_id, errmsg ? errmsg : cruster_status_message(status));
+    rt->storage->ops->release(rt->storage, r->env, 1);
+    rt_poll_schedule(rt, rt->cfg->send_retry_interval);
+  } else {
+    core_metric_add(rt->m.st_replies, 1);
+    rt_waiters_resolve(rt, r->env->request_id, r->status, r->reply, r->reply_len, r->errmsg);
+  }
+  em_request_free(&rt->em, r);
+}
+
+/* A persisted delivery answered (and its message is stored): record the
+ * answer. The delivery stays ours until the answer is stored. */
+static void persisted_answered(void *ud, cruster_request *r) {
+  cruster_runtime *rt = ud;
+  /* An unkeyed message's answer can never be asked for again, so its
+   * caller need not wait for it to be stored: the stored request is what
+   * makes it at-least-once (a crash before the answer is recorded runs it
+   * again). A keyed one's answer must be durable first: repeats return it. */
+  if (!r->env->keyed)
+    rt_waiters_resolve(rt, r->env->request_id, r->status, r->reply, r->reply_len, r->errmsg);
+  st_reply rep = {r->status, r->reply, r->reply_len, r->errmsg};
+  rt->storage->ops->save_reply(rt->storage, r->env, &rep, persist_done, r);
+}
+
+/* Stop: a claimed message that never reached its handler goes back. */
+static void persisted_dropped(void *ud, cruster_request *r) {
+  cruster_runtime *rt = ud;
+  rt->storage->ops->release(rt->storage, r->env, 0);
+}
+
+/* The speculative delivery bound to `hold` (an rt_save) is gone. */
+static void save_unbound(void *hold) {
+  rt_save *s = hold;
+  s->req = NULL;
+}
+
+static const em_sink persisted_sink = {persisted_answered, persisted_dropped, NULL, save_unbound};
 
 /* A claimed message em_deliver refused (status `st`) stays in storage for
  * the poll loop. A full mailbox asks for a poll itself when it has room. */
@@ -42,8 +112,7 @@ static void give_back(cruster_runtime *rt, const core_env *env, int st) {
 }
 
 static void deliver_persisted(cruster_runtime *rt, em_type *t, int rpc_index, core_env *env) {
-  int backlogged = 0;
-  int st = em_deliver(rt, t, env, rpc_index, NULL, NULL, &backlogged);
+  int st = em_deliver(&rt->em, t, env, rpc_index, &persisted_sink, rt, NULL, NULL);
   if (st == CRUSTER_OK) return;
   give_back(rt, env, st);
   free(env);
@@ -175,7 +244,7 @@ static void route_persisted(cruster_runtime *rt, rt_call *c, em_type *t, int rpc
     core_env *copy = core_env_copy(s->env);
     if (copy) {
       s->spec = 1;
-      s->spec_status = em_deliver(rt, t, copy, rpc_index, NULL, s, NULL);
+      s->spec_status = em_deliver(&rt->em, t, copy, rpc_index, &persisted_sink, rt, s, &s->req);
       if (s->spec_status != CRUSTER_OK) free(copy); /* else s->req is the delivery */
     }
   }
@@ -198,14 +267,14 @@ void rt_route(void *ud, rt_cmd *cmd) {
     return;
   }
   core_env *env = c->env;
-  em_type *t = em_type_find(rt, env->type);
+  em_type *t = em_type_find(&rt->em, env->type);
   char msg[CRUSTER_MAX_NAME_LEN * 2 + 128];
   if (!t) {
     snprintf(msg, sizeof(msg), "no entity type '%s' is registered", env->type);
     reject(rt, c, CRUSTER_E_UNKNOWN_ENTITY_TYPE, msg);
     return;
   }
-  if (c->caller && !em_request_is_running(rt, c->caller)) {
+  if (c->caller && !em_request_is_running(&rt->em, c->caller)) {
     /* Only a request this runtime is handling makes a call internal: a made
      * up, stale or foreign pointer must not open protected methods. */
     reject(rt, c, CRUSTER_E_FORBIDDEN,
@@ -233,7 +302,8 @@ void rt_route(void *ud, rt_cmd *cmd) {
     return;
   }
   c->request_id = env->request_id;
-  int st = em_deliver(rt, t, env, idx, c->kind == RT_CALL_SEND ? c : NULL, NULL, NULL);
+  int st = c->kind == RT_CALL_SEND ? em_deliver(&rt->em, t, env, idx, &call_sink, c, NULL, &c->req)
+                                    : em_deliver(&rt->em, t, env, idx, NULL, NULL, NULL, NULL);
   if (st != CRUSTER_OK) {
     if (st == CRUSTER_E_MAILBOX_FULL)
       snprintf(msg, sizeof(msg), "the mailbox of %s/%s is full (capacity %lld)", env->type, env->id,
@@ -292,7 +362,7 @@ static void on_polled(void *ud, int status, const char *errmsg, core_env **msgs,
   }
   for (size_t i = 0; i < n; i++) {
     core_env *env = msgs[i];
-    em_type *t = em_type_find(rt, env->type);
+    em_type *t = em_type_find(&rt->em, env->type);
     if (!t || rt->stopping || rt->closed) {
       if (!t)
         core_log(rt->lg, CRUSTER_LOG_WARN, "storage",
