@@ -1,19 +1,20 @@
-/* The runtime: loop thread, command queue, lifecycle (new/start/stop/free). */
+/* The runner: the public cruster_runtime and the one place that composes
+ * the layers -- it makes the loop, the entity manager, the sharding object
+ * and attaches the storage, wires the callbacks that go up, and runs the
+ * lifecycle (new/start/stop/free). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
 #include "core/util.h"
-#include "entity/entity_internal.h"
 #include "registry/registry_internal.h"
-#include "runtime/runtime_internal.h"
-#include "storage/storage_internal.h"
+#include "runner/runner_internal.h"
 
 /* ---- metrics -------------------------------------------------------------- */
 
 static void init_metrics(cruster_runtime *rt) {
   cruster_metrics *m = rt->metrics;
-  rt_metrics *x = &rt->m;
+  rn_metrics *x = &rt->m;
   x->shards = core_metrics_get(m, CORE_GAUGE, "cluster_shards", "Shards owned by this runner", NULL);
   x->runners = core_metrics_get(m, CORE_GAUGE, "cluster_runners", "Runners known to this runner", NULL);
   x->runners_healthy = core_metrics_get(m, CORE_GAUGE, "cluster_runners_healthy",
@@ -22,55 +23,44 @@ static void init_metrics(cruster_runtime *rt) {
                                    "Singletons running on this runner", NULL);
   x->detached = core_metrics_get(m, CORE_GAUGE, "cluster_sharding_detached",
                                  "1 while this runner is detached from the cluster", NULL);
-  x->calls_timeout = core_metrics_get(m, CORE_COUNTER, "cluster_calls_timed_out_total",
-                                      "Calls whose deadline passed before an answer", NULL);
-  x->calls_rejected = core_metrics_get(m, CORE_COUNTER, "cluster_calls_rejected_total",
-                                       "Calls refused before delivery (unknown type or method, forbidden, full)", NULL);
-  x->calls_inflight = core_metrics_get(m, CORE_GAUGE, "cluster_calls_in_flight",
-                                       "Calls made on this runner still waiting for an answer", NULL);
-  x->st_polls = core_metrics_get(m, CORE_COUNTER, "cluster_storage_polls_total",
-                                 "Polls of message storage for messages to deliver", NULL);
-  x->st_queued = core_metrics_get(m, CORE_COUNTER, "cluster_storage_messages_queued_total",
-                                  "Persisted messages stored behind older ones of their entity (delivered by a poll)", NULL);
-  x->st_saved = core_metrics_get(m, CORE_COUNTER, "cluster_storage_messages_saved_total",
-                                 "Persisted messages written to message storage", NULL);
-  x->st_duplicates = core_metrics_get(m, CORE_COUNTER, "cluster_storage_duplicates_total",
-                                      "Persisted calls that found their request id already stored", NULL);
-  x->st_replies = core_metrics_get(m, CORE_COUNTER, "cluster_storage_replies_saved_total",
-                                   "Exit replies written to message storage", NULL);
-  x->st_dead_letters = core_metrics_get(m, CORE_COUNTER, "cluster_storage_dead_letters_total",
-                                        "Persisted messages moved to the dead letters", NULL);
-  x->st_errors = core_metrics_get(m, CORE_COUNTER, "cluster_storage_errors_total",
-                                  "Failed message-storage operations", NULL);
   core_metrics_get(m, CORE_COUNTER, "cluster_lease_keepalive_failures_total",
                    "Failed lease keep-alives", NULL);
   core_metrics_get(m, CORE_GAUGE, "cluster_lease_keepalive_failure_streak",
                    "Consecutive failed lease keep-alives", NULL);
 }
 
-/* ---- new ------------------------------------------------------------------ */
-
 static void destroy_partial(cruster_runtime *rt) {
   if (rt->storage) cruster_storage_free(rt->storage);
   if (rt->registry) cruster_registry_free(rt->registry);
   if (rt->metrics) core_metrics_free(rt->metrics);
   cruster_config_free(rt->cfg);
-  free(rt->heap);
   free(rt);
 }
 
 static void on_loop_close(void *ud);
 
-/* The storage's callbacks up (st_host). */
+/* ---- the callbacks that go up ---------------------------------------------- */
+
+/* The storage's (st_host): the ids being handled come from the entity
+ * manager; a wake-up polls. */
 static int64_t *host_inflight(void *ud, size_t *n) {
   cruster_runtime *rt = ud;
   return em_inflight_persisted(&rt->em, n);
 }
-static void host_wake(void *ud) { rt_poll_schedule(ud, 0); }
+static void host_wake(void *ud) {
+  cruster_runtime *rt = ud;
+  sh_poll_schedule(&rt->sh, 0);
+}
 
-/* The entity manager's hooks (em_hooks). */
-static void em_room(void *ud) { rt_poll_schedule(ud, 0); }
+/* The entity manager's (em_hooks): room for messages that wait in storage
+ * polls for them; no handler running lets a stop go on. */
+static void em_room(void *ud) {
+  cruster_runtime *rt = ud;
+  sh_poll_schedule(&rt->sh, 0);
+}
 static void stop_check(void *ud);
+
+/* ---- new ------------------------------------------------------------------ */
 
 cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *storage,
                                    cruster_registry *registry, cruster_runtime **out,
@@ -122,7 +112,6 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   rt->runner_address = rt->cfg->runner_address;
   init_metrics(rt);
   core_snowflake_init(&rt->snowflake, 0);
-  core_map_init(&rt->waiters);
   st = rt_loop_init(&rt->loop, (int)rt->cfg->worker_threads, (int)rt->cfg->worker_threads_max,
                     rt->lg, rt->metrics, err);
   if (st != CRUSTER_OK) {
@@ -138,10 +127,9 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
     destroy_partial(rt);
     return st;
   }
-  uv_timer_init(&rt->loop.uv, &rt->deadline_timer);
-  uv_timer_init(&rt->loop.uv, &rt->poll_timer);
+  sh_init(&rt->sh, &rt->loop, &rt->em, rt->storage, rt->cfg, rt->lg, rt->metrics, &rt->snowflake);
   uv_timer_init(&rt->loop.uv, &rt->stop_timer);
-  rt->deadline_timer.data = rt->poll_timer.data = rt->stop_timer.data = rt;
+  rt->stop_timer.data = rt;
   if (rt->storage) {
     st_host host = {&rt->loop.uv, rt->cfg, rt->lg, rt->metrics, &rt->snowflake, rt,
                     host_inflight, host_wake};
@@ -157,6 +145,7 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
 fail_loop:
   if (rt->storage) rt->storage->ops->detach(rt->storage);
   rt_loop_abandon(&rt->loop);
+  sh_free(&rt->sh);
   em_free(&rt->em);
   destroy_partial(rt);
   return st;
@@ -179,7 +168,7 @@ static void start_on_loop(void *ud, rt_cmd *cmd) {
     rt_sync_done(s, CRUSTER_E_STATE);
     return;
   }
-  if (rt->storage) rt_poll_schedule(rt, 0);
+  sh_start(&rt->sh);
   /* Single-node: nothing listens on runner_address, so the line does not
    * name it. */
   core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner started (%lld shards)",
@@ -202,9 +191,9 @@ cruster_status cruster_runtime_start(cruster_runtime *rt, cruster_error **err) {
 
 /* ---- stop ------------------------------------------------------------------- */
 
-typedef struct rt_stop_ctx {
+typedef struct rn_stop_ctx {
   rt_sync *sync;
-} rt_stop_ctx;
+} rn_stop_ctx;
 
 static void stop_flushed(void *ud) {
   cruster_runtime *rt = ud;
@@ -227,13 +216,12 @@ static void on_flush_timeout(uv_timer_t *t) {
 }
 
 static void stop_finish(cruster_runtime *rt) {
-  rt_stop_ctx *ctx = rt->stopping;
+  rn_stop_ctx *ctx = rt->stopping;
   if (!ctx) return;
   rt->stopping = NULL;
   uv_timer_stop(&rt->stop_timer);
-  rt->closed = 1;
   em_close(&rt->em);
-  rt_calls_fail_all(rt, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
+  sh_calls_fail_all(&rt->sh, CRUSTER_E_SHUTTING_DOWN, "the runtime is shutting down");
   rt->stop_sync = ctx->sync;
   if (!rt->storage) {
     stop_flushed(rt);
@@ -263,10 +251,10 @@ static void on_stop_timeout(uv_timer_t *t) {
 static void stop_on_loop(void *ud, rt_cmd *cmd) {
   cruster_runtime *rt = ud;
   rt_sync *s = (rt_sync *)cmd;
-  rt_stop_ctx *ctx = s->arg;
+  rn_stop_ctx *ctx = s->arg;
   ctx->sync = s;
   rt->stopping = ctx;
-  uv_timer_stop(&rt->poll_timer);
+  sh_stop(&rt->sh);
   em_interrupt_all(&rt->em);
   if (rt->em.running == 0) {
     stop_finish(rt);
@@ -298,7 +286,7 @@ cruster_status cruster_runtime_stop(cruster_runtime *rt, cruster_error **err) {
     if (atomic_compare_exchange_weak(&rt->loop.state, &st, RT_STOPPING)) break;
   }
   core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner stopping");
-  rt_stop_ctx ctx = {NULL};
+  rn_stop_ctx ctx = {NULL};
   rt_sync s;
   memset(&s, 0, sizeof(s));
   s.arg = &ctx;
@@ -318,7 +306,7 @@ void cruster_runtime_free(cruster_runtime *rt) {
   }
   cruster_runtime_stop(rt, NULL);
   em_free(&rt->em);
-  core_map_clear(&rt->waiters);
+  sh_free(&rt->sh);
   rt_loop_done(&rt->loop);
   destroy_partial(rt);
 }
@@ -329,9 +317,4 @@ const cruster_metrics *cruster_runtime_metrics(const cruster_runtime *rt) {
 
 const char *cruster_runtime_runner_address(const cruster_runtime *rt) {
   return rt ? rt->runner_address : NULL;
-}
-
-cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruster_entity_def *d,
-                                               cruster_error **err) {
-  return em_register(rt ? &rt->em : NULL, d, err);
 }
