@@ -35,7 +35,7 @@ static void save_free(sh_save *s) {
 
 /* ---- what the entity manager tells a deliverer (em_sink) --------------------- */
 
-/* A non-persisted send: the delivery answers its call (cmd.ud: the runtime). */
+/* A non-persisted send: the delivery answers its call (cmd.ud: its sh_sharding). */
 static void call_answered(void *ud, cruster_request *r) {
   sh_call *c = ud;
   sh_sharding *sh = c->cmd.ud;
