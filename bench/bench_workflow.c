@@ -9,10 +9,15 @@
  *   {"bench":"pgbench_insert","clients":N,"when":"before"|"after","tps":..,"p50_us":..,..}
  *     pgbench, N clients, right before and right after the workflows
  *   {"bench":"workflow","concurrency":N,"wf_per_s":..,"p50_us":..,"p99_us":..,
- *    "workflows":..,"errors":..,"worker_threads_max_seen":..}
+ *    "workflows":..,"errors":..,"worker_threads_max_seen":..,"cpu_us_per_wf":..,
+ *    "server_cpu_us_per_wf":..}
  *     wf_per_s: answers in the measured window / its length; latencies of
  *     the workflows started and answered in it (warm-up: until every caller
- *     had an answer, then 500 ms)
+ *     had an answer, then 500 ms). cpu_us_per_wf: user+sys CPU of this
+ *     process in the window / answers; server_cpu_us_per_wf: the same for
+ *     the bench database's backends (/proc/<pid>/stat, sampled every 100 ms;
+ *     -1 when the server is not on this machine). pgbench's lines carry the
+ *     same two figures per transaction (pgbench itself, its backends).
  *   {"bench":"workflow_commits","concurrency":N,"commits_per_wf":..,
  *    "messages_ins_per_wf":..,"messages_upd_per_wf":..,"journal_ins_per_wf":..,
  *    "activity_rows_per_wf":..}
@@ -27,14 +32,18 @@
  *     COMMIT), act_sql (the activity's INSERT alone), execute_to_answer (the
  *     answer stored and handed to the caller).
  *   {"bench":"workflow_vs_pgbench","concurrency":N,"pgbench_tps":..,"pgbench_p50_us":..,
- *    "wf_ratio":..,"p50_ratio":..}
- *     against the better pgbench run of the two (higher tps, lower p50)
+ *    "wf_ratio":..,"p50_ratio":..,"cpu_per_wf_vs_tx":..,"cpu_bound_wf_ratio":..}
+ *     against the better pgbench run of the two (higher tps, lower p50,
+ *     less CPU); cpu_bound_wf_ratio = pgbench's CPU per transaction / the
+ *     workflow's (client + server): the wf_ratio both tend to when they
+ *     saturate the cores, steadier than wf_ratio on a shared machine
  * then BENCH_ASLEEP (100,000) executions asleep: each sleeps one hour,
  * started by BENCH_STARTERS threads with cruster_workflow_start; once the
  * database shows every one parked (unclaimed, due in the future):
  *   {"bench":"workflow_asleep","executions":..,"start_s":..,"parked_s":..,
  *    "rss_kb":..,"rss_before_kb":..,"threads":..,"threads_before":..,
- *    "threads_peak_starting":..,"entities_in_memory":..,...}
+ *    "threads_peak_starting":..,"entities_in_memory":..,
+ *    "commits_per_execution":..,...}
  *     VmRSS / Threads of this process (/proc/self/status); before = the
  *     runtime started, nothing started yet. entity_max_idle_time is 1 h
  *     for this part (BENCH_ASLEEP_IDLE), so every parked execution's entity
