@@ -348,12 +348,12 @@ template <class A0, class A1> struct activity_args<std::tuple<A0, A1>> {
   using request_param = A1;
 };
 
-template <auto M> struct activity_traits : activity_args<typename member_fn<decltype(M)>::args> {
-  using owner = typename member_fn<decltype(M)>::owner;
-  using result = typename member_fn<decltype(M)>::result;
+template <auto M> struct activity_traits : activity_args<typename member_fn<std::remove_cv_t<decltype(M)>>::args> {
+  using owner = typename member_fn<std::remove_cv_t<decltype(M)>>::owner;
+  using result = typename member_fn<std::remove_cv_t<decltype(M)>>::result;
 };
-template <auto M> using activity_owner_t = typename member_fn<decltype(M)>::owner;
-template <auto M> using activity_result_t = typename member_fn<decltype(M)>::result;
+template <auto M> using activity_owner_t = typename member_fn<std::remove_cv_t<decltype(M)>>::owner;
+template <auto M> using activity_result_t = typename member_fn<std::remove_cv_t<decltype(M)>>::result;
 template <auto M> using activity_request_t = typename activity_traits<M>::request;
 
 /** W::execute's parameters: (workflow_context<W>&) or (workflow_context<W>&, Request). */
@@ -361,6 +361,7 @@ template <class W, class Args> struct execute_args {
   static_assert(wf_always_false<Args>,
                 "cruster: W::execute takes (cruster::workflow_context<W>&) or "
                 "(cruster::workflow_context<W>&, Request)");
+  static constexpr bool valid = false;
   static constexpr bool has_request = false;
   using request = no_request;
   using request_param = no_request;
@@ -369,6 +370,7 @@ template <class W, class A> struct execute_args<W, std::tuple<A>> {
   static_assert(std::is_same_v<A, workflow_context<W> &>,
                 "cruster: W::execute takes (cruster::workflow_context<W>&) or "
                 "(cruster::workflow_context<W>&, Request)");
+  static constexpr bool valid = std::is_same_v<A, workflow_context<W> &>;
   static constexpr bool has_request = false;
   using request = no_request;
   using request_param = no_request;
@@ -377,6 +379,7 @@ template <class W, class A0, class A1> struct execute_args<W, std::tuple<A0, A1>
   static_assert(std::is_same_v<A0, workflow_context<W> &>,
                 "cruster: W::execute takes (cruster::workflow_context<W>&) or "
                 "(cruster::workflow_context<W>&, Request)");
+  static constexpr bool valid = std::is_same_v<A0, workflow_context<W> &>;
   static constexpr bool has_request = true;
   using request = std::decay_t<A1>;
   using request_param = A1;
@@ -621,7 +624,9 @@ template <class W> void run_execute(void *user, cruster_wf *wf) noexcept {
 
   auto invoke = [&]() -> R {
     using P = typename tr::request_param;
-    if constexpr (tr::has_request) {
+    if constexpr (!tr::valid) {
+      throw error(CRUSTER_E_INTERNAL); // not reached: W::execute's signature does not compile
+    } else if constexpr (tr::has_request) {
       return (self->*(&W::execute))(ctx, static_cast<P &&>(*request));
     } else {
       return (self->*(&W::execute))(ctx);
