@@ -308,7 +308,7 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   rt->deadline_timer.data = rt->reaper_timer.data = rt->poll_timer.data = rt->stop_timer.data = rt;
   if (rt->storage) {
     st_host host = {&rt->loop, rt->cfg, rt->lg, rt->metrics, &rt->snowflake, rt,
-                    host_inflight, host_wake};
+                    host_inflight, host_wake, NULL};
     st = rt->storage->ops->attach(rt->storage, &host, err);
     if (st != CRUSTER_OK) goto fail_loop;
   }

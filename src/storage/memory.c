@@ -7,6 +7,7 @@
 #include "core/hash.h"
 #include "core/util.h"
 #include "storage/storage_internal.h"
+#include "storage/wf_storage.h"
 
 typedef struct mem_msg {
   core_env *env;
@@ -20,6 +21,12 @@ typedef struct mem_msg {
   char *message;
   void *key; /* keyed calls: the idempotency key, compared on repeats */
   size_t key_len;
+  /* A workflow execution's journal and deferreds, and its wake counter. */
+  st_jentry *journal;
+  size_t njournal;
+  st_deferred *deferreds;
+  size_t ndeferreds;
+  int64_t wake_seq;
 } mem_msg;
 
 typedef struct mem_store {
@@ -27,6 +34,8 @@ typedef struct mem_store {
   core_map waiting; /* "type\0id" -> count of unclaimed unprocessed immediate messages */
   mem_msg *head, *tail;
   int64_t next_seq;
+  st_host host; /* from attach: the workflow side runs its calls on the loop */
+  int attached;
 } mem_store;
 
 /* Per-entity count of stored immediate messages nobody is delivering. */
@@ -49,6 +58,8 @@ static void unlink_fifo(mem_store *m, mem_msg *x) {
 }
 
 static void msg_free(mem_msg *x) {
+  st_wf_state st = {x->journal, x->njournal, x->deferreds, x->ndeferreds, 0, 0};
+  st_wf_state_free(&st);
   free(x->key);
   free(x->env);
   free(x->data);
@@ -57,7 +68,10 @@ static void msg_free(mem_msg *x) {
 }
 
 static cruster_status mem_attach(cruster_storage *s, const st_host *host, cruster_error **err) {
-  (void)s; (void)host; (void)err;
+  (void)err;
+  mem_store *m = s->impl;
+  m->host = *host;
+  m->attached = 1;
   return CRUSTER_OK;
 }
 
@@ -232,10 +246,370 @@ static void mem_release(cruster_storage *s, const core_env *e, int attempt) {
 static int64_t mem_next_due(cruster_storage *s) {
   mem_store *m = s->impl;
   int64_t best = 0;
+  /* INT64_MAX: parked until woken, never due by time. */
   for (mem_msg *x = m->head; x; x = x->next)
-    if (!x->claimed && x->env->deliver_at > 0 && (best == 0 || x->env->deliver_at < best))
+    if (!x->claimed && x->env->deliver_at > 0 && x->env->deliver_at < INT64_MAX &&
+        (best == 0 || x->env->deliver_at < best))
       best = x->env->deliver_at;
   return best;
+}
+
+/* Gives a claimed message back unanswered, due at `wake_at` -- or now when
+ * woken since the run read `wake_seq`. */
+static void mem_park(cruster_storage *s, const core_env *e, int64_t wake_at, int64_t wake_seq,
+                     int progress, st_done_cb cb, void *ud) {
+  mem_store *m = s->impl;
+  mem_msg *x = core_map_iget(&m->msgs, e->request_id);
+  if (!x || x->processed || !x->claimed) {
+    if (cb) cb(ud, CRUSTER_E_NOT_FOUND, "no claimed message to park");
+    return;
+  }
+  x->claimed = 0;
+  x->env->deliver_at = wake_seq >= 0 && x->wake_seq != wake_seq ? 0 : wake_at;
+  if (progress) x->attempts = 0;
+  waiting_add(m, x->env, 1); /* counts it only when due now */
+  if (cb) cb(ud, CRUSTER_OK, NULL);
+}
+
+/* ---- the workflow side: each call runs on the loop thread -------------- */
+
+typedef struct mwf_call {
+  mem_store *m;
+  int rc;
+  cruster_error *err;
+  int64_t request_id;
+  st_wf_state *state;
+  const st_jentry *entries;
+  size_t n;
+  const char *type, *id;
+  st_exec_ref *refs;
+  size_t cap, *count;
+  const char *name;
+  int32_t status;
+  const void *value;
+  size_t len;
+  const char *message;
+  int woke;
+} mwf_call;
+
+static int mwf_run(mem_store *m, void (*fn)(void *), mwf_call *c, cruster_error **err) {
+  c->m = m;
+  c->rc = CRUSTER_OK;
+  c->err = NULL;
+  if (!m->attached || !m->host.run_sync)
+    return core_error_set(err, CRUSTER_E_STATE, "the memory storage is not attached to a runtime");
+  int rc = m->host.run_sync(m->host.ud, fn, c);
+  if (rc != CRUSTER_OK) {
+    cruster_error_free(c->err);
+    return core_error_set(err, rc, "the runtime's loop is gone");
+  }
+  if (c->err) {
+    if (err) *err = c->err;
+    else cruster_error_free(c->err);
+  }
+  if (c->woke && m->host.wake) m->host.wake(m->host.ud);
+  return c->rc;
+}
+
+static mem_msg *mwf_msg(mwf_call *c) {
+  mem_msg *x = core_map_iget(&c->m->msgs, c->request_id);
+  if (!x) c->rc = core_error_set(&c->err, CRUSTER_E_NOT_FOUND, "the execution is not stored");
+  return x;
+}
+
+static int copy_bytes(void **dst, size_t *dlen, const void *src, size_t len) {
+  *dst = NULL;
+  *dlen = len;
+  if (!src && !len) return 0;
+  *dst = core_memdup(src, len);
+  return *dst ? 0 : -1;
+}
+
+static int copy_entry(st_jentry *d, const st_jentry *e) {
+  memset(d, 0, sizeof(*d));
+  d->seq = e->seq;
+  d->kind = e->kind;
+  d->status = e->status;
+  d->attempts = e->attempts;
+  d->at = e->at;
+  d->name = core_strdup(e->name ? e->name : "");
+  if (e->message) d->message = core_strdup(e->message);
+  if (!d->name || (e->message && !d->message) ||
+      copy_bytes(&d->value, &d->len, e->value, e->len) != 0) {
+    st_jentry_clear(d);
+    return -1;
+  }
+  return 0;
+}
+
+static void mwf_load_on_loop(void *arg) {
+  mwf_call *c = arg;
+  mem_msg *x = mwf_msg(c);
+  if (!x) return;
+  st_wf_state *o = c->state;
+  memset(o, 0, sizeof(*o));
+  o->entries = x->njournal ? calloc(x->njournal, sizeof(*o->entries)) : NULL;
+  o->deferreds = x->ndeferreds ? calloc(x->ndeferreds, sizeof(*o->deferreds)) : NULL;
+  int oom = (x->njournal && !o->entries) || (x->ndeferreds && !o->deferreds);
+  for (size_t i = 0; !oom && i < x->njournal; i++) {
+    oom = copy_entry(&o->entries[i], &x->journal[i]) != 0;
+    if (!oom) o->n++;
+  }
+  for (size_t i = 0; !oom && i < x->ndeferreds; i++) {
+    const st_deferred *s = &x->deferreds[i];
+    st_deferred *d = &o->deferreds[i];
+    d->name = core_strdup(s->name);
+    d->status = s->status;
+    if (s->message) d->message = core_strdup(s->message);
+    oom = !d->name || (s->message && !d->message) ||
+          copy_bytes(&d->value, &d->len, s->value, s->len) != 0;
+    o->nd++;
+    if (!*s->name) o->cancelled = 1;
+  }
+  o->wake_seq = x->wake_seq;
+  if (oom) {
+    st_wf_state_free(o);
+    c->rc = core_error_set(&c->err, CRUSTER_E_NOMEM, "out of memory");
+  }
+}
+
+static int mwf_load(void *impl, int64_t request_id, st_wf_state *out, cruster_error **err) {
+  mwf_call c = {0};
+  c.request_id = request_id;
+  c.state = out;
+  memset(out, 0, sizeof(*out));
+  return mwf_run(impl, mwf_load_on_loop, &c, err);
+}
+
+/* No transactions in memory: an activity runs without one. */
+static int mwf_begin(void *impl, st_tx **tx, cruster_error **err) {
+  (void)impl;
+  (void)err;
+  *tx = NULL;
+  return CRUSTER_OK;
+}
+static void *mwf_tx_handle(st_tx *tx) {
+  (void)tx;
+  return NULL;
+}
+static void mwf_rollback(void *impl, st_tx *tx) {
+  (void)impl;
+  (void)tx;
+}
+
+static void mwf_commit_on_loop(void *arg) {
+  mwf_call *c = arg;
+  mem_msg *x = mwf_msg(c);
+  if (!x) return;
+  for (size_t i = 0; i < c->n; i++) {
+    const st_jentry *e = &c->entries[i];
+    if (e->seq < 0 || (size_t)e->seq > x->njournal) {
+      c->rc = core_error_set(&c->err, CRUSTER_E_INTERNAL, "journal entry %ld would leave a gap",
+                             (long)e->seq);
+      return;
+    }
+    st_jentry copy;
+    if (copy_entry(&copy, e) != 0) {
+      c->rc = core_error_set(&c->err, CRUSTER_E_NOMEM, "out of memory");
+      return;
+    }
+    if ((size_t)e->seq == x->njournal) {
+      st_jentry *v = realloc(x->journal, (x->njournal + 1) * sizeof(*v));
+      if (!v) {
+        st_jentry_clear(&copy);
+        c->rc = core_error_set(&c->err, CRUSTER_E_NOMEM, "out of memory");
+        return;
+      }
+      x->journal = v;
+      x->journal[x->njournal++] = copy;
+    } else {
+      st_jentry_clear(&x->journal[e->seq]);
+      x->journal[e->seq] = copy;
+    }
+  }
+}
+
+static int mwf_commit(void *impl, st_tx *tx, int64_t request_id, const st_jentry *entries,
+                      size_t n, cruster_error **err) {
+  (void)tx;
+  if (n == 0) return CRUSTER_OK;
+  mwf_call c = {0};
+  c.request_id = request_id;
+  c.entries = entries;
+  c.n = n;
+  return mwf_run(impl, mwf_commit_on_loop, &c, err);
+}
+
+static void mwf_find_on_loop(void *arg) {
+  mwf_call *c = arg;
+  *c->count = 0;
+  /* Every stored message: processed ones left the FIFO list. */
+  mem_store *m = c->m;
+  for (size_t b = 0; b < m->msgs.nbuckets; b++) {
+    for (core_map_entry *en = m->msgs.buckets[b]; en; en = en->next) {
+      mem_msg *x = en->value;
+      const core_env *e = x->env;
+      if (strcmp(e->type, c->type) != 0 || strcmp(e->id, c->id) != 0 ||
+          strcmp(e->method, "execute") != 0)
+        continue;
+      size_t i = (*c->count)++;
+      if (i >= c->cap) continue;
+      c->refs[i].request_id = e->request_id;
+      c->refs[i].finished = x->processed;
+      if (copy_bytes(&c->refs[i].key, &c->refs[i].key_len, x->key, x->key_len) != 0 ||
+          !c->refs[i].key) {
+        c->refs[i].key = core_memdup("", 0);
+        if (!c->refs[i].key) c->rc = core_error_set(&c->err, CRUSTER_E_NOMEM, "out of memory");
+      }
+    }
+  }
+}
+
+static int mwf_find(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,
+                    size_t *n, cruster_error **err) {
+  mwf_call c = {0};
+  c.type = type;
+  c.id = id;
+  c.refs = out;
+  c.cap = cap;
+  c.count = n;
+  int rc = mwf_run(impl, mwf_find_on_loop, &c, err);
+  if (rc != CRUSTER_OK)
+    for (size_t i = 0; i < *n && i < cap; i++) free(out[i].key);
+  return rc;
+}
+
+/* Wakes a parked execution: due now, and a run deciding to park from an
+ * older read finds the counter moved. */
+static void mwf_wake(mwf_call *c, mem_msg *x) {
+  x->wake_seq++;
+  if (!x->claimed && !x->processed && x->env->deliver_at > 0) {
+    x->env->deliver_at = 0;
+    waiting_add(c->m, x->env, 1);
+  }
+  c->woke = 1;
+}
+
+static void mwf_resolve_on_loop(void *arg) {
+  mwf_call *c = arg;
+  mem_msg *x = mwf_msg(c);
+  if (!x) return;
+  if (x->processed) {
+    c->rc = core_error_set(&c->err, CRUSTER_E_STATE, "the execution has finished");
+    return;
+  }
+  for (size_t i = 0; i < x->ndeferreds; i++)
+    if (strcmp(x->deferreds[i].name, c->name) == 0) {
+      c->rc = core_error_set(&c->err, CRUSTER_E_ALREADY_EXISTS,
+                             *c->name ? "deferred \"%s\" was resolved or rejected already"
+                                      : "the execution was cancelled already%s",
+                             c->name);
+      return;
+    }
+  st_deferred *v = realloc(x->deferreds, (x->ndeferreds + 1) * sizeof(*v));
+  if (!v) {
+    c->rc = core_error_set(&c->err, CRUSTER_E_NOMEM, "out of memory");
+    return;
+  }
+  x->deferreds = v;
+  st_deferred *d = &v[x->ndeferreds];
+  memset(d, 0, sizeof(*d));
+  d->name = core_strdup(c->name);
+  d->status = c->status;
+  if (c->message) d->message = core_strdup(c->message);
+  if (!d->name || (c->message && !d->message) ||
+      copy_bytes(&d->value, &d->len, c->value, c->len) != 0) {
+    free(d->name);
+    free(d->message);
+    c->rc = core_error_set(&c->err, CRUSTER_E_NOMEM, "out of memory");
+    return;
+  }
+  x->ndeferreds++;
+  mwf_wake(c, x);
+}
+
+static int mwf_resolve(void *impl, int64_t request_id, const char *name, int32_t status,
+                       const void *value, size_t len, const char *message, cruster_error **err) {
+  mwf_call c = {0};
+  c.request_id = request_id;
+  c.name = name;
+  c.status = status;
+  c.value = value;
+  c.len = len;
+  c.message = message;
+  return mwf_run(impl, mwf_resolve_on_loop, &c, err);
+}
+
+static void mwf_restart_on_loop(void *arg) {
+  mwf_call *c = arg;
+  mem_msg *x = mwf_msg(c);
+  if (!x) return;
+  if (!x->processed) {
+    c->rc = core_error_set(&c->err, CRUSTER_E_STATE, "the execution has not finished");
+    return;
+  }
+  if (x->status == CRUSTER_OK) {
+    c->rc = core_error_set(&c->err, CRUSTER_E_STATE, "the execution succeeded: nothing to restart");
+    return;
+  }
+  /* The journal from its first final activity failure on goes, and the
+   * cancellation. */
+  size_t keep = x->njournal;
+  for (size_t i = 0; i < x->njournal; i++)
+    if (x->journal[i].kind == ST_J_ACTIVITY && x->journal[i].status != CRUSTER_OK &&
+        x->journal[i].at == 0) {
+      keep = i;
+      break;
+    }
+  while (x->njournal > keep) st_jentry_clear(&x->journal[--x->njournal]);
+  for (size_t i = 0; i < x->ndeferreds; i++)
+    if (!*x->deferreds[i].name) {
+      free(x->deferreds[i].name);
+      free(x->deferreds[i].value);
+      free(x->deferreds[i].message);
+      x->deferreds[i] = x->deferreds[--x->ndeferreds];
+      break;
+    }
+  free(x->data);
+  free(x->message);
+  x->data = NULL;
+  x->message = NULL;
+  x->len = 0;
+  x->status = 0;
+  x->processed = 0;
+  x->claimed = 0;
+  x->attempts = 0;
+  x->env->deliver_at = 0;
+  x->wake_seq++;
+  x->seq = ++c->m->next_seq;
+  x->prev = c->m->tail;
+  x->next = NULL;
+  if (c->m->tail) c->m->tail->next = x; else c->m->head = x;
+  c->m->tail = x;
+  waiting_add(c->m, x->env, 1);
+  c->woke = 1;
+}
+
+static int mwf_restart(void *impl, int64_t request_id, cruster_error **err) {
+  mwf_call c = {0};
+  c.request_id = request_id;
+  return mwf_run(impl, mwf_restart_on_loop, &c, err);
+}
+
+static const st_wf_ops mem_wf_ops = {
+    .load = mwf_load,
+    .begin = mwf_begin,
+    .tx_handle = mwf_tx_handle,
+    .commit = mwf_commit,
+    .rollback = mwf_rollback,
+    .find = mwf_find,
+    .resolve = mwf_resolve,
+    .restart = mwf_restart,
+};
+
+static void *mem_wf(cruster_storage *s, const st_wf_ops **ops) {
+  *ops = &mem_wf_ops;
+  return s->impl;
 }
 
 static void mem_get_reply(cruster_storage *s, int64_t request_id, st_reply_cb cb, void *ud) {
@@ -370,6 +744,8 @@ static const st_ops mem_ops = {
     .poll = mem_poll,
     .release = mem_release,
     .next_due = mem_next_due,
+    .park = mem_park,
+    .wf = mem_wf,
     .get_reply = mem_get_reply,
     .get_keyed = mem_get_keyed,
     .list_dead = mem_list_dead,

@@ -103,9 +103,17 @@ typedef struct st_host {
   /* Ids of the persisted messages being handled on this runner right now
    * (malloc'd, the callee frees; NULL with *n = 0 when none or on OOM). */
   int64_t *(*inflight)(void *ud, size_t *n);
-  /* Messages became claimable sooner than the poll expected: poll now. */
+  /* Messages became claimable sooner than the poll expected: poll now.
+   * Any thread. */
   void (*wake)(void *ud);
+  /* Runs fn(arg) on the loop thread and returns when it has run (at once
+   * when called there): CRUSTER_OK, or CRUSTER_E_SHUTTING_DOWN when the
+   * loop is gone (fn did not run). Any thread; a worker counts as blocked
+   * meanwhile. */
+  int (*run_sync)(void *ud, void (*fn)(void *arg), void *arg);
 } st_host;
+
+struct st_wf_ops;
 
 typedef struct st_ops {
   const char *name;
@@ -143,7 +151,17 @@ typedef struct st_ops {
   /* Gives a claimed message back without an answer. attempt=0 when it was
    * never handed to a handler (mailbox full): then it does not count. */
   void (*release)(cruster_storage *s, const core_env *m, int attempt);
-  /* Earliest deliver_at (Unix ms) among unprocessed unclaimed messages, 0 if none. */
+  /* Gives claimed message `m` back unanswered (a workflow execution that
+   * suspended): due again at `wake_at` (Unix ms; INT64_MAX = only when
+   * woken) -- or at once when its wake counter moved since the run read it
+   * (`wake_seq` >= 0; see wf_storage.h). progress=1: the delivery did not
+   * fail, its attempt is not counted (attempts start again at 0). */
+  void (*park)(cruster_storage *s, const core_env *m, int64_t wake_at, int64_t wake_seq,
+               int progress, st_done_cb cb, void *ud);
+  /* The workflow side (wf_storage.h): sets *ops, returns its impl. */
+  void *(*wf)(cruster_storage *s, const struct st_wf_ops **ops);
+  /* Earliest deliver_at (Unix ms) among unprocessed unclaimed messages, 0 if
+   * none (parked messages waiting to be woken, INT64_MAX, do not count). */
   int64_t (*next_due)(cruster_storage *s);
   /* Looks up a message and its exit reply. */
   void (*get_reply)(cruster_storage *s, int64_t request_id, st_reply_cb cb, void *ud);
