@@ -16,9 +16,9 @@
 
 #include "core/prefix.h"
 
-/* Columns of a message row, as parsed by pg_row_env(): seq, request_id,
- * shard_group, shard_id, entity_type, entity_id, tag, payload, internal,
- * is_request, keyed, deliver_at_ms, attempts. */
+/* Columns of a message row, as parsed by row_env() (pg_result.c): seq,
+ * request_id, shard_group, shard_id, entity_type, entity_id, tag, payload,
+ * internal, is_request, keyed, deliver_at_ms, attempts. */
 #define PG_MSG_COLUMNS                                                                        \
   "m.seq, m.request_id, m.shard_group, m.shard_id, m.entity_type, m.entity_id, m.tag, "     \
   "m.payload, m.internal, m.is_request, m.keyed, "                                          \
@@ -140,7 +140,7 @@
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL, attempts = $2::int4"   \
   " WHERE request_id = $1::int8 AND processed_at IS NULL AND claimed_by = $3::text"
 
-/* The job guard, the first statement of every job (pg.c, "the job
+/* The job guard, the first statement of every job (pg_batch.c, "the job
  * guard"). The session setting cruster.job holds the number of the last
  * job that committed on the connection: this statement sets it to the
  * job's own number ($2) inside the job's transaction, so an aborted job
@@ -237,7 +237,7 @@
  * entities this runtime knows have no other stored unanswered message, so
  * no probe is needed and each is claimed for direct delivery. $1 is the
  * claim token; each row then has PG_FAST_PARAMS parameters. The statement
- * for N rows is built at start (pg.c). */
+ * for N rows is built at attach (pg_fast_sql_build, pg_ops.c). */
 #define PG_SQL_FAST_HEAD                                                                      \
   "INSERT INTO cruster_messages (request_id, shard_group, shard_id, entity_type, entity_id,"  \
   "  tag, payload, internal, is_request, claimed_by, claimed_at, attempts) VALUES "

@@ -1,5 +1,5 @@
 /* Internal: the message-storage interface. Backends implement st_ops; the
- * runtime calls them on its loop thread only. A backend may complete a call
+ * runtime calls them on its loop thread only (attach excepted). A backend may complete a call
  * synchronously (inside the call) or later on the loop thread; callers must
  * accept both. */
 #ifndef ST_STORAGE_INTERNAL_H
@@ -101,7 +101,8 @@ typedef struct st_host {
   core_snowflake *snowflake;
   void *ud; /* passed to the callbacks */
   /* Ids of the persisted messages being handled on this runner right now
-   * (malloc'd, the callee frees; NULL with *n = 0 when none or on OOM). */
+   * (malloc'd, the storage frees it). NULL only on OOM: none is a non-NULL
+   * array with *n = 0. */
   int64_t *(*inflight)(void *ud, size_t *n);
   /* Messages became claimable sooner than the poll expected: poll now.
    * Any thread. */
@@ -117,7 +118,8 @@ struct st_wf_ops;
 
 typedef struct st_ops {
   const char *name;
-  /* Called once by cruster_runtime_new on the loop thread. */
+  /* Called once by cruster_runtime_new, on its caller's thread before the
+   * loop thread starts (it may block). */
   cruster_status (*attach)(cruster_storage *s, const st_host *host, cruster_error **err);
   /* Optional (NULL: never). 1 when a save_request(m, claim=1) made now is
    * sure, if it succeeds, to store `m` claimed (ST_SAVED): no older
@@ -176,7 +178,9 @@ typedef struct st_ops {
   /* Calls cb(ud) once every queued operation has completed (graceful stop).
    * May call it at once. After detach it is never called. */
   void (*flush)(cruster_storage *s, void (*cb)(void *ud), void *ud);
-  /* Called by the runtime's stop on the loop thread, before free. */
+  /* Called when the runtime stops, on the loop thread -- possibly twice
+   * (early when the flush times out, then at close) -- or by
+   * cruster_runtime_new when it fails, attach included; before destroy. */
   void (*detach)(cruster_storage *s);
   void (*destroy)(cruster_storage *s);
 } st_ops;
