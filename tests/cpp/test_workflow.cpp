@@ -51,7 +51,8 @@ std::string hex128(const std::string &key) {
 template <class P> bool eventually(P pred, std::chrono::milliseconds limit = 30s) {
   const auto end = std::chrono::steady_clock::now() + limit;
   while (!pred()) {
-    if (std::chrono::steady_clock::now() >= end) return false;
+    if (std::chrono::steady_clock::now() >= end)
+      return false;
     std::this_thread::sleep_for(2ms);
   }
   return true;
@@ -93,8 +94,10 @@ struct Transfer {
   }
   std::string debit(cruster::activity_context &a, const TransferRequest &r) {
     b->debits++;
-    if (a.pg() != nullptr) b->had_pg++; // memory storage: no transaction
-    if (a.attempt() != 1) b->retried++;
+    if (a.pg() != nullptr)
+      b->had_pg++; // memory storage: no transaction
+    if (a.attempt() != 1)
+      b->retried++;
     b->balances.add(r.from, -r.amount);
     return std::string(a.name()) + "@" + std::string(a.execution_id());
   }
@@ -103,9 +106,8 @@ struct Transfer {
     return b->balances.add(r.to, r.amount);
   }
 
-  static constexpr auto activities =
-      cruster::activities(cruster::activity<&Transfer::debit>("debit"),
-                          cruster::activity<&Transfer::credit>("credit"));
+  static constexpr auto activities = cruster::activities(
+      cruster::activity<&Transfer::debit>("debit"), cruster::activity<&Transfer::credit>("credit"));
 };
 
 void activities_run_once_and_the_answer_is_kept(void **) {
@@ -145,8 +147,7 @@ void activities_run_once_and_the_answer_is_kept(void **) {
   assert_string_equal(transfers.join(id).debit_id.c_str(), r.debit_id.c_str());
 
   // An id nobody started.
-  assert_int_equal(test::status_of([&] { transfers.poll(hex128("nobody")); }),
-                   CRUSTER_E_NOT_FOUND);
+  assert_int_equal(test::status_of([&] { transfers.poll(hex128("nobody")); }), CRUSTER_E_NOT_FOUND);
   rt.stop();
 }
 
@@ -241,7 +242,8 @@ struct Approvals {
   static constexpr cruster::deferred<void> second{"second"};
 
   std::string execute(cruster::workflow_context<Approvals> &wf, const ApprovalRequest &r) {
-    if (r.delay_ms > 0) wf.sleep(std::chrono::milliseconds(r.delay_ms));
+    if (r.delay_ms > 0)
+      wf.sleep(std::chrono::milliseconds(r.delay_ms));
     Approval a = wf.await(first);
     wf.await(second);
     std::string note = wf.await<std::string>("note");
@@ -258,7 +260,9 @@ void await_is_resolved_and_rejected_from_the_client(void **) {
   assert_false(approvals.poll(id).has_value());
   approvals.resolve(id, Approvals::first, Approval{"ada", 3});
   // The first outcome wins; the execution still waits for the others.
-  assert_int_equal(test::status_of([&] { approvals.resolve(id, Approvals::first, {"bob", 1}); }),
+  assert_int_equal(test::status_of([&] {
+                     approvals.resolve(id, Approvals::first, {"bob", 1});
+                   }),
                    CRUSTER_E_ALREADY_EXISTS);
   assert_int_equal(
       test::status_of([&] { approvals.reject(id, Approvals::first, -1001, "too late"); }),
@@ -337,7 +341,7 @@ void cancel_stops_a_waiting_execution(void **) {
 
 struct flaky_log {
   std::mutex mu;
-  std::vector<int32_t> attempts;        // of `flaky`
+  std::vector<int32_t> attempts; // of `flaky`
   std::vector<int32_t> hopeless_attempts;
   void add(std::vector<int32_t> &v, int32_t a) {
     std::lock_guard<std::mutex> lock(mu);
@@ -372,7 +376,8 @@ struct Retrying {
   }
   int32_t flaky(cruster::activity_context &a) {
     log->add(log->attempts, a.attempt());
-    if (a.attempt() < 3) throw cruster::error(-1100, "flaky, attempt " + std::to_string(a.attempt()));
+    if (a.attempt() < 3)
+      throw cruster::error(-1100, "flaky, attempt " + std::to_string(a.attempt()));
     return a.attempt();
   }
   void hopeless(cruster::activity_context &a) {
@@ -507,7 +512,9 @@ void activity_groups_are_composed_with_their_instances(void **) {
   assert_int_equal(log.get().size(), 3); // answered from storage
 
   // Registering the same workflow twice is refused.
-  assert_int_equal(test::status_of([&] { rt.register_workflow(Restock{}, Inventory{&log, "x"}); }),
+  assert_int_equal(test::status_of([&] {
+                     rt.register_workflow(Restock{}, Inventory{&log, "x"});
+                   }),
                    CRUSTER_E_ALREADY_EXISTS);
   rt.stop();
 }
@@ -571,7 +578,9 @@ void keys_hashed_raw_and_from_the_key_function(void **) {
                       hex128("h").c_str());
 
   // A raw key must be a valid entity id.
-  assert_int_equal(test::status_of([&] { keyed.with_key_raw(std::string("a\0b", 3)).start({"x", 1}); }),
+  assert_int_equal(test::status_of([&] {
+                     keyed.with_key_raw(std::string("a\0b", 3)).start({"x", 1});
+                   }),
                    CRUSTER_E_INVALID_ARGUMENT);
   rt.stop();
 }
@@ -608,8 +617,10 @@ struct Payment {
   }
   int64_t withdraw(const PayRequest &r) {
     withdrawals->fetch_add(1);
-    if (r.amount > 100) throw cruster::error(-1001, "insufficient funds");
-    if (r.amount < 0) throw std::runtime_error("negative amounts melt the vault");
+    if (r.amount > 100)
+      throw cruster::error(-1001, "insufficient funds");
+    if (r.amount < 0)
+      throw std::runtime_error("negative amounts melt the vault");
     return 100 - r.amount;
   }
   void refund(const PayRequest &) {}
@@ -621,8 +632,10 @@ struct Payment {
 
 struct Exploding {
   int execute(cruster::workflow_context<Exploding> &, const int &n) {
-    if (n == 1) throw std::runtime_error("execute is on fire");
-    if (n == 2) throw cruster::error(-1500, "a chosen code");
+    if (n == 1)
+      throw std::runtime_error("execute is on fire");
+    if (n == 2)
+      throw cruster::error(-1500, "a chosen code");
     throw 42; // not a std::exception
   }
 };
@@ -640,7 +653,11 @@ void a_failing_activity_reaches_execute_and_fails_the_workflow(void **) {
   // Uncaught: the workflow fails with the activity's code and message, stored.
   std::string message;
   auto broke = payments.with_key("p-broke");
-  assert_int_equal(test::status_of([&] { broke.execute(PayRequest{500, false}); }, &message),
+  assert_int_equal(test::status_of(
+                       [&] {
+                         broke.execute(PayRequest{500, false});
+                       },
+                       &message),
                    -1001);
   assert_non_null(std::strstr(message.c_str(), "insufficient funds"));
   assert_int_equal(test::status_of([&] { broke.execute(PayRequest{500, false}); }), -1001);
@@ -653,9 +670,12 @@ void a_failing_activity_reaches_execute_and_fails_the_workflow(void **) {
   assert_string_equal(comp.outcome.c_str(), "refunded: insufficient funds");
 
   // A std::exception in an activity: CRUSTER_E_HANDLER with its message.
-  assert_int_equal(
-      test::status_of([&] { payments.with_key("p-neg").execute(PayRequest{-1, false}); }, &message),
-      CRUSTER_E_HANDLER);
+  assert_int_equal(test::status_of(
+                       [&] {
+                         payments.with_key("p-neg").execute(PayRequest{-1, false});
+                       },
+                       &message),
+                   CRUSTER_E_HANDLER);
   assert_non_null(std::strstr(message.c_str(), "negative amounts melt the vault"));
 
   // Exceptions thrown by execute itself.
@@ -685,9 +705,8 @@ struct Clocked {
   snapshot_log *log;
   Snapshot execute(cruster::workflow_context<Clocked> &wf, const std::string &) {
     Snapshot s;
-    s.now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                   wf.now().time_since_epoch())
-                   .count();
+    s.now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(wf.now().time_since_epoch()).count();
     s.random = wf.random();
     s.patched = wf.patched("v2");
     {
@@ -738,7 +757,8 @@ struct Restartable {
   int step1() { return ++log->step1; }
   void step2() {
     log->step2++;
-    if (log->broken.load()) throw cruster::error(-1200, "step 2 is broken");
+    if (log->broken.load())
+      throw cruster::error(-1200, "step 2 is broken");
   }
   static constexpr auto activities =
       cruster::activities(cruster::activity<&Restartable::step1>("step1"),
@@ -794,7 +814,8 @@ void futures_and_callbacks(void **) {
   const std::string id = transfers.with_key("f-3").start(TransferRequest{"a", "d", 3});
   assert_int_equal(transfers.join_async(id).get().amount, 3);
   std::promise<int> status;
-  transfers.join_async(hex128("f-2"), [&](cruster::result<Receipt> j) { status.set_value(j.status()); });
+  transfers.join_async(hex128("f-2"),
+                       [&](cruster::result<Receipt> j) { status.set_value(j.status()); });
   assert_int_equal(status.get_future().get(), CRUSTER_OK);
   std::future<Receipt> missing = transfers.join_async(hex128("f-3"));
   assert_int_equal(missing.get().amount, 3);
@@ -811,8 +832,9 @@ void futures_and_callbacks(void **) {
 
   // A short wait gives up with a timeout; the execution goes on.
   auto approvals = rt.register_workflow(Approvals{});
-  int st = test::status_of(
-      [&] { approvals.with_key("t-1").with_timeout(50ms).execute(ApprovalRequest{"x", 0}); });
+  int st = test::status_of([&] {
+    approvals.with_key("t-1").with_timeout(50ms).execute(ApprovalRequest{"x", 0});
+  });
   assert_int_equal(st, CRUSTER_E_TIMEOUT);
   assert_false(approvals.poll(hex128("t-1")).has_value());
   rt.stop();

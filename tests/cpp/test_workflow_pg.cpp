@@ -32,7 +32,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Deposited, rows, execution_id)
 /** Runs one statement with text parameters on `conn`; throws cruster::error on failure. */
 int64_t exec_count(PGconn *conn, const std::string &sql, const std::vector<std::string> &params) {
   std::vector<const char *> values;
-  for (const std::string &p : params) values.push_back(p.c_str());
+  for (const std::string &p : params)
+    values.push_back(p.c_str());
   PGresult *res = PQexecParams(conn, sql.c_str(), static_cast<int>(values.size()), nullptr,
                                values.data(), nullptr, nullptr, 0);
   const ExecStatusType st = PQresultStatus(res);
@@ -42,7 +43,8 @@ int64_t exec_count(PGconn *conn, const std::string &sql, const std::vector<std::
     throw cruster::error(CRUSTER_E_PERSISTENCE, m);
   }
   int64_t n = 0;
-  if (st == PGRES_TUPLES_OK && PQntuples(res) > 0) n = std::stoll(PQgetvalue(res, 0, 0));
+  if (st == PGRES_TUPLES_OK && PQntuples(res) > 0)
+    n = std::stoll(PQgetvalue(res, 0, 0));
   PQclear(res);
   return n;
 }
@@ -54,7 +56,8 @@ struct Deposits {
   Deposited execute(cruster::workflow_context<Deposits> &wf, const Deposit &d) {
     Deposited out;
     out.rows = wf.activity<&Deposits::insert>(d);
-    if (d.then_sleep_ms > 0) wf.sleep(std::chrono::milliseconds(d.then_sleep_ms));
+    if (d.then_sleep_ms > 0)
+      wf.sleep(std::chrono::milliseconds(d.then_sleep_ms));
     out.execution_id = std::string(wf.execution_id());
     return out;
   }
@@ -62,10 +65,13 @@ struct Deposits {
   int64_t insert(cruster::activity_context &a, const Deposit &d) {
     activity_runs->fetch_add(1);
     PGconn *conn = a.pg(); // the open transaction of this attempt
-    if (conn == nullptr) throw cruster::error(CRUSTER_E_INTERNAL, "no transaction");
-    exec_count(conn, "INSERT INTO " + table + " (execution_id, account, amount) VALUES ($1, $2, $3)",
+    if (conn == nullptr)
+      throw cruster::error(CRUSTER_E_INTERNAL, "no transaction");
+    exec_count(conn,
+               "INSERT INTO " + table + " (execution_id, account, amount) VALUES ($1, $2, $3)",
                {std::string(a.execution_id()), d.account, std::to_string(d.amount)});
-    if (d.fail_after_sql) throw cruster::error(-1300, "refused after the insert");
+    if (d.fail_after_sql)
+      throw cruster::error(-1300, "refused after the insert");
     return exec_count(conn, "SELECT count(*) FROM " + table + " WHERE account = $1", {d.account});
   }
 
@@ -103,8 +109,9 @@ int64_t rows(const test::pg_schema &schema, const std::string &table, const std:
 void activity_sql_commits_once_with_its_journal_row(void **) {
   test::pg_schema schema;
   const std::string table = schema.name() + ".deposits";
-  test::libpq::get().exec(schema.conninfo(), "CREATE TABLE " + table +
-                                                 " (execution_id text, account text, amount bigint)");
+  test::libpq::get().exec(schema.conninfo(),
+                          "CREATE TABLE " + table +
+                              " (execution_id text, account text, amount bigint)");
   std::atomic<int> runs{0};
   cruster::runtime rt = pg_runtime(schema);
   auto deposits = rt.register_workflow(Deposits{table, &runs});
@@ -121,7 +128,9 @@ void activity_sql_commits_once_with_its_journal_row(void **) {
   // An activity that throws after its SQL: rolled back, and its code fails the workflow.
   std::string message;
   assert_int_equal(test::status_of(
-                       [&] { deposits.with_key("d-2").execute(Deposit{"bob", 5, true, 0}); },
+                       [&] {
+                         deposits.with_key("d-2").execute(Deposit{"bob", 5, true, 0});
+                       },
                        &message),
                    -1300);
   assert_non_null(std::strstr(message.c_str(), "refused after the insert"));
@@ -132,8 +141,9 @@ void activity_sql_commits_once_with_its_journal_row(void **) {
 void a_suspended_execution_is_finished_by_the_next_runtime(void **) {
   test::pg_schema schema;
   const std::string table = schema.name() + ".deposits";
-  test::libpq::get().exec(schema.conninfo(), "CREATE TABLE " + table +
-                                                 " (execution_id text, account text, amount bigint)");
+  test::libpq::get().exec(schema.conninfo(),
+                          "CREATE TABLE " + table +
+                              " (execution_id text, account text, amount bigint)");
   std::atomic<int> runs{0};
   std::string id;
   {

@@ -31,7 +31,6 @@
 
 #include <cruster/cruster.hpp>
 
-#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -66,8 +65,7 @@ namespace cruster {
  */
 class workflow_stop {
 public:
-  workflow_stop(int status, std::string message)
-      : status_(status), message_(std::move(message)) {}
+  workflow_stop(int status, std::string message) : status_(status), message_(std::move(message)) {}
   /** CRUSTER_E_SUSPENDED, CRUSTER_E_CANCELLED, CRUSTER_E_DETERMINISM, CRUSTER_E_PERSISTENCE, ... */
   int status() const noexcept { return status_; }
   const char *what() const noexcept { return message_.c_str(); }
@@ -91,7 +89,8 @@ public:
       : workflow_stop(CRUSTER_E_CANCELLED, std::move(message)) {}
 };
 
-/** A durable call differs from the journal at its position: the execution fails with CRUSTER_E_DETERMINISM. */
+/** A durable call differs from its journal entry: the execution fails with CRUSTER_E_DETERMINISM.
+ */
 class nondeterministic : public workflow_stop {
 public:
   explicit nondeterministic(std::string message)
@@ -104,9 +103,9 @@ public:
 
 /*
  * How an activity is retried (cruster_activity_opts), as a constexpr value:
- *   cruster::retries(3)                                           exponential 1 s, 2 s, 4 s ... 60 s
- *   cruster::retries(5).backoff(100ms, 10s)                       exponential from 100 ms, at most 10 s
- *   cruster::retries(2).constant_backoff(std::chrono::seconds(5)) every 5 s
+ *   cruster::retries(3)                          exponential: 1 s, 2 s, 4 s ... 60 s
+ *   cruster::retries(5).backoff(100ms, 10s)      exponential from 100 ms, at most 10 s
+ *   cruster::retries(2).constant_backoff(5s)     every 5 s
  * Bad values (retries outside 0..1000, ...) are refused by register_workflow
  * with CRUSTER_E_INVALID_ARGUMENT naming the field.
  */
@@ -179,9 +178,7 @@ constexpr activity_def<M> activity(const char *name, activity_options options = 
 }
 
 /** A class's activities, as `static constexpr auto activities = cruster::activities(...)`. */
-template <class... Defs> struct activity_list {
-  std::tuple<Defs...> defs;
-};
+template <class... Defs> struct activity_list { std::tuple<Defs...> defs; };
 
 namespace detail {
 template <class D> struct is_activity_def : std::false_type {};
@@ -203,9 +200,7 @@ template <class... Defs> constexpr activity_list<Defs...> activities(Defs... def
  *   transfers.resolve(id, Transfer::approval, Approval{"ada"});  // a client
  * deferred<void> carries no value.
  */
-template <class T> struct deferred {
-  const char *name;
-};
+template <class T> struct deferred { const char *name; };
 
 /*
  * Workflow options (all optional), as
@@ -283,17 +278,13 @@ template <class W> class workflow_client;
 
 namespace detail {
 
-template <class T> struct type_identity {
-  using type = T;
-};
+template <class T> struct type_identity { using type = T; };
 template <class T> using type_identity_t = typename type_identity<T>::type;
 
 template <class T> inline constexpr bool wf_always_false = false;
 
 /** A member function's class, result and parameters. */
-template <class M> struct member_fn {
-  static constexpr bool valid = false;
-};
+template <class M> struct member_fn { static constexpr bool valid = false; };
 template <class C, class R, class... A> struct member_fn_base {
   static constexpr bool valid = true;
   using owner = C;
@@ -333,8 +324,8 @@ template <class A> struct activity_args<std::tuple<A>> {
   static constexpr bool has_request = !takes_context;
   using request = std::conditional_t<takes_context, no_request, std::decay_t<A>>;
   using request_param = std::conditional_t<takes_context, no_request, A>;
-  static_assert(!takes_context || (std::is_lvalue_reference_v<A> &&
-                                   !std::is_const_v<std::remove_reference_t<A>>),
+  static_assert(!takes_context ||
+                    (std::is_lvalue_reference_v<A> && !std::is_const_v<std::remove_reference_t<A>>),
                 "cruster: take the activity context as cruster::activity_context&");
 };
 template <class A0, class A1> struct activity_args<std::tuple<A0, A1>> {
@@ -348,12 +339,14 @@ template <class A0, class A1> struct activity_args<std::tuple<A0, A1>> {
   using request_param = A1;
 };
 
-template <auto M> struct activity_traits : activity_args<typename member_fn<std::remove_cv_t<decltype(M)>>::args> {
+template <auto M>
+struct activity_traits : activity_args<typename member_fn<std::remove_cv_t<decltype(M)>>::args> {
   using owner = typename member_fn<std::remove_cv_t<decltype(M)>>::owner;
   using result = typename member_fn<std::remove_cv_t<decltype(M)>>::result;
 };
 template <auto M> using activity_owner_t = typename member_fn<std::remove_cv_t<decltype(M)>>::owner;
-template <auto M> using activity_result_t = typename member_fn<std::remove_cv_t<decltype(M)>>::result;
+template <auto M>
+using activity_result_t = typename member_fn<std::remove_cv_t<decltype(M)>>::result;
 template <auto M> using activity_request_t = typename activity_traits<M>::request;
 
 /** W::execute's parameters: (workflow_context<W>&) or (workflow_context<W>&, Request). */
@@ -466,8 +459,10 @@ template <class W> constexpr workflow_options wf_options_for() {
 /** The name workflow W registers under: options.name, then W::name, then the struct name. */
 template <class W> std::string wf_name_for() {
   constexpr workflow_options o = wf_options_for<W>();
-  if constexpr (o.name() != nullptr) return std::string(o.name());
-  if constexpr (has_name<W>::value) return std::string(W::name);
+  if constexpr (o.name() != nullptr)
+    return std::string(o.name());
+  if constexpr (has_name<W>::value)
+    return std::string(W::name);
   return type_name<W>();
 }
 
@@ -585,8 +580,9 @@ template <class Owner, auto M> void run_activity(void *user, cruster_activity *a
   }
   int st = cruster_activity_reply(act, out.data(), out.size());
   if (st != CRUSTER_OK && st != CRUSTER_E_STATE) {
-    fail_with(fail, st, std::string("cruster: the activity's answer was refused: ") +
-                            cruster_status_message(st));
+    fail_with(fail, st,
+              std::string("cruster: the activity's answer was refused: ") +
+                  cruster_status_message(st));
   }
 }
 
@@ -640,7 +636,8 @@ template <class W> void run_execute(void *user, cruster_wf *wf) noexcept {
       out = "null";
     } else {
       R value = invoke();
-      if (cruster_wf_stopped(wf)) return;
+      if (cruster_wf_stopped(wf))
+        return;
       try {
         out = codec<R>::encode(value);
       } catch (const std::exception &e) {
@@ -652,10 +649,12 @@ template <class W> void run_execute(void *user, cruster_wf *wf) noexcept {
   } catch (const workflow_stop &) {
     return; // the engine knows why (cruster_wf_stopped): no answer
   } catch (const error &e) {
-    if (!cruster_wf_stopped(wf)) fail_with(fail, e.status(), e.what());
+    if (!cruster_wf_stopped(wf))
+      fail_with(fail, e.status(), e.what());
     return;
   } catch (const std::exception &e) {
-    if (!cruster_wf_stopped(wf)) fail_with(fail, CRUSTER_E_HANDLER, e.what());
+    if (!cruster_wf_stopped(wf))
+      fail_with(fail, CRUSTER_E_HANDLER, e.what());
     return;
   } catch (...) {
     if (!cruster_wf_stopped(wf)) {
@@ -663,11 +662,13 @@ template <class W> void run_execute(void *user, cruster_wf *wf) noexcept {
     }
     return;
   }
-  if (cruster_wf_stopped(wf)) return;
+  if (cruster_wf_stopped(wf))
+    return;
   int st = cruster_wf_complete(wf, out.data(), out.size());
   if (st != CRUSTER_OK && st != CRUSTER_E_STATE) {
-    fail_with(fail, st, std::string("cruster: the workflow's answer was refused: ") +
-                            cruster_status_message(st));
+    fail_with(fail, st,
+              std::string("cruster: the workflow's answer was refused: ") +
+                  cruster_status_message(st));
   }
 }
 
@@ -678,7 +679,8 @@ int run_key(void *, const void *input, std::size_t len, void *out, std::size_t c
   try {
     wf_request_t<W> req = codec<wf_request_t<W>>::decode(input, len);
     std::string key(W::key(req));
-    if (key.empty() || key.size() > cap) return CRUSTER_E_INVALID_ARGUMENT;
+    if (key.empty() || key.size() > cap)
+      return CRUSTER_E_INVALID_ARGUMENT;
     std::memcpy(out, key.data(), key.size());
     *out_len = key.size();
     return CRUSTER_OK;
@@ -764,8 +766,7 @@ template <class G, class... A> G pick_activity_group(std::tuple<A...> &args) {
 }
 
 template <class W, class... A, class... G>
-std::unique_ptr<instance<W, groups<G...>>> make_workflow_instance(W workflow,
-                                                                  std::tuple<A...> args,
+std::unique_ptr<instance<W, groups<G...>>> make_workflow_instance(W workflow, std::tuple<A...> args,
                                                                   groups<G...> *) {
   (void)args; // unused when W includes no groups
   return std::make_unique<instance<W, groups<G...>>>(
@@ -788,8 +789,7 @@ template <class W> constexpr void check_key_fn() {
     static_assert(execute_traits<W>::has_request,
                   "cruster: W::key derives the key from the request, and W::execute takes none");
     if constexpr (execute_traits<W>::has_request) {
-      static_assert(std::is_pointer_v<K> &&
-                        std::is_invocable_v<K, const wf_request_t<W> &> &&
+      static_assert(std::is_pointer_v<K> && std::is_invocable_v<K, const wf_request_t<W> &> &&
                         std::is_constructible_v<std::string,
                                                 std::invoke_result_t<K, const wf_request_t<W> &>>,
                     "cruster: W::key must be a static member function taking the workflow's "
@@ -841,8 +841,9 @@ public:
   /** An activity that takes no request. */
   template <auto M> R<M> activity() {
     check_activity<M>();
-    static_assert(!detail::activity_traits<M>::has_request,
-                  "cruster: this activity takes a request: pass it to activity<&T::method>(request)");
+    static_assert(
+        !detail::activity_traits<M>::has_request,
+        "cruster: this activity takes a request: pass it to activity<&T::method>(request)");
     if constexpr (activity_ok<M>() && !detail::activity_traits<M>::has_request) {
       return run_activity<M>("null");
     } else {
@@ -850,8 +851,7 @@ public:
     }
   }
   /** (Diagnoses a request of the wrong type.) */
-  template <auto M, class A,
-            class = std::enable_if_t<!std::is_convertible_v<const A &, Req<M>>>>
+  template <auto M, class A, class = std::enable_if_t<!std::is_convertible_v<const A &, Req<M>>>>
   R<M> activity(const A &) {
     check_activity<M>();
     if constexpr (detail::activity_traits<M>::has_request) {
@@ -966,15 +966,21 @@ private:
 
   /** Turns a durable call's status into a stop or a cruster::error. */
   void durable(int st, cruster_error **err) {
-    if (st == CRUSTER_OK) return;
+    if (st == CRUSTER_OK)
+      return;
     std::string message = detail::take_message(err);
-    if (message.empty()) message = cruster_status_message(st);
+    if (message.empty())
+      message = cruster_status_message(st);
     if (cruster_wf_stopped(wf_)) {
       switch (st) {
-      case CRUSTER_E_SUSPENDED: throw suspended(std::move(message));
-      case CRUSTER_E_CANCELLED: throw cancelled(std::move(message));
-      case CRUSTER_E_DETERMINISM: throw nondeterministic(std::move(message));
-      default: throw workflow_stop(st, std::move(message));
+      case CRUSTER_E_SUSPENDED:
+        throw suspended(std::move(message));
+      case CRUSTER_E_CANCELLED:
+        throw cancelled(std::move(message));
+      case CRUSTER_E_DETERMINISM:
+        throw nondeterministic(std::move(message));
+      default:
+        throw workflow_stop(st, std::move(message));
       }
     }
     throw error(st, message);
@@ -1037,7 +1043,8 @@ public:
     c.raw_ = true;
     return c;
   }
-  /** A copy whose waiting calls (execute, join) give up after `d` (zero: "default_call_timeout"). */
+  /** A copy whose waiting calls (execute, join) give up after `d` (zero: "default_call_timeout").
+   */
   template <class Rep, class Period>
   workflow_client with_timeout(std::chrono::duration<Rep, Period> d) const {
     workflow_client c = *this;
@@ -1089,7 +1096,8 @@ public:
 
   // ---- start, poll, join -----------------------------------------------------
 
-  /** Starts the execution (a start of an existing one changes nothing); returns its execution id once stored. */
+  /** Starts the execution (a start of an existing one changes nothing); returns its execution id
+   * once stored. */
   std::string start(const Req &req) const { return start_encoded(encode(req)); }
   template <class X = void> std::string start() const {
     static_assert(!has_request || detail::wf_always_false<X>,
@@ -1108,7 +1116,8 @@ public:
    * on this runtime: CRUSTER_E_NOT_FOUND else).
    */
   std::string execution_id(const Req &req) const { return id_encoded(encode(req)); }
-  /** The execution id of the client's key (with_key / with_key_raw), or of a request-less workflow. */
+  /** The execution id of the client's key (with_key / with_key_raw), or of a request-less workflow.
+   */
   std::string execution_id() const { return id_encoded(has_request ? std::string() : "null"); }
 
   /*
@@ -1128,7 +1137,8 @@ public:
     if constexpr (std::is_void_v<R>) {
       return ready != 0;
     } else {
-      if (ready == 0) return std::nullopt;
+      if (ready == 0)
+        return std::nullopt;
       return detail::decode_result<R>(out, len);
     }
   }
@@ -1215,7 +1225,8 @@ public:
     reject(id, std::string(d.name), code, message);
   }
 
-  /** Cancels execution `id`: its answer becomes CRUSTER_E_CANCELLED (CRUSTER_E_STATE if finished). */
+  /** Cancels execution `id`: its answer becomes CRUSTER_E_CANCELLED (CRUSTER_E_STATE if finished).
+   */
   void cancel(const std::string &id) const {
     cruster_error *err = nullptr;
     check(cruster_workflow_cancel(rt_, name_.c_str(), id.c_str(), &err), &err);
@@ -1292,8 +1303,8 @@ private:
     cruster_workflow_opts o = opts();
     char *id = nullptr;
     cruster_error *err = nullptr;
-    int st = cruster_workflow_start(rt_, name_.c_str(), payload.data(), payload.size(), &o, &id,
-                                    &err);
+    int st =
+        cruster_workflow_start(rt_, name_.c_str(), payload.data(), payload.size(), &o, &id, &err);
     std::unique_ptr<char, detail::c_free> owned(id);
     check(st, &err);
     return std::string(id != nullptr ? id : "");
@@ -1349,9 +1360,9 @@ workflow_client<W> runtime::register_workflow(W workflow, G... group_instances) 
                 "cruster: register_workflow got an instance of a group W does not include "
                 "(using groups = cruster::groups<...>)");
 
-  auto inst = detail::make_workflow_instance<W>(
-      std::move(workflow), std::tuple<G...>(std::move(group_instances)...),
-      static_cast<Gs *>(nullptr));
+  auto inst = detail::make_workflow_instance<W>(std::move(workflow),
+                                                std::tuple<G...>(std::move(group_instances)...),
+                                                static_cast<Gs *>(nullptr));
   const std::string name = detail::wf_name_for<W>();
   detail::wf_def_handle def(name, &detail::run_execute<W>, &inst->entity);
   constexpr workflow_options o = detail::wf_options_for<W>();

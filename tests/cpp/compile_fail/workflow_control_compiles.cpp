@@ -25,7 +25,8 @@ struct Checkout {
     wf.await("plain");
     std::chrono::system_clock::time_point t = wf.now();
     std::uint64_t n = wf.random();
-    if (wf.patched("v2")) n += 1;
+    if (wf.patched("v2"))
+      n += 1;
     try {
       wf.activity<&Checkout::ping>();
     } catch (const cruster::error &) { // an activity's failure; stops pass through
@@ -43,8 +44,10 @@ struct Checkout {
   using groups = cruster::groups<Inventory>;
   static constexpr auto activities = cruster::activities(
       cruster::activity<&Checkout::charge>(
-          "charge", cruster::retries(2).backoff(std::chrono::milliseconds(100), std::chrono::seconds(5))),
-      cruster::activity<&Checkout::ping>("ping", cruster::retries(1).constant_backoff(std::chrono::seconds(1))),
+          "charge",
+          cruster::retries(2).backoff(std::chrono::milliseconds(100), std::chrono::seconds(5))),
+      cruster::activity<&Checkout::ping>(
+          "ping", cruster::retries(1).constant_backoff(std::chrono::seconds(1))),
       cruster::activity<&Checkout::label>("label"));
 };
 

@@ -28,7 +28,8 @@ struct Inventory {
 
 struct Shipping { // a group Order does not include
   std::string ship(const OrderRequest &r) { return r.order; }
-  static constexpr auto activities = cruster::activities(cruster::activity<&Shipping::ship>("ship"));
+  static constexpr auto activities =
+      cruster::activities(cruster::activity<&Shipping::ship>("ship"));
 };
 
 struct Order {
@@ -40,7 +41,8 @@ struct Order {
   int helper(const OrderRequest &r) { return r.amount; } // a member function, not an activity
 
   std::string execute(cruster::workflow_context<Order> &wf, const OrderRequest &r) {
-    if (wf.activity<&Inventory::reserve>(r)) wf.activity<&Order::charge>(r);
+    if (wf.activity<&Inventory::reserve>(r))
+      wf.activity<&Order::charge>(r);
     return r.order;
   }
 
