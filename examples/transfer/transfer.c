@@ -145,6 +145,11 @@ static void balances(PGconn *db, const char *when) {
   PQclear(r);
 }
 
+static void quiet(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
 static int check(int rc, cruster_error *err, const char *what) {
   if (rc == CRUSTER_OK) return 0;
   fprintf(stderr, "transfer: %s: %s\n", what, cruster_error_message(err));
@@ -161,6 +166,7 @@ int main(int argc, char **argv) {
   char conninfo[1024];
   snprintf(conninfo, sizeof conninfo, "%s options=-csearch_path=transfer_demo", base);
   PGconn *admin = PQconnectdb(base);
+  PQsetNoticeProcessor(admin, quiet, NULL);
   PGresult *r = PQexec(admin,
                        "DROP SCHEMA IF EXISTS transfer_demo CASCADE; CREATE SCHEMA transfer_demo;"
                        "CREATE TABLE transfer_demo.accounts (id TEXT PRIMARY KEY, balance INT8);"

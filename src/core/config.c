@@ -88,6 +88,7 @@ static const field fields[] = {
     INT(storage_batch_size, 1, 10000, "256"),
     DUR(storage_retry_backoff, 1, "200ms"),
     BOOL(idempotency_strict_payload, "false"),
+    INT(workflow_pool_size, 1, 1024, "16"),
 };
 
 #define N_FIELDS (sizeof fields / sizeof fields[0])

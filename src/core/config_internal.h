@@ -61,6 +61,7 @@ struct cruster_config {
   int64_t storage_batch_size;         /* 256 writes per commit at most */
   int64_t idempotency_strict_payload; /* 0: a keyed repeat with another payload gets the
                                        * stored reply; 1: CRUSTER_E_CONFLICT */
+  int64_t workflow_pool_size;         /* 16 blocking connections for activities and journals */
   int64_t storage_retry_backoff;      /* 200ms; first redelivery delay, doubling, capped at 30 s */
   core_logger logger;
 };

@@ -24,7 +24,7 @@ int32_t cruster_request_shard(const cruster_request *r) { return r ? r->env->sha
 int64_t cruster_request_id(const cruster_request *r) { return r ? r->env->request_id : 0; }
 int cruster_request_is_persisted(const cruster_request *r) { return r ? r->env->persisted : 0; }
 int cruster_request_from_entity(const cruster_request *r) { return r ? r->env->internal : 0; }
-cruster_runtime *cruster_request_runtime(const cruster_request *r) { return r ? r->rt : NULL; }
+cruster_runtime *cruster_request_runtime(const cruster_request *r) { return r ? r->em->owner : NULL; }
 
 int cruster_request_cancelled(const cruster_request *r) {
   return r ? atomic_load(&((cruster_request *)r)->cancelled) : 1;
@@ -46,10 +46,10 @@ cruster_status cruster_request_reply(cruster_request *r, const void *data, size_
     snprintf(msg, sizeof(msg), "the handler replied with a NULL buffer of %zu bytes", len);
     return answer_misuse(r, CRUSTER_E_HANDLER, msg);
   }
-  if (core_size_exceeds(len, r->rt->cfg->max_payload_size)) {
+  if (core_size_exceeds(len, r->em->cfg->max_payload_size)) {
     char msg[160];
     snprintf(msg, sizeof(msg), "the reply of %zu bytes exceeds max_payload_size (%lld bytes)", len,
-             (long long)r->rt->cfg->max_payload_size);
+             (long long)r->em->cfg->max_payload_size);
     int st = em_request_answer(r, CRUSTER_E_PAYLOAD_TOO_LARGE, NULL, 0, msg);
     return st == CRUSTER_OK ? CRUSTER_E_PAYLOAD_TOO_LARGE : st;
   }
@@ -82,4 +82,17 @@ cruster_status cruster_request_fail(cruster_request *r, int status, const char *
   if (status > CRUSTER_E_APPLICATION && !core_status_known(status))
     return fail_unknown(r, status, message);
   return em_request_answer(r, status, NULL, 0, message);
+}
+
+int em_request_park(cruster_request *r, int64_t wake_at, int64_t wake_seq, int progress) {
+  if (!r) return CRUSTER_E_INVALID_ARGUMENT;
+  if (!r->env->persisted) return CRUSTER_E_STATE; /* nothing stored to park */
+  if (atomic_load(&r->answered)) return CRUSTER_E_STATE;
+  /* Written before the answer publishes the request to the loop (only the
+   * engine answers its own deliveries: nothing races with it). */
+  r->park_at = wake_at;
+  r->park_seq = wake_seq;
+  r->park_progress = progress;
+  r->parked = 1;
+  return em_request_answer(r, CRUSTER_E_SUSPENDED, NULL, 0, "parked");
 }

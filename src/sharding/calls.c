@@ -9,94 +9,96 @@
 
 /* ---- deadline heap (min-heap on deadline_ms) ----------------------------- */
 
-static void heap_swap(cruster_runtime *rt, size_t a, size_t b) {
-  rt_call *t = rt->heap[a];
-  rt->heap[a] = rt->heap[b];
-  rt->heap[b] = t;
-  rt->heap[a]->heap_idx = a;
-  rt->heap[b]->heap_idx = b;
+static void deadline_fire(uv_timer_t *t);
+
+static void heap_swap(sh_sharding *sh, size_t a, size_t b) {
+  sh_call *t = sh->heap[a];
+  sh->heap[a] = sh->heap[b];
+  sh->heap[b] = t;
+  sh->heap[a]->heap_idx = a;
+  sh->heap[b]->heap_idx = b;
 }
 
-static void heap_up(cruster_runtime *rt, size_t i) {
+static void heap_up(sh_sharding *sh, size_t i) {
   while (i > 0) {
     size_t p = (i - 1) / 2;
-    if (rt->heap[p]->deadline_ms <= rt->heap[i]->deadline_ms) break;
-    heap_swap(rt, p, i);
+    if (sh->heap[p]->deadline_ms <= sh->heap[i]->deadline_ms) break;
+    heap_swap(sh, p, i);
     i = p;
   }
 }
 
-static void heap_down(cruster_runtime *rt, size_t i) {
+static void heap_down(sh_sharding *sh, size_t i) {
   for (;;) {
     size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < rt->heap_len && rt->heap[l]->deadline_ms < rt->heap[m]->deadline_ms) m = l;
-    if (r < rt->heap_len && rt->heap[r]->deadline_ms < rt->heap[m]->deadline_ms) m = r;
+    if (l < sh->heap_len && sh->heap[l]->deadline_ms < sh->heap[m]->deadline_ms) m = l;
+    if (r < sh->heap_len && sh->heap[r]->deadline_ms < sh->heap[m]->deadline_ms) m = r;
     if (m == i) return;
-    heap_swap(rt, i, m);
+    heap_swap(sh, i, m);
     i = m;
   }
 }
 
-static void deadline_rearm(cruster_runtime *rt) {
-  if (rt->heap_len == 0) {
-    uv_timer_stop(&rt->deadline_timer);
+static void deadline_rearm(sh_sharding *sh) {
+  if (sh->heap_len == 0) {
+    uv_timer_stop(&sh->deadline_timer);
     return;
   }
-  int64_t delay = rt->heap[0]->deadline_ms - core_mono_ms();
+  int64_t delay = sh->heap[0]->deadline_ms - core_mono_ms();
   if (delay < 0) delay = 0;
-  uv_timer_start(&rt->deadline_timer, rt_deadline_fire, (uint64_t)delay, 0);
+  uv_timer_start(&sh->deadline_timer, deadline_fire, (uint64_t)delay, 0);
 }
 
-int rt_heap_insert(cruster_runtime *rt, rt_call *c) {
-  if (rt->heap_len == rt->heap_cap) {
-    size_t cap = rt->heap_cap ? rt->heap_cap * 2 : 64;
-    rt_call **h = realloc(rt->heap, cap * sizeof(*h));
+int sh_heap_insert(sh_sharding *sh, sh_call *c) {
+  if (sh->heap_len == sh->heap_cap) {
+    size_t cap = sh->heap_cap ? sh->heap_cap * 2 : 64;
+    sh_call **h = realloc(sh->heap, cap * sizeof(*h));
     if (!h) return -1;
-    rt->heap = h;
-    rt->heap_cap = cap;
+    sh->heap = h;
+    sh->heap_cap = cap;
   }
-  c->heap_idx = rt->heap_len;
-  rt->heap[rt->heap_len++] = c;
-  heap_up(rt, c->heap_idx);
-  if (c->heap_idx == 0) deadline_rearm(rt);
-  core_metric_add(rt->m.calls_inflight, 1);
+  c->heap_idx = sh->heap_len;
+  sh->heap[sh->heap_len++] = c;
+  heap_up(sh, c->heap_idx);
+  if (c->heap_idx == 0) deadline_rearm(sh);
+  core_metric_add(sh->m.calls_inflight, 1);
   return 0;
 }
 
-static void heap_remove(cruster_runtime *rt, rt_call *c) {
+static void heap_remove(sh_sharding *sh, sh_call *c) {
   size_t i = c->heap_idx;
   if (i == SIZE_MAX) return;
   c->heap_idx = SIZE_MAX;
-  core_metric_add(rt->m.calls_inflight, -1);
-  rt->heap_len--;
-  if (i != rt->heap_len) {
-    rt->heap[i] = rt->heap[rt->heap_len];
-    rt->heap[i]->heap_idx = i;
-    heap_down(rt, i);
-    heap_up(rt, rt->heap[i]->heap_idx);
+  core_metric_add(sh->m.calls_inflight, -1);
+  sh->heap_len--;
+  if (i != sh->heap_len) {
+    sh->heap[i] = sh->heap[sh->heap_len];
+    sh->heap[i]->heap_idx = i;
+    heap_down(sh, i);
+    heap_up(sh, sh->heap[i]->heap_idx);
   }
-  if (i == 0) deadline_rearm(rt);
+  if (i == 0) deadline_rearm(sh);
 }
 
 /* ---- waiters ------------------------------------------------------------- */
 
-int rt_waiter_add(cruster_runtime *rt, rt_call *c) {
-  rt_call *head = core_map_iget(&rt->waiters, c->request_id);
+int sh_waiter_add(sh_sharding *sh, sh_call *c) {
+  sh_call *head = core_map_iget(&sh->waiters, c->request_id);
   c->wnext = head;
-  if (core_map_iput(&rt->waiters, c->request_id, c) != 0) return -1;
+  if (core_map_iput(&sh->waiters, c->request_id, c) != 0) return -1;
   c->waiting = 1;
   return 0;
 }
 
-static void waiter_remove(cruster_runtime *rt, rt_call *c) {
+static void waiter_remove(sh_sharding *sh, sh_call *c) {
   if (!c->waiting) return;
   c->waiting = 0;
-  rt_call *head = core_map_iget(&rt->waiters, c->request_id);
+  sh_call *head = core_map_iget(&sh->waiters, c->request_id);
   if (head == c) {
-    if (c->wnext) core_map_iput(&rt->waiters, c->request_id, c->wnext);
-    else core_map_idel(&rt->waiters, c->request_id);
+    if (c->wnext) core_map_iput(&sh->waiters, c->request_id, c->wnext);
+    else core_map_idel(&sh->waiters, c->request_id);
   } else {
-    for (rt_call *p = head; p; p = p->wnext)
+    for (sh_call *p = head; p; p = p->wnext)
       if (p->wnext == c) {
         p->wnext = c->wnext;
         break;
@@ -105,24 +107,24 @@ static void waiter_remove(cruster_runtime *rt, rt_call *c) {
   c->wnext = NULL;
 }
 
-void rt_waiters_resolve(cruster_runtime *rt, int64_t request_id, int status, const void *data,
+void sh_waiters_resolve(sh_sharding *sh, int64_t request_id, int status, const void *data,
                         size_t len, const char *msg) {
-  rt_call *c = core_map_idel(&rt->waiters, request_id);
+  sh_call *c = core_map_idel(&sh->waiters, request_id);
   while (c) {
-    rt_call *next = c->wnext;
+    sh_call *next = c->wnext;
     c->waiting = 0;
     c->wnext = NULL;
-    rt_call_complete(rt, c, status, data, len, msg);
+    sh_call_complete(sh, c, status, data, len, msg);
     c = next;
   }
 }
 
 /* ---- completion ---------------------------------------------------------- */
 
-rt_call *rt_call_new(const char *type, const char *id, const char *method) {
+sh_call *sh_call_new(const char *type, const char *id, const char *method) {
   /* The strings were checked (names and ids are short): no overflow. */
   size_t lt = strlen(type) + 1, li = strlen(id) + 1, lm = strlen(method) + 1;
-  rt_call *c = calloc(1, sizeof(*c) + lt + li + lm);
+  sh_call *c = calloc(1, sizeof(*c) + lt + li + lm);
   if (!c) return NULL;
   char *p = c->names;
   memcpy(p, type, lt); c->type = p; p += lt;
@@ -131,45 +133,45 @@ rt_call *rt_call_new(const char *type, const char *id, const char *method) {
   return c;
 }
 
-void rt_call_free(rt_call *c) {
+void sh_call_free(sh_call *c) {
   if (!c) return;
   free(c->env);
   free(c->key);
   free(c);
 }
 
-void rt_call_complete(cruster_runtime *rt, rt_call *c, int status, const void *data, size_t len,
+void sh_call_complete(sh_sharding *sh, sh_call *c, int status, const void *data, size_t len,
                       const char *msg) {
-  heap_remove(rt, c);
-  waiter_remove(rt, c);
+  heap_remove(sh, c);
+  waiter_remove(sh, c);
   if (c->req) {
-    c->req->call = NULL;
+    em_request_withdraw(c->req);
     c->req = NULL;
   }
   if (c->save) {
     c->save->call = NULL;
     c->save = NULL;
   }
-  rt_invoke_reply(rt, c->fn, c->user, (c->flags & CRUSTER_CALL_INLINE_CALLBACK) != 0, status, data,
+  rt_invoke_reply(sh->loop, c->fn, c->user, (c->flags & CRUSTER_CALL_INLINE_CALLBACK) != 0, status, data,
                   len, msg);
-  rt_call_free(c);
+  sh_call_free(c);
 }
 
-void rt_deadline_fire(uv_timer_t *t) {
-  cruster_runtime *rt = t->data;
+static void deadline_fire(uv_timer_t *t) {
+  sh_sharding *sh = t->data;
   int64_t now = core_mono_ms();
-  while (rt->heap_len && rt->heap[0]->deadline_ms <= now) {
-    rt_call *c = rt->heap[0];
-    if (c->req) atomic_store(&c->req->cancelled, 1);
-    core_metric_add(rt->m.calls_timeout, 1);
+  while (sh->heap_len && sh->heap[0]->deadline_ms <= now) {
+    sh_call *c = sh->heap[0];
+    if (c->req) em_request_cancel(c->req);
+    core_metric_add(sh->m.calls_timeout, 1);
     char msg[2 * CRUSTER_MAX_NAME_LEN + CRUSTER_MAX_ENTITY_ID_LEN + 64];
     snprintf(msg, sizeof(msg), "no answer from %s/%s (method '%s') before the call's deadline",
              c->type, c->id, c->method);
-    rt_call_complete(rt, c, CRUSTER_E_TIMEOUT, NULL, 0, msg);
+    sh_call_complete(sh, c, CRUSTER_E_TIMEOUT, NULL, 0, msg);
   }
-  deadline_rearm(rt);
+  deadline_rearm(sh);
 }
 
-void rt_calls_fail_all(cruster_runtime *rt, int status, const char *msg) {
-  while (rt->heap_len) rt_call_complete(rt, rt->heap[0], status, NULL, 0, msg);
+void sh_calls_fail_all(sh_sharding *sh, int status, const char *msg) {
+  while (sh->heap_len) sh_call_complete(sh, sh->heap[0], status, NULL, 0, msg);
 }

@@ -1,5 +1,6 @@
-/* The public call API: cruster_send / cruster_notify and their blocking
- * forms. Validates on the caller's thread, then hands the call to the loop. */
+/* The call API: sh_send / sh_notify and their blocking forms (the public
+ * cruster_send & co. are runner/api.c's wrappers of these). Validates on the
+ * caller's thread, then hands the call to the loop. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,7 +17,7 @@
 /* Fields of cruster_call_opts present in the caller's struct. */
 #define OPT_HAS(o, field) ((o)->size >= offsetof(cruster_call_opts, field) + sizeof((o)->field))
 
-int rt_call_opts_read(const cruster_call_opts *opts, rt_call_opts *out, cruster_error **err) {
+int sh_call_opts_read(const cruster_call_opts *opts, sh_call_opts *out, cruster_error **err) {
   memset(out, 0, sizeof(*out));
   if (!opts) return CRUSTER_OK;
   if (opts->size < CRUSTER_CALL_OPTS_SIZE_V1)
@@ -46,12 +47,12 @@ int rt_call_opts_read(const cruster_call_opts *opts, rt_call_opts *out, cruster_
 
 /* `extra_flags`: flags the library adds itself (the blocking forms' inline
  * callback); they are not the caller's, so they are never reported as such. */
-static int submit(cruster_runtime *rt, int kind, const char *type, const char *id,
+static int submit(sh_sharding *sh, int kind, const char *type, const char *id,
                   const char *method, const void *payload, size_t len,
                   const cruster_call_opts *opts, unsigned extra_flags, cruster_reply_fn fn,
                   void *user, cruster_error **err) {
-  if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
-  if (kind == RT_CALL_SEND && !fn)
+  if (!sh) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
+  if (kind == SH_CALL_SEND && !fn)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "a send needs a reply callback");
   int st;
   if ((st = core_check_name("entity type", type, err)) != CRUSTER_OK) return st;
@@ -59,12 +60,12 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   if ((st = core_check_name("method name", method, err)) != CRUSTER_OK) return st;
   if (!payload && len > 0)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "payload is NULL but len is %zu", len);
-  if (core_size_exceeds(len, rt->cfg->max_payload_size))
+  if (core_size_exceeds(len, sh->cfg->max_payload_size))
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
                           "payload of %zu bytes exceeds max_payload_size (%lld bytes)", len,
-                          (long long)rt->cfg->max_payload_size);
-  rt_call_opts o;
-  if ((st = rt_call_opts_read(opts, &o, err)) != CRUSTER_OK) return st;
+                          (long long)sh->cfg->max_payload_size);
+  sh_call_opts o;
+  if ((st = sh_call_opts_read(opts, &o, err)) != CRUSTER_OK) return st;
   unsigned flags = o.flags;
   int64_t timeout = o.timeout_ms, deliver_at = o.deliver_at_ms;
   const void *key = o.key;
@@ -90,14 +91,14 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   if (key_len > CRUSTER_MAX_KEY_LEN)
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
                           "idempotency key of %zu bytes exceeds %d bytes", key_len, CRUSTER_MAX_KEY_LEN);
-  if ((st = rt_check_started(rt, err)) != CRUSTER_OK) return st;
+  if ((st = rt_check_started(sh->loop, err)) != CRUSTER_OK) return st;
 
-  rt_call *c = rt_call_new(type, id, method);
+  sh_call *c = sh_call_new(type, id, method);
   if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   c->env = core_env_new(type, id, method, payload, len);
   c->key = key ? core_memdup(key, key_len) : NULL;
   if (!c->env || (key && !c->key)) {
-    rt_call_free(c);
+    sh_call_free(c);
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   }
   c->key_len = key_len;
@@ -106,38 +107,39 @@ static int submit(cruster_runtime *rt, int kind, const char *type, const char *i
   c->fn = fn;
   c->user = user;
   /* Only remembered here: the loop checks that it is a request it is
-   * handling before it believes it (rt_route), and never reads through it. */
+   * handling before it believes it (sh_route), and never reads through it. */
   c->caller = caller;
   c->internal = caller != NULL;
   c->env->deliver_at = deliver_at;
-  c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout > 0 ? timeout : rt->cfg->default_call_timeout);
+  c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout > 0 ? timeout : sh->cfg->default_call_timeout);
   if (deliver_at > 0 && timeout == 0) {
     /* A delayed call's default deadline counts from its delivery time. */
     int64_t wait = deliver_at - core_now_ms();
     if (wait > 0) c->deadline_ms = rt_deadline_after(c->deadline_ms, wait);
   }
-  c->cmd.fn = rt_route;
-  if (rt_post(rt, &c->cmd) != 0) {
-    rt_call_free(c);
+  c->cmd.fn = sh_route;
+  c->cmd.ud = sh;
+  if (rt_post(sh->loop, &c->cmd) != 0) {
+    sh_call_free(c);
     return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
   }
   return CRUSTER_OK;
 }
 
-cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *id,
+cruster_status sh_send(sh_sharding *sh, const char *type, const char *id,
                             const char *method, const void *payload, size_t len,
                             const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
                             cruster_error **err) {
   CORE_ERR_CLEAR(err);
-  return submit(rt, RT_CALL_SEND, type, id, method, payload, len, opts, 0, fn, user, err);
+  return submit(sh, SH_CALL_SEND, type, id, method, payload, len, opts, 0, fn, user, err);
 }
 
-cruster_status cruster_notify(cruster_runtime *rt, const char *type, const char *id,
+cruster_status sh_notify(sh_sharding *sh, const char *type, const char *id,
                               const char *method, const void *payload, size_t len,
                               const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
                               cruster_error **err) {
   CORE_ERR_CLEAR(err);
-  return submit(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, 0, fn, user, err);
+  return submit(sh, SH_CALL_NOTIFY, type, id, method, payload, len, opts, 0, fn, user, err);
 }
 
 /* ---- blocking forms ------------------------------------------------------- */
@@ -176,28 +178,28 @@ static void sync_cb(void *user, int status, const void *data, size_t len, const 
   uv_mutex_unlock(&w->mu);
 }
 
-static int call_sync(cruster_runtime *rt, int kind, const char *type, const char *id,
+static int call_sync(sh_sharding *sh, int kind, const char *type, const char *id,
                      const char *method, const void *payload, size_t len,
                      const cruster_call_opts *opts, void **reply, size_t *reply_len,
                      cruster_error **err) {
   if (reply) *reply = NULL;
   if (reply_len) *reply_len = 0;
   if (err) *err = NULL;
-  if (rt && rt_on_loop(rt))
+  if (sh && rt_on_loop(sh->loop))
     return core_error_set(err, CRUSTER_E_STATE, "blocking calls are not allowed on the loop thread");
   sync_wait w;
   memset(&w, 0, sizeof(w));
   uv_mutex_init(&w.mu);
   uv_cond_init(&w.cv);
   /* The callback only signals this thread: run it on the loop. */
-  int st = submit(rt, kind, type, id, method, payload, len, opts, CRUSTER_CALL_INLINE_CALLBACK,
+  int st = submit(sh, kind, type, id, method, payload, len, opts, CRUSTER_CALL_INLINE_CALLBACK,
                   sync_cb, &w, err);
   if (st == CRUSTER_OK) {
-    rt_pool_block_enter(rt->pool);
+    rt_pool_block_enter(sh->loop->pool);
     uv_mutex_lock(&w.mu);
     while (!w.done) uv_cond_wait(&w.cv, &w.mu);
     uv_mutex_unlock(&w.mu);
-    rt_pool_block_leave(rt->pool);
+    rt_pool_block_leave(sh->loop->pool);
     st = w.status;
     if (st == CRUSTER_OK) {
       if (reply) *reply = w.data; else free(w.data);
@@ -213,17 +215,17 @@ static int call_sync(cruster_runtime *rt, int kind, const char *type, const char
   return st;
 }
 
-cruster_status cruster_send_sync(cruster_runtime *rt, const char *type, const char *id,
+cruster_status sh_send_sync(sh_sharding *sh, const char *type, const char *id,
                                  const char *method, const void *payload, size_t len,
                                  const cruster_call_opts *opts, void **reply, size_t *reply_len,
                                  cruster_error **err) {
   CORE_ERR_CLEAR(err);
-  return call_sync(rt, RT_CALL_SEND, type, id, method, payload, len, opts, reply, reply_len, err);
+  return call_sync(sh, SH_CALL_SEND, type, id, method, payload, len, opts, reply, reply_len, err);
 }
 
-cruster_status cruster_notify_sync(cruster_runtime *rt, const char *type, const char *id,
+cruster_status sh_notify_sync(sh_sharding *sh, const char *type, const char *id,
                                    const char *method, const void *payload, size_t len,
                                    const cruster_call_opts *opts, cruster_error **err) {
   CORE_ERR_CLEAR(err);
-  return call_sync(rt, RT_CALL_NOTIFY, type, id, method, payload, len, opts, NULL, NULL, err);
+  return call_sync(sh, SH_CALL_NOTIFY, type, id, method, payload, len, opts, NULL, NULL, err);
 }

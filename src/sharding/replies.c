@@ -1,5 +1,6 @@
-/* Stored replies and dead letters: cruster_poll_reply, cruster_join_reply,
- * cruster_dead_letters, cruster_dead_letter_redeliver. */
+/* Stored replies and dead letters: sh_poll_reply, sh_join_reply,
+ * sh_dead_letters, sh_dead_letter_redeliver (behind the public cruster_*
+ * of the same names, runner/api.c). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,15 +38,15 @@ static void op_finish(op *o, int status, const char *msg) {
   rt_sync_done(&o->sync, status);
 }
 
-static int op_run(cruster_runtime *rt, op *o, rt_cmd_fn fn, cruster_error **err) {
-  if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
-  if (rt_on_loop(rt))
+static int op_run(sh_sharding *sh, op *o, rt_cmd_fn fn, cruster_error **err) {
+  if (!sh) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
+  if (rt_on_loop(sh->loop))
     return core_error_set(err, CRUSTER_E_STATE, "blocking calls are not allowed on the loop thread");
-  int rc = rt_check_started(rt, err);
+  int rc = rt_check_started(sh->loop, err);
   if (rc != CRUSTER_OK) return rc;
-  if (!rt->storage)
+  if (!sh->storage)
     return core_error_set(err, CRUSTER_E_PERSISTENCE, "the runtime has no message storage");
-  return rt_run_sync(rt, &o->sync, fn, err);
+  return rt_run_sync(sh->loop, &o->sync, fn, sh, err);
 }
 
 /* Checks the identity of a keyed call a caller looks up. */
@@ -98,12 +99,13 @@ static void poll_got(void *ud, int status, const char *errmsg, int64_t request_i
   op_finish(o, CRUSTER_OK, NULL);
 }
 
-static void poll_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+static void poll_on_loop(void *ud, rt_cmd *cmd) {
+  sh_sharding *sh = ud;
   op *o = (op *)cmd;
-  rt->storage->ops->get_keyed(rt->storage, o->type, o->id, o->method, &o->key, poll_got, o);
+  sh->storage->ops->get_keyed(sh->storage, o->type, o->id, o->method, &o->key, poll_got, o);
 }
 
-cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type, const char *id,
+cruster_status sh_poll_reply(sh_sharding *sh, const char *type, const char *id,
                                   const char *method, const void *key, size_t key_len, int *ready,
                                   void **reply, size_t *reply_len, cruster_error **err) {
   CORE_ERR_CLEAR(err);
@@ -120,7 +122,7 @@ cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type, const c
   o.method = method;
   o.key.data = key;
   o.key.len = key_len;
-  st = op_run(rt, &o, poll_on_loop, err);
+  st = op_run(sh, &o, poll_on_loop, err);
   char *failure = o.msg;
   o.msg = NULL;
   if (st != CRUSTER_OK) {
@@ -152,23 +154,23 @@ cruster_status cruster_poll_reply(cruster_runtime *rt, const char *type, const c
 /* ---- join --------------------------------------------------------------------- */
 
 typedef struct join_ctx {
-  cruster_runtime *rt;
+  sh_sharding *sh;
   int64_t request_id;
 } join_ctx;
 
 static void join_got(void *ud, int status, const char *errmsg, int found, int processed,
                      const st_reply *r) {
   join_ctx *j = ud;
-  cruster_runtime *rt = j->rt;
+  sh_sharding *sh = j->sh;
   if (status != CRUSTER_OK) {
     char msg[256];
     snprintf(msg, sizeof(msg), "message storage failed: %s", errmsg ? errmsg : "unknown error");
-    rt_waiters_resolve(rt, j->request_id, CRUSTER_E_PERSISTENCE, NULL, 0, msg);
+    sh_waiters_resolve(sh, j->request_id, CRUSTER_E_PERSISTENCE, NULL, 0, msg);
   } else if (!found) {
-    rt_waiters_resolve(rt, j->request_id, CRUSTER_E_NOT_FOUND, NULL, 0,
+    sh_waiters_resolve(sh, j->request_id, CRUSTER_E_NOT_FOUND, NULL, 0,
                        "no persisted call with that key is stored");
   } else if (processed && r) {
-    rt_waiters_resolve(rt, j->request_id, r->status, r->data, r->len, r->message);
+    sh_waiters_resolve(sh, j->request_id, r->status, r->data, r->len, r->message);
   }
   /* else: pending; the waiter is resolved when the reply is saved. */
   free(j);
@@ -179,99 +181,101 @@ static void join_got(void *ud, int status, const char *errmsg, int found, int pr
  * out meanwhile is seen as gone (hold->call NULL). */
 static void join_found(void *ud, int status, const char *errmsg, int64_t request_id,
                        int processed, const st_reply *r) {
-  rt_save *hold = ud;
-  cruster_runtime *rt = hold->rt;
-  rt_call *c = hold->call;
+  sh_save *hold = ud;
+  sh_sharding *sh = hold->sh;
+  sh_call *c = hold->call;
   if (c) c->save = NULL;
   free(hold);
   if (!c) return;
   if (status != CRUSTER_OK) {
     char msg[256];
     snprintf(msg, sizeof(msg), "message storage failed: %s", errmsg ? errmsg : "unknown error");
-    rt_call_complete(rt, c, storage_status(status), NULL, 0, msg);
+    sh_call_complete(sh, c, storage_status(status), NULL, 0, msg);
   } else if (request_id == 0) {
     char msg[CRUSTER_MAX_NAME_LEN * 2 + CRUSTER_MAX_ENTITY_ID_LEN + 96];
     snprintf(msg, sizeof(msg), "no persisted call to %s/%s '%s' with that key is stored",
              c->type, c->id, c->method);
-    rt_call_complete(rt, c, CRUSTER_E_NOT_FOUND, NULL, 0, msg);
+    sh_call_complete(sh, c, CRUSTER_E_NOT_FOUND, NULL, 0, msg);
   } else if (processed && r) {
-    rt_call_complete(rt, c, r->status, r->data, r->len, r->message);
+    sh_call_complete(sh, c, r->status, r->data, r->len, r->message);
   } else {
     /* Pending: wait on its id, then look again by id -- its answer may have
      * been stored (on another connection) since the lookup read it. */
     join_ctx *j = malloc(sizeof(*j));
     c->request_id = request_id;
-    if (!j || rt_waiter_add(rt, c) != 0) {
+    if (!j || sh_waiter_add(sh, c) != 0) {
       free(j);
-      rt_call_complete(rt, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
+      sh_call_complete(sh, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
       return;
     }
-    j->rt = rt;
+    j->sh = sh;
     j->request_id = request_id;
-    rt->storage->ops->get_reply(rt->storage, request_id, join_got, j);
+    sh->storage->ops->get_reply(sh->storage, request_id, join_got, j);
   }
 }
 
-static void join_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
-  rt_call *c = (rt_call *)cmd;
+static void join_on_loop(void *ud, rt_cmd *cmd) {
+  sh_sharding *sh = ud;
+  sh_call *c = (sh_call *)cmd;
   c->heap_idx = SIZE_MAX;
-  if (atomic_load(&rt->state) != RT_STARTED || rt->stopping || rt->closed) {
-    rt_call_complete(rt, c, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "the runtime is shutting down");
+  if (atomic_load(&sh->loop->state) != RT_STARTED || sh->stopping) {
+    sh_call_complete(sh, c, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "the runtime is shutting down");
     return;
   }
-  rt_save *hold = calloc(1, sizeof(*hold));
-  if (!hold || rt_heap_insert(rt, c) != 0) {
+  sh_save *hold = calloc(1, sizeof(*hold));
+  if (!hold || sh_heap_insert(sh, c) != 0) {
     free(hold);
-    rt_call_complete(rt, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
+    sh_call_complete(sh, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
     return;
   }
-  hold->rt = rt;
+  hold->sh = sh;
   hold->call = c;
   c->save = hold;
   st_key key = {c->key, c->key_len};
-  rt->storage->ops->get_keyed(rt->storage, c->type, c->id, c->method, &key,
+  sh->storage->ops->get_keyed(sh->storage, c->type, c->id, c->method, &key,
                               join_found, hold);
 }
 
-cruster_status cruster_join_reply(cruster_runtime *rt, const char *type, const char *id,
+cruster_status sh_join_reply(sh_sharding *sh, const char *type, const char *id,
                                   const char *method, const void *key, size_t key_len,
                                   const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
                                   cruster_error **err) {
   CORE_ERR_CLEAR(err);
   int st;
-  if (!rt) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
+  if (!sh) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
   if (!fn) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "a join needs a reply callback");
   if ((st = check_identity(type, id, method, key, key_len, err)) != CRUSTER_OK) return st;
-  rt_call_opts o;
-  if ((st = rt_call_opts_read(opts, &o, err)) != CRUSTER_OK) return st;
+  sh_call_opts o;
+  if ((st = sh_call_opts_read(opts, &o, err)) != CRUSTER_OK) return st;
   /* The call's own options may be passed again: only the timeout and the
    * inline flag mean something to a join. */
   const unsigned known = CRUSTER_CALL_PERSISTED | CRUSTER_CALL_INLINE_CALLBACK;
   if (o.flags & ~known)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
                           "unknown call flags 0x%x in opts.flags 0x%x", o.flags & ~known, o.flags);
-  if ((st = rt_check_started(rt, err)) != CRUSTER_OK) return st;
-  if (!rt->storage)
+  if ((st = rt_check_started(sh->loop, err)) != CRUSTER_OK) return st;
+  if (!sh->storage)
     return core_error_set(err, CRUSTER_E_PERSISTENCE, "the runtime has no message storage");
-  rt_call *c = rt_call_new(type, id, method);
+  sh_call *c = sh_call_new(type, id, method);
   if (!c) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   /* The identity travels in the call (names, key): the lookup and the
    * timeout's message use it. */
   c->key = core_memdup(key, key_len);
   if (!c->key) {
-    rt_call_free(c);
+    sh_call_free(c);
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   }
   c->key_len = key_len;
-  c->kind = RT_CALL_SEND;
+  c->kind = SH_CALL_SEND;
   c->flags = o.flags & CRUSTER_CALL_INLINE_CALLBACK;
   c->fn = fn;
   c->user = user;
-  int64_t timeout = o.timeout_ms > 0 ? o.timeout_ms : rt->cfg->default_call_timeout;
+  int64_t timeout = o.timeout_ms > 0 ? o.timeout_ms : sh->cfg->default_call_timeout;
   c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout);
   c->cmd.fn = join_on_loop;
-  if (rt_post(rt, &c->cmd) != 0) {
-    rt_call_free(c);
+  c->cmd.ud = sh;
+  if (rt_post(sh->loop, &c->cmd) != 0) {
+    sh_call_free(c);
     return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
   }
   return CRUSTER_OK;
@@ -285,12 +289,13 @@ static void dead_listed(void *ud, int status, const char *errmsg, cruster_messag
   op_finish(o, status == CRUSTER_OK ? CRUSTER_OK : storage_status(status), errmsg);
 }
 
-static void dead_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+static void dead_on_loop(void *ud, rt_cmd *cmd) {
+  sh_sharding *sh = ud;
   op *o = (op *)cmd;
-  rt->storage->ops->list_dead(rt->storage, o->limit, dead_listed, o);
+  sh->storage->ops->list_dead(sh->storage, o->limit, dead_listed, o);
 }
 
-cruster_status cruster_dead_letters(cruster_runtime *rt, size_t limit, cruster_message_list **out,
+cruster_status sh_dead_letters(sh_sharding *sh, size_t limit, cruster_message_list **out,
                                     cruster_error **err) {
   CORE_ERR_CLEAR(err);
   if (!out) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "out must not be NULL");
@@ -298,7 +303,7 @@ cruster_status cruster_dead_letters(cruster_runtime *rt, size_t limit, cruster_m
   op o;
   memset(&o, 0, sizeof(o));
   o.limit = limit;
-  int st = op_run(rt, &o, dead_on_loop, err);
+  int st = op_run(sh, &o, dead_on_loop, err);
   if (st == CRUSTER_OK) *out = o.list;
   else cruster_message_list_free(o.list);
   return st;
@@ -306,28 +311,29 @@ cruster_status cruster_dead_letters(cruster_runtime *rt, size_t limit, cruster_m
 
 typedef struct redeliver_op {
   op o;
-  cruster_runtime *rt;
+  sh_sharding *sh;
 } redeliver_op;
 
 static void redelivered(void *ud, int status, const char *errmsg) {
   redeliver_op *r = ud;
-  if (status == CRUSTER_OK) rt_poll_schedule(r->rt, 0);
+  if (status == CRUSTER_OK) sh_poll_schedule(r->sh, 0);
   op_finish(&r->o,
             status == CRUSTER_OK || status == CRUSTER_E_NOT_FOUND ? status : storage_status(status),
             errmsg);
 }
 
-static void redeliver_on_loop(cruster_runtime *rt, rt_cmd *cmd) {
+static void redeliver_on_loop(void *ud, rt_cmd *cmd) {
+  sh_sharding *sh = ud;
   redeliver_op *r = (redeliver_op *)cmd;
-  r->rt = rt;
-  rt->storage->ops->redeliver(rt->storage, r->o.request_id, redelivered, r);
+  r->sh = sh;
+  sh->storage->ops->redeliver(sh->storage, r->o.request_id, redelivered, r);
 }
 
-cruster_status cruster_dead_letter_redeliver(cruster_runtime *rt, int64_t request_id,
+cruster_status sh_dead_letter_redeliver(sh_sharding *sh, int64_t request_id,
                                              cruster_error **err) {
   CORE_ERR_CLEAR(err);
   redeliver_op r;
   memset(&r, 0, sizeof(r));
   r.o.request_id = request_id;
-  return op_run(rt, &r.o, redeliver_on_loop, err);
+  return op_run(sh, &r.o, redeliver_on_loop, err);
 }

@@ -1,40 +1,176 @@
-/* Internal: routing of calls and persisted delivery. */
+/* Internal: the sharding layer -- calls and their deadlines, routing
+ * (single-node: every shard is local), the persisted path (store first,
+ * then deliver; answers stored, waiters resolved), the storage poll loop,
+ * reply lookup and dead letters. Its state is an sh_sharding; it uses the
+ * entity manager, the storage, the loop and core, and calls nothing above
+ * it: the layer that owns it drives its start and stop. */
 #ifndef SH_SHARDING_INTERNAL_H
 #define SH_SHARDING_INTERNAL_H
 
 #include "core/prefix.h"
 
-#include "runtime/runtime_internal.h"
+#include <cruster/cruster.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "core/config_internal.h"
+#include "core/envelope.h"
+#include "core/log.h"
+#include "core/map.h"
+#include "core/metrics_internal.h"
+#include "core/snowflake.h"
+#include "entity/entity_internal.h"
+#include "loop/loop.h"
+#include "storage/storage_internal.h"
+
+typedef struct sh_call sh_call;
+typedef struct sh_save sh_save;
+typedef struct sh_sharding sh_sharding;
+
+enum { SH_CALL_SEND = 0, SH_CALL_NOTIFY = 1 };
+
+/* A caller waiting for an answer (send) or an acceptance (notify). */
+struct sh_call {
+  rt_cmd cmd; /* cmd.ud: the sh_sharding the call belongs to */
+  int kind;
+  unsigned flags;
+  core_env *env; /* owned until handed to a delivery */
+  int64_t deadline_ms; /* monotonic */
+  void *key;
+  size_t key_len;
+  cruster_reply_fn fn;
+  void *user;
+  /* loop-owned */
+  size_t heap_idx;            /* index in the deadline heap, SIZE_MAX if none */
+  int64_t request_id;
+  cruster_request *req;       /* local delivery answering this call */
+  sh_save *save;              /* storage write this call waits for */
+  sh_call *wnext;             /* next waiter on the same persisted request id */
+  int waiting;                /* listed in sh->waiters */
+  int internal;               /* made by an entity/workflow (opts->caller) */
+  /* opts->caller as the caller passed it: untrusted, compared as an address
+   * with the requests being handled (sh_route), never read through. */
+  const cruster_request *caller;
+  /* The call's address, for messages (the envelope moves on) */
+  const char *type, *id, *method;
+  char names[];
+};
+
+/* The metric series the hot paths update. */
+typedef struct sh_metrics {
+  core_metric *calls_timeout, *calls_rejected, *calls_inflight;
+  core_metric *st_polls, *st_queued, *st_saved, *st_duplicates, *st_replies, *st_dead_letters, *st_errors;
+} sh_metrics;
+
+/* Everything under "loop-owned" is touched only on the loop thread. */
+struct sh_sharding {
+  rt_loop *loop;
+  em_manager *em;
+  cruster_storage *storage; /* attached by the owner; NULL: none */
+  const cruster_config *cfg;
+  const core_logger *lg;
+  core_snowflake *snowflake;
+  sh_metrics m;
+
+  /* ---- loop-owned ---- */
+  int stopping; /* sh_stop ran: nothing is routed, polled or delivered */
+  uv_timer_t deadline_timer;
+  uv_timer_t poll_timer;
+  sh_call **heap; /* pending calls, a min-heap on deadline_ms */
+  size_t heap_len, heap_cap;
+  core_map waiters;       /* persisted request id -> sh_call* list */
+  int poll_scheduled;     /* a storage poll is in flight */
+  int64_t poll_again_at;  /* asked for while one was in flight: monotonic ms, 0 = none */
+};
 
 /* A storage write a call (or a poll) waits for. */
-typedef struct rt_save {
-  cruster_runtime *rt;
+struct sh_save {
+  sh_sharding *sh;
   core_env *env;    /* owned */
   em_type *type;
   int rpc_index;
   int claim;
-  rt_call *call;  /* NULL once the call completed (timeout) */
-  /* Speculative delivery: handed to its handler before the save completed. */
+  sh_call *call;  /* NULL once the call completed (timeout) */
+  /* Speculative delivery: handed to its handler before the save completed,
+   * held (em_deliver's hold) until it did. */
   int spec;
   int spec_status;      /* what em_deliver said */
   cruster_request *req; /* the delivery, until bound off */
-} rt_save;
+};
+
+/* ---- setup and stop (the owner; loop thread unless said) ---- */
+
+/* Sets up `sh` on `loop` (whose libuv loop exists; its thread may not run
+ * yet) over the entity manager `em` and the attached `storage` (may be
+ * NULL). Everything given must outlive it. */
+void sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *storage,
+             const cruster_config *cfg, const core_logger *lg, cruster_metrics *metrics,
+             core_snowflake *snowflake);
+/* The loop's state became RT_STARTED: look at the storage. */
+void sh_start(sh_sharding *sh);
+/* The stop began: nothing new is routed or polled. */
+void sh_stop(sh_sharding *sh);
+/* Fails every waiting call with `status`. */
+void sh_calls_fail_all(sh_sharding *sh, int status, const char *msg);
+/* After the loop closed: frees what is left. */
+void sh_free(sh_sharding *sh);
+/* Polls the storage in `delay_ms` (or sooner, if one is due sooner). */
+void sh_poll_schedule(sh_sharding *sh, int64_t delay_ms);
+
+/* ---- the public calls, for this sharding object (`sh` NULL: refused as
+ * the runtime being NULL). As cruster_<name> in cruster/client.h. ---- */
+cruster_status sh_send(sh_sharding *sh, const char *type, const char *id, const char *method,
+                       const void *payload, size_t len, const cruster_call_opts *opts,
+                       cruster_reply_fn fn, void *user, cruster_error **err);
+cruster_status sh_notify(sh_sharding *sh, const char *type, const char *id, const char *method,
+                         const void *payload, size_t len, const cruster_call_opts *opts,
+                         cruster_reply_fn fn, void *user, cruster_error **err);
+cruster_status sh_send_sync(sh_sharding *sh, const char *type, const char *id,
+                            const char *method, const void *payload, size_t len,
+                            const cruster_call_opts *opts, void **reply, size_t *reply_len,
+                            cruster_error **err);
+cruster_status sh_notify_sync(sh_sharding *sh, const char *type, const char *id,
+                              const char *method, const void *payload, size_t len,
+                              const cruster_call_opts *opts, cruster_error **err);
+cruster_status sh_poll_reply(sh_sharding *sh, const char *type, const char *id,
+                             const char *method, const void *key, size_t key_len, int *ready,
+                             void **reply, size_t *reply_len, cruster_error **err);
+cruster_status sh_join_reply(sh_sharding *sh, const char *type, const char *id,
+                             const char *method, const void *key, size_t key_len,
+                             const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
+                             cruster_error **err);
+cruster_status sh_dead_letters(sh_sharding *sh, size_t limit, cruster_message_list **out,
+                               cruster_error **err);
+cruster_status sh_dead_letter_redeliver(sh_sharding *sh, int64_t request_id,
+                                        cruster_error **err);
+
+/* ---- inside the layer ---- */
+
+/* A zeroed call that keeps a copy of its address (type, id, method). NULL
+ * on OOM. Free with sh_call_free. */
+sh_call *sh_call_new(const char *type, const char *id, const char *method);
+void sh_call_complete(sh_sharding *sh, sh_call *c, int status, const void *data, size_t len,
+                      const char *msg);
+void sh_call_free(sh_call *c);
+/* Resolves every waiter of a persisted request id. */
+void sh_waiters_resolve(sh_sharding *sh, int64_t request_id, int status, const void *data,
+                        size_t len, const char *msg);
 
 /* cruster_call_opts as read under its growth rule (client.h): the fields the
  * caller's size covers, defaults for the others. */
-typedef struct rt_call_opts {
+typedef struct sh_call_opts {
   unsigned flags;
   int64_t timeout_ms;
   const void *key;
   size_t key_len;
   int64_t deliver_at_ms;
   const cruster_request *caller;
-} rt_call_opts;
-int rt_call_opts_read(const cruster_call_opts *opts, rt_call_opts *out, cruster_error **err);
+} sh_call_opts;
+int sh_call_opts_read(const cruster_call_opts *opts, sh_call_opts *out, cruster_error **err);
 
-int rt_heap_insert(cruster_runtime *rt, rt_call *c);
-int rt_waiter_add(cruster_runtime *rt, rt_call *c);
-/* Routes a call posted by cruster_send/notify (loop thread). */
-void rt_route(cruster_runtime *rt, rt_cmd *cmd);
+int sh_heap_insert(sh_sharding *sh, sh_call *c);
+int sh_waiter_add(sh_sharding *sh, sh_call *c);
+/* Routes a call posted by sh_send/sh_notify (loop thread). */
+void sh_route(void *ud, rt_cmd *cmd);
 
 #endif

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/util.h"
 #include "storage/pg_store.h"
+#include "storage/pg_wf.h"
 
 /* ---- st_ops --------------------------------------------------------------------------- */
 
@@ -40,6 +41,8 @@ static cruster_status pg_attach(cruster_storage *s, const st_host *host, cruster
   st->batch = cfg->storage_batch_size;
   st->backoff_ms = cfg->storage_retry_backoff;
   st->retention_ms = cfg->storage_retention;
+  if (!st->wf && !(st->wf = pg_wf_new(st->conninfo, (size_t)cfg->workflow_pool_size)))
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   pg_claimer_new(st);
   if (pg_fast_sql_build(st) != 0) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   st->conns = calloc((size_t)cfg->storage_pool_size, sizeof(*st->conns));
@@ -174,6 +177,31 @@ static void pg_release(cruster_storage *s, const core_env *m, int attempt) {
    * or it would claim a younger message of the entity and deliver it first.
    * (Inserts do not look at claims, so they need no order with this.) */
   pg_enqueue(st, &st->conns[0], o);
+}
+
+static void pg_park(cruster_storage *s, const core_env *m, int64_t wake_at, int64_t wake_seq,
+                    int progress, st_done_cb cb, void *ud) {
+  pg_store *st = s->impl;
+  pg_op *o = pg_op_new(OP_PARK, ud);
+  if (o) o->env = core_env_copy(m);
+  if (!o || !o->env) {
+    free(o);
+    if (cb) cb(ud, CRUSTER_E_NOMEM, "out of memory parking a message");
+    return;
+  }
+  o->cb.done = cb;
+  o->wake_at = wake_at;
+  o->wake_seq = wake_seq;
+  o->progress = progress;
+  pg_transit_start(st, m);
+  /* On the poll's connection, as a release: the poll after it sees it. */
+  pg_enqueue(st, &st->conns[0], o);
+}
+
+static void *pg_wf_side(cruster_storage *s, const st_wf_ops **ops) {
+  pg_store *st = s->impl;
+  *ops = &pg_wf_ops;
+  return st->wf;
 }
 
 static void pg_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t max_retries,
@@ -316,6 +344,7 @@ static void pg_destroy(cruster_storage *s) {
   if (st->conns) {
     free(st->conns);
   }
+  pg_wf_free(st->wf);
   free(st->conninfo);
   free(st);
   free(s);
@@ -330,6 +359,8 @@ static const st_ops pg_ops = {
     .poll = pg_poll,
     .release = pg_release,
     .next_due = pg_next_due,
+    .park = pg_park,
+    .wf = pg_wf_side,
     .get_reply = pg_get_reply,
     .get_keyed = pg_get_keyed,
     .list_dead = pg_list_dead,

@@ -315,7 +315,8 @@ void pg_job_done(pg_conn *c, pg_job *j) {
     for (size_t i = 0; i < nops; i++) {
       /* A claim that could not be given back would be held forever:
        * reconcile under a new token (what is not being handled goes back). */
-      reclaim |= failed && (ops[i]->kind == OP_RELEASE || ops[i]->kind == OP_UNCLAIM);
+      reclaim |= failed && (ops[i]->kind == OP_RELEASE || ops[i]->kind == OP_UNCLAIM ||
+                            ops[i]->kind == OP_PARK);
       if (failed) pg_op_fail(st, ops[i], CRUSTER_E_PERSISTENCE, msg);
       else pg_op_complete(st, ops[i]);
     }

@@ -107,6 +107,7 @@ void pg_conn_fail(pg_conn *c, const char *why) {
     for (size_t i = 0; i < j->nops; i++)
       in_doubt |= j->ops[i]->kind == OP_POLL || (j->ops[i]->kind == OP_SAVE && j->ops[i]->claim) ||
                   j->ops[i]->kind == OP_RELEASE || j->ops[i]->kind == OP_UNCLAIM ||
+                  j->ops[i]->kind == OP_PARK ||
                   (j->ops[i]->kind == OP_REPLY && !j->ops[i]->cb.done);
   /* Fail first: a delivery whose insert failed is no longer counted as
    * handled here when the reconcile takes its set. */

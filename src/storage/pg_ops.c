@@ -27,6 +27,7 @@ static const stmt stmts[] = {
     {"cr_redel", PG_SQL_REDELIVER, 1},
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
     {"cr_scan", PG_SQL_SCAN, 1},    {"cr_unclaim", PG_SQL_UNCLAIM, 3},
+    {"cr_park", PG_SQL_PARK, 4},
     {"cr_guard", PG_SQL_JOB_GUARD, 2},
 };
 #define N_STMTS (int)(sizeof stmts / sizeof stmts[0])
@@ -176,6 +177,15 @@ int pg_op_send(pg_conn *c, pg_op *o) {
     snprintf(d, sizeof d, "%lld", (long long)st->backoff_ms);
     const char *v[3] = {a, b, d};
     return pg_send_stmt(c, "cr_rel", 3, v, NULL, NULL);
+  }
+  case OP_PARK: {
+    snprintf(a, sizeof a, "%lld", (long long)o->env->request_id);
+    snprintf(b, sizeof b, "%lld",
+             (long long)(o->wake_at > PG_PARK_FOREVER_MS ? PG_PARK_FOREVER_MS : o->wake_at));
+    snprintf(d, sizeof d, "%lld", (long long)o->wake_seq);
+    snprintf(f, sizeof f, "%d", o->progress ? 1 : 0);
+    const char *v[4] = {a, b, d, f};
+    return pg_send_stmt(c, "cr_park", 4, v, NULL, NULL);
   }
   case OP_POLL: {
     /* LIMIT is an int4: storage_inbox_size may be larger. */

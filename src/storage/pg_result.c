@@ -37,6 +37,10 @@ void pg_op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
     }
     if (o->in_transit) pg_transit_end(st, o->env);
     break;
+  case OP_PARK:
+    pg_transit_end(st, o->env);
+    if (o->cb.done) o->cb.done(o->ud, status, msg);
+    break;
   case OP_RELEASE:
     pg_transit_end(st, o->env);
     if (!st->closing)
@@ -173,6 +177,10 @@ void pg_op_complete(pg_store *st, pg_op *o) {
     break;
   case OP_RELEASE:
     pg_transit_end(st, o->env);
+    break;
+  case OP_PARK:
+    pg_transit_end(st, o->env);
+    if (o->cb.done) o->cb.done(o->ud, CRUSTER_OK, NULL);
     break;
   case OP_UNCLAIM:
     break;

@@ -9,7 +9,7 @@
  * as every write below keeps them together -- which no partial index's
  * predicate follows from: the planner's only choice is the lookup. Only
  * statements meant to walk unanswered messages say NOT processed: the
- * claim's main scan and next due (on the claimable index), and the rare
+ * claim's main scans and next due (on the claimable_now and due indexes), and the rare
  * reset, reconcile and attach scan, which read the whole table. */
 #ifndef ST_PG_SQL_H
 #define ST_PG_SQL_H
@@ -126,6 +126,19 @@
   "      + CASE WHEN claimed_by IS NOT NULL AND NOT claim_charged THEN 1 ELSE 0 END, 0), 20)))) END" \
   " WHERE request_id = $1::int8 AND processed_at IS NULL"
 
+/* Park: a suspended workflow execution's message goes back unclaimed, due
+ * at $2 (Unix ms; 253402300799999 = 9999-12-31, "when woken") -- or at
+ * once when its wake counter moved since the run read it ($3 >= 0). $4 = 1:
+ * the run made progress, its attempts start again. */
+#define PG_SQL_PARK                                                                           \
+  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL, retry_at = NULL,"      \
+  "  deliver_at = CASE WHEN $3::int8 >= 0 AND wake_seq <> $3::int8 THEN NULL"               \
+  "    ELSE to_timestamp($2::int8 / 1000.0) END,"                                           \
+  "  attempts = CASE WHEN $4::int4 = 1 THEN 0 ELSE attempts END"                            \
+  " WHERE request_id = $1::int8 AND processed_at IS NULL"
+/* The latest deliver_at a park stores (9999-12-31T23:59:59.999Z). */
+#define PG_PARK_FOREVER_MS 253402300799999LL
+
 /* RELEASE with $2 = 0 for many messages at once (those a poll claimed and
  * full mailboxes could not take). */
 #define PG_SQL_RELEASE_MANY                                                                   \
@@ -174,7 +187,14 @@
 #define PG_SQL_CLAIM                                                                          \
   "WITH due AS (SELECT d.request_id, d.seq, d.entity_type, d.entity_id, d.attempts"        \
   "  FROM cruster_messages d"                                                              \
-  "  WHERE NOT d.processed AND d.claimed_by IS NULL"                                        \
+  "  WHERE d.request_id IN ((SELECT i.request_id FROM cruster_messages i"                  \
+  "      WHERE NOT i.processed AND i.claimed_by IS NULL AND i.deliver_at IS NULL"          \
+  "        AND (i.retry_at IS NULL OR i.retry_at <= now()) ORDER BY i.seq LIMIT $1::int4)"  \
+  "    UNION ALL (SELECT t.request_id FROM cruster_messages t"                              \
+  "      WHERE NOT t.processed AND t.claimed_by IS NULL AND t.deliver_at IS NOT NULL"      \
+  "        AND t.deliver_at <= to_timestamp($3::int8 / 1000.0)"                             \
+  "        ORDER BY t.deliver_at LIMIT $1::int4))"                                          \
+  "    AND NOT d.processed AND d.claimed_by IS NULL"                                        \
   "    AND (d.deliver_at IS NULL OR d.deliver_at <= to_timestamp($3::int8 / 1000.0))"       \
   "    AND (d.retry_at IS NULL OR d.retry_at <= now())"                                     \
   "    AND NOT EXISTS (SELECT 1 FROM cruster_messages o WHERE o.entity_type = d.entity_type" \
@@ -208,9 +228,13 @@
 
 /* When the next stored message becomes due (Unix ms, 0 = none). */
 #define PG_SQL_NEXT_DUE                                                                       \
-  "SELECT coalesce((extract(epoch FROM min(greatest(deliver_at, retry_at))) * 1000)::int8, 0)" \
-  " FROM cruster_messages WHERE NOT processed AND claimed_by IS NULL"                       \
-  "  AND (deliver_at > to_timestamp($1::int8 / 1000.0) OR retry_at > now())"
+  "SELECT coalesce(least((SELECT (extract(epoch FROM min(deliver_at)) * 1000)::int8"        \
+  "    FROM cruster_messages WHERE NOT processed AND claimed_by IS NULL"                    \
+  "    AND deliver_at IS NOT NULL AND deliver_at > to_timestamp($1::int8 / 1000.0)"         \
+  "    AND retry_at IS NULL),"                                                               \
+  "  (SELECT (extract(epoch FROM min(greatest(deliver_at, retry_at))) * 1000)::int8"       \
+  "    FROM cruster_messages WHERE NOT processed AND claimed_by IS NULL"                    \
+  "    AND retry_at IS NOT NULL AND retry_at > now())), 0)"
 
 #define PG_SQL_GET                                                                            \
   "SELECT processed, reply_status, reply_payload, reply_message FROM cruster_messages"      \
@@ -259,8 +283,12 @@
 /* Retention: processed messages older than $1 ms; dead letters stay until
  * redelivered. */
 #define PG_SQL_CLEANUP                                                                        \
-  "DELETE FROM cruster_messages WHERE request_id IN (SELECT request_id FROM cruster_messages" \
-  " WHERE processed AND processed_at < now() - make_interval(secs => $1::int8 / 1000.0)"    \
-  "  AND reply_status <> -18 LIMIT 10000)"
+  "WITH d AS (DELETE FROM cruster_messages WHERE request_id IN (SELECT request_id"          \
+  "  FROM cruster_messages"                                                                   \
+  "  WHERE processed AND processed_at < now() - make_interval(secs => $1::int8 / 1000.0)"   \
+  "  AND reply_status <> -18 LIMIT 10000) RETURNING request_id),"                            \
+  " j AS (DELETE FROM cruster_journal WHERE request_id IN (SELECT request_id FROM d)),"       \
+  " f AS (DELETE FROM cruster_deferreds WHERE request_id IN (SELECT request_id FROM d))"     \
+  " SELECT count(*) FROM d"
 
 #endif

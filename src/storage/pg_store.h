@@ -28,7 +28,7 @@
 
 enum {
   OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_CLEANUP,
-  OP_RECONCILE, OP_SCAN, OP_UNCLAIM, OP_GET_KEYED
+  OP_RECONCILE, OP_SCAN, OP_UNCLAIM, OP_GET_KEYED, OP_PARK
 };
 enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
 
@@ -53,7 +53,7 @@ typedef struct pg_op {
   int solo;       /* run in a transaction of its own */
   int nstmt;      /* statements it sends */
   PGresult *res[3];
-  core_env *env;  /* the message: a copy (SAVE, REPLY, RELEASE), the
+  core_env *env;  /* the message: a copy (SAVE, REPLY, RELEASE, PARK), the
                    * identity looked up (GET_KEYED, no payload), the row
                    * claimed (UNCLAIM) */
   int claim;      /* SAVE: claim the message for direct delivery */
@@ -79,9 +79,12 @@ typedef struct pg_op {
   size_t limit;   /* POLL, DEAD: at most this many rows */
   uint64_t queued_ns; /* when it was queued, for the latency histogram */
   char *token;    /* UNCLAIM: the token the poll claimed under */
+  int64_t wake_at;  /* PARK: due again then (Unix ms) */
+  int64_t wake_seq; /* PARK: the wake counter the run read (< 0: none) */
+  int progress;     /* PARK: the run made progress (attempts start again) */
   union {
     st_save_cb save;   /* SAVE */
-    st_done_cb done;   /* REPLY (may be NULL), REDELIVER */
+    st_done_cb done;   /* REPLY, PARK (may be NULL), REDELIVER */
     st_poll_cb poll;   /* POLL */
     st_reply_cb reply; /* GET */
     st_keyed_cb keyed; /* GET_KEYED */
@@ -139,6 +142,7 @@ typedef struct pg_job {
 
 struct pg_store {
   char *conninfo;
+  struct pg_wf *wf; /* the workflow side: its own blocking connections */
   PGconn *lock_conn; /* holds the schema's advisory lock (one runtime per schema) */
   st_host host; /* the attaching layer: loop, settings, callbacks up */
   const core_logger *lg;

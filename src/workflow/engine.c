@@ -8,11 +8,11 @@
 #include <string.h>
 #include <uv.h>
 
-#include <cruster/cruster.h>
-
 #include "core/config_internal.h"
 #include "core/error.h"
 #include "core/util.h"
+#include "entity/entity_internal.h"
+#include "sharding/sharding_internal.h"
 #include "workflow/workflow_internal.h"
 
 typedef struct wf_type {
@@ -23,6 +23,8 @@ typedef struct wf_type {
 
 struct wf_engine {
   wf_engine_hooks hooks;
+  sh_sharding *sh;
+  em_manager *em;
   wf_host host;
   const cruster_config *cfg;
   const core_logger *lg;
@@ -41,7 +43,8 @@ static void block_leave(void *ud) {
   if (e->hooks.block_leave) e->hooks.block_leave(e->hooks.ud);
 }
 
-wf_engine *wf_engine_new(const wf_engine_hooks *hooks, const st_wf_ops *ops, void *impl,
+wf_engine *wf_engine_new(const wf_engine_hooks *hooks, struct sh_sharding *sh,
+                         struct em_manager *em, const st_wf_ops *ops, void *impl,
                          const cruster_config *cfg, const core_logger *lg) {
   wf_engine *e = calloc(1, sizeof(*e));
   if (!e) return NULL;
@@ -50,6 +53,8 @@ wf_engine *wf_engine_new(const wf_engine_hooks *hooks, const st_wf_ops *ops, voi
     return NULL;
   }
   e->hooks = *hooks;
+  e->sh = sh;
+  e->em = em;
   e->cfg = cfg;
   e->lg = lg;
   e->host.ops = ops;
@@ -112,8 +117,12 @@ static void running_cancel(wf_engine *e, int64_t request_id) {
 
 /* ---- one run ------------------------------------------------------------ */
 
+/* Answers the delivery by giving its message back to storage unanswered
+ * (em_request_park): `progress` = the run reached a suspension (its attempt
+ * is not counted); else it could not make progress (storage trouble). */
 static void park(wf_engine *e, cruster_request *req, int64_t wake_at, int64_t seq, int progress) {
-  if (e->hooks.park(e->hooks.ud, req, wake_at, seq, progress) != CRUSTER_OK) {
+  (void)e;
+  if (em_request_park(req, wake_at, seq, progress) != CRUSTER_OK) {
     /* The runtime is stopping: the message stays stored and claimed; the
      * next life of the runner delivers it again. */
     cruster_request_fail(req, CRUSTER_E_SHUTTING_DOWN, "the runtime stopped during a park");
@@ -195,9 +204,8 @@ static void on_execute(void *user, cruster_request *req) {
 
 /* ---- registration ------------------------------------------------------- */
 
-cruster_status wf_register(wf_engine *e, cruster_runtime *rt, const cruster_workflow_def *def,
-                           cruster_error **err) {
-  if (!e || !rt || !def) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "runtime or definition is NULL");
+cruster_status wf_register(wf_engine *e, const cruster_workflow_def *def, cruster_error **err) {
+  if (!e || !def) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "runtime or definition is NULL");
   if (!e->host.ops)
     return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
                           "workflow \"%s\": the runtime has no storage, and workflows journal in one",
@@ -226,7 +234,7 @@ cruster_status wf_register(wf_engine *e, cruster_runtime *rt, const cruster_work
     uv_mutex_lock(&e->mu);
     e->types[e->ntypes++] = t;
     uv_mutex_unlock(&e->mu);
-    rc = cruster_runtime_register_entity(rt, ed, err);
+    rc = em_register(e->em, ed, err);
     if (rc != CRUSTER_OK) {
       uv_mutex_lock(&e->mu);
       e->ntypes--;
@@ -419,7 +427,7 @@ static void call_opts(const cruster_workflow_opts *o, const wf_ident *x, cruster
   c->idempotency_key_len = x->key_len;
 }
 
-cruster_status wf_start(wf_engine *e, cruster_runtime *rt, const char *workflow, const void *input,
+cruster_status wf_start(wf_engine *e, const char *workflow, const void *input,
                         size_t len, const cruster_workflow_opts *opts, char **id,
                         cruster_error **err) {
   if (id) *id = NULL;
@@ -431,7 +439,7 @@ cruster_status wf_start(wf_engine *e, cruster_runtime *rt, const char *workflow,
   if (rc != CRUSTER_OK) return rc;
   cruster_call_opts c;
   call_opts(&o, &x, &c);
-  rc = cruster_notify_sync(rt, x.type, x.id, WF_METHOD, input, len, &c, err);
+  rc = sh_notify_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, err);
   if (rc == CRUSTER_OK && id) {
     *id = x.id;
     x.id = NULL;
@@ -440,7 +448,7 @@ cruster_status wf_start(wf_engine *e, cruster_runtime *rt, const char *workflow,
   return rc;
 }
 
-cruster_status wf_execute(wf_engine *e, cruster_runtime *rt, const char *workflow,
+cruster_status wf_execute(wf_engine *e, const char *workflow,
                           const void *input, size_t len, const cruster_workflow_opts *opts,
                           cruster_reply_fn fn, void *user, void **out, size_t *out_len,
                           cruster_error **err) {
@@ -455,9 +463,9 @@ cruster_status wf_execute(wf_engine *e, cruster_runtime *rt, const char *workflo
   cruster_call_opts c;
   call_opts(&o, &x, &c);
   if (fn)
-    rc = cruster_send(rt, x.type, x.id, WF_METHOD, input, len, &c, fn, user, err);
+    rc = sh_send(e->sh, x.type, x.id, WF_METHOD, input, len, &c, fn, user, err);
   else
-    rc = cruster_send_sync(rt, x.type, x.id, WF_METHOD, input, len, &c, out, out_len, err);
+    rc = sh_send_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, out, out_len, err);
   ident_free(&x);
   return rc;
 }
@@ -494,7 +502,7 @@ static cruster_status find_one(wf_engine *e, const char *workflow, const char *i
                         n, workflow, id);
 }
 
-cruster_status wf_poll(wf_engine *e, cruster_runtime *rt, const char *workflow, const char *id,
+cruster_status wf_poll(wf_engine *e, const char *workflow, const char *id,
                        int *ready, void **out, size_t *out_len, cruster_error **err) {
   if (ready) *ready = 0;
   if (out) *out = NULL;
@@ -504,7 +512,7 @@ cruster_status wf_poll(wf_engine *e, cruster_runtime *rt, const char *workflow, 
   st_exec_ref ref;
   cruster_status rc = find_one(e, workflow, id, type, &ref, err);
   if (rc != CRUSTER_OK) return rc;
-  rc = cruster_poll_reply(rt, type, id, WF_METHOD, ref.key, ref.key_len, ready, out, out_len, err);
+  rc = sh_poll_reply(e->sh, type, id, WF_METHOD, ref.key, ref.key_len, ready, out, out_len, err);
   free(ref.key);
   return rc;
 }
@@ -533,7 +541,7 @@ static void join_done(void *user, int status, const void *data, size_t len, cons
   uv_mutex_unlock(&w->mu);
 }
 
-cruster_status wf_join(wf_engine *e, cruster_runtime *rt, const char *workflow, const char *id,
+cruster_status wf_join(wf_engine *e, const char *workflow, const char *id,
                        int64_t timeout_ms, cruster_reply_fn fn, void *user, void **out,
                        size_t *out_len, cruster_error **err) {
   if (out) *out = NULL;
@@ -546,7 +554,7 @@ cruster_status wf_join(wf_engine *e, cruster_runtime *rt, const char *workflow, 
   cruster_call_opts c = CRUSTER_CALL_OPTS_INIT;
   c.timeout_ms = timeout_ms;
   if (fn) {
-    rc = cruster_join_reply(rt, type, id, WF_METHOD, ref.key, ref.key_len, &c, fn, user, err);
+    rc = sh_join_reply(e->sh, type, id, WF_METHOD, ref.key, ref.key_len, &c, fn, user, err);
     free(ref.key);
     return rc;
   }
@@ -555,7 +563,7 @@ cruster_status wf_join(wf_engine *e, cruster_runtime *rt, const char *workflow, 
   uv_mutex_init(&w.mu);
   uv_cond_init(&w.cv);
   c.flags = CRUSTER_CALL_INLINE_CALLBACK;
-  rc = cruster_join_reply(rt, type, id, WF_METHOD, ref.key, ref.key_len, &c, join_done, &w, err);
+  rc = sh_join_reply(e->sh, type, id, WF_METHOD, ref.key, ref.key_len, &c, join_done, &w, err);
   free(ref.key);
   if (rc == CRUSTER_OK) {
     block_enter(e);

@@ -11,6 +11,8 @@
 #include <uv.h>
 
 #include "core/error.h"
+#include <cruster/pg.h>
+
 #include "core/config_internal.h"
 #include "core/util.h"
 #include "workflow/workflow_internal.h"

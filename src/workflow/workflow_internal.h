@@ -128,40 +128,37 @@ typedef struct wf_engine_hooks {
   void (*block_leave)(void *ud);
   /* 1 on the runtime's loop thread (where blocking is refused). */
   int (*on_loop)(void *ud);
-  /* Stored messages became due: poll the storage now. */
+  /* Stored messages became due: poll the storage now. Any thread. */
   void (*poll_now)(void *ud);
-  /* Answers `req` (a persisted execute message) by giving the message back
-   * to storage unanswered: due again at `wake_at` (Unix ms; INT64_MAX =
-   * when woken) -- or at once if a wake-up came after the run read
-   * `wake_seq` (< 0: no such check). `progress`: the run reached a
-   * suspension (the delivery attempt is not counted), else it failed to
-   * make progress (storage trouble: it counts). */
-  int (*park)(void *ud, cruster_request *req, int64_t wake_at, int64_t wake_seq, int progress);
 } wf_engine_hooks;
 
 /* `ops`/`impl`: the storage's workflow side (NULL: no storage, workflows
  * refused). `cfg` and `lg` outlive the engine. NULL on OOM. */
-wf_engine *wf_engine_new(const wf_engine_hooks *hooks, const st_wf_ops *ops, void *impl,
+struct sh_sharding;
+struct em_manager;
+/* The engine of one runtime: executions become entities of `em`, starts
+ * and joins go through `sh`. */
+wf_engine *wf_engine_new(const wf_engine_hooks *hooks, struct sh_sharding *sh,
+                         struct em_manager *em, const st_wf_ops *ops, void *impl,
                          const struct cruster_config *cfg, const core_logger *lg);
 void wf_engine_free(wf_engine *e);
 
 /* The public functions of workflow.h taking a runtime, on its engine. */
-cruster_status wf_register(wf_engine *e, cruster_runtime *rt, const cruster_workflow_def *def,
-                           cruster_error **err);
+cruster_status wf_register(wf_engine *e, const cruster_workflow_def *def, cruster_error **err);
 cruster_status wf_execution_id(wf_engine *e, const char *workflow, const void *input, size_t len,
                                const cruster_workflow_opts *opts, char **id, cruster_error **err);
-cruster_status wf_start(wf_engine *e, cruster_runtime *rt, const char *workflow, const void *input,
-                        size_t len, const cruster_workflow_opts *opts, char **id,
-                        cruster_error **err);
-cruster_status wf_execute(wf_engine *e, cruster_runtime *rt, const char *workflow,
-                          const void *input, size_t len, const cruster_workflow_opts *opts,
-                          cruster_reply_fn fn, void *user, void **out, size_t *out_len,
-                          cruster_error **err);
-cruster_status wf_poll(wf_engine *e, cruster_runtime *rt, const char *workflow, const char *id,
-                       int *ready, void **out, size_t *out_len, cruster_error **err);
-cruster_status wf_join(wf_engine *e, cruster_runtime *rt, const char *workflow, const char *id,
-                       int64_t timeout_ms, cruster_reply_fn fn, void *user, void **out,
+cruster_status wf_start(wf_engine *e, const char *workflow, const void *input, size_t len,
+                        const cruster_workflow_opts *opts, char **id, cruster_error **err);
+/* fn NULL: waits, the answer into out/out_len. */
+cruster_status wf_execute(wf_engine *e, const char *workflow, const void *input, size_t len,
+                          const cruster_workflow_opts *opts, cruster_reply_fn fn, void *user,
+                          void **out, size_t *out_len, cruster_error **err);
+cruster_status wf_poll(wf_engine *e, const char *workflow, const char *id, int *ready, void **out,
                        size_t *out_len, cruster_error **err);
+/* fn NULL: waits, the answer into out/out_len. */
+cruster_status wf_join(wf_engine *e, const char *workflow, const char *id, int64_t timeout_ms,
+                       cruster_reply_fn fn, void *user, void **out, size_t *out_len,
+                       cruster_error **err);
 cruster_status wf_resolve(wf_engine *e, const char *workflow, const char *id, const char *name,
                           int32_t status, const void *value, size_t len, const char *message,
                           cruster_error **err);

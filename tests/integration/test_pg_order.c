@@ -495,14 +495,19 @@ static void migrate_v1_to_v2(void **state) {
   pgt_migrate(&s);
   assert_int_equal(index_count(&s, "cruster_messages_entity"), 1);
   assert_int_equal(index_count(&s, "cruster_messages_entity_pending"), 0);
-  assert_int_equal(index_count(&s, "cruster_messages_claimable"), 1);
+  assert_int_equal(index_count(&s, "cruster_messages_claimable"), 0); /* replaced by 5 */
+  assert_int_equal(index_count(&s, "cruster_messages_claimable_now"), 1);
+  assert_int_equal(index_count(&s, "cruster_messages_due"), 1);
   assert_int_equal(index_count(&s, "cruster_messages_pending"), 0);
+  /* Undo migration 5: the workflow tables, its indexes and column. */
+  pgt_exec(s.admin, "DROP TABLE cruster_journal, cruster_deferreds");
+  pgt_exec(s.admin, "DROP INDEX cruster_messages_due, cruster_messages_claimable_now");
+  pgt_exec(s.admin, "ALTER TABLE cruster_messages DROP COLUMN wake_seq");
   /* Back to version 1: the old partial indexes, no record of migration 2. */
   pgt_exec(s.admin, "DROP INDEX cruster_messages_entity");
   pgt_exec(s.admin,
            "CREATE INDEX cruster_messages_entity_pending ON cruster_messages "
            "(entity_type, entity_id, seq) WHERE NOT processed");
-  pgt_exec(s.admin, "DROP INDEX cruster_messages_claimable");
   pgt_exec(s.admin, "DROP INDEX cruster_messages_retrying");
   pgt_exec(s.admin,
            "CREATE INDEX cruster_messages_pending ON cruster_messages (seq) WHERE NOT processed");
@@ -537,7 +542,8 @@ static void migrate_v1_to_v2(void **state) {
   assert_int_equal(applied, later);
   assert_int_equal(index_count(&s, "cruster_messages_entity"), 1);
   assert_int_equal(index_count(&s, "cruster_messages_entity_pending"), 0);
-  assert_int_equal(index_count(&s, "cruster_messages_claimable"), 1);
+  assert_int_equal(index_count(&s, "cruster_messages_claimable"), 0);
+  assert_int_equal(index_count(&s, "cruster_messages_claimable_now"), 1);
   assert_int_equal(index_count(&s, "cruster_messages_pending"), 0);
   /* the new index is not partial, on (entity_type, entity_id, seq). Only
    * this index is described: pg_indexes would run pg_get_indexdef on the

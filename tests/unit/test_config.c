@@ -63,6 +63,7 @@ static const struct {
     {"storage_batch_size", "256"},
     {"storage_retry_backoff", "200ms"},
     {"idempotency_strict_payload", "false"},
+    {"workflow_pool_size", "16"},
 };
 #define N_DEFAULTS (sizeof defaults / sizeof defaults[0])
 
@@ -169,6 +170,7 @@ static const struct {
     {"storage_batch_size", "1000", "1000"},
     {"storage_retry_backoff", "1s", "1000ms"},
     {"idempotency_strict_payload", "on", "true"},
+    {"workflow_pool_size", "32", "32"},
 };
 
 static void every_field_is_settable_by_text(void **state) {

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <uv.h>
 
-#include "runtime/pool.h"
+#include "loop/pool.h"
 
 /* Generous: a wait fails only if what it waits for never happens, however
  * busy the machine (a gate held past it would let gated jobs run early). */

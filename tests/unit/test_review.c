@@ -10,7 +10,6 @@
 
 #include "test_support.h"
 
-#include "runtime/runtime_internal.h"
 #include "storage/storage_internal.h"
 
 static void h_echo(void *user, cruster_request *req) {

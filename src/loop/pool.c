@@ -27,7 +27,7 @@
  *
  * An exiting worker is joined by the next worker that exits (or by shutdown),
  * so at most one finished-but-unjoined thread exists at any time. */
-#include "runtime/pool.h"
+#include "loop/pool.h"
 
 #include <stdint.h>
 #include <stdlib.h>
