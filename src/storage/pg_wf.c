@@ -581,6 +581,27 @@ static int wf_restart(void *impl, int64_t request_id, cruster_error **err) {
   return CRUSTER_OK;
 }
 
+#define SQL_WAKE                                                                               \
+  "UPDATE cruster_messages SET wake_seq = wake_seq + 1,"                                      \
+  " deliver_at = CASE WHEN claimed_by IS NULL AND deliver_at > now() THEN now()"              \
+  " ELSE deliver_at END WHERE request_id = $1 AND processed_at IS NULL"
+
+static int wf_wake(void *impl, int64_t request_id, cruster_error **err) {
+  pg_wf *w = impl;
+  st_tx *t;
+  int trc = take(w, &t, err);
+  if (trc != CRUSTER_OK) return trc;
+  unsigned char id[8];
+  put_i64(id, request_id);
+  const char *v[1] = {(const char *)id};
+  int l[1] = {8}, f[1] = {1};
+  PGresult *r = exec1(t->conn, SQL_WAKE, 1, v, l, f, "waking an execution", err);
+  give(w, t);
+  if (!r) return CRUSTER_E_PERSISTENCE;
+  PQclear(r);
+  return CRUSTER_OK;
+}
+
 const st_wf_ops pg_wf_ops = {
     .load = wf_load,
     .begin = wf_begin,
@@ -591,4 +612,5 @@ const st_wf_ops pg_wf_ops = {
     .find = wf_find,
     .resolve = wf_resolve,
     .restart = wf_restart,
+    .wake = wf_wake,
 };

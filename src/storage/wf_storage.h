@@ -27,7 +27,9 @@ enum {
   ST_J_AWAIT = 3,
   ST_J_NOW = 4,
   ST_J_RANDOM = 5,
-  ST_J_PATCH = 6
+  ST_J_PATCH = 6,
+  ST_J_CALL = 7,
+  ST_J_CHILD = 8
 };
 
 /* One journal entry: durable call number `seq` of an execution.
@@ -39,7 +41,10 @@ enum {
  *             deferred's).
  *   NOW:      at = the time read.
  *   RANDOM:   value = the bytes.
- *   PATCH:    a version marker named `name`. */
+ *   PATCH:    a version marker named `name`.
+ *   CALL:     an entity call ("<type>/<method>"): status and value or
+ *             message, its answer.
+ *   CHILD:    a child workflow (its name): its answer, as CALL. */
 typedef struct st_jentry {
   int32_t seq;
   int32_t kind;
@@ -123,6 +128,10 @@ typedef struct st_wf_ops {
    * failure, and everything after the first such entry) and its
    * cancellation. CRUSTER_E_STATE when it has no answer or succeeded. */
   int (*restart)(void *impl, int64_t request_id, cruster_error **err);
+  /* Wakes execution `request_id` (something it waits for happened): its
+   * wake counter moves and a parked message is due now. Gone or answered:
+   * nothing happens (CRUSTER_OK). */
+  int (*wake)(void *impl, int64_t request_id, cruster_error **err);
 } st_wf_ops;
 
 #endif
