@@ -32,7 +32,17 @@ struct wf_engine {
   wf_type **types;
   size_t ntypes;
   cruster_wf *running; /* runs in progress (for cancellations made meanwhile) */
+  /* Cancellations stored here recently, for a run that starts without
+   * reading (a first delivery): it would not see them in storage. */
+  struct wf_cancelled {
+    int64_t request_id;
+    int64_t at; /* monotonic ms */
+  } *cancelled;
+  size_t ncancelled, capcancelled;
 };
+
+/* How long a cancellation is remembered for runs that skip the read. */
+#define WF_CANCEL_MEMORY_MS 600000
 
 static void block_enter(void *ud) {
   wf_engine *e = ud;
@@ -74,6 +84,7 @@ void wf_engine_free(wf_engine *e) {
     free(e->types[i]);
   }
   free(e->types);
+  free(e->cancelled);
   uv_mutex_destroy(&e->mu);
   free(e);
 }
@@ -89,11 +100,18 @@ static wf_type *find_type(wf_engine *e, const char *name) {
 
 /* ---- running executions ------------------------------------------------- */
 
-static void running_add(wf_engine *e, cruster_wf *wf) {
+/* Registers a run; 1 if a cancellation of it was made here meanwhile (a
+ * run that read storage sees it there too). Under the lock with
+ * running_cancel: a cancellation either finds the run or is found by it. */
+static int running_add(wf_engine *e, cruster_wf *wf) {
+  int cancelled = 0;
   uv_mutex_lock(&e->mu);
   wf->run_next = e->running;
   e->running = wf;
+  for (size_t i = 0; i < e->ncancelled; i++)
+    if (e->cancelled[i].request_id == wf->request_id) cancelled = 1;
   uv_mutex_unlock(&e->mu);
+  return cancelled;
 }
 
 static void running_del(wf_engine *e, cruster_wf *wf) {
@@ -109,9 +127,28 @@ static void running_del(wf_engine *e, cruster_wf *wf) {
 /* A cancellation was stored: a run in progress here stops at its next
  * durable call. */
 static void running_cancel(wf_engine *e, int64_t request_id) {
+  int64_t now = core_mono_ms();
   uv_mutex_lock(&e->mu);
   for (cruster_wf *w = e->running; w; w = w->run_next)
     if (w->request_id == request_id) atomic_store(&w->cancel_flag, 1);
+  /* Remembered for a first run that starts later and reads nothing. */
+  size_t k = 0;
+  for (size_t i = 0; i < e->ncancelled; i++)
+    if (now - e->cancelled[i].at < WF_CANCEL_MEMORY_MS) e->cancelled[k++] = e->cancelled[i];
+  e->ncancelled = k;
+  if (e->ncancelled == e->capcancelled) {
+    size_t cap = e->capcancelled ? e->capcancelled * 2 : 8;
+    void *v = realloc(e->cancelled, cap * sizeof(*e->cancelled));
+    if (v) {
+      e->cancelled = v;
+      e->capcancelled = cap;
+    }
+  }
+  if (e->ncancelled < e->capcancelled) {
+    e->cancelled[e->ncancelled].request_id = request_id;
+    e->cancelled[e->ncancelled].at = now;
+    e->ncancelled++;
+  }
   uv_mutex_unlock(&e->mu);
 }
 
@@ -166,14 +203,14 @@ static void on_execute(void *user, cruster_request *req) {
   wf_run_init(&wf, &e->host, t->def, exec_id, rid, input, len, &st);
   wf.req = req;
   wf.engine = e;
-  if (wf.st.cancelled) {
+  int cancelled_here = running_add(e, &wf);
+  if (wf.st.cancelled || cancelled_here) {
     wf.stop = CRUSTER_E_CANCELLED;
     wf.stop_msg = core_strdup("the execution was cancelled");
   } else {
-    running_add(e, &wf);
     t->def->fn(t->def->user, &wf);
-    running_del(e, &wf);
   }
+  running_del(e, &wf);
   if (wf.answered && !wf.stop) {
     if (wf.status == CRUSTER_OK) cruster_request_reply(req, wf.reply, wf.reply_len);
     else cruster_request_fail(req, wf.status, wf.message);
