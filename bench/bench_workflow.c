@@ -1,5 +1,6 @@
-/* bench_workflow -- durable workflows journaled in PostgreSQL, against
- * pgbench's single-row INSERT on the same server in the same run.
+/* bench_workflow -- durable workflows journaled in PostgreSQL, and the
+ * transactional entity handler, against pgbench's single-row INSERT on the
+ * same server in the same run.
  *
  * The workflow: 3 activities, each one INSERT of 16 bytes in the activity's
  * transaction (cruster_activity_pg), committed with its journal row. For
@@ -31,6 +32,15 @@
  *     (each activity: pool connection, BEGIN, its INSERT, journal row +
  *     COMMIT), act_sql (the activity's INSERT alone), execute_to_answer (the
  *     answer stored and handed to the caller).
+ *   {"bench":"tx_rpc","concurrency":N,"ops_per_s":..,"p50_us":..,"p99_us":..,
+ *    "commits_per_call":..,"cpu_us_per_call":..,"server_cpu_us_per_call":..,...}
+ *     the transactional entity handler (CRUSTER_RPC_TRANSACTIONAL): entity
+ *     "Ledger", method "post", the same 16-byte INSERT on the handler's
+ *     transaction, committed with its stored reply; N caller threads, each
+ *     one cruster_send_sync at a time over 16 entity ids of its own, no
+ *     idempotency key (as bench_pg_rpc). BENCH_TX=0 skips it.
+ *   {"bench":"tx_rpc_vs_pgbench","concurrency":N,"ops_ratio":..,"p50_ratio":..,
+ *    "cpu_per_call_vs_tx":..,"cpu_bound_ops_ratio":..}
  *   {"bench":"workflow_vs_pgbench","concurrency":N,"pgbench_tps":..,"pgbench_p50_us":..,
  *    "wf_ratio":..,"p50_ratio":..,"cpu_per_wf_vs_tx":..,"cpu_bound_wf_ratio":..}
  *     against the better pgbench run of the two (higher tps, lower p50,
@@ -53,15 +63,15 @@
  *    1: p50 <= 6 x pgbench p50
  *   asleep: 100,000 in <= 100 MB RSS; no thread per execution (the threads
  *   added while they sleep stay within the worker pool's cap, 64)
- *   the transactional entity handler (>= 0.5 x pgbench tps at 64): not
- *   measured yet (the feature is not in this tree), "meets_target":null.
+ *   64: the transactional entity handler's ops/s >= 0.5 x pgbench tps
  *
  * Environment: CRUSTER_TEST_PG (libpq connection string of the server; the
  * bench uses its own database "cruster_bench" on it, schemas bench_wf and
  * bench_wfpgb), BENCH_SECONDS (default 3) per figure, BENCH_CONCURRENCY
  * (default "1,16,64"; "0" = none; targets are judged only for the counts
  * present), BENCH_ASLEEP (default 100000; 0 skips the part), BENCH_STARTERS
- * (default 16), BENCH_ASLEEP_IDLE (entity_max_idle_time while asleep,
+ * (default 16), BENCH_TX (default 1; 0 = no transactional handler case),
+ * BENCH_ASLEEP_IDLE (entity_max_idle_time while asleep,
  * default "1h"; "default" = the library's), BENCH_QUICK=1 (BENCH_SECONDS 2,
  * BENCH_ASLEEP 10000: a smoke run), BENCH_WORKFLOW_POOL (workflow_pool_size;
  * default: the library's), BENCH_CONFIG ("key=value,..." runtime settings,
@@ -97,6 +107,7 @@ static long g_asleep = 100000;
 static int g_starters = 16;
 static int g_wf_pool = 0; /* 0: the library's default */
 static const char *g_asleep_idle = "1h"; /* entity_max_idle_time while asleep */
+static int g_tx = 1; /* measure the transactional entity handler too */
 static char g_conninfo[2048];    /* the bench database */
 static char g_rt_conninfo[2300]; /* + search_path for cruster */
 
@@ -429,8 +440,73 @@ static void wf_three(void *user, cruster_wf *wf) {
   else if (!cruster_wf_stopped(wf)) cruster_wf_fail(wf, rc, "an activity failed");
 }
 
+/* ---- the transactional entity handler ---------------------------------------- */
+
+/* "Ledger"/"post", CRUSTER_RPC_TRANSACTIONAL: the same 16-byte INSERT as
+ * an activity, on the handler's transaction, committed with its reply. */
+static void h_post(void *user, cruster_request *req) {
+  (void)user;
+  size_t len;
+  const void *in = cruster_request_payload(req, &len);
+  PGconn *c = (PGconn *)cruster_request_pg(req);
+  if (!c) {
+    cruster_request_fail(req, CRUSTER_E_INTERNAL, "no transaction (not PostgreSQL storage?)");
+    return;
+  }
+  const char *v[1] = {in};
+  int l[1] = {(int)len}, f[1] = {1};
+  PGresult *r = PQexecParams(c, "INSERT INTO " SCHEMA ".wf_ins(v) VALUES ($1)", 1, NULL, v, l, f, 0);
+  int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  PQclear(r);
+  if (!ok) {
+    if (atomic_fetch_add(&g_act_errors, 1) < 3)
+      fprintf(stderr, "bench_workflow: transactional handler INSERT: %s", PQerrorMessage(c));
+    cruster_request_fail(req, CRUSTER_E_INTERNAL, "insert failed");
+    return;
+  }
+  cruster_request_reply(req, "k", 1);
+}
+
+static int g_kind; /* 0: workflows, 1: transactional handler calls */
+
+/* One caller of the transactional handler: one call at a time, over 16
+ * entity ids of its own (as bench_pg_rpc's callers), no idempotency key. */
+static void *caller_main_tx(caller *c) {
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.timeout_ms = 60000;
+  char payload[PAYLOAD_LEN];
+  memset(payload, 'p', sizeof(payload));
+  while (atomic_load(&g_phase) < 2) {
+    char id[32];
+    snprintf(id, sizeof(id), "t%d-%ld", c->index, c->n++ % 16);
+    void *out = NULL;
+    size_t out_len = 0;
+    cruster_error *err = NULL;
+    int64_t t0 = mono_us();
+    int st = cruster_send_sync(c->rt, "Ledger", id, "post", payload, sizeof(payload), &o, &out,
+                               &out_len, &err);
+    int64_t t1 = mono_us();
+    if (st != CRUSTER_OK) {
+      c->errors++;
+      if (c->errors < 3)
+        fprintf(stderr, "bench_workflow: transactional call: %s %s\n", cruster_status_name(st),
+                err ? cruster_error_message(err) : "");
+      cruster_error_free(err);
+      sleep_ms(10);
+      continue;
+    }
+    cruster_free(out);
+    atomic_fetch_add(&c->answered, 1);
+    if (atomic_load(&g_phase) != 1) continue;
+    c->in_window++;
+    if (t0 >= g_window_t0) samples_add(&c->lat, t1 - t0);
+  }
+  return NULL;
+}
+
 static void *caller_main(void *arg) {
   caller *c = arg;
+  if (g_kind == 1) return caller_main_tx(c);
   cruster_workflow_opts o = CRUSTER_WORKFLOW_OPTS_INIT;
   o.timeout_ms = 60000;
   wf_input in;
@@ -508,6 +584,8 @@ static cruster_config *bench_config(const char *max_idle) {
   return cfg;
 }
 
+/* A runtime with workflow `name` run by `fn`, or (fn NULL) entity type
+ * `name` with the transactional handler "post". */
 static cruster_runtime *bench_runtime(const char *name, cruster_workflow_fn fn,
                                       const char *max_idle) {
   cruster_error *err = NULL;
@@ -519,12 +597,22 @@ static cruster_runtime *bench_runtime(const char *name, cruster_workflow_fn fn,
   if (cruster_runtime_new(cfg, st, NULL, &rt, &err) != CRUSTER_OK)
     die("runtime_new: %s%s", cruster_error_message(err), NULL);
   cruster_config_free(cfg);
-  cruster_workflow_def *d = NULL;
-  if (cruster_workflow_def_new(name, fn, NULL, &d, &err) != CRUSTER_OK ||
-      cruster_workflow_def_add_activity(d, "insert", act_insert, NULL, NULL, &err) != CRUSTER_OK ||
-      cruster_runtime_register_workflow(rt, d, &err) != CRUSTER_OK)
-    die("workflow: %s%s", cruster_error_message(err), NULL);
-  cruster_workflow_def_free(d);
+  if (fn) {
+    cruster_workflow_def *d = NULL;
+    if (cruster_workflow_def_new(name, fn, NULL, &d, &err) != CRUSTER_OK ||
+        cruster_workflow_def_add_activity(d, "insert", act_insert, NULL, NULL, &err) != CRUSTER_OK ||
+        cruster_runtime_register_workflow(rt, d, &err) != CRUSTER_OK)
+      die("workflow: %s%s", cruster_error_message(err), NULL);
+    cruster_workflow_def_free(d);
+  } else {
+    cruster_entity_def *d = NULL;
+    if (cruster_entity_def_new(name, &d, &err) != CRUSTER_OK ||
+        cruster_entity_def_add_rpc(d, "post", CRUSTER_RPC_TRANSACTIONAL, h_post, NULL, &err) !=
+            CRUSTER_OK ||
+        cruster_runtime_register_entity(rt, d, &err) != CRUSTER_OK)
+      die("entity: %s%s", cruster_error_message(err), NULL);
+    cruster_entity_def_free(d);
+  }
   if (cruster_runtime_start(rt, &err) != CRUSTER_OK)
     die("start: %s%s", cruster_error_message(err), NULL);
   return rt;
@@ -546,18 +634,21 @@ typedef struct wf_result {
   size_t workflows;
   long errors;
   double commits_per_wf;
-  double msg_ins, msg_upd, jr_ins, act_rows;
+  double msg_ins, msg_upd, msg_del, jr_ins, act_rows;
   int64_t b_start, b_act[ACTIVITIES], b_sql, b_answer;
   double workers_max;
   double cpu_us, server_cpu_us; /* per workflow: this process, its backends */
 } wf_result;
 
-static wf_result run_workflows(int conc, int run_no) {
+/* kind 0: workflows "Three"; 1: calls of the transactional handler. */
+static wf_result run_case(int kind, int conc, int run_no) {
   wf_result res;
   memset(&res, 0, sizeof(res));
   reset_tables();
   tstats s0 = read_stats();
-  cruster_runtime *rt = bench_runtime("Three", wf_three, NULL);
+  g_kind = kind;
+  cruster_runtime *rt = kind == 0 ? bench_runtime("Three", wf_three, NULL)
+                                  : bench_runtime("Ledger", NULL, NULL);
 
   g_callers = calloc((size_t)conc, sizeof(caller));
   g_ncallers = conc;
@@ -630,6 +721,7 @@ static wf_result run_workflows(int conc, int run_no) {
   res.commits_per_wf = (double)(s1.xact_commit - s0.xact_commit) / n;
   res.msg_ins = (double)(s1.msg_ins - s0.msg_ins) / n;
   res.msg_upd = (double)(s1.msg_upd - s0.msg_upd) / n;
+  res.msg_del = (double)(s1.msg_del - s0.msg_del) / n;
   res.jr_ins = (double)(s1.jr_ins - s0.jr_ins) / n;
   res.act_rows = (double)(s1.act_ins - s0.act_ins) / n;
   res.b_start = samples_p50(&bs);
@@ -892,19 +984,6 @@ static void target(const char *name, double value, const char *goal, int met) {
          name, value, goal, met ? "true" : "false");
 }
 
-/* ==== TRANSACTIONAL ENTITY HANDLER (placeholder) ==================================
- * The issue also asks: a transactional entity handler (CRUSTER_RPC_TRANSACTIONAL,
- * its SQL committed with the message's answer) at 64 concurrent callers
- * >= 0.5 x pgbench's TPS. The feature is not in this tree yet. When it lands:
- * register an entity whose transactional handler does the same 16-byte
- * INSERT, drive it like run_workflows (64 threads, cruster_send_sync), and
- * replace this line by the measured ratio against pr[i64].tps. */
-static void transactional_placeholder(void) {
-  printf("{\"bench\":\"target\",\"name\":\"transactional_rpc_64_vs_pgbench_tps\",\"value\":null,"
-         "\"target\":\">=0.5\",\"meets_target\":null,"
-         "\"note\":\"not measured: CRUSTER_RPC_TRANSACTIONAL is not in this tree\"}\n");
-}
-
 /* ---- main ---------------------------------------------------------------------- */
 
 int main(void) {
@@ -922,6 +1001,8 @@ int main(void) {
   if (s && *s) g_asleep = atol(s);
   s = getenv("BENCH_STARTERS");
   if (s && atoi(s) > 0) g_starters = atoi(s);
+  s = getenv("BENCH_TX");
+  if (s && *s) g_tx = atoi(s) != 0;
   s = getenv("BENCH_ASLEEP_IDLE");
   if (s && *s) g_asleep_idle = strcmp(s, "default") == 0 ? NULL : s;
   s = getenv("BENCH_WORKFLOW_POOL");
@@ -976,8 +1057,9 @@ int main(void) {
   char *save = NULL;
   for (char *t = strtok_r(clbuf, ",", &save); t && ncounts < 16; t = strtok_r(NULL, ",", &save))
     if (atoi(t) > 0) counts[ncounts++] = atoi(t);
-  wf_result rr[16];
+  wf_result rr[16], tx[16];
   pgb_result pr[16];
+  memset(tx, 0, sizeof(tx));
   int failed = 0, i1 = -1, i64 = -1;
   for (int i = 0; i < ncounts; i++) {
     int n = counts[i];
@@ -989,7 +1071,7 @@ int main(void) {
      * stricter comparison for the workflows */
     pgb_result before = run_pgbench(n, dir);
     print_pgbench(n, "before", &before);
-    rr[i] = run_workflows(n, i);
+    rr[i] = run_case(0, n, i);
     wf_result *w = &rr[i];
     printf("{\"bench\":\"workflow\",\"concurrency\":%d,\"activities\":%d,\"seconds\":%d,"
            "\"wf_per_s\":%.1f,\"p50_us\":%lld,\"p99_us\":%lld,\"workflows\":%zu,\"errors\":%ld,"
@@ -1007,6 +1089,20 @@ int main(void) {
            (long long)w->b_act[2], (long long)w->b_sql, (long long)w->b_answer);
     fflush(stdout);
     if (w->errors || atomic_load(&g_act_errors)) failed = 1;
+    wf_result *x = &tx[i];
+    if (g_tx) {
+      tx[i] = run_case(1, n, i);
+      printf("{\"bench\":\"tx_rpc\",\"concurrency\":%d,\"seconds\":%d,\"ops_per_s\":%.1f,"
+             "\"p50_us\":%lld,\"p99_us\":%lld,\"calls\":%zu,\"errors\":%ld,"
+             "\"commits_per_call\":%.3f,\"messages_ins_per_call\":%.3f,"
+             "\"messages_del_per_call\":%.3f,\"rows_per_call\":%.3f,\"cpu_us_per_call\":%.1f,"
+             "\"server_cpu_us_per_call\":%.1f}\n",
+             n, g_seconds, x->wf_per_s, (long long)x->p50_us, (long long)x->p99_us, x->workflows,
+             x->errors, x->commits_per_wf, x->msg_ins, x->msg_del, x->act_rows, x->cpu_us,
+             x->server_cpu_us);
+      fflush(stdout);
+      if (x->errors || atomic_load(&g_act_errors)) failed = 1;
+    }
     pgb_result after = run_pgbench(n, dir);
     print_pgbench(n, "after", &after);
     pr[i] = before;
@@ -1024,6 +1120,14 @@ int main(void) {
            n, pr[i].tps, (long long)pr[i].p50_us, pr[i].tps > 0 ? w->wf_per_s / pr[i].tps : 0.0,
            pr[i].p50_us > 0 ? (double)w->p50_us / (double)pr[i].p50_us : 0.0,
            pcpu > 0 && wcpu > 0 ? wcpu / pcpu : -1.0, pcpu > 0 && wcpu > 0 ? pcpu / wcpu : -1.0);
+    if (g_tx) {
+      double xcpu = x->server_cpu_us < 0 ? -1 : x->cpu_us + x->server_cpu_us;
+      printf("{\"bench\":\"tx_rpc_vs_pgbench\",\"concurrency\":%d,\"ops_ratio\":%.3f,"
+             "\"p50_ratio\":%.3f,\"cpu_per_call_vs_tx\":%.2f,\"cpu_bound_ops_ratio\":%.3f}\n",
+             n, pr[i].tps > 0 ? x->wf_per_s / pr[i].tps : 0.0,
+             pr[i].p50_us > 0 ? (double)x->p50_us / (double)pr[i].p50_us : 0.0,
+             pcpu > 0 && xcpu > 0 ? xcpu / pcpu : -1.0, pcpu > 0 && xcpu > 0 ? pcpu / xcpu : -1.0);
+    }
     fflush(stdout);
   }
 
@@ -1065,7 +1169,10 @@ int main(void) {
     target("asleep_threads_added", (double)added, "<=64 (worker_threads_max), not one per execution",
            ar.parked >= ar.executions && added <= 64);
   }
-  transactional_placeholder();
+  if (i64 >= 0 && g_tx) {
+    double r = pr[i64].tps > 0 ? tx[i64].wf_per_s / pr[i64].tps : 0;
+    target("tx_rpc_64_vs_pgbench_tps", r, ">=0.5", r >= 0.5);
+  }
   fflush(stdout);
 
   rmdir(dir);
