@@ -7,6 +7,8 @@
  * OPTIONS: "-" or a comma-separated list of
  *   block-step=N          activity stepN of "Three" blocks after its INSERT
  *   retry-block-after=N   activity flaky blocks on its attempts above N
+ *   block-mark=STEP       activity mark of "Sleepy" for STEP (before/after)
+ *                         blocks after its INSERT
  *   start=WORKFLOW:KEY:INPUT
  *                         starts that execution (cruster_workflow_start)
  * CONFIG: "name=value;..." config settings.
@@ -41,6 +43,8 @@ int main(int argc, char **argv) {
     for (char *o = strtok_r(buf, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
       if (strncmp(o, "block-step=", 11) == 0) wfc.block_step = atoi(o + 11);
       else if (strncmp(o, "retry-block-after=", 18) == 0) wfc.retry_block_after = atoi(o + 18);
+      else if (strncmp(o, "block-mark=", 11) == 0)
+        snprintf(wfc.block_mark, sizeof(wfc.block_mark), "%s", o + 11);
       else if (strncmp(o, "start=", 6) == 0 && nstarts < 8) starts[nstarts++] = o + 6;
       else die("bad option", NULL);
     }

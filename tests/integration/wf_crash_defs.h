@@ -45,6 +45,7 @@ typedef struct wfc_ctl {
   char out[512];               /* the log file ("" = no log) */
   int block_step;              /* step n blocks after its INSERT, until the process dies */
   int retry_block_after;       /* flaky blocks on attempts above this (0: never) */
+  char block_mark[16];         /* mark activity of this step blocks (after its INSERT) */
   atomic_int steps[4];         /* invocations of step n in this process */
   atomic_int flaky_calls;      /* invocations of flaky in this process */
   atomic_int in_gate, release; /* the "gate" activity: entered / may return */
@@ -165,6 +166,10 @@ static void wfc_act_mark(void *user, cruster_activity *act) {
   const char *step = user;
   wfc_log("mark %s", step);
   if (!wfc_insert(act, step)) return;
+  if (strcmp(wfc.block_mark, step) == 0) {
+    wfc_log("#BLOCK mark %s", step);
+    wfc_block_forever();
+  }
   cruster_activity_reply(act, step, strlen(step));
 }
 
