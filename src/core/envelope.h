@@ -21,6 +21,8 @@ typedef struct core_env {
   unsigned char persisted;  /* went through message storage */
   unsigned char is_request; /* 1 = send (a caller waits), 0 = notify */
   unsigned char keyed;      /* request id derived from an idempotency key */
+  unsigned char fresh;      /* delivered straight after its own insert stored
+                             * it (a first delivery; not copied) */
   char group[CRUSTER_MAX_NAME_LEN + 1];
   char data[];
 } core_env;

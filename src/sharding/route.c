@@ -207,6 +207,7 @@ static void on_saved(void *ud, int status, const char *errmsg, const st_saved *s
   } else if (r == ST_SAVED && s->claim && !sh->stopping) {
     core_env *env = s->env;
     s->env = NULL;
+    env->fresh = 1; /* a new row: nothing was stored for it before */
     deliver_persisted(sh, s->type, s->rpc_index, env);
   } else if (r == ST_SAVED && s->claim) {
     sh->storage->ops->release(sh->storage, s->env, 0);
