@@ -484,14 +484,15 @@ static void BUG_restart_after_exhausted_retries_retries_again(void **state) {
   printf("  attempts seen, first run then restart:");
   for (int i = 0; i < n; i++) printf(" %d", nums[i]);
   printf("\n");
-  /* The restarted execution retries as the first did: 1 2 3 4 1 2 3 4. */
-  assert_int_equal(final_rows, 1);
-  assert_int_equal(n, 2 * (WFC_RETRIES + 1));
-  for (int i = 0; i < n; i++) assert_int_equal(nums[i], i % (WFC_RETRIES + 1) + 1);
+  int as_first = n == 2 * (WFC_RETRIES + 1);
+  for (int i = 0; as_first && i < n; i++) as_first = nums[i] == i % (WFC_RETRIES + 1) + 1;
   cruster_error_free(err);
   cruster_free(id);
   cruster_runtime_free(rt);
   pgt_schema_drop(&s);
+  /* The restarted execution retries as the first did: 1 2 3 4 1 2 3 4. */
+  assert_int_equal(final_rows, 1);
+  assert_true(as_first);
 }
 
 /* ---- 5. deferreds and cancellation while running / suspended ------------- */
@@ -626,20 +627,21 @@ static void BUG_cancel_before_the_first_run_is_its_answer(void **state) {
   assert_int_equal(cruster_workflow_resolve(rt, "Gate", gate, "go", "", 0, &err), CRUSTER_OK);
   char gout[256];
   assert_int_equal(join_wf(rt, "Gate", gate, gout, sizeof(gout)), CRUSTER_OK);
-  assert_int_equal(rc, CRUSTER_E_CANCELLED);
-  assert_int_equal(app_rows(&s, "1"), 0);
+  long long rows = app_rows(&s, "1");
   cruster_error_free(err);
   cruster_free(gate);
   cruster_free(id);
   cruster_runtime_free(rt);
   pgt_schema_drop(&s);
+  assert_int_equal(rc, CRUSTER_E_CANCELLED);
+  assert_int_equal(rows, 0);
 }
 
 /* Resolutions from another thread race with the executions' runs: each is
  * resolved as soon as it is started -- before its run, during its
  * activity, while it decides to suspend, or once parked. Every one must
  * finish with its value, none left asleep. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef WFC_SANITIZED
 #define RACE_N 100
 #else
 #define RACE_N 300

@@ -10,7 +10,7 @@
  *
  * Its own program (not in test_workflow_crash): it needs most of a ctest
  * timeout by itself. NAP_N is 10,000; 2,000 under a sanitizer
- * (__SANITIZE_ADDRESS__ / __SANITIZE_THREAD__ / __has_feature), where
+ * (WFC_SANITIZED, wf_crash_defs.h), where
  * every SQL round trip and allocation costs several times more.
  * No assertion depends on timing: each phase polls for a state up to a
  * generous deadline. */
@@ -25,14 +25,7 @@
 #include "pg_support.h"
 #include "wf_crash_defs.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define NAP_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define NAP_SANITIZED 1
-#endif
-#endif
-#ifdef NAP_SANITIZED
+#ifdef WFC_SANITIZED
 #define NAP_N 2000
 #else
 #define NAP_N 10000

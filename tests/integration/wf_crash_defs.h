@@ -28,6 +28,17 @@
 
 #pragma GCC diagnostic ignored "-Wunused-function"
 
+/* WFC_SANITIZED: built with ASan or TSan (gcc defines __SANITIZE_*__,
+ * clang -- which scripts/dev uses for those builds -- has __has_feature):
+ * the scale tests run fewer executions there. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define WFC_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define WFC_SANITIZED 1
+#endif
+#endif
+
 #define WFC_APP_TABLE                                                                              \
   "CREATE TABLE wf_app (exec TEXT NOT NULL, step TEXT NOT NULL, at TIMESTAMPTZ NOT NULL "          \
   "DEFAULT now())"
