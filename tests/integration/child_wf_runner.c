@@ -41,12 +41,16 @@ int main(int argc, char **argv) {
   if (strcmp(argv[3], "-") != 0) {
     char *buf = strdup(argv[3]), *save = NULL;
     for (char *o = strtok_r(buf, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
-      if (strncmp(o, "block-step=", 11) == 0) wfc.block_step = atoi(o + 11);
-      else if (strncmp(o, "retry-block-after=", 18) == 0) wfc.retry_block_after = atoi(o + 18);
+      if (strncmp(o, "block-step=", 11) == 0)
+        wfc.block_step = atoi(o + 11);
+      else if (strncmp(o, "retry-block-after=", 18) == 0)
+        wfc.retry_block_after = atoi(o + 18);
       else if (strncmp(o, "block-mark=", 11) == 0)
         snprintf(wfc.block_mark, sizeof(wfc.block_mark), "%s", o + 11);
-      else if (strncmp(o, "start=", 6) == 0 && nstarts < 8) starts[nstarts++] = o + 6;
-      else die("bad option", NULL);
+      else if (strncmp(o, "start=", 6) == 0 && nstarts < 8)
+        starts[nstarts++] = o + 6;
+      else
+        die("bad option", NULL);
     }
   }
   cruster_error *err = NULL;
@@ -56,23 +60,31 @@ int main(int argc, char **argv) {
     char *buf = strdup(argv[4]), *save = NULL;
     for (char *kv = strtok_r(buf, ";", &save); kv; kv = strtok_r(NULL, ";", &save)) {
       char *eq = strchr(kv, '=');
-      if (!eq) die("bad config item", NULL);
+      if (!eq)
+        die("bad config item", NULL);
       *eq = 0;
-      if (cruster_config_set(cfg, kv, eq + 1, &err) != CRUSTER_OK) die(kv, err);
+      if (cruster_config_set(cfg, kv, eq + 1, &err) != CRUSTER_OK)
+        die(kv, err);
     }
     free(buf);
   }
   cruster_storage *st = NULL;
-  if (cruster_storage_pg_new(conninfo, &st, &err) != CRUSTER_OK) die("storage_pg_new", err);
+  if (cruster_storage_pg_new(conninfo, &st, &err) != CRUSTER_OK)
+    die("storage_pg_new", err);
   cruster_runtime *rt = NULL;
-  if (cruster_runtime_new(cfg, st, NULL, &rt, &err) != CRUSTER_OK) die("runtime_new", err);
+  if (cruster_runtime_new(cfg, st, NULL, &rt, &err) != CRUSTER_OK)
+    die("runtime_new", err);
   cruster_config_free(cfg);
-  if (wfc_register(rt, &err) != CRUSTER_OK) die("register", err);
-  if (cruster_runtime_start(rt, &err) != CRUSTER_OK) die("start", err);
+  if (wfc_register(rt, &err) != CRUSTER_OK)
+    die("register", err);
+  if (cruster_runtime_start(rt, &err) != CRUSTER_OK)
+    die("start", err);
   wfc_log("#STARTED %ld", (long)getpid());
   for (int i = 0; i < nstarts; i++) {
-    char *wfname = starts[i], *key = strchr(wfname, ':'), *input = key ? strchr(key + 1, ':') : NULL;
-    if (!input) die("bad start (WORKFLOW:KEY:INPUT)", NULL);
+    char *wfname = starts[i], *key = strchr(wfname, ':'),
+         *input = key ? strchr(key + 1, ':') : NULL;
+    if (!input)
+      die("bad start (WORKFLOW:KEY:INPUT)", NULL);
     *key++ = 0;
     *input++ = 0;
     cruster_workflow_opts o = CRUSTER_WORKFLOW_OPTS_INIT;

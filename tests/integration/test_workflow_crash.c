@@ -12,6 +12,8 @@
  *  - deferreds resolved and rejected while the execution runs (before its
  *    await), cancellation while it sleeps and while it waits for a retry,
  *    and resolutions racing with suspensions.
+ * Tests named BUG_* show library bugs (described above each) and fail until
+ * they are fixed.
  * The scale test (10,000 executions asleep at once) is test_workflow_scale.c.
  * No assertion depends on timing: waits poll for a state up to a generous
  * deadline; "never early" is checked on values. */
@@ -39,12 +41,12 @@ static const char *CFG =
 
 /* ---- processes ------------------------------------------------------------ */
 
-static pid_t spawn_child(const char *conninfo, const char *log, const char *opts,
-                         const char *cfg) {
+static pid_t spawn_child(const char *conninfo, const char *log, const char *opts, const char *cfg) {
   char *argv[] = {(char *)CHILD, (char *)conninfo, (char *)log, (char *)opts, (char *)cfg, NULL};
   pid_t pid;
   int rc = posix_spawn(&pid, CHILD, NULL, NULL, argv, environ);
-  if (rc != 0) fail_msg("posix_spawn %s: %s", CHILD, strerror(rc));
+  if (rc != 0)
+    fail_msg("posix_spawn %s: %s", CHILD, strerror(rc));
   return pid;
 }
 
@@ -59,7 +61,8 @@ static void kill_child(pid_t pid) {
 static int child_exited(pid_t pid, int *status) {
   int st = 0;
   if (waitpid(pid, &st, WNOHANG) == pid) {
-    if (status) *status = st;
+    if (status)
+      *status = st;
     return 1;
   }
   return 0;
@@ -67,7 +70,8 @@ static int child_exited(pid_t pid, int *status) {
 
 static char *slurp(const char *path) {
   FILE *f = fopen(path, "rb");
-  if (!f) return strdup("");
+  if (!f)
+    return strdup("");
   fseek(f, 0, SEEK_END);
   long n = ftell(f);
   fseek(f, 0, SEEK_SET);
@@ -86,7 +90,8 @@ static int count_lines(const char *path, const char *line, int prefix) {
   for (const char *p = c; p && *p;) {
     const char *e = strchr(p, '\n');
     size_t len = e ? (size_t)(e - p) : strlen(p);
-    if (prefix ? (len >= n && memcmp(p, line, n) == 0) : (len == n && memcmp(p, line, n) == 0)) k++;
+    if (prefix ? (len >= n && memcmp(p, line, n) == 0) : (len == n && memcmp(p, line, n) == 0))
+      k++;
     p = e ? e + 1 : NULL;
   }
   free(c);
@@ -135,8 +140,10 @@ static void wait_sql_alive(pid_t pid, pgt_schema *s, const char *sql, long long 
 static int sql_within(pgt_schema *s, const char *sql, long long want, int64_t ms) {
   int64_t end = pgt_mono_ms() + ms;
   for (;;) {
-    if (pgt_scalar(s->admin, sql, -1) == want) return 1;
-    if (pgt_mono_ms() >= end) return 0;
+    if (pgt_scalar(s->admin, sql, -1) == want)
+      return 1;
+    if (pgt_mono_ms() >= end)
+      return 0;
     ts_sleep_ms(5);
   }
 }
@@ -163,7 +170,8 @@ static void wfc_reset(const char *log) {
   wfc.block_step = 0;
   wfc.retry_block_after = 0;
   wfc.block_mark[0] = 0;
-  for (int i = 0; i < 4; i++) atomic_store(&wfc.steps[i], 0);
+  for (int i = 0; i < 4; i++)
+    atomic_store(&wfc.steps[i], 0);
   atomic_store(&wfc.flaky_calls, 0);
   atomic_store(&wfc.in_gate, 0);
   atomic_store(&wfc.release, 0);
@@ -176,10 +184,13 @@ static cruster_runtime *wfc_runtime(pgt_schema *s, const char *cfg) {
   cruster_runtime *rt = NULL;
   char *msg = NULL;
   int st = pgt_runtime_try(s->conninfo, cfg, &rt, &msg);
-  if (st != CRUSTER_OK) fail_msg("runtime_new (%s): %s", cruster_status_name(st), msg);
+  if (st != CRUSTER_OK)
+    fail_msg("runtime_new (%s): %s", cruster_status_name(st), msg);
   cruster_error *err = NULL;
-  if (wfc_register(rt, &err) != CRUSTER_OK) fail_msg("register: %s", cruster_error_message(err));
-  if (cruster_runtime_start(rt, &err) != CRUSTER_OK) fail_msg("start: %s", cruster_error_message(err));
+  if (wfc_register(rt, &err) != CRUSTER_OK)
+    fail_msg("register: %s", cruster_error_message(err));
+  if (cruster_runtime_start(rt, &err) != CRUSTER_OK)
+    fail_msg("start: %s", cruster_error_message(err));
   return rt;
 }
 
@@ -216,8 +227,10 @@ static int join_wf(cruster_runtime *rt, const char *wf, const char *id, char *ou
   size_t len = 0;
   cruster_error *err = NULL;
   int rc = cruster_workflow_join_sync(rt, wf, id, TS_DEADLINE_MS, &rep, &len, &err);
-  if (rc == CRUSTER_OK) snprintf(out, outsz, "%.*s", (int)len, rep ? (char *)rep : "");
-  else snprintf(out, outsz, "%s", err ? cruster_error_message(err) : "");
+  if (rc == CRUSTER_OK)
+    snprintf(out, outsz, "%.*s", (int)len, rep ? (char *)rep : "");
+  else
+    snprintf(out, outsz, "%s", err ? cruster_error_message(err) : "");
   cruster_free(rep);
   cruster_error_free(err);
   return rc;
@@ -236,8 +249,8 @@ static pgt_schema new_schema(void) {
 }
 
 /* The execution's message is parked (given back unclaimed, due later). */
-#define SQL_PARKED_WITH(cond)                                                                      \
-  "SELECT count(*) FROM cruster_journal j JOIN cruster_messages m USING (request_id)"             \
+#define SQL_PARKED_WITH(cond)                                                         \
+  "SELECT count(*) FROM cruster_journal j JOIN cruster_messages m USING (request_id)" \
   " WHERE " cond " AND NOT m.processed AND m.claimed_by IS NULL AND m.deliver_at IS NOT NULL"
 
 /* ---- 1. killed after two of three activities committed ------------------- */
@@ -341,9 +354,11 @@ static void killed_while_sleeping_wakes_after_restart_never_early(void **state) 
   assert_true(t1 - t0 >= SLEEP_MS);
   assert_true(t1 >= due);
   long long before_ms = pgt_scalar(
-      s.admin, "SELECT floor(extract(epoch FROM at) * 1000)::bigint FROM wf_app WHERE step = 'before'", -1);
+      s.admin,
+      "SELECT floor(extract(epoch FROM at) * 1000)::bigint FROM wf_app WHERE step = 'before'", -1);
   long long after_ms = pgt_scalar(
-      s.admin, "SELECT floor(extract(epoch FROM at) * 1000)::bigint FROM wf_app WHERE step = 'after'", -1);
+      s.admin,
+      "SELECT floor(extract(epoch FROM at) * 1000)::bigint FROM wf_app WHERE step = 'after'", -1);
   assert_true(after_ms >= due);
   assert_true(after_ms - before_ms >= SLEEP_MS);
   assert_int_equal(app_rows(&s, "before"), 1);
@@ -380,8 +395,10 @@ static int read_attempts(const char *log, int *nums, long long *at, int cap) {
  * execution's message is parked. */
 #define RETRY_ROW "j.kind = 1 AND j.attempts = %d AND j.status <> 0 AND j.at_ms > 0"
 static void sql_retry_row(char *buf, size_t n, int attempt, int parked) {
-  if (parked) snprintf(buf, n, SQL_PARKED_WITH(RETRY_ROW), attempt);
-  else snprintf(buf, n, "SELECT count(*) FROM cruster_journal j WHERE " RETRY_ROW, attempt);
+  if (parked)
+    snprintf(buf, n, SQL_PARKED_WITH(RETRY_ROW), attempt);
+  else
+    snprintf(buf, n, "SELECT count(*) FROM cruster_journal j WHERE " RETRY_ROW, attempt);
 }
 
 /* Kills the child once attempt n's failure is journaled: between attempts
@@ -423,14 +440,17 @@ static void killed_between_attempts_the_attempt_count_goes_on(void **state) {
   long long at[16];
   int n = read_attempts(log, nums, at, 16);
   printf("  attempts seen:");
-  for (int i = 0; i < n; i++) printf(" %d", nums[i]);
-  printf(" (kills with the message parked: %d of 2; inside a blocked next attempt: %d)\n",
-         parked, count_lines(log, "#BLOCK attempt", 1));
+  for (int i = 0; i < n; i++)
+    printf(" %d", nums[i]);
+  printf(" (kills with the message parked: %d of 2; inside a blocked next attempt: %d)\n", parked,
+         count_lines(log, "#BLOCK attempt", 1));
   /* Never from 1 again, never more than retries + 1. */
   assert_int_equal(n, WFC_RETRIES + 1);
-  for (int i = 0; i < n; i++) assert_int_equal(nums[i], i + 1);
+  for (int i = 0; i < n; i++)
+    assert_int_equal(nums[i], i + 1);
   /* Each retry came after its backoff (wall clock of one machine). */
-  for (int i = 1; i < n; i++) assert_true(at[i] - at[i - 1] >= WFC_BACKOFF_MS);
+  for (int i = 1; i < n; i++)
+    assert_true(at[i] - at[i - 1] >= WFC_BACKOFF_MS);
   /* The journal never counts past the last attempt. */
   assert_true(pgt_scalar(s.admin, "SELECT max(attempts) FROM cruster_journal WHERE kind = 1", -1) <=
               WFC_RETRIES + 1);
@@ -482,10 +502,12 @@ static void BUG_restart_after_exhausted_retries_retries_again(void **state) {
   int n = read_attempts(log, nums, at, 32);
   unlink(log);
   printf("  attempts seen, first run then restart:");
-  for (int i = 0; i < n; i++) printf(" %d", nums[i]);
+  for (int i = 0; i < n; i++)
+    printf(" %d", nums[i]);
   printf("\n");
   int as_first = n == 2 * (WFC_RETRIES + 1);
-  for (int i = 0; as_first && i < n; i++) as_first = nums[i] == i % (WFC_RETRIES + 1) + 1;
+  for (int i = 0; as_first && i < n; i++)
+    as_first = nums[i] == i % (WFC_RETRIES + 1) + 1;
   cruster_error_free(err);
   cruster_free(id);
   cruster_runtime_free(rt);
@@ -514,9 +536,9 @@ static void resolve_while_running_before_the_await(void **state) {
   assert_true(pgt_eventually(in_gate, NULL, PGT_DEADLINE_MS));
   cruster_error *err = NULL;
   assert_int_equal(cruster_workflow_resolve(rt, "Gate", id, "go", "GO", 2, &err), CRUSTER_OK);
-  assert_int_equal(cruster_workflow_reject(rt, "Gate", id, "go", CRUSTER_E_APPLICATION - 9, "late",
-                                           &err),
-                   CRUSTER_E_ALREADY_EXISTS);
+  assert_int_equal(
+      cruster_workflow_reject(rt, "Gate", id, "go", CRUSTER_E_APPLICATION - 9, "late", &err),
+      CRUSTER_E_ALREADY_EXISTS);
   cruster_error_free(err);
   atomic_store(&wfc.release, 1);
   char out[256];
@@ -622,8 +644,8 @@ static void BUG_cancel_before_the_first_run_is_its_answer(void **state) {
   char out[256];
   int rc = join_wf(rt, "Three", id, out, sizeof(out));
   printf("  answer of the cancelled execution: %s \"%s\"; its steps run: %d\n",
-         cruster_status_name(rc), out, atomic_load(&wfc.steps[1]) + atomic_load(&wfc.steps[2]) +
-                                         atomic_load(&wfc.steps[3]));
+         cruster_status_name(rc), out,
+         atomic_load(&wfc.steps[1]) + atomic_load(&wfc.steps[2]) + atomic_load(&wfc.steps[3]));
   assert_int_equal(cruster_workflow_resolve(rt, "Gate", gate, "go", "", 0, &err), CRUSTER_OK);
   char gout[256];
   assert_int_equal(join_wf(rt, "Gate", gate, gout, sizeof(gout)), CRUSTER_OK);
@@ -642,9 +664,9 @@ static void BUG_cancel_before_the_first_run_is_its_answer(void **state) {
  * activity, while it decides to suspend, or once parked. Every one must
  * finish with its value, none left asleep. */
 #ifdef WFC_SANITIZED
-#define RACE_N 100
+#  define RACE_N 100
 #else
-#define RACE_N 300
+#  define RACE_N 300
 #endif
 
 typedef struct race {
@@ -659,7 +681,8 @@ static void race_resolver(void *arg) {
   for (int i = 0; i < RACE_N; i++) {
     char *id;
     int64_t end = pgt_mono_ms() + PGT_DEADLINE_MS;
-    while (!(id = atomic_load(&r->ids[i])) && pgt_mono_ms() < end) ts_sleep_ms(1);
+    while (!(id = atomic_load(&r->ids[i])) && pgt_mono_ms() < end)
+      ts_sleep_ms(1);
     if (!id) {
       atomic_fetch_add(&r->bad, 1);
       return;
@@ -669,8 +692,8 @@ static void race_resolver(void *arg) {
     cruster_error *err = NULL;
     int rc = cruster_workflow_resolve(r->rt, "Race", id, "go", v, strlen(v), &err);
     if (rc != CRUSTER_OK && atomic_fetch_add(&r->bad, 1) == 0)
-      snprintf(r->first_bad, sizeof(r->first_bad), "resolve %d: %s: %s", i,
-               cruster_status_name(rc), err ? cruster_error_message(err) : "");
+      snprintf(r->first_bad, sizeof(r->first_bad), "resolve %d: %s: %s", i, cruster_status_name(rc),
+               err ? cruster_error_message(err) : "");
     cruster_error_free(err);
   }
 }
@@ -691,7 +714,8 @@ static void resolutions_racing_with_suspension_all_complete(void **state) {
     atomic_store(&r.ids[i], start_wf(r.rt, "Race", in, key));
   }
   uv_thread_join(&t);
-  if (atomic_load(&r.bad)) fail_msg("%d resolutions failed; first: %s", atomic_load(&r.bad), r.first_bad);
+  if (atomic_load(&r.bad))
+    fail_msg("%d resolutions failed; first: %s", atomic_load(&r.bad), r.first_bad);
   for (int i = 0; i < RACE_N; i++) {
     char out[256], want[64];
     snprintf(want, sizeof(want), "i%d+v%d", i, i);

@@ -1,5 +1,5 @@
 /* Many durable workflow executions asleep at once, against the real
- * PostgreSQL, with worker_threads = 4: NAP_N executions of "Nap"
+ * PostgreSQL, with worker_threads = 4: NAP_N (10,000) executions of "Nap"
  * (wf_crash_defs.h: now, sleep 2 s, await "go", now) are started from four
  * client threads; once every one is suspended on its await (its journal
  * holds the await and its message is parked "until woken"), no worker
@@ -9,9 +9,9 @@
  * its own answer, its journaled times at least the sleep apart.
  *
  * Its own program (not in test_workflow_crash): it needs most of a ctest
- * timeout by itself. NAP_N is 10,000; 2,000 under a sanitizer
- * (WFC_SANITIZED, wf_crash_defs.h), where
- * every SQL round trip and allocation costs several times more.
+ * timeout by itself. NAP_N is 10,000 (about 35 s under ASan on an idle
+ * 2-core machine, 105 s without ASan on a loaded one); 2,000 under TSan
+ * (WFC_TSAN, wf_crash_defs.h), where every access costs many times more.
  * No assertion depends on timing: each phase polls for a state up to a
  * generous deadline. */
 #include <stdarg.h>
@@ -25,10 +25,10 @@
 #include "pg_support.h"
 #include "wf_crash_defs.h"
 
-#ifdef WFC_SANITIZED
-#define NAP_N 2000
+#ifdef WFC_TSAN
+#  define NAP_N 2000
 #else
-#define NAP_N 10000
+#  define NAP_N 10000
 #endif
 #define CLIENT_THREADS 4
 /* A phase (all started and asleep; all finished) may take this long. */
@@ -39,11 +39,13 @@ static const char *CFG = "worker_threads=4;storage_poll_interval=100ms;storage_r
 
 static long vmrss_kb(void) {
   FILE *f = fopen("/proc/self/status", "r");
-  if (!f) return -1;
+  if (!f)
+    return -1;
   char line[256];
   long kb = -1;
   while (fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmRSS:", 6) == 0) kb = atol(line + 6);
+    if (strncmp(line, "VmRSS:", 6) == 0)
+      kb = atol(line + 6);
   fclose(f);
   return kb;
 }
@@ -78,7 +80,8 @@ static void starter(void *arg) {
     o.timeout_ms = TS_DEADLINE_MS;
     cruster_error *err = NULL;
     int rc = cruster_workflow_start(c->n->rt, "Nap", in, strlen(in), &o, &c->n->ids[i], &err);
-    if (rc != CRUSTER_OK) note_bad(c->n, "start", i, rc, err);
+    if (rc != CRUSTER_OK)
+      note_bad(c->n, "start", i, rc, err);
     cruster_error_free(err);
   }
 }
@@ -86,12 +89,14 @@ static void starter(void *arg) {
 static void resolver(void *arg) {
   client *c = arg;
   for (int i = c->from; i < NAP_N; i += CLIENT_THREADS) {
-    if (!c->n->ids[i]) continue;
+    if (!c->n->ids[i])
+      continue;
     char v[32];
     snprintf(v, sizeof(v), "v%d", i);
     cruster_error *err = NULL;
     int rc = cruster_workflow_resolve(c->n->rt, "Nap", c->n->ids[i], "go", v, strlen(v), &err);
-    if (rc != CRUSTER_OK) note_bad(c->n, "resolve", i, rc, err);
+    if (rc != CRUSTER_OK)
+      note_bad(c->n, "resolve", i, rc, err);
     cruster_error_free(err);
   }
 }
@@ -104,8 +109,10 @@ static void on_clients(nap *n, void (*fn)(void *)) {
     c[i].from = i;
     assert_int_equal(uv_thread_create(&t[i], fn, &c[i]), 0);
   }
-  for (int i = 0; i < CLIENT_THREADS; i++) uv_thread_join(&t[i]);
-  if (atomic_load(&n->bad)) fail_msg("%d calls failed; first: %s", atomic_load(&n->bad), n->first_bad);
+  for (int i = 0; i < CLIENT_THREADS; i++)
+    uv_thread_join(&t[i]);
+  if (atomic_load(&n->bad))
+    fail_msg("%d calls failed; first: %s", atomic_load(&n->bad), n->first_bad);
 }
 
 /* Polls the query until it answers `want`; fails after `ms`. Returns the
@@ -114,7 +121,8 @@ static int64_t wait_sql(pgt_schema *s, const char *sql, long long want, long ms)
   int64_t t0 = pgt_mono_ms(), end = t0 + ms;
   long long got;
   while ((got = pgt_scalar(s->admin, sql, -1)) != want) {
-    if (pgt_mono_ms() > end) fail_msg("after %ld ms, %lld (not %lld): %s", ms, got, want, sql);
+    if (pgt_mono_ms() > end)
+      fail_msg("after %ld ms, %lld (not %lld): %s", ms, got, want, sql);
     ts_sleep_ms(100);
   }
   return pgt_mono_ms() - t0;
@@ -131,15 +139,15 @@ static int pool_idle(void *arg) {
          gauge(rt, "cluster_worker_queue_depth", NULL) == 0;
 }
 
-#define SQL_ASLEEP_ON_AWAIT                                                                        \
-  "SELECT count(*) FROM cruster_messages m WHERE m.tag = 'execute' AND NOT m.processed"            \
-  " AND m.claimed_by IS NULL AND m.deliver_at > now() + interval '100 years'"                      \
+#define SQL_ASLEEP_ON_AWAIT                                                             \
+  "SELECT count(*) FROM cruster_messages m WHERE m.tag = 'execute' AND NOT m.processed" \
+  " AND m.claimed_by IS NULL AND m.deliver_at > now() + interval '100 years'"           \
   " AND EXISTS (SELECT 1 FROM cruster_journal j WHERE j.request_id = m.request_id AND j.kind = 3)"
 #define SQL_FINISHED "SELECT count(*) FROM cruster_messages WHERE tag = 'execute' AND processed"
 /* "n<i>" answers "n<i>:v<i>:ok". */
-#define SQL_RIGHT_ANSWERS                                                                          \
-  "SELECT count(*) FROM cruster_messages WHERE tag = 'execute' AND processed"                      \
-  " AND reply_status = 0 AND convert_from(reply_payload, 'UTF8') = convert_from(payload, 'UTF8')"  \
+#define SQL_RIGHT_ANSWERS                                                                         \
+  "SELECT count(*) FROM cruster_messages WHERE tag = 'execute' AND processed"                     \
+  " AND reply_status = 0 AND convert_from(reply_payload, 'UTF8') = convert_from(payload, 'UTF8')" \
   " || ':v' || substr(convert_from(payload, 'UTF8'), 2) || ':ok'"
 
 static void many_executions_asleep_hold_no_worker(void **state) {
@@ -154,11 +162,14 @@ static void many_executions_asleep_hold_no_worker(void **state) {
   cruster_runtime *rt = NULL;
   char *msg = NULL;
   int st = pgt_runtime_try(s.conninfo, CFG, &rt, &msg);
-  if (st != CRUSTER_OK) fail_msg("runtime_new: %s", msg);
+  if (st != CRUSTER_OK)
+    fail_msg("runtime_new: %s", msg);
   n.rt = rt;
   cruster_error *err = NULL;
-  if (wfc_register(rt, &err) != CRUSTER_OK) fail_msg("register: %s", cruster_error_message(err));
-  if (cruster_runtime_start(rt, &err) != CRUSTER_OK) fail_msg("start: %s", cruster_error_message(err));
+  if (wfc_register(rt, &err) != CRUSTER_OK)
+    fail_msg("register: %s", cruster_error_message(err));
+  if (cruster_runtime_start(rt, &err) != CRUSTER_OK)
+    fail_msg("start: %s", cruster_error_message(err));
   long rss1 = vmrss_kb();
 
   int64_t t0 = pgt_mono_ms();
@@ -203,7 +214,8 @@ static void many_executions_asleep_hold_no_worker(void **state) {
                rep ? (char *)rep : (err ? cruster_error_message(err) : ""), want);
     cruster_free(rep);
   }
-  for (int i = 0; i < NAP_N; i++) cruster_free(n.ids[i]);
+  for (int i = 0; i < NAP_N; i++)
+    cruster_free(n.ids[i]);
   cruster_runtime_free(rt);
   pgt_schema_drop(&s);
 }

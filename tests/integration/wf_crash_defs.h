@@ -28,19 +28,26 @@
 
 #pragma GCC diagnostic ignored "-Wunused-function"
 
-/* WFC_SANITIZED: built with ASan or TSan (gcc defines __SANITIZE_*__,
- * clang -- which scripts/dev uses for those builds -- has __has_feature):
- * the scale tests run fewer executions there. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define WFC_SANITIZED 1
+/* WFC_SANITIZED: built with ASan or TSan; WFC_TSAN: with TSan (gcc defines
+ * __SANITIZE_*__, clang -- which scripts/dev uses for those builds -- has
+ * __has_feature). The scale tests run fewer executions there. */
+#if defined(__SANITIZE_THREAD__)
+#  define WFC_TSAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define WFC_SANITIZED 1
+#  if __has_feature(thread_sanitizer)
+#    define WFC_TSAN 1
+#  endif
 #endif
+#if defined(WFC_TSAN) || defined(__SANITIZE_ADDRESS__)
+#  define WFC_SANITIZED 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define WFC_SANITIZED 1
+#  endif
 #endif
 
-#define WFC_APP_TABLE                                                                              \
-  "CREATE TABLE wf_app (exec TEXT NOT NULL, step TEXT NOT NULL, at TIMESTAMPTZ NOT NULL "          \
+#define WFC_APP_TABLE                                                                     \
+  "CREATE TABLE wf_app (exec TEXT NOT NULL, step TEXT NOT NULL, at TIMESTAMPTZ NOT NULL " \
   "DEFAULT now())"
 
 /* "Retry": `flaky` always fails; retries, constant backoff. */
@@ -79,17 +86,21 @@ static void wfc_pause_ms(long ms) {
 /* Appends one line to the log, durably (a SIGKILL right after keeps it). */
 static void wfc_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void wfc_log(const char *fmt, ...) {
-  if (!wfc.out[0]) return;
+  if (!wfc.out[0])
+    return;
   char line[512];
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
   va_end(ap);
-  if (n < 0) return;
-  if ((size_t)n > sizeof(line) - 2) n = (int)sizeof(line) - 2;
+  if (n < 0)
+    return;
+  if ((size_t)n > sizeof(line) - 2)
+    n = (int)sizeof(line) - 2;
   line[n++] = '\n';
   int fd = open(wfc.out, O_WRONLY | O_APPEND | O_CREAT, 0644);
-  if (fd < 0) return;
+  if (fd < 0)
+    return;
   if (write(fd, line, (size_t)n) != n) {
     /* nothing better to do: the test sees the line missing */
   }
@@ -99,7 +110,8 @@ static void wfc_log(const char *fmt, ...) {
 
 /* Never returns: the process is killed in here. */
 static void wfc_block_forever(void) {
-  for (;;) wfc_pause_ms(1000);
+  for (;;)
+    wfc_pause_ms(1000);
 }
 
 /* INSERTs (execution, step) into wf_app on the activity's transaction; 1 on
@@ -115,7 +127,8 @@ static int wfc_insert(cruster_activity *act, const char *step) {
       PQexecParams(c, "INSERT INTO wf_app (exec, step) VALUES ($1, $2)", 2, NULL, v, NULL, NULL, 0);
   int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
   PQclear(r);
-  if (!ok) cruster_activity_fail(act, CRUSTER_E_INTERNAL, PQerrorMessage(c));
+  if (!ok)
+    cruster_activity_fail(act, CRUSTER_E_INTERNAL, PQerrorMessage(c));
   return ok;
 }
 
@@ -128,7 +141,8 @@ static void wfc_act_step(void *user, cruster_activity *act) {
   wfc_log("step %d", n);
   char step[16];
   snprintf(step, sizeof(step), "%d", n);
-  if (!wfc_insert(act, step)) return;
+  if (!wfc_insert(act, step))
+    return;
   if (wfc.block_step == n) {
     /* Its INSERT is done, not committed: the kill must roll it back. */
     wfc_log("#BLOCK step %d", n);
@@ -142,7 +156,8 @@ static void wfc_act_step(void *user, cruster_activity *act) {
 }
 
 static void wfc_finish(cruster_wf *wf, int rc, const char *answer, cruster_error *err) {
-  if (rc == CRUSTER_OK) cruster_wf_complete(wf, answer, strlen(answer));
+  if (rc == CRUSTER_OK)
+    cruster_wf_complete(wf, answer, strlen(answer));
   else if (!cruster_wf_stopped(wf))
     cruster_wf_fail(wf, rc, err ? cruster_error_message(err) : "a durable call failed");
 }
@@ -167,7 +182,8 @@ static void wfc_three(void *user, cruster_wf *wf) {
              (int)l[2], (char *)r[2]);
   wfc_finish(wf, rc, out, err);
   cruster_error_free(err);
-  for (int i = 0; i < 3; i++) cruster_free(r[i]);
+  for (int i = 0; i < 3; i++)
+    cruster_free(r[i]);
 }
 
 /* ---- "Sleepy": now, mark, sleep(input ms), now, after ------------------- */
@@ -176,7 +192,8 @@ static void wfc_three(void *user, cruster_wf *wf) {
 static void wfc_act_mark(void *user, cruster_activity *act) {
   const char *step = user;
   wfc_log("mark %s", step);
-  if (!wfc_insert(act, step)) return;
+  if (!wfc_insert(act, step))
+    return;
   if (strcmp(wfc.block_mark, step) == 0) {
     wfc_log("#BLOCK mark %s", step);
     wfc_block_forever();
@@ -195,10 +212,14 @@ static void wfc_sleepy(void *user, cruster_wf *wf) {
   int64_t ms = atoll(buf), t0 = 0, t1 = 0;
   cruster_error *err = NULL;
   int rc = cruster_wf_now(wf, &t0, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_activity(wf, "mark", NULL, 0, NULL, NULL, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_sleep(wf, ms, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_now(wf, &t1, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_activity(wf, "after", NULL, 0, NULL, NULL, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_activity(wf, "mark", NULL, 0, NULL, NULL, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_sleep(wf, ms, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_now(wf, &t1, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_activity(wf, "after", NULL, 0, NULL, NULL, &err);
   char out[64];
   snprintf(out, sizeof(out), "%lld %lld", (long long)t0, (long long)t1);
   wfc_finish(wf, rc, out, err);
@@ -237,7 +258,8 @@ static void wfc_retry(void *user, cruster_wf *wf) {
 static void wfc_act_gate(void *user, cruster_activity *act) {
   (void)user;
   atomic_store(&wfc.in_gate, 1);
-  while (!atomic_load(&wfc.release)) wfc_pause_ms(1);
+  while (!atomic_load(&wfc.release))
+    wfc_pause_ms(1);
   cruster_activity_reply(act, "gate", 4);
 }
 
@@ -249,7 +271,8 @@ static void wfc_gate(void *user, cruster_wf *wf) {
   size_t lg = 0;
   cruster_error *err = NULL;
   int rc = cruster_wf_activity(wf, "gate", NULL, 0, NULL, NULL, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_await(wf, "go", &go, &lg, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_await(wf, "go", &go, &lg, &err);
   char out[256];
   snprintf(out, sizeof(out), "got:%.*s", (int)lg, go ? (char *)go : "");
   wfc_finish(wf, rc, out, err);
@@ -276,7 +299,8 @@ static void wfc_race(void *user, cruster_wf *wf) {
   size_t le = 0, lg = 0;
   cruster_error *err = NULL;
   int rc = cruster_wf_activity(wf, "echo", in, len, &e, &le, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_await(wf, "go", &go, &lg, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_await(wf, "go", &go, &lg, &err);
   char out[512];
   snprintf(out, sizeof(out), "%.*s+%.*s", (int)le, e ? (char *)e : "", (int)lg,
            go ? (char *)go : "");
@@ -302,12 +326,15 @@ static void wfc_nap(void *user, cruster_wf *wf) {
   size_t lg = 0;
   cruster_error *err = NULL;
   int rc = cruster_wf_now(wf, &t0, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_sleep(wf, WFC_NAP_MS, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_await(wf, "go", &go, &lg, &err);
-  if (rc == CRUSTER_OK) rc = cruster_wf_now(wf, &t1, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_sleep(wf, WFC_NAP_MS, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_await(wf, "go", &go, &lg, &err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_wf_now(wf, &t1, &err);
   char out[256];
-  snprintf(out, sizeof(out), "%.*s:%.*s:%s", (int)len, in ? in : "", (int)lg,
-           go ? (char *)go : "", t1 - t0 >= WFC_NAP_MS ? "ok" : "early");
+  snprintf(out, sizeof(out), "%.*s:%.*s:%s", (int)len, in ? in : "", (int)lg, go ? (char *)go : "",
+           t1 - t0 >= WFC_NAP_MS ? "ok" : "early");
   wfc_finish(wf, rc, out, err);
   cruster_error_free(err);
   cruster_free(go);
@@ -323,7 +350,8 @@ static cruster_status wfc_def(cruster_runtime *rt, const char *name, cruster_wor
   cruster_status rc = cruster_workflow_def_new(name, fn, NULL, &d, err);
   for (size_t i = 0; rc == CRUSTER_OK && i < nacts; i++)
     rc = cruster_workflow_def_add_activity(d, acts[i], fns[i], users[i], opts[i], err);
-  if (rc == CRUSTER_OK) rc = cruster_runtime_register_workflow(rt, d, err);
+  if (rc == CRUSTER_OK)
+    rc = cruster_runtime_register_workflow(rt, d, err);
   cruster_workflow_def_free(d);
   return rc;
 }
@@ -345,7 +373,8 @@ static cruster_status wfc_register(cruster_runtime *rt, cruster_error **err) {
     void *u[] = {(void *)(intptr_t)1, (void *)(intptr_t)2, (void *)(intptr_t)3};
     const cruster_activity_opts *o[] = {NULL, NULL, NULL};
     cruster_status rc = wfc_def(rt, "Three", wfc_three, a, f, u, o, 3, err);
-    if (rc != CRUSTER_OK) return rc;
+    if (rc != CRUSTER_OK)
+      return rc;
   }
   {
     const char *a[] = {"mark", "after"};
@@ -353,7 +382,8 @@ static cruster_status wfc_register(cruster_runtime *rt, cruster_error **err) {
     void *u[] = {(void *)"before", (void *)"after"};
     const cruster_activity_opts *o[] = {NULL, NULL};
     cruster_status rc = wfc_def(rt, "Sleepy", wfc_sleepy, a, f, u, o, 2, err);
-    if (rc != CRUSTER_OK) return rc;
+    if (rc != CRUSTER_OK)
+      return rc;
   }
   {
     const char *a[] = {"flaky"};
@@ -361,13 +391,16 @@ static cruster_status wfc_register(cruster_runtime *rt, cruster_error **err) {
     void *u[] = {NULL};
     const cruster_activity_opts *o[] = {&retry};
     cruster_status rc = wfc_def(rt, "Retry", wfc_retry, a, f, u, o, 1, err);
-    if (rc != CRUSTER_OK) return rc;
+    if (rc != CRUSTER_OK)
+      return rc;
     const cruster_activity_opts *o2[] = {&slow};
     rc = wfc_def(rt, "SlowRetry", wfc_retry, a, f, u, o2, 1, err);
-    if (rc != CRUSTER_OK) return rc;
+    if (rc != CRUSTER_OK)
+      return rc;
     const cruster_activity_opts *o3[] = {&quick};
     rc = wfc_def(rt, "QuickRetry", wfc_retry, a, f, u, o3, 1, err);
-    if (rc != CRUSTER_OK) return rc;
+    if (rc != CRUSTER_OK)
+      return rc;
   }
   {
     const char *a[] = {"gate"};
@@ -375,7 +408,8 @@ static cruster_status wfc_register(cruster_runtime *rt, cruster_error **err) {
     void *u[] = {NULL};
     const cruster_activity_opts *o[] = {NULL};
     cruster_status rc = wfc_def(rt, "Gate", wfc_gate, a, f, u, o, 1, err);
-    if (rc != CRUSTER_OK) return rc;
+    if (rc != CRUSTER_OK)
+      return rc;
   }
   {
     const char *a[] = {"echo"};
@@ -383,7 +417,8 @@ static cruster_status wfc_register(cruster_runtime *rt, cruster_error **err) {
     void *u[] = {NULL};
     const cruster_activity_opts *o[] = {NULL};
     cruster_status rc = wfc_def(rt, "Race", wfc_race, a, f, u, o, 1, err);
-    if (rc != CRUSTER_OK) return rc;
+    if (rc != CRUSTER_OK)
+      return rc;
   }
   return wfc_def(rt, "Nap", wfc_nap, NULL, NULL, NULL, NULL, 0, err);
 }
