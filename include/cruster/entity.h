@@ -61,7 +61,19 @@ typedef enum cruster_rpc_flags {
   /** Callable from entities and workflows only, never from a public client. */
   CRUSTER_RPC_PROTECTED = 1u << 1,
   /** Never dispatchable (an internal helper, declared for completeness). */
-  CRUSTER_RPC_PRIVATE = 1u << 2
+  CRUSTER_RPC_PRIVATE = 1u << 2,
+  /**
+   * Persisted, and run inside a storage transaction: with PostgreSQL
+   * storage the handler gets the connection of an open transaction
+   * (cruster_request_pg, in pg.h), and its reply is stored in that same
+   * transaction when it answers with cruster_request_reply -- so its SQL
+   * takes effect exactly once, together with the stored reply, however
+   * often the message is delivered. A failure (cruster_request_fail) rolls
+   * the SQL back and stores the failure as the reply. A commit that fails
+   * leaves neither: the message is delivered again. With memory storage
+   * there is no transaction (cruster_request_pg returns NULL).
+   */
+  CRUSTER_RPC_TRANSACTIONAL = 1u << 3
 } cruster_rpc_flags;
 
 /*

@@ -37,6 +37,7 @@
 #include "common.h"
 #include "status.h"
 #include "storage.h"
+#include "entity.h"
 #include "workflow.h"
 
 #ifdef __cplusplus
@@ -89,6 +90,18 @@ CRUSTER_API cruster_status cruster_storage_pg_migrate(const char *conninfo,
  */
 struct pg_conn;
 CRUSTER_API struct pg_conn *cruster_activity_pg(cruster_activity *act);
+
+/*
+ * cruster_request_pg
+ *   The connection of the open transaction a CRUSTER_RPC_TRANSACTIONAL
+ *   handler runs in, used as cruster_activity_pg's: the handler's SQL on
+ *   it commits with the stored reply when it answers with
+ *   cruster_request_reply, and is rolled back when it fails. Never COMMIT,
+ *   ROLLBACK or close it. NULL for other methods, with memory storage, and
+ *   for NULL. Valid until the request is answered.
+ * Threads: the one that answers the request (one at a time).
+ */
+CRUSTER_API struct pg_conn *cruster_request_pg(cruster_request *req);
 
 /*
  * cruster_storage_pg_schema_version

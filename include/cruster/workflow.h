@@ -345,6 +345,48 @@ CRUSTER_API cruster_status cruster_wf_patched(cruster_wf *wf, const char *name, 
                                               cruster_error **err);
 
 /*
+ * cruster_wf_call
+ *   A durable call of `method` on entity (`type`, `id`) with `len` bytes of
+ *   `payload` (copied), as a persisted call keyed by this execution and
+ *   this call's position: however often execute runs, the entity gets it
+ *   once, and a replay returns the journaled answer without sending again.
+ *   Protected methods may be called (the execution is an entity). The
+ *   calling worker waits for the answer ("default_call_timeout"); the pool
+ *   adds a worker meanwhile. `*out`/`*out_len` (may be NULL) receive the
+ *   answer (release with cruster_free); the entity's failure is returned,
+ *   with `*err`, and journaled as well.
+ * Returns: CRUSTER_OK; the entity's failure code; CRUSTER_E_CANCELLED;
+ *   CRUSTER_E_DETERMINISM; CRUSTER_E_SUSPENDED (after a stop);
+ *   CRUSTER_E_INVALID_ARGUMENT / CRUSTER_E_PAYLOAD_TOO_LARGE (bad input,
+ *   nothing sent); CRUSTER_E_PERSISTENCE (no answer in time, or storage
+ *   failed: return from execute; the execution runs again later and the
+ *   call is joined, not sent twice).
+ */
+CRUSTER_API cruster_status cruster_wf_call(cruster_wf *wf, const char *type, const char *id,
+                                           const char *method, const void *payload, size_t len,
+                                           void **out, size_t *out_len, cruster_error **err);
+
+/*
+ * cruster_wf_child
+ *   Runs workflow `workflow` with `len` bytes of `input` as a child of this
+ *   execution and waits for its answer, suspended (no thread held). Its key
+ *   is `key` (`key_len` bytes, NULL = "<this execution id>/<position>"),
+ *   hashed into its execution id; it is started once, however often execute
+ *   runs or the runner restarts, and its answer is journaled. The child is
+ *   an execution of its own: clients can poll, join, resolve and cancel it.
+ * Returns: CRUSTER_OK with `*out`/`*out_len` (may be NULL) the child's
+ *   answer; the child's failure code (journaled); CRUSTER_E_SUSPENDED
+ *   (it runs: return from execute; this execution runs again when it has
+ *   finished); CRUSTER_E_CANCELLED; CRUSTER_E_DETERMINISM;
+ *   CRUSTER_E_INVALID_ARGUMENT / CRUSTER_E_PAYLOAD_TOO_LARGE;
+ *   CRUSTER_E_PERSISTENCE.
+ */
+CRUSTER_API cruster_status cruster_wf_child(cruster_wf *wf, const char *workflow,
+                                            const void *input, size_t len, const void *key,
+                                            size_t key_len, void **out, size_t *out_len,
+                                            cruster_error **err);
+
+/*
  * cruster_wf_complete / cruster_wf_fail
  *   The execution's answer: `len` bytes of `data` (copied), or failure
  *   `code` (a cruster code < 0 other than CRUSTER_OK, or an application code

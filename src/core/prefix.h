@@ -189,11 +189,14 @@
 #define wf_activity_list_add cruster__wf_activity_list_add
 #define wf_activity_list_free cruster__wf_activity_list_free
 #define wf_activity_opts_read cruster__wf_activity_opts_read
+#define wf_add_pending cruster__wf_add_pending
+#define wf_begin_call cruster__wf_begin_call
 #define wf_def_copy cruster__wf_def_copy
 #define wf_engine_free cruster__wf_engine_free
 #define wf_engine_new cruster__wf_engine_new
 #define wf_execute cruster__wf_execute
 #define wf_execution_id cruster__wf_execution_id
+#define wf_give_value cruster__wf_give_value
 #define wf_join cruster__wf_join
 #define wf_poll cruster__wf_poll
 #define wf_register cruster__wf_register
@@ -203,5 +206,7 @@
 #define wf_run_flush cruster__wf_run_flush
 #define wf_run_init cruster__wf_run_init
 #define wf_start cruster__wf_start
+#define wf_stop cruster__wf_stop
+#define wf_suspend cruster__wf_suspend
 
 #endif

@@ -6,7 +6,8 @@
 #include "core/util.h"
 #include "entity/entity_internal.h"
 
-#define RPC_FLAGS_ALL (CRUSTER_RPC_PERSISTED | CRUSTER_RPC_PROTECTED | CRUSTER_RPC_PRIVATE)
+#define RPC_FLAGS_ALL \
+  (CRUSTER_RPC_PERSISTED | CRUSTER_RPC_PROTECTED | CRUSTER_RPC_PRIVATE | CRUSTER_RPC_TRANSACTIONAL)
 
 void em_rpc_list_free(em_rpc_list *l) {
   for (size_t i = 0; i < l->n; i++) {
@@ -25,6 +26,7 @@ const em_rpc *em_rpc_list_find(const em_rpc_list *l, const char *name) {
 
 int em_rpc_list_add(em_rpc_list *l, const char *name, const char *group, unsigned flags,
                     cruster_rpc_fn fn, void *user) {
+  if (flags & CRUSTER_RPC_TRANSACTIONAL) flags |= CRUSTER_RPC_PERSISTED; /* implied */
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 8;
     em_rpc *v = realloc(l->v, cap * sizeof(*v));

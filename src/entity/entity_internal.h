@@ -105,6 +105,17 @@ typedef struct em_hooks {
   void (*room)(void *ud);
   /* A handler's answer was processed and no handler is running now. */
   void (*idle)(void *ud);
+  /* Transactional handlers (CRUSTER_RPC_TRANSACTIONAL), on the handler's
+   * or answering thread; all NULL: no transactions (the handler runs
+   * without). begin opens one (*tx NULL: none to open) and returns
+   * CRUSTER_OK or a failure; handle is what cruster_request_pg returns;
+   * commit_reply stores the reply of persisted message `env` in `tx` and
+   * commits (CRUSTER_OK, or a failure: nothing committed); rollback ends it.
+   * Both finish `tx`. */
+  int (*tx_begin)(void *ud, void **tx);
+  void *(*tx_handle)(void *ud, void *tx);
+  int (*tx_commit_reply)(void *ud, void *tx, const core_env *env, const void *data, size_t len);
+  void (*tx_rollback)(void *ud, void *tx);
 } em_hooks;
 
 /* The entity manager. Everything under "loop-owned" is touched only on the
@@ -166,6 +177,12 @@ struct cruster_request {
   int hold_failed;
   _Atomic int cancelled;
   _Atomic int answered;
+  /* A transactional handler's open transaction (NULL when none or ended);
+   * its reply was committed in it; the transaction failed (begin or commit:
+   * the message must be delivered again, nothing was stored). */
+  void *tx;
+  int tx_committed;
+  int tx_failed;
   /* A park instead of an answer (em_request_park): the message goes back to
    * storage unanswered, due at park_at unless woken since park_seq. */
   int parked;

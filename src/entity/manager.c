@@ -293,6 +293,12 @@ int em_request_is_running(const em_manager *m, const void *p) {
 /* Drops one owner's hold; the last one frees the handle (any thread). */
 static void request_unref(cruster_request *r) {
   if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1) return;
+  if (r->tx) {
+    /* Never answered (a stop): its SQL does not take effect. Nobody else
+     * holds the request, so nobody uses the connection. */
+    r->em->hooks.tx_rollback(r->em->hooks.ud, r->tx);
+    r->tx = NULL;
+  }
   free(r->env);
   free(r);
 }
@@ -319,6 +325,22 @@ void em_request_free(em_manager *m, cruster_request *r) {
 static void run_handler(void *arg) {
   cruster_request *r = arg;
   r->started_ns = core_mono_ns();
+  em_manager *m = r->em;
+  if ((r->rpc->flags & CRUSTER_RPC_TRANSACTIONAL) && r->env->persisted && m->hooks.tx_begin) {
+    void *tx = NULL;
+    rt_pool_block_enter(m->loop->pool);
+    int st = m->hooks.tx_begin(m->hooks.ud, &tx);
+    rt_pool_block_leave(m->loop->pool);
+    if (st != CRUSTER_OK) {
+      /* Not run: nothing was stored, so it is delivered again. */
+      r->tx_failed = 1;
+      em_request_answer(r, CRUSTER_E_PERSISTENCE, NULL, 0,
+                        "cannot open the transactional handler's transaction");
+      request_unref(r);
+      return;
+    }
+    r->tx = tx;
+  }
   r->rpc->fn(r->rpc->user, r);
   /* Until here the handle was the handler's to use, answered or not. */
   request_unref(r);
@@ -467,9 +489,29 @@ static void request_done(void *ud, rt_cmd *cmd) {
   if (m->running == 0 && m->hooks.idle) m->hooks.idle(m->hooks.ud);
 }
 
+/* A transactional handler answers: its reply commits with its SQL; a
+ * failure rolls the SQL back (and is stored as any failure). Runs on the
+ * answering thread, which owns the transaction until here. */
+static void tx_end(cruster_request *r, int status, const void *data, size_t len) {
+  em_manager *m = r->em;
+  void *tx = r->tx;
+  r->tx = NULL;
+  rt_pool_block_enter(m->loop->pool);
+  if (status == CRUSTER_OK) {
+    if (m->hooks.tx_commit_reply(m->hooks.ud, tx, r->env, data, len) == CRUSTER_OK)
+      r->tx_committed = 1;
+    else
+      r->tx_failed = 1;
+  } else {
+    m->hooks.tx_rollback(m->hooks.ud, tx);
+  }
+  rt_pool_block_leave(m->loop->pool);
+}
+
 int em_request_answer(cruster_request *r, int status, const void *data, size_t len,
                       const char *msg) {
   if (atomic_exchange(&r->answered, 1)) return CRUSTER_E_STATE;
+  if (r->tx) tx_end(r, status, data, len);
   r->answered_ns = core_mono_ns();
   r->status = status;
   if (status == CRUSTER_OK) {

@@ -96,3 +96,8 @@ int em_request_park(cruster_request *r, int64_t wake_at, int64_t wake_seq, int p
   r->parked = 1;
   return em_request_answer(r, CRUSTER_E_SUSPENDED, NULL, 0, "parked");
 }
+
+struct pg_conn *cruster_request_pg(cruster_request *req) {
+  if (!req || !req->tx || !req->em->hooks.tx_handle) return NULL;
+  return (struct pg_conn *)req->em->hooks.tx_handle(req->em->hooks.ud, req->tx);
+}

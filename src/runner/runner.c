@@ -111,6 +111,49 @@ static void wf_poll_now(void *ud) {
   if (rt_post(&rt->loop, c) != 0) free(c);
 }
 
+/* The entity manager's transactions (em_hooks.tx_*): the storage's
+ * workflow side, when it has transactions. */
+static int tx_begin(void *ud, void **tx) {
+  cruster_runtime *rt = ud;
+  *tx = NULL;
+  const st_wf_ops *ops = NULL;
+  void *impl = rt->storage && rt->storage->ops->wf ? rt->storage->ops->wf(rt->storage, &ops) : NULL;
+  if (!impl || !ops->commit_reply) return CRUSTER_OK; /* none: runs without */
+  cruster_error *err = NULL;
+  int st = ops->begin(impl, (st_tx **)tx, &err);
+  if (st != CRUSTER_OK)
+    core_log(rt->lg, CRUSTER_LOG_WARN, "storage", "cannot open a handler's transaction: %s",
+             err ? err->message : cruster_status_message(st));
+  cruster_error_free(err);
+  return st;
+}
+static void *tx_handle(void *ud, void *tx) {
+  cruster_runtime *rt = ud;
+  const st_wf_ops *ops = NULL;
+  if (!tx) return NULL;
+  rt->storage->ops->wf(rt->storage, &ops);
+  return ops->tx_handle(tx);
+}
+static int tx_commit_reply(void *ud, void *tx, const core_env *env, const void *data, size_t len) {
+  cruster_runtime *rt = ud;
+  const st_wf_ops *ops = NULL;
+  void *impl = rt->storage->ops->wf(rt->storage, &ops);
+  cruster_error *err = NULL;
+  int st = ops->commit_reply(impl, tx, env->request_id, env->keyed, data, len, &err);
+  if (st != CRUSTER_OK)
+    core_log(rt->lg, st == CRUSTER_E_ALREADY_EXISTS ? CRUSTER_LOG_INFO : CRUSTER_LOG_WARN, "storage",
+             "the transaction of request %lld did not commit: %s", (long long)env->request_id,
+             err ? err->message : cruster_status_message(st));
+  cruster_error_free(err);
+  return st;
+}
+static void tx_rollback(void *ud, void *tx) {
+  cruster_runtime *rt = ud;
+  const st_wf_ops *ops = NULL;
+  void *impl = rt->storage->ops->wf(rt->storage, &ops);
+  ops->rollback(impl, tx);
+}
+
 /* The entity manager's (em_hooks): room for messages that wait in storage
  * polls for them; no handler running lets a stop go on. */
 static void em_room(void *ud) {
@@ -178,7 +221,7 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
     return st;
   }
   rt_loop_set_close_hook(&rt->loop, on_loop_close, rt);
-  em_hooks hooks = {rt, em_room, stop_check};
+  em_hooks hooks = {rt, em_room, stop_check, tx_begin, tx_handle, tx_commit_reply, tx_rollback};
   st = em_init(&rt->em, &rt->loop, rt->cfg, rt->lg, rt->metrics, rt, &hooks, err);
   if (st != CRUSTER_OK) {
     rt_loop_abandon(&rt->loop);

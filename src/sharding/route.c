@@ -93,6 +93,26 @@ static void park_done(void *ud, int status, const char *errmsg) {
 
 static void persisted_answered(void *ud, cruster_request *r) {
   sh_sharding *sh = ud;
+  if (r->tx_failed) {
+    /* A transactional handler's transaction did not commit: neither its
+     * SQL nor a reply is stored; the message runs again. */
+    core_metric_add(sh->m.st_errors, 1);
+    core_log(sh->lg, CRUSTER_LOG_WARN, "storage",
+             "the transaction of request %lld did not commit (%s); it runs again",
+             (long long)r->env->request_id, r->errmsg ? r->errmsg : "commit failed");
+    sh->storage->ops->release(sh->storage, r->env, 1);
+    sh_poll_schedule(sh, sh->cfg->send_retry_interval);
+    em_request_free(sh->em, r);
+    return;
+  }
+  if (r->tx_committed) {
+    /* Its reply is stored and committed with its SQL. */
+    if (sh->storage->ops->replied) sh->storage->ops->replied(sh->storage, r->env);
+    core_metric_add(sh->m.st_replies, 1);
+    sh_waiters_resolve(sh, r->env->request_id, r->status, r->reply, r->reply_len, r->errmsg);
+    em_request_free(sh->em, r);
+    return;
+  }
   if (r->parked) {
     /* No answer: a suspended workflow execution gives its message back,
      * due again when its wait ends. Nobody is answered. */
@@ -261,7 +281,10 @@ static void route_persisted(sh_sharding *sh, sh_call *c, em_type *t, int rpc_ind
   /* When the storage knows the message will be stored claimed (nothing older
    * of its entity waits), its handler may run while it is being stored; the
    * answer is acted on only once it is (on_saved). */
+  /* A transactional handler stores its reply in its own transaction, which
+   * must find the message's row: never before the row is committed. */
   if (s->claim && !sh->stopping && sh->storage->ops->claims_now &&
+      !(t->rpcs.v[rpc_index].flags & CRUSTER_RPC_TRANSACTIONAL) &&
       sh->storage->ops->claims_now(sh->storage, s->env)) {
     core_env *copy = core_env_copy(s->env);
     if (copy) {

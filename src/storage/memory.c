@@ -596,6 +596,18 @@ static int mwf_restart(void *impl, int64_t request_id, cruster_error **err) {
   return mwf_run(impl, mwf_restart_on_loop, &c, err);
 }
 
+static void mwf_wake_on_loop(void *arg) {
+  mwf_call *c = arg;
+  mem_msg *x = core_map_iget(&c->m->msgs, c->request_id);
+  if (x && !x->processed) mwf_wake(c, x);
+}
+
+static int mwf_wake_op(void *impl, int64_t request_id, cruster_error **err) {
+  mwf_call c = {0};
+  c.request_id = request_id;
+  return mwf_run(impl, mwf_wake_on_loop, &c, err);
+}
+
 static const st_wf_ops mem_wf_ops = {
     .load = mwf_load,
     .begin = mwf_begin,
@@ -605,6 +617,7 @@ static const st_wf_ops mem_wf_ops = {
     .find = mwf_find,
     .resolve = mwf_resolve,
     .restart = mwf_restart,
+    .wake = mwf_wake_op,
 };
 
 static void *mem_wf(cruster_storage *s, const st_wf_ops **ops) {

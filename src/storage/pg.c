@@ -134,6 +134,12 @@ static void pg_save_request(cruster_storage *s, const core_env *m, const st_key 
   pg_enqueue(st, pg_conn_for_entity(st, m), o);
 }
 
+/* A transactional handler's reply was committed on the workflow side's
+ * connection: what save_reply would have learnt. */
+static void pg_replied(cruster_storage *s, const core_env *m) {
+  pg_track_remove(s->impl, m->request_id, m->type, m->id);
+}
+
 static void pg_save_reply(cruster_storage *s, const core_env *m, const st_reply *r, st_done_cb cb,
                           void *ud) {
   pg_store *st = s->impl;
@@ -356,6 +362,7 @@ static const st_ops pg_ops = {
     .claims_now = pg_claims_now,
     .save_request = pg_save_request,
     .save_reply = pg_save_reply,
+    .replied = pg_replied,
     .poll = pg_poll,
     .release = pg_release,
     .next_due = pg_next_due,

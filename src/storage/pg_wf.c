@@ -431,6 +431,77 @@ out:
   return rc;
 }
 
+/* The reply in the handler's transaction. No row (answered already, or
+ * not stored) divides by zero: the error aborts the transaction, so the
+ * COMMIT after it cannot commit the handler's SQL. */
+#define SQL_REPLY_KEYED                                                                        \
+  "WITH u AS (UPDATE cruster_messages SET processed = TRUE, processed_at = now(),"             \
+  " reply_status = 0, reply_payload = $2, reply_message = NULL, claimed_by = NULL,"            \
+  " claimed_at = NULL WHERE request_id = $1 AND processed_at IS NULL RETURNING 1)"            \
+  " SELECT 1 / (SELECT count(*)::int FROM u)"
+#define SQL_REPLY_UNKEYED                                                                      \
+  "WITH u AS (DELETE FROM cruster_messages WHERE request_id = $1 AND processed_at IS NULL"     \
+  " RETURNING 1) SELECT 1 / (SELECT count(*)::int FROM u)"
+#define SQLSTATE_DIVISION_BY_ZERO "22012"
+
+static int wf_commit_reply(void *impl, st_tx *t, int64_t request_id, int keyed, const void *data,
+                           size_t len, cruster_error **err) {
+  pg_wf *w = impl;
+  PGconn *c = t->conn;
+  unsigned char id[8];
+  put_i64(id, request_id);
+  const char *v[2] = {(const char *)id, len ? (const char *)data : ""};
+  int l[2] = {8, (int)len}, f[2] = {1, 1};
+  int rc = CRUSTER_OK;
+  if (len > INT32_MAX) {
+    rc = core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "reply too large");
+  } else if (!PQenterPipelineMode(c)) {
+    rc = pq_fail(c, NULL, "storing a transactional reply", err);
+  } else {
+    int sent = PQsendQueryParams(c, keyed ? SQL_REPLY_KEYED : SQL_REPLY_UNKEYED, keyed ? 2 : 1,
+                                 NULL, v, l, f, 1) &&
+               PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(c);
+    if (!sent) {
+      rc = pq_fail(c, NULL, "storing a transactional reply", err);
+    } else {
+      for (;;) {
+        PGresult *r = PQgetResult(c);
+        if (!r) {
+          if (PQstatus(c) != CONNECTION_OK) {
+            if (rc == CRUSTER_OK) rc = pq_fail(c, NULL, "storing a transactional reply", err);
+            break;
+          }
+          continue;
+        }
+        ExecStatusType s = PQresultStatus(r);
+        if (s == PGRES_PIPELINE_SYNC) {
+          PQclear(r);
+          break;
+        }
+        if (s == PGRES_FATAL_ERROR && rc == CRUSTER_OK) {
+          const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+          if (state && strcmp(state, SQLSTATE_DIVISION_BY_ZERO) == 0)
+            rc = core_error_set(err, CRUSTER_E_ALREADY_EXISTS,
+                                "message %lld was answered already", (long long)request_id);
+          else
+            rc = pq_fail(c, r, "storing a transactional reply", err);
+        } else if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && s != PGRES_PIPELINE_ABORTED &&
+                   rc == CRUSTER_OK) {
+          rc = pq_fail(c, r, "storing a transactional reply", err);
+        }
+        PQclear(r);
+      }
+    }
+    PQexitPipelineMode(c);
+  }
+  if (PQtransactionStatus(c) != PQTRANS_IDLE) {
+    PGresult *r = PQexec(c, "ROLLBACK");
+    PQclear(r);
+  }
+  give(w, t);
+  return rc;
+}
+
 static int wf_find(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,
                    size_t *n, cruster_error **err) {
   pg_wf *w = impl;
@@ -510,13 +581,36 @@ static int wf_restart(void *impl, int64_t request_id, cruster_error **err) {
   return CRUSTER_OK;
 }
 
+#define SQL_WAKE                                                                               \
+  "UPDATE cruster_messages SET wake_seq = wake_seq + 1,"                                      \
+  " deliver_at = CASE WHEN claimed_by IS NULL AND deliver_at > now() THEN now()"              \
+  " ELSE deliver_at END WHERE request_id = $1 AND processed_at IS NULL"
+
+static int wf_wake(void *impl, int64_t request_id, cruster_error **err) {
+  pg_wf *w = impl;
+  st_tx *t;
+  int trc = take(w, &t, err);
+  if (trc != CRUSTER_OK) return trc;
+  unsigned char id[8];
+  put_i64(id, request_id);
+  const char *v[1] = {(const char *)id};
+  int l[1] = {8}, f[1] = {1};
+  PGresult *r = exec1(t->conn, SQL_WAKE, 1, v, l, f, "waking an execution", err);
+  give(w, t);
+  if (!r) return CRUSTER_E_PERSISTENCE;
+  PQclear(r);
+  return CRUSTER_OK;
+}
+
 const st_wf_ops pg_wf_ops = {
     .load = wf_load,
     .begin = wf_begin,
     .tx_handle = wf_tx_handle,
     .commit = wf_commit,
     .rollback = wf_rollback,
+    .commit_reply = wf_commit_reply,
     .find = wf_find,
     .resolve = wf_resolve,
     .restart = wf_restart,
+    .wake = wf_wake,
 };

@@ -141,6 +141,10 @@ typedef struct st_ops {
    * send order. */
   void (*save_request)(cruster_storage *s, const core_env *m, const st_key *key, int claim,
                        st_save_cb cb, void *ud);
+  /* Optional: the reply of claimed message `m` was stored and committed
+   * elsewhere (a transactional handler's transaction, wf_storage.h
+   * commit_reply): the backend updates what it knows, nothing is written. */
+  void (*replied)(cruster_storage *s, const core_env *m);
   /* Stores the exit reply (first one wins) and marks the message processed. */
   void (*save_reply)(cruster_storage *s, const core_env *m, const st_reply *r, st_done_cb cb,
                      void *ud);

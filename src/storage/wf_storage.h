@@ -27,7 +27,9 @@ enum {
   ST_J_AWAIT = 3,
   ST_J_NOW = 4,
   ST_J_RANDOM = 5,
-  ST_J_PATCH = 6
+  ST_J_PATCH = 6,
+  ST_J_CALL = 7,
+  ST_J_CHILD = 8
 };
 
 /* One journal entry: durable call number `seq` of an execution.
@@ -39,7 +41,10 @@ enum {
  *             deferred's).
  *   NOW:      at = the time read.
  *   RANDOM:   value = the bytes.
- *   PATCH:    a version marker named `name`. */
+ *   PATCH:    a version marker named `name`.
+ *   CALL:     an entity call ("<type>/<method>"): status and value or
+ *             message, its answer.
+ *   CHILD:    a child workflow (its name): its answer, as CALL. */
 typedef struct st_jentry {
   int32_t seq;
   int32_t kind;
@@ -100,6 +105,14 @@ typedef struct st_wf_ops {
   int (*commit)(void *impl, st_tx *tx, int64_t request_id, const st_jentry *entries, size_t n,
                 cruster_error **err);
   void (*rollback)(void *impl, st_tx *tx);
+  /* A transactional entity handler's reply: stores it as message
+   * `request_id`'s answer in `tx` (keyed: kept with its reply; unkeyed:
+   * deleted, as an answered unkeyed message is) and commits. The message
+   * must be stored unanswered: else nothing commits and the result is
+   * CRUSTER_E_ALREADY_EXISTS. Either way `tx` is finished. NULL in
+   * backends without transactions. */
+  int (*commit_reply)(void *impl, st_tx *tx, int64_t request_id, int keyed, const void *data,
+                      size_t len, cruster_error **err);
   /* Executions of (type, id, method "execute"): up to `cap` into `out`
    * (each key the caller's to free), their count in *n (may exceed cap). */
   int (*find)(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,
@@ -115,6 +128,10 @@ typedef struct st_wf_ops {
    * failure, and everything after the first such entry) and its
    * cancellation. CRUSTER_E_STATE when it has no answer or succeeded. */
   int (*restart)(void *impl, int64_t request_id, cruster_error **err);
+  /* Wakes execution `request_id` (something it waits for happened): its
+   * wake counter moves and a parked message is due now. Gone or answered:
+   * nothing happens (CRUSTER_OK). */
+  int (*wake)(void *impl, int64_t request_id, cruster_error **err);
 } st_wf_ops;
 
 #endif

@@ -32,7 +32,17 @@ struct wf_engine {
   wf_type **types;
   size_t ntypes;
   cruster_wf *running; /* runs in progress (for cancellations made meanwhile) */
+  /* Cancellations stored here recently, for a run that starts without
+   * reading (a first delivery): it would not see them in storage. */
+  struct wf_cancelled {
+    int64_t request_id;
+    int64_t at; /* monotonic ms */
+  } *cancelled;
+  size_t ncancelled, capcancelled;
 };
+
+/* How long a cancellation is remembered for runs that skip the read. */
+#define WF_CANCEL_MEMORY_MS 600000
 
 static void block_enter(void *ud) {
   wf_engine *e = ud;
@@ -74,6 +84,7 @@ void wf_engine_free(wf_engine *e) {
     free(e->types[i]);
   }
   free(e->types);
+  free(e->cancelled);
   uv_mutex_destroy(&e->mu);
   free(e);
 }
@@ -89,11 +100,18 @@ static wf_type *find_type(wf_engine *e, const char *name) {
 
 /* ---- running executions ------------------------------------------------- */
 
-static void running_add(wf_engine *e, cruster_wf *wf) {
+/* Registers a run; 1 if a cancellation of it was made here meanwhile (a
+ * run that read storage sees it there too). Under the lock with
+ * running_cancel: a cancellation either finds the run or is found by it. */
+static int running_add(wf_engine *e, cruster_wf *wf) {
+  int cancelled = 0;
   uv_mutex_lock(&e->mu);
   wf->run_next = e->running;
   e->running = wf;
+  for (size_t i = 0; i < e->ncancelled; i++)
+    if (e->cancelled[i].request_id == wf->request_id) cancelled = 1;
   uv_mutex_unlock(&e->mu);
+  return cancelled;
 }
 
 static void running_del(wf_engine *e, cruster_wf *wf) {
@@ -109,9 +127,28 @@ static void running_del(wf_engine *e, cruster_wf *wf) {
 /* A cancellation was stored: a run in progress here stops at its next
  * durable call. */
 static void running_cancel(wf_engine *e, int64_t request_id) {
+  int64_t now = core_mono_ms();
   uv_mutex_lock(&e->mu);
   for (cruster_wf *w = e->running; w; w = w->run_next)
     if (w->request_id == request_id) atomic_store(&w->cancel_flag, 1);
+  /* Remembered for a first run that starts later and reads nothing. */
+  size_t k = 0;
+  for (size_t i = 0; i < e->ncancelled; i++)
+    if (now - e->cancelled[i].at < WF_CANCEL_MEMORY_MS) e->cancelled[k++] = e->cancelled[i];
+  e->ncancelled = k;
+  if (e->ncancelled == e->capcancelled) {
+    size_t cap = e->capcancelled ? e->capcancelled * 2 : 8;
+    void *v = realloc(e->cancelled, cap * sizeof(*e->cancelled));
+    if (v) {
+      e->cancelled = v;
+      e->capcancelled = cap;
+    }
+  }
+  if (e->ncancelled < e->capcancelled) {
+    e->cancelled[e->ncancelled].request_id = request_id;
+    e->cancelled[e->ncancelled].at = now;
+    e->ncancelled++;
+  }
   uv_mutex_unlock(&e->mu);
 }
 
@@ -164,14 +201,16 @@ static void on_execute(void *user, cruster_request *req) {
   int64_t wake_seq = st.wake_seq;
   cruster_wf wf;
   wf_run_init(&wf, &e->host, t->def, exec_id, rid, input, len, &st);
-  if (wf.st.cancelled) {
+  wf.req = req;
+  wf.engine = e;
+  int cancelled_here = running_add(e, &wf);
+  if (wf.st.cancelled || cancelled_here) {
     wf.stop = CRUSTER_E_CANCELLED;
     wf.stop_msg = core_strdup("the execution was cancelled");
   } else {
-    running_add(e, &wf);
     t->def->fn(t->def->user, &wf);
-    running_del(e, &wf);
   }
+  running_del(e, &wf);
   if (wf.answered && !wf.stop) {
     if (wf.status == CRUSTER_OK) cruster_request_reply(req, wf.reply, wf.reply_len);
     else cruster_request_fail(req, wf.status, wf.message);
@@ -630,5 +669,211 @@ cruster_status wf_restart(wf_engine *e, const char *workflow, const char *id, cr
   rc = e->host.ops->restart(e->host.impl, ref.request_id, err);
   block_leave(e);
   if (rc == CRUSTER_OK && e->hooks.poll_now) e->hooks.poll_now(e->hooks.ud);
+  return rc;
+}
+
+/* ---- durable calls to entities and child workflows ------------------------ */
+
+/* Answers of a call that say nothing about the callee -- it may not have
+ * run, or its answer may come later: the call is made again on the next
+ * run (it is keyed: joined, never sent twice), not journaled. */
+static int transient(int status) {
+  switch (status) {
+    case CRUSTER_E_TIMEOUT:
+    case CRUSTER_E_SHUTTING_DOWN:
+    case CRUSTER_E_PERSISTENCE:
+    case CRUSTER_E_INTERRUPTED:
+    case CRUSTER_E_NOMEM:
+    case CRUSTER_E_MAILBOX_FULL:
+    case CRUSTER_E_CLOCK_DRIFT:
+    case CRUSTER_E_RUNNER_UNAVAILABLE:
+    case CRUSTER_E_NOT_ASSIGNED:
+    case CRUSTER_E_STATE:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* Journals a callee's final answer and returns it to execute. Takes rep. */
+static int settle(cruster_wf *wf, int32_t kind, const char *name, int status, void *rep,
+                  size_t rlen, const char *msg, void **out, size_t *out_len, cruster_error **err) {
+  if (status == CRUSTER_OK) {
+    void *copy = core_memdup(rep ? rep : "", rlen);
+    cruster_free(rep);
+    if (!copy) return wf_stop(wf, CRUSTER_E_NOMEM, err, "out of memory");
+    int rc = wf_add_pending(wf, kind, name, CRUSTER_OK, 0, 0, copy, rlen, NULL, err);
+    if (rc != CRUSTER_OK) return rc;
+    const st_jentry *mine = &wf->pending[wf->npending - 1];
+    return wf_give_value(mine->value, mine->len, out, out_len, err);
+  }
+  cruster_free(rep);
+  char *m = core_strdup(msg ? msg : cruster_status_message(status));
+  int rc = wf_add_pending(wf, kind, name, status, 0, 0, NULL, 0, m, err);
+  if (rc != CRUSTER_OK) return rc;
+  return core_error_set(err, status, "%s", msg ? msg : cruster_status_message(status));
+}
+
+/* A journaled answer of a call. */
+static int replay_answer(const st_jentry *e, void **out, size_t *out_len, cruster_error **err) {
+  if (e->status == CRUSTER_OK) return wf_give_value(e->value, e->len, out, out_len, err);
+  return core_error_set(err, e->status, "%s",
+                        e->message ? e->message : cruster_status_message(e->status));
+}
+
+cruster_status cruster_wf_call(cruster_wf *wf, const char *type, const char *id,
+                               const char *method, const void *payload, size_t len, void **out,
+                               size_t *out_len, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
+  if (out) *out = NULL;
+  if (out_len) *out_len = 0;
+  if (!wf) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "wf is NULL");
+  wf_engine *e = wf->engine;
+  /* Checked before the call takes its position: a refused call is no
+   * durable call. */
+  cruster_status rc = core_check_name("entity type", type, err);
+  if (rc == CRUSTER_OK) rc = core_check_name("method name", method, err);
+  if (rc == CRUSTER_OK) rc = core_check_entity_id(id, err);
+  if (rc != CRUSTER_OK) return rc;
+  if (len && !payload)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "payload is NULL with length %zu", len);
+  if (core_size_exceeds(len, e->cfg->max_payload_size))
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "payload of %zu bytes is over max_payload_size", len);
+  char name[2 * CRUSTER_MAX_NAME_LEN + 2];
+  snprintf(name, sizeof(name), "%s/%s", type, method);
+  const st_jentry *j;
+  rc = wf_begin_call(wf, ST_J_CALL, name, &j, err);
+  if (rc != CRUSTER_OK) return rc;
+  if (j) return replay_answer(j, out, out_len, err);
+  char key[64];
+  int klen = snprintf(key, sizeof(key), "wf/%lld/%ld", (long long)wf->request_id, (long)(wf->seq - 1));
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.flags = CRUSTER_CALL_PERSISTED;
+  o.idempotency_key = key;
+  o.idempotency_key_len = (size_t)klen;
+  o.caller = wf->req;
+  void *rep = NULL;
+  size_t rlen = 0;
+  cruster_error *serr = NULL;
+  int st = sh_send_sync(e->sh, type, id, method, payload, len, &o, &rep, &rlen, &serr);
+  if (st != CRUSTER_OK && transient(st)) {
+    int r = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "call %s of %s: %s; the execution runs again later",
+                    name, id, serr ? serr->message : cruster_status_message(st));
+    cruster_error_free(serr);
+    return r;
+  }
+  rc = settle(wf, ST_J_CALL, name, st, rep, rlen, serr ? serr->message : NULL, out, out_len, err);
+  cruster_error_free(serr);
+  return rc;
+}
+
+/* The wake-up of a parent whose child finished (or whose join timed out:
+ * the parent then looks again). Runs on a worker. */
+typedef struct child_wait {
+  wf_engine *e;
+  int64_t parent;
+} child_wait;
+
+static void child_done(void *user, int status, const void *data, size_t len, const char *msg) {
+  (void)status;
+  (void)data;
+  (void)len;
+  (void)msg;
+  child_wait *w = user;
+  wf_engine *e = w->e;
+  cruster_error *err = NULL;
+  block_enter(e);
+  int rc = e->host.ops->wake(e->host.impl, w->parent, &err);
+  block_leave(e);
+  if (rc != CRUSTER_OK)
+    core_log(e->lg, CRUSTER_LOG_WARN, "workflow", "waking execution %lld failed: %s; it looks again later",
+             (long long)w->parent, err ? err->message : cruster_status_message(rc));
+  cruster_error_free(err);
+  if (e->hooks.poll_now) e->hooks.poll_now(e->hooks.ud);
+  free(w);
+}
+
+/* How long a parent sleeps before it looks at its child again by itself
+ * (its join is in memory: a crash loses it). */
+#define WF_CHILD_RECHECK_MS 60000
+
+cruster_status cruster_wf_child(cruster_wf *wf, const char *workflow, const void *input,
+                                size_t len, const void *key, size_t key_len, void **out,
+                                size_t *out_len, cruster_error **err) {
+  CORE_ERR_CLEAR(err);
+  if (out) *out = NULL;
+  if (out_len) *out_len = 0;
+  if (!wf) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "wf is NULL");
+  wf_engine *e = wf->engine;
+  char type[CRUSTER_MAX_NAME_LEN + 1];
+  cruster_status rc = check_workflow_name(workflow, type, err);
+  if (rc != CRUSTER_OK) return rc;
+  if ((len && !input) || (key_len && !key) || (key && !key_len))
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "input or key is NULL with a length, or the key is empty");
+  if (key_len > CRUSTER_MAX_KEY_LEN)
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "child key of %zu bytes is over %d", key_len,
+                          CRUSTER_MAX_KEY_LEN);
+  if (core_size_exceeds(len, e->cfg->max_payload_size))
+    return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "child input of %zu bytes is over max_payload_size", len);
+  const st_jentry *j;
+  rc = wf_begin_call(wf, ST_J_CHILD, workflow, &j, err);
+  if (rc != CRUSTER_OK) return rc;
+  if (j) return replay_answer(j, out, out_len, err);
+  char defkey[CRUSTER_MAX_ENTITY_ID_LEN + 32];
+  cruster_workflow_opts o = CRUSTER_WORKFLOW_OPTS_INIT;
+  if (key) {
+    o.key = key;
+    o.key_len = key_len;
+  } else {
+    int n = snprintf(defkey, sizeof(defkey), "%s/%ld", wf->exec_id, (long)(wf->seq - 1));
+    o.key = defkey;
+    o.key_len = (size_t)n;
+  }
+  wf_ident x;
+  cruster_error *serr = NULL;
+  rc = make_ident(e, workflow, input, len, &o, &x, &serr);
+  if (rc != CRUSTER_OK) {
+    rc = settle(wf, ST_J_CHILD, workflow, rc, NULL, 0, serr ? serr->message : NULL, out, out_len, err);
+    cruster_error_free(serr);
+    return rc;
+  }
+  cruster_call_opts c;
+  call_opts(&o, &x, &c);
+  c.caller = wf->req;
+  int st = sh_notify_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, &serr);
+  int ready = 0;
+  void *rep = NULL;
+  size_t rlen = 0;
+  if (st == CRUSTER_OK) {
+    cruster_error_free(serr);
+    serr = NULL;
+    st = sh_poll_reply(e->sh, x.type, x.id, WF_METHOD, x.key, x.key_len, &ready, &rep, &rlen, &serr);
+  }
+  if (st == CRUSTER_OK && !ready) {
+    /* Running: be woken when it finishes, and look again in a while in
+     * any case. */
+    child_wait *w = malloc(sizeof(*w));
+    cruster_call_opts jo = CRUSTER_CALL_OPTS_INIT;
+    jo.timeout_ms = WF_CHILD_RECHECK_MS;
+    if (w) {
+      w->e = e;
+      w->parent = wf->request_id;
+      if (sh_join_reply(e->sh, x.type, x.id, WF_METHOD, x.key, x.key_len, &jo, child_done, w, NULL) !=
+          CRUSTER_OK)
+        free(w);
+    }
+    ident_free(&x);
+    return wf_suspend(wf, core_now_ms() + WF_CHILD_RECHECK_MS, err);
+  }
+  ident_free(&x);
+  if (st != CRUSTER_OK && transient(st) && !(ready && st != CRUSTER_OK)) {
+    int r = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "child workflow %s: %s; the execution runs again later",
+                    workflow, serr ? serr->message : cruster_status_message(st));
+    cruster_error_free(serr);
+    cruster_free(rep);
+    return r;
+  }
+  rc = settle(wf, ST_J_CHILD, workflow, st, rep, rlen, serr ? serr->message : NULL, out, out_len, err);
+  cruster_error_free(serr);
   return rc;
 }

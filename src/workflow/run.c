@@ -39,6 +39,8 @@ static const char *kind_name(int32_t k) {
     case ST_J_NOW: return "now";
     case ST_J_RANDOM: return "random";
     case ST_J_PATCH: return "patched";
+    case ST_J_CALL: return "call";
+    case ST_J_CHILD: return "child workflow";
     default: return "unknown";
   }
 }
@@ -72,9 +74,7 @@ void wf_run_done(cruster_wf *wf) {
 }
 
 /* Stops the run with `code` (the first stop wins) and reports it. */
-static int stop(cruster_wf *wf, int code, cruster_error **err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int stop(cruster_wf *wf, int code, cruster_error **err, const char *fmt, ...) {
+int wf_stop(cruster_wf *wf, int code, cruster_error **err, const char *fmt, ...) {
   if (!wf->stop) {
     char buf[1024];
     va_list ap;
@@ -87,28 +87,28 @@ static int stop(cruster_wf *wf, int code, cruster_error **err, const char *fmt, 
   return core_error_set(err, wf->stop, "%s", wf->stop_msg ? wf->stop_msg : "workflow stopped");
 }
 
-static int suspend(cruster_wf *wf, int64_t until, cruster_error **err) {
+int wf_suspend(cruster_wf *wf, int64_t until, cruster_error **err) {
   if (until < wf->wake_at) wf->wake_at = until;
-  return stop(wf, CRUSTER_E_SUSPENDED, err, "the execution waits (suspended)");
+  return wf_stop(wf, CRUSTER_E_SUSPENDED, err, "the execution waits (suspended)");
 }
 
 /* Starts durable call number wf->seq of `kind`/`name`: CRUSTER_OK with *e
  * the journaled entry (NULL: a new call), or a stop. Version markers the
  * journal holds where the code asks for none are stepped over, so a marker
  * can be removed once no execution needs the old path. */
-static int begin_call(cruster_wf *wf, int32_t kind, const char *name, const st_jentry **e,
-                      cruster_error **err) {
+int wf_begin_call(cruster_wf *wf, int32_t kind, const char *name, const st_jentry **e,
+                  cruster_error **err) {
   *e = NULL;
   if (wf->stop) return core_error_set(err, wf->stop, "%s", wf->stop_msg ? wf->stop_msg : "stopped");
   if (wf->st.cancelled || atomic_load(&wf->cancel_flag))
-    return stop(wf, CRUSTER_E_CANCELLED, err, "the execution was cancelled");
+    return wf_stop(wf, CRUSTER_E_CANCELLED, err, "the execution was cancelled");
   while ((size_t)wf->seq < wf->st.n && wf->st.entries[wf->seq].kind == ST_J_PATCH &&
          kind != ST_J_PATCH)
     wf->seq++;
   if ((size_t)wf->seq < wf->st.n) {
     const st_jentry *j = &wf->st.entries[wf->seq];
     if (j->kind != kind || strcmp(j->name, name) != 0)
-      return stop(wf, CRUSTER_E_DETERMINISM, err,
+      return wf_stop(wf, CRUSTER_E_DETERMINISM, err,
                   "durable call #%ld of execution %s: the journal has %s \"%s\", execute made "
                   "%s \"%s\" (the code changed under a running execution, or it is not "
                   "deterministic)",
@@ -120,9 +120,9 @@ static int begin_call(cruster_wf *wf, int32_t kind, const char *name, const st_j
 }
 
 /* Queues a new entry for call number wf->seq - 1. Takes value/message. */
-static int add_pending(cruster_wf *wf, int32_t kind, const char *name, int32_t status,
-                       int32_t attempts, int64_t at, void *value, size_t len, char *message,
-                       cruster_error **err) {
+int wf_add_pending(cruster_wf *wf, int32_t kind, const char *name, int32_t status,
+                   int32_t attempts, int64_t at, void *value, size_t len, char *message,
+                   cruster_error **err) {
   if (wf->npending == wf->cappending) {
     size_t cap = wf->cappending ? wf->cappending * 2 : 4;
     st_jentry *p = realloc(wf->pending, cap * sizeof(*p));
@@ -146,7 +146,7 @@ static int add_pending(cruster_wf *wf, int32_t kind, const char *name, int32_t s
 oom:
   free(value);
   free(message);
-  return stop(wf, CRUSTER_E_NOMEM, err, "out of memory");
+  return wf_stop(wf, CRUSTER_E_NOMEM, err, "out of memory");
 }
 
 static void clear_pending(cruster_wf *wf) {
@@ -171,8 +171,7 @@ int wf_run_flush(cruster_wf *wf, cruster_error **err) {
 }
 
 /* Copies a journaled value out (*out may be NULL: then nothing). */
-static int give_value(const void *v, size_t len, void **out, size_t *out_len,
-                      cruster_error **err) {
+int wf_give_value(const void *v, size_t len, void **out, size_t *out_len, cruster_error **err) {
   if (out_len) *out_len = len;
   if (!out) return CRUSTER_OK;
   *out = NULL;
@@ -232,18 +231,18 @@ cruster_status cruster_wf_sleep(cruster_wf *wf, int64_t ms, cruster_error **err)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "sleep of %lld ms is not in 0..%lld",
                           (long long)ms, (long long)CORE_DURATION_MAX_MS);
   const st_jentry *e;
-  int rc = begin_call(wf, ST_J_SLEEP, "", &e, err);
+  int rc = wf_begin_call(wf, ST_J_SLEEP, "", &e, err);
   if (rc != CRUSTER_OK) return rc;
   int64_t now = core_now_ms(), due;
   if (e) {
     due = e->at;
   } else {
     due = ms > INT64_MAX - now ? INT64_MAX - 1 : now + ms;
-    rc = add_pending(wf, ST_J_SLEEP, "", CRUSTER_OK, 0, due, NULL, 0, NULL, err);
+    rc = wf_add_pending(wf, ST_J_SLEEP, "", CRUSTER_OK, 0, due, NULL, 0, NULL, err);
     if (rc != CRUSTER_OK) return rc;
   }
   if (now >= due) return CRUSTER_OK;
-  return suspend(wf, due, err);
+  return wf_suspend(wf, due, err);
 }
 
 cruster_status cruster_wf_await(cruster_wf *wf, const char *name, void **out, size_t *out_len,
@@ -255,10 +254,10 @@ cruster_status cruster_wf_await(cruster_wf *wf, const char *name, void **out, si
   cruster_status rc = core_check_name("deferred name", name, err);
   if (rc != CRUSTER_OK) return rc;
   const st_jentry *e;
-  rc = begin_call(wf, ST_J_AWAIT, name, &e, err);
+  rc = wf_begin_call(wf, ST_J_AWAIT, name, &e, err);
   if (rc != CRUSTER_OK) return rc;
   if (!e) {
-    rc = add_pending(wf, ST_J_AWAIT, name, CRUSTER_OK, 0, 0, NULL, 0, NULL, err);
+    rc = wf_add_pending(wf, ST_J_AWAIT, name, CRUSTER_OK, 0, 0, NULL, 0, NULL, err);
     if (rc != CRUSTER_OK) return rc;
   }
   for (size_t i = 0; i < wf->st.nd; i++) {
@@ -266,23 +265,23 @@ cruster_status cruster_wf_await(cruster_wf *wf, const char *name, void **out, si
     if (strcmp(d->name, name) != 0) continue;
     if (d->status != CRUSTER_OK)
       return core_error_set(err, d->status, "%s", d->message ? d->message : "deferred rejected");
-    return give_value(d->value, d->len, out, out_len, err);
+    return wf_give_value(d->value, d->len, out, out_len, err);
   }
-  return suspend(wf, INT64_MAX, err);
+  return wf_suspend(wf, INT64_MAX, err);
 }
 
 cruster_status cruster_wf_now(cruster_wf *wf, int64_t *unix_ms, cruster_error **err) {
   CORE_ERR_CLEAR(err);
   if (!wf || !unix_ms) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "wf or out is NULL");
   const st_jentry *e;
-  int rc = begin_call(wf, ST_J_NOW, "", &e, err);
+  int rc = wf_begin_call(wf, ST_J_NOW, "", &e, err);
   if (rc != CRUSTER_OK) return rc;
   if (e) {
     *unix_ms = e->at;
     return CRUSTER_OK;
   }
   int64_t now = core_now_ms();
-  rc = add_pending(wf, ST_J_NOW, "", CRUSTER_OK, 0, now, NULL, 0, NULL, err);
+  rc = wf_add_pending(wf, ST_J_NOW, "", CRUSTER_OK, 0, now, NULL, 0, NULL, err);
   if (rc == CRUSTER_OK) *unix_ms = now;
   return rc;
 }
@@ -294,11 +293,11 @@ cruster_status cruster_wf_random(cruster_wf *wf, void *out, size_t len, cruster_
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "random length %zu is not in 1..%d", len,
                           WF_RANDOM_MAX);
   const st_jentry *e;
-  int rc = begin_call(wf, ST_J_RANDOM, "", &e, err);
+  int rc = wf_begin_call(wf, ST_J_RANDOM, "", &e, err);
   if (rc != CRUSTER_OK) return rc;
   if (e) {
     if (e->len != len)
-      return stop(wf, CRUSTER_E_DETERMINISM, err,
+      return wf_stop(wf, CRUSTER_E_DETERMINISM, err,
                   "durable call #%ld of execution %s: the journal has %zu random bytes, execute "
                   "asked for %zu",
                   (long)(wf->seq - 1), wf->exec_id, e->len, len);
@@ -306,13 +305,13 @@ cruster_status cruster_wf_random(cruster_wf *wf, void *out, size_t len, cruster_
     return CRUSTER_OK;
   }
   void *v = malloc(len);
-  if (!v) return stop(wf, CRUSTER_E_NOMEM, err, "out of memory");
+  if (!v) return wf_stop(wf, CRUSTER_E_NOMEM, err, "out of memory");
   if (uv_random(NULL, NULL, v, len, 0, NULL) != 0) {
     free(v);
-    return stop(wf, CRUSTER_E_INTERNAL, err, "no random bytes from the system");
+    return wf_stop(wf, CRUSTER_E_INTERNAL, err, "no random bytes from the system");
   }
   memcpy(out, v, len);
-  return add_pending(wf, ST_J_RANDOM, "", CRUSTER_OK, 0, 0, v, len, NULL, err);
+  return wf_add_pending(wf, ST_J_RANDOM, "", CRUSTER_OK, 0, 0, v, len, NULL, err);
 }
 
 cruster_status cruster_wf_patched(cruster_wf *wf, const char *name, int *yes,
@@ -333,9 +332,9 @@ cruster_status cruster_wf_patched(cruster_wf *wf, const char *name, int *yes,
     return CRUSTER_OK;
   }
   const st_jentry *e;
-  rc = begin_call(wf, ST_J_PATCH, name, &e, err);
+  rc = wf_begin_call(wf, ST_J_PATCH, name, &e, err);
   if (rc != CRUSTER_OK) return rc;
-  rc = add_pending(wf, ST_J_PATCH, name, CRUSTER_OK, 0, 0, NULL, 0, NULL, err);
+  rc = wf_add_pending(wf, ST_J_PATCH, name, CRUSTER_OK, 0, 0, NULL, 0, NULL, err);
   if (rc == CRUSTER_OK) *yes = 1;
   return rc;
 }
@@ -396,7 +395,7 @@ static int run_attempt(cruster_wf *wf, const wf_activity *a, const void *input, 
   int rc = h->ops->begin(h->impl, &tx, &serr);
   block(h, 0);
   if (rc != CRUSTER_OK) {
-    rc = stop(wf, CRUSTER_E_PERSISTENCE, err, "activity \"%s\": %s", a->name,
+    rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "activity \"%s\": %s", a->name,
               serr ? serr->message : "cannot begin a transaction");
     cruster_error_free(serr);
     return rc;
@@ -410,7 +409,7 @@ static int run_attempt(cruster_wf *wf, const wf_activity *a, const void *input, 
   if (act.status == CRUSTER_OK) {
     /* The entry goes with the pending ones, in the activity's transaction. */
     size_t n = wf->npending;
-    int frc = add_pending(wf, ST_J_ACTIVITY, a->name, CRUSTER_OK, attempt, 0, act.reply,
+    int frc = wf_add_pending(wf, ST_J_ACTIVITY, a->name, CRUSTER_OK, attempt, 0, act.reply,
                           act.reply_len, NULL, err);
     act.reply = NULL;
     if (frc != CRUSTER_OK) {
@@ -424,7 +423,7 @@ static int run_attempt(cruster_wf *wf, const wf_activity *a, const void *input, 
     block(h, 0);
     if (rc == CRUSTER_OK) {
       const st_jentry *mine = &wf->pending[n];
-      rc = give_value(mine->value, mine->len, out, out_len, err);
+      rc = wf_give_value(mine->value, mine->len, out, out_len, err);
       clear_pending(wf);
       return rc;
     }
@@ -452,11 +451,11 @@ static int run_attempt(cruster_wf *wf, const wf_activity *a, const void *input, 
     core_log(h->lg, CRUSTER_LOG_INFO, "workflow",
              "execution %s: activity \"%s\" attempt %ld failed (%s); retry in %lld ms",
              wf->exec_id, a->name, (long)attempt, msg ? msg : "", (long long)wait);
-    rc = add_pending(wf, ST_J_ACTIVITY, a->name, code, attempt, at, NULL, 0, msg, err);
+    rc = wf_add_pending(wf, ST_J_ACTIVITY, a->name, code, attempt, at, NULL, 0, msg, err);
     if (rc != CRUSTER_OK) return rc;
-    return suspend(wf, at, err);
+    return wf_suspend(wf, at, err);
   }
-  rc = add_pending(wf, ST_J_ACTIVITY, a->name, code, attempt, 0, NULL, 0, msg, err);
+  rc = wf_add_pending(wf, ST_J_ACTIVITY, a->name, code, attempt, 0, NULL, 0, msg, err);
   if (rc != CRUSTER_OK) return rc;
   return core_error_set(err, code, "%s", wf->pending[wf->npending - 1].message
                                              ? wf->pending[wf->npending - 1].message
@@ -484,16 +483,16 @@ cruster_status cruster_wf_activity(cruster_wf *wf, const char *name, const void 
     return frc;
   }
   const st_jentry *e;
-  int rc = begin_call(wf, ST_J_ACTIVITY, a->name, &e, err);
+  int rc = wf_begin_call(wf, ST_J_ACTIVITY, a->name, &e, err);
   if (rc != CRUSTER_OK) return rc;
   int32_t attempt = 1;
   if (e) {
     if (e->at == 0) { /* final */
-      if (e->status == CRUSTER_OK) return give_value(e->value, e->len, out, out_len, err);
+      if (e->status == CRUSTER_OK) return wf_give_value(e->value, e->len, out, out_len, err);
       return core_error_set(err, e->status, "%s",
                             e->message ? e->message : cruster_status_message(e->status));
     }
-    if (core_now_ms() < e->at) return suspend(wf, e->at, err);
+    if (core_now_ms() < e->at) return wf_suspend(wf, e->at, err);
     attempt = e->attempts + 1;
   }
   return run_attempt(wf, a, input, len, attempt, out, out_len, err);

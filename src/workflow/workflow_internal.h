@@ -106,7 +106,20 @@ struct cruster_wf {
   size_t reply_len;
   char *message;
   struct cruster_wf *run_next; /* the engine's list of running executions */
+  cruster_request *req;        /* the execute delivery (the caller of its calls) */
+  struct wf_engine *engine;
 };
+
+/* The durable-call steps (run.c), for the calls made in engine.c. */
+int wf_stop(cruster_wf *wf, int code, cruster_error **err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+int wf_suspend(cruster_wf *wf, int64_t until, cruster_error **err);
+int wf_begin_call(cruster_wf *wf, int32_t kind, const char *name, const st_jentry **e,
+                  cruster_error **err);
+int wf_add_pending(cruster_wf *wf, int32_t kind, const char *name, int32_t status,
+                   int32_t attempts, int64_t at, void *value, size_t len, char *message,
+                   cruster_error **err);
+int wf_give_value(const void *v, size_t len, void **out, size_t *out_len, cruster_error **err);
 
 /* Prepares a run over `st` (taken: freed by wf_run_done). */
 void wf_run_init(cruster_wf *wf, const wf_host *host, const cruster_workflow_def *def,

@@ -72,3 +72,132 @@ static void activity_sql_commits_with_its_journal_row(void **state) {
 }
 
 #define WF_PG_ONLY_TESTS cmocka_unit_test(activity_sql_commits_with_its_journal_row),
+
+/* ---- transactional entity handlers ---------------------------------------- */
+
+static atomic_int g_tx_runs, g_tx_block, g_tx_in;
+
+/* Inserts its payload into ledger on the request's transaction; payload
+ * "fail:<k>" fails after the insert; "block:<k>" waits until released. */
+static void h_tx(void *user, cruster_request *req) {
+  (void)user;
+  atomic_fetch_add(&g_tx_runs, 1);
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  char buf[128];
+  snprintf(buf, sizeof(buf), "%.*s", (int)len, p);
+  PGconn *c = (PGconn *)cruster_request_pg(req);
+  if (!c) {
+    cruster_request_fail(req, CRUSTER_E_INTERNAL, "no transaction");
+    return;
+  }
+  const char *k = strchr(buf, ':') ? strchr(buf, ':') + 1 : buf;
+  const char *v[1] = {k};
+  PGresult *r = PQexecParams(c, "INSERT INTO ledger (k) VALUES ($1)", 1, NULL, v, NULL, NULL, 0);
+  int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  PQclear(r);
+  if (strncmp(buf, "block:", 6) == 0) {
+    atomic_store(&g_tx_in, 1);
+    while (atomic_load(&g_tx_block)) ts_sleep_ms(1);
+  }
+  if (!ok) cruster_request_fail(req, CRUSTER_E_INTERNAL, PQerrorMessage(c));
+  else if (strncmp(buf, "fail:", 5) == 0) cruster_request_fail(req, CRUSTER_E_APPLICATION - 2, "no");
+  else cruster_request_reply(req, k, strlen(k));
+}
+
+static cruster_runtime *tx_runtime(pgt_schema *s) {
+  cruster_entity_def *d = def_new("Ledger");
+  add(d, "post", CRUSTER_RPC_TRANSACTIONAL, h_tx, NULL);
+  cruster_runtime *rt = pgt_runtime(s, "storage_poll_interval=100ms", &d, 1);
+  cruster_entity_def_free(d);
+  return rt;
+}
+
+static void transactional_handler_commits_its_sql_with_its_reply(void **state) {
+  (void)state;
+  atomic_store(&g_tx_runs, 0);
+  pgt_schema s;
+  pgt_schema_create(&s);
+  pgt_migrate(&s);
+  pgt_exec(s.admin, "CREATE TABLE ledger (k TEXT NOT NULL)");
+  cruster_runtime *rt = tx_runtime(&s);
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.timeout_ms = TS_DEADLINE_MS;
+  o.idempotency_key = "k-1";
+  o.idempotency_key_len = 3;
+  char *out = NULL, *msg = NULL;
+  /* Keyed: the reply is stored with the SQL; the repeat runs nothing. */
+  assert_int_equal(send_str(rt, "Ledger", "l", "post", "ok:one", &o, &out, &msg), CRUSTER_OK);
+  assert_string_equal(out, "one");
+  cruster_free(out);
+  assert_int_equal(send_str(rt, "Ledger", "l", "post", "ok:one", &o, &out, &msg), CRUSTER_OK);
+  assert_string_equal(out, "one");
+  cruster_free(out);
+  assert_int_equal(atomic_load(&g_tx_runs), 1);
+  assert_int_equal(ledger_count(s.conninfo, "one"), 1);
+  /* Unkeyed: answered, its row deleted in the same transaction. */
+  o.idempotency_key = NULL;
+  o.idempotency_key_len = 0;
+  assert_int_equal(send_str(rt, "Ledger", "l", "post", "ok:two", &o, &out, &msg), CRUSTER_OK);
+  cruster_free(out);
+  assert_int_equal(ledger_count(s.conninfo, "two"), 1);
+  /* A failure rolls the SQL back; the failure is the answer. */
+  assert_int_equal(send_str(rt, "Ledger", "l", "post", "fail:three", &o, &out, &msg),
+                   CRUSTER_E_APPLICATION - 2);
+  free(msg);
+  msg = NULL;
+  assert_int_equal(ledger_count(s.conninfo, "three"), 0);
+  cruster_runtime_free(rt);
+  /* Nothing is left unanswered. */
+  assert_int_equal(pgt_scalarf(s.admin, -1, "SELECT count(*) FROM cruster_messages WHERE NOT processed"), 0);
+  pgt_schema_drop(&s);
+}
+
+/* The runner goes away while the handler is between its SQL and its reply:
+ * whether the stop drops the answer (the SQL rolls back with it, and the
+ * next life runs the message again) or lets it land first, the row exists
+ * once, with the stored reply. (A SIGKILLed runner's transaction dies with
+ * its connection, the same as the first case.) */
+static void transactional_handler_lost_before_its_reply_runs_again_once(void **state) {
+  (void)state;
+  atomic_store(&g_tx_runs, 0);
+  atomic_store(&g_tx_in, 0);
+  atomic_store(&g_tx_block, 1);
+  pgt_schema s;
+  pgt_schema_create(&s);
+  pgt_migrate(&s);
+  pgt_exec(s.admin, "CREATE TABLE ledger (k TEXT NOT NULL)");
+  cruster_runtime *rt = tx_runtime(&s);
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.idempotency_key = "k-lost";
+  o.idempotency_key_len = 6;
+  cruster_error *err = NULL;
+  assert_int_equal(cruster_notify_sync(rt, "Ledger", "l", "post", "block:four", 10, &o, &err), CRUSTER_OK);
+  assert_true(wait_count(&g_tx_in, 1));
+  /* Its insert is done but not committed: nobody sees it. */
+  assert_int_equal(ledger_count(s.conninfo, "four"), 0);
+  atomic_store(&g_tx_block, 0); /* the stop must not wait forever for it */
+  cruster_runtime_free(rt); /* its answer, if any, is dropped */
+  long long after_first = ledger_count(s.conninfo, "four");
+  assert_true(after_first <= 1);
+  rt = tx_runtime(&s);
+  cruster_call_opts j = CRUSTER_CALL_OPTS_INIT;
+  j.timeout_ms = TS_DEADLINE_MS;
+  reply r;
+  reply_init(&r);
+  assert_int_equal(cruster_join_reply(rt, "Ledger", "l", "post", "k-lost", 6, &j, on_reply, &r, &err),
+                   CRUSTER_OK);
+  reply_wait(&r);
+  assert_int_equal(r.status, CRUSTER_OK);
+  assert_string_equal(r.data, "four");
+  reply_destroy(&r);
+  assert_int_equal(ledger_count(s.conninfo, "four"), 1);
+  cruster_runtime_free(rt);
+  pgt_schema_drop(&s);
+}
+
+#undef WF_PG_ONLY_TESTS
+#define WF_PG_ONLY_TESTS                                                 \
+  cmocka_unit_test(activity_sql_commits_with_its_journal_row),           \
+  cmocka_unit_test(transactional_handler_commits_its_sql_with_its_reply), \
+  cmocka_unit_test(transactional_handler_lost_before_its_reply_runs_again_once),

@@ -209,6 +209,48 @@ static void wf_silent(void *user, cruster_wf *wf) {
   (void)wf; /* returns without an answer */
 }
 
+/* An entity the workflows call: counts its runs, answers "got <payload>". */
+static atomic_int g_entity_runs;
+static void h_count(void *user, cruster_request *req) {
+  (void)user;
+  atomic_fetch_add(&g_entity_runs, 1);
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  char out[256];
+  int n = snprintf(out, sizeof(out), "got %.*s", (int)len, p);
+  cruster_request_reply(req, out, (size_t)n);
+}
+
+/* call Acct/bump (protected), sleep (a replay), answer the call's answer. */
+static void wf_calls(void *user, cruster_wf *wf) {
+  (void)user;
+  atomic_fetch_add(&g_runs, 1);
+  void *r = NULL;
+  size_t l = 0;
+  int rc = cruster_wf_call(wf, "Acct", "a1", "bump", "5", 1, &r, &l, NULL);
+  if (rc == CRUSTER_OK) rc = cruster_wf_sleep(wf, 1, NULL);
+  char out[256];
+  snprintf(out, sizeof(out), "%.*s", (int)l, r ? (char *)r : "");
+  finish(wf, rc, out);
+  cruster_free(r);
+}
+
+/* child Chain(input), sleep (a replay), answer "child: <its answer>". */
+static void wf_parent(void *user, cruster_wf *wf) {
+  (void)user;
+  atomic_fetch_add(&g_runs, 1);
+  size_t len;
+  const void *in = cruster_wf_input(wf, &len);
+  void *r = NULL;
+  size_t l = 0;
+  int rc = cruster_wf_child(wf, "Chain", in, len, NULL, 0, &r, &l, NULL);
+  if (rc == CRUSTER_OK) rc = cruster_wf_sleep(wf, 1, NULL);
+  char out[256];
+  snprintf(out, sizeof(out), "child: %.*s", (int)l, r ? (char *)r : "");
+  finish(wf, rc, out);
+  cruster_free(r);
+}
+
 /* ---- helpers ------------------------------------------------------------ */
 
 static cruster_runtime *rt_with(const char *extra) { return ts_runtime(extra, NULL, 0); }
@@ -766,6 +808,52 @@ static void a_runtime_without_storage_refuses_workflows(void **state) {
 #endif
 }
 
+static void a_durable_entity_call_is_sent_once(void **state) {
+  (void)state;
+  reset_globals();
+  atomic_store(&g_entity_runs, 0);
+  cruster_entity_def *ed = def_new("Acct");
+  add(ed, "bump", CRUSTER_RPC_PERSISTED | CRUSTER_RPC_PROTECTED, h_count, NULL);
+  cruster_runtime *rt = ts_runtime(NULL, &ed, 1);
+  cruster_entity_def_free(ed);
+  reg(rt, wdef("Calls", wf_calls));
+  char out[128];
+  assert_int_equal(run_wf(rt, "Calls", "c", "call-1", out, sizeof(out)), CRUSTER_OK);
+  assert_string_equal(out, "got 5");
+  assert_true(atomic_load(&g_runs) >= 2);       /* replayed after the sleep */
+  assert_int_equal(atomic_load(&g_entity_runs), 1); /* but sent once */
+  cruster_runtime_free(rt);
+}
+
+static void a_child_workflow_runs_once_and_its_answer_is_journaled(void **state) {
+  (void)state;
+  reset_globals();
+  cruster_runtime *rt = rt_with(NULL);
+  cruster_workflow_def *c = wdef("Chain", wf_chain);
+  act(c, "a", act_echo, &g_act_a, NULL);
+  act(c, "b", act_echo, &g_act_b, NULL);
+  reg(rt, c);
+  reg(rt, wdef("Parent", wf_parent));
+  char out[128];
+  assert_int_equal(run_wf(rt, "Parent", "z", "parent-1", out, sizeof(out)), CRUSTER_OK);
+  assert_string_equal(out, "child: b(a(z))");
+  assert_int_equal(atomic_load(&g_act_a), 1);
+  assert_int_equal(atomic_load(&g_act_b), 1);
+  /* The child is an execution of its own, under "<parent id>/0". */
+  char *pid = NULL, *cid = NULL;
+  cruster_workflow_opts o = key_opts("parent-1", 0);
+  assert_int_equal(cruster_workflow_execution_id(rt, "Parent", "z", 1, &o, &pid, NULL), CRUSTER_OK);
+  char ckey[128];
+  snprintf(ckey, sizeof(ckey), "%s/0", pid);
+  cruster_workflow_opts co = key_opts(ckey, 0);
+  assert_int_equal(cruster_workflow_execution_id(rt, "Chain", "z", 1, &co, &cid, NULL), CRUSTER_OK);
+  assert_int_equal(join_wf(rt, "Chain", cid, out, sizeof(out)), CRUSTER_OK);
+  assert_string_equal(out, "b(a(z))");
+  cruster_free(pid);
+  cruster_free(cid);
+  cruster_runtime_free(rt);
+}
+
 #ifdef TS_STORAGE_PG
 #define WF_PG_TESTS
 #include "../integration/test_workflow_pg_only.h"
@@ -792,6 +880,8 @@ int main(void) {
       cmocka_unit_test(bad_input_gets_clear_errors),
       cmocka_unit_test(execute_without_an_answer_fails),
       cmocka_unit_test(a_runtime_without_storage_refuses_workflows),
+      cmocka_unit_test(a_durable_entity_call_is_sent_once),
+      cmocka_unit_test(a_child_workflow_runs_once_and_its_answer_is_journaled),
 #ifdef WF_PG_TESTS
       WF_PG_ONLY_TESTS
 #endif

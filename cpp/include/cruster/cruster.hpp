@@ -1313,6 +1313,8 @@ struct dead_letter {
   }
 };
 
+template <class W> class workflow_client; // cruster/workflow.hpp
+
 // ===========================================================================
 // The runtime
 // ===========================================================================
@@ -1466,6 +1468,16 @@ public:
     return entity_client<T>(h_, detail::name_for<T>());
   }
 
+  /*
+   * Registers workflow W with its activities and those of the activity
+   * groups in W::groups (instances in any order), and returns its typed
+   * client; workflow<W>() is a client of W registered here or elsewhere.
+   * Defined in cruster/workflow.hpp (docs/cpp.md, "Workflows").
+   */
+  template <class W, class... G>
+  workflow_client<W> register_workflow(W workflow, G... group_instances);
+  template <class W> workflow_client<W> workflow() const;
+
   cruster_runtime *handle() const noexcept { return h_; }
   explicit operator bool() const noexcept { return h_ != nullptr; }
 
@@ -1494,5 +1506,8 @@ private:
 };
 
 } // namespace cruster
+
+// Durable workflows: register_workflow, workflow_context, workflow_client.
+#include <cruster/workflow.hpp>
 
 #endif /* CRUSTER_CRUSTER_HPP */
