@@ -615,19 +615,15 @@ static void cancel_while_waiting_for_a_retry(void **state) {
   pgt_schema_drop(&s);
 }
 
-/* KNOWN BUG (since main 3430bd4, "a first delivery straight after its
- * insert reads no journal"): a cancellation stored before the execution's
- * first run began must be its answer (cruster_workflow_cancel returned OK:
- * the execution had not finished). The first run no longer reads the
- * journal, so it does not see the cancellation, and running_cancel() only
- * flags runs already in e->running: a run that then finishes without
- * suspending (no park, hence no wake-counter check) answers CRUSTER_OK.
- * (Before 3430bd4 the same could happen in the shorter window between the
- * load and running_add.) Made deterministic with one worker (no
- * compensation): it is held by a "Gate" execution inside its activity
- * while "Three" is started -- stored and handed to the pool, not run -- and
- * cancelled; then the gate opens. FAILS until fixed. */
-static void BUG_cancel_before_the_first_run_is_its_answer(void **state) {
+/* A cancellation stored before the execution's first run began is its
+ * answer (cruster_workflow_cancel returned OK: it had not finished), even
+ * when that run would finish without ever suspending -- and a first run
+ * straight after the insert reads no journal (3430bd4; the cancellation is
+ * remembered by this runner since e389ead). Made deterministic with one
+ * worker (no compensation): it is held by a "Gate" execution inside its
+ * activity while "Three" is started -- stored and handed to the pool, not
+ * run -- and cancelled; then the gate opens. */
+static void cancel_before_the_first_run_is_its_answer(void **state) {
   (void)state;
   pgt_schema s = new_schema();
   wfc_reset(NULL);
@@ -656,7 +652,7 @@ static void BUG_cancel_before_the_first_run_is_its_answer(void **state) {
   cruster_runtime_free(rt);
   pgt_schema_drop(&s);
   assert_int_equal(rc, CRUSTER_E_CANCELLED);
-  assert_int_equal(rows, 0);
+  assert_int_equal(rows, 0); /* no step committed */
 }
 
 /* Resolutions from another thread race with the executions' runs: each is
@@ -740,7 +736,7 @@ int main(void) {
       cmocka_unit_test(reject_while_running_before_the_await),
       cmocka_unit_test(cancel_while_sleeping),
       cmocka_unit_test(cancel_while_waiting_for_a_retry),
-      cmocka_unit_test(BUG_cancel_before_the_first_run_is_its_answer),
+      cmocka_unit_test(cancel_before_the_first_run_is_its_answer),
       cmocka_unit_test(resolutions_racing_with_suspension_all_complete),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
