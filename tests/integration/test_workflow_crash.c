@@ -12,7 +12,7 @@
  *  - deferreds resolved and rejected while the execution runs (before its
  *    await), cancellation while it sleeps and while it waits for a retry,
  *    and resolutions racing with suspensions.
- * Tests named BUG_* show library bugs (described above each) and fail until
+ * Tests once named BUG_* showed library bugs (described above each); fixed,
  * they are fixed.
  * The scale test (10,000 executions asleep at once) is test_workflow_scale.c.
  * No assertion depends on timing: waits poll for a state up to a generous
@@ -463,7 +463,7 @@ static void killed_between_attempts_the_attempt_count_goes_on(void **state) {
   pgt_schema_drop(&s);
 }
 
-/* ---- KNOWN BUG: the final failure of an activity is not journaled ------- */
+/* ---- the final failure of an activity is journaled (it was not) ---------- */
 
 /* cruster_workflow_restart drops "its recorded failures" (workflow.h): the
  * journal from the first activity whose last attempt failed (SQL_RESTART,
@@ -475,8 +475,8 @@ static void killed_between_attempts_the_attempt_count_goes_on(void **state) {
  * the journal at "attempt <retries> failed, retry at T". So nothing is
  * dropped by the restart, and the restarted execution runs the activity
  * once more as attempt retries + 1 -- its last -- and fails at once: no
- * retries. This test FAILS until that is fixed. */
-static void BUG_restart_after_exhausted_retries_retries_again(void **state) {
+ * retries. Fixed: a failing execution writes its pending entries first. */
+static void restart_after_exhausted_retries_retries_again(void **state) {
   (void)state;
   pgt_schema s = new_schema();
   char log[256];
@@ -731,7 +731,7 @@ int main(void) {
       cmocka_unit_test(killed_after_two_activities_each_effect_exists_once),
       cmocka_unit_test(killed_while_sleeping_wakes_after_restart_never_early),
       cmocka_unit_test(killed_between_attempts_the_attempt_count_goes_on),
-      cmocka_unit_test(BUG_restart_after_exhausted_retries_retries_again),
+      cmocka_unit_test(restart_after_exhausted_retries_retries_again),
       cmocka_unit_test(resolve_while_running_before_the_await),
       cmocka_unit_test(reject_while_running_before_the_await),
       cmocka_unit_test(cancel_while_sleeping),
