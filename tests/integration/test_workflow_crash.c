@@ -12,8 +12,8 @@
  *  - deferreds resolved and rejected while the execution runs (before its
  *    await), cancellation while it sleeps and while it waits for a retry,
  *    and resolutions racing with suspensions.
- * Tests once named BUG_* showed library bugs (described above each); fixed,
- * they are fixed.
+ * Two tests were first named BUG_* for library bugs they found (described
+ * above each); both are fixed.
  * The scale test (10,000 executions asleep at once) is test_workflow_scale.c.
  * No assertion depends on timing: waits poll for a state up to a generous
  * deadline; "never early" is checked on values. */
