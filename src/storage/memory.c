@@ -307,7 +307,6 @@ static int mwf_run(mem_store *m, void (*fn)(void *), mwf_call *c, cruster_error 
     if (err) *err = c->err;
     else cruster_error_free(c->err);
   }
-  if (c->woke && m->host.wake) m->host.wake(m->host.ud);
   return c->rc;
 }
 
@@ -488,6 +487,8 @@ static void mwf_wake(mwf_call *c, mem_msg *x) {
     waiting_add(c->m, x->env, 1);
   }
   c->woke = 1;
+  /* On the loop thread (where the poll scheduler lives): poll now. */
+  if (c->m->host.wake) c->m->host.wake(c->m->host.ud);
 }
 
 static void mwf_resolve_on_loop(void *arg) {
@@ -588,6 +589,7 @@ static void mwf_restart_on_loop(void *arg) {
   c->m->tail = x;
   waiting_add(c->m, x->env, 1);
   c->woke = 1;
+  if (c->m->host.wake) c->m->host.wake(c->m->host.ud);
 }
 
 static int mwf_restart(void *impl, int64_t request_id, cruster_error **err) {

@@ -105,7 +105,7 @@ typedef struct st_host {
    * array with *n = 0. */
   int64_t *(*inflight)(void *ud, size_t *n);
   /* Messages became claimable sooner than the poll expected: poll now.
-   * Any thread. */
+   * Loop thread only (run_sync's fn runs there). */
   void (*wake)(void *ud);
   /* Runs fn(arg) on the loop thread and returns when it has run (at once
    * when called there): CRUSTER_OK, or CRUSTER_E_SHUTTING_DOWN when the
