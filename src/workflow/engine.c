@@ -212,8 +212,21 @@ static void on_execute(void *user, cruster_request *req) {
   }
   running_del(e, &wf);
   if (wf.answered && !wf.stop) {
-    if (wf.status == CRUSTER_OK) cruster_request_reply(req, wf.reply, wf.reply_len);
-    else cruster_request_fail(req, wf.status, wf.message);
+    if (wf.status == CRUSTER_OK) {
+      cruster_request_reply(req, wf.reply, wf.reply_len);
+    } else {
+      /* A failed execution may be restarted: what failed (an activity's
+       * final failure, still pending) must be in the journal, or the
+       * restart cannot drop it and give the activity its retries again. */
+      if (wf_run_flush(&wf, &err) != CRUSTER_OK) {
+        core_log(e->lg, CRUSTER_LOG_WARN, "workflow",
+                 "execution %s of %s: cannot write its journal before failing: %s; runs again later",
+                 exec_id, t->def->name, err ? err->message : "storage failed");
+        park(e, req, retry_at(e), -1, 0);
+      } else {
+        cruster_request_fail(req, wf.status, wf.message);
+      }
+    }
   } else {
     switch (wf.stop) {
       case CRUSTER_E_SUSPENDED:
