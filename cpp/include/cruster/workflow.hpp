@@ -923,6 +923,61 @@ public:
     return yes != 0;
   }
 
+  /*
+   * A durable call of method M of entity `id` (cruster_wf_call): sent once
+   * however often execute runs, its answer (or failure, thrown as
+   * cruster::error) journaled. The entity type is M's class; for a method
+   * of an rpc group, name the entity: call<Ledger, &Auditable::log_action>.
+   * Protected methods are callable (an execution is an entity); private ones
+   * do not compile. The worker waits for the answer ("default_call_timeout").
+   */
+  template <auto M>
+  detail::result_of<M> call(const std::string &id, const detail::request_of<M> &req) {
+    return call<detail::owner_of<M>, M>(id, req);
+  }
+  template <auto M> detail::result_of<M> call(const std::string &id) {
+    return call<detail::owner_of<M>, M>(id);
+  }
+  template <class T, auto M>
+  detail::result_of<M> call(const std::string &id, const detail::request_of<M> &req) {
+    check_call<T, M>();
+    return call_encoded<T, M>(id, detail::encode_request<M>(req));
+  }
+  template <class T, auto M> detail::result_of<M> call(const std::string &id) {
+    check_call<T, M>();
+    static_assert(!detail::traits_of<M>::has_request,
+                  "cruster: this rpc takes a request: pass it after the entity id");
+    return call_encoded<T, M>(id, "null");
+  }
+
+  /*
+   * Runs workflow C as a child of this execution and returns its answer
+   * (cruster_wf_child): started once, waited for suspended, its answer (or
+   * failure, thrown as cruster::error) journaled. Its key is `key`, else
+   * "<this execution id>/<position>"; its execution id is HEX128 of the key.
+   * C must be registered where the child runs; clients can poll, join,
+   * resolve and cancel it like any execution.
+   */
+  template <class C>
+  detail::wf_result_t<C> child(const detail::wf_request_t<C> &req,
+                               std::optional<std::string_view> key = std::nullopt) {
+    detail::check_workflow_class<C>();
+    if constexpr (detail::execute_traits<C>::has_request) {
+      return child_encoded<C>(codec<detail::wf_request_t<C>>::encode(req), key);
+    } else {
+      (void)req;
+      return child_encoded<C>("null", key);
+    }
+  }
+  /** A child whose execute takes no request, keyed by its position (with a key: child<C>({}, key)).
+   */
+  template <class C> detail::wf_result_t<C> child() {
+    detail::check_workflow_class<C>();
+    static_assert(!detail::execute_traits<C>::has_request,
+                  "cruster: this workflow takes a request: pass it to child<C>(request)");
+    return child_encoded<C>("null", std::nullopt);
+  }
+
   std::string_view execution_id() const noexcept { return cruster_wf_execution_id(wf_); }
   std::string_view workflow_name() const noexcept { return cruster_wf_workflow(wf_); }
   /** True once a durable call stopped the run (execute should be unwinding). */
@@ -962,6 +1017,53 @@ private:
     std::unique_ptr<void, detail::c_free> owned(out);
     durable(st, &err);
     return detail::decode_result<R<M>>(out, len);
+  }
+
+  template <class T, auto M> static constexpr void check_call() {
+    using C = detail::owner_of<M>;
+    detail::check_rpc_class<T>();
+    static_assert(detail::composes_v<T, C>,
+                  "cruster: this method belongs neither to the entity nor to an rpc group it "
+                  "includes (using groups = cruster::groups<...>)");
+    if constexpr (detail::composes_v<T, C>) {
+      detail::check_rpc_class<C>();
+      constexpr unsigned flags = detail::flags_of<C, M>();
+      static_assert(flags != detail::not_declared,
+                    "cruster: this member function is not an rpc: list it in its class's rpcs");
+      if constexpr (flags != detail::not_declared) {
+        static_assert((flags & CRUSTER_RPC_PRIVATE) == 0,
+                      "cruster: this method is private: it is never callable, not even from "
+                      "entities");
+      }
+    }
+  }
+
+  template <class T, auto M>
+  detail::result_of<M> call_encoded(const std::string &id, const std::string &payload) {
+    void *out = nullptr;
+    std::size_t len = 0;
+    cruster_error *err = nullptr;
+    const std::string type = detail::name_for<T>();
+    int st =
+        cruster_wf_call(wf_, type.c_str(), id.c_str(), detail::name_of<detail::owner_of<M>, M>(),
+                        payload.data(), payload.size(), &out, &len, &err);
+    std::unique_ptr<void, detail::c_free> owned(out);
+    durable(st, &err);
+    return detail::decode_result<detail::result_of<M>>(out, len);
+  }
+
+  template <class C>
+  detail::wf_result_t<C> child_encoded(const std::string &payload,
+                                       std::optional<std::string_view> key) {
+    void *out = nullptr;
+    std::size_t len = 0;
+    cruster_error *err = nullptr;
+    const std::string name = detail::wf_name_for<C>();
+    int st = cruster_wf_child(wf_, name.c_str(), payload.data(), payload.size(),
+                              key ? key->data() : nullptr, key ? key->size() : 0, &out, &len, &err);
+    std::unique_ptr<void, detail::c_free> owned(out);
+    durable(st, &err);
+    return detail::decode_result<detail::wf_result_t<C>>(out, len);
   }
 
   /** Turns a durable call's status into a stop or a cruster::error. */

@@ -1,5 +1,10 @@
 // The control for workflows: everything the failing files try, done the allowed way, compiles.
+#include "fixtures.hpp"
 #include "workflow_fixtures.hpp"
+
+struct Tick { // no request, void result, no activities of its own
+  void execute(cruster::workflow_context<Tick> &wf) { wf.sleep(std::chrono::seconds(1)); }
+};
 
 struct Checkout {
   static constexpr auto options = cruster::workflow_options().name("checkout").raw_keys(true);
@@ -25,6 +30,12 @@ struct Checkout {
     wf.await("plain");
     std::chrono::system_clock::time_point t = wf.now();
     std::uint64_t n = wf.random();
+    n += static_cast<std::uint64_t>(wf.call<&Ledger::get>("l-1")); // entity calls: durable
+    wf.call<&Ledger::sync>("l-1", SyncRequest{1});                 // protected: fine here
+    n += wf.call<Ledger, &Auditable::log_action>("l-1").size();    // a group's method
+    std::string child = wf.child<Order>(r);                        // child workflows
+    child += wf.child<Order>(r, "child-key");
+    wf.child<Tick>();
     if (wf.patched("v2"))
       n += 1;
     try {
@@ -37,6 +48,7 @@ struct Checkout {
     (void)t;
     (void)n;
     (void)b;
+    (void)child;
     return a;
   }
   static std::string key(const OrderRequest &r) { return r.order; }
@@ -49,10 +61,6 @@ struct Checkout {
       cruster::activity<&Checkout::ping>(
           "ping", cruster::retries(1).constant_backoff(std::chrono::seconds(1))),
       cruster::activity<&Checkout::label>("label"));
-};
-
-struct Tick { // no request, void result, no activities of its own
-  void execute(cruster::workflow_context<Tick> &wf) { wf.sleep(std::chrono::seconds(1)); }
 };
 
 void use(cruster::runtime &rt) {
