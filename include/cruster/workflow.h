@@ -52,9 +52,10 @@
  *    a deferred not resolved, a retry's wait) records what it waits for and
  *    returns CRUSTER_E_SUSPENDED. `execute` must then return promptly,
  *    making no other durable call (they would return CRUSTER_E_SUSPENDED
- *    too). The execution then holds no thread and no memory -- only its rows
- *    and one timer entry in storage -- and the engine runs `execute` again,
- *    from the top, when the wait ends. Local variables do not survive a
+ *    too). The execution then holds no thread: it is its rows and its
+ *    message's due time in storage (plus its idle entity instance, well under
+ *    1 KB, until "entity_max_idle_time" evicts it), and the engine runs
+ *    `execute` again, from the top, when the wait ends. Local variables do not survive a
  *    suspension; durable calls' results do.
  *  - `execute` answers with cruster_wf_complete or cruster_wf_fail. Returning
  *    without an answer and without a stop (below) fails the execution with
