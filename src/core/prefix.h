@@ -51,6 +51,7 @@
 #define core_mono_ms cruster__core_mono_ms
 #define core_mono_ns cruster__core_mono_ns
 #define core_now_ms cruster__core_now_ms
+#define core_opts_read cruster__core_opts_read
 #define core_parse_hostport cruster__core_parse_hostport
 #define core_snowflake_init cruster__core_snowflake_init
 #define core_snowflake_next cruster__core_snowflake_next

@@ -212,3 +212,21 @@ void core_text_one_line(char *s) {
   }
   *w = 0;
 }
+
+cruster_status core_opts_read(const char *type, const char *init, const void *in, size_t in_size,
+                              size_t v1, size_t known, void *out, cruster_error **err) {
+  if (in_size < v1)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                          "%s.size is %zu, less than the first version's %zu: initialise it with %s",
+                          type, in_size, v1, init);
+  /* A newer caller: what this library does not know must be unset. */
+  const unsigned char *p = in;
+  for (size_t i = known; i < in_size; i++)
+    if (p[i] != 0)
+      return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
+                            "%s.size is %zu: byte %zu is set, but this cruster knows only the first "
+                            "%zu bytes of the options (a newer option)",
+                            type, in_size, i, known);
+  if (out) memcpy(out, in, in_size < known ? in_size : known);
+  return CRUSTER_OK;
+}

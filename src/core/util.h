@@ -41,6 +41,16 @@ cruster_status core_check_name(const char *what, const char *s, cruster_error **
  * names the byte and its offset), valid UTF-8. */
 cruster_status core_check_entity_id(const char *s, cruster_error **err);
 
+/* The growth rule of every public options struct (a leading `size_t size`,
+ * fields only appended): `in` (its caller's size `in_size`, at least `v1`,
+ * the first version's) is accepted when every byte beyond the `known` this
+ * library has is zero; then, when `out` is not NULL, the first
+ * min(in_size, known) bytes are copied over `out` (which holds the defaults
+ * for what an older caller lacks). CRUSTER_E_INVALID_ARGUMENT otherwise,
+ * naming `type` and its `init` macro. */
+cruster_status core_opts_read(const char *type, const char *init, const void *in, size_t in_size,
+                              size_t v1, size_t known, void *out, cruster_error **err);
+
 /* Parses "host:port" (port 1..65535, host non-empty; "[v6]:port" allowed).
  * Returns 0 on success, -1 when `s` is not a valid host:port or the host does
  * not fit in `hostsz` bytes. The host is stored without brackets. `host` and

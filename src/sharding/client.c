@@ -20,22 +20,9 @@
 int sh_call_opts_read(const cruster_call_opts *opts, sh_call_opts *out, cruster_error **err) {
   memset(out, 0, sizeof(*out));
   if (!opts) return CRUSTER_OK;
-  if (opts->size < CRUSTER_CALL_OPTS_SIZE_V1)
-    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                          "cruster_call_opts.size is %zu, less than the first version's %zu: "
-                          "initialise it with CRUSTER_CALL_OPTS_INIT",
-                          opts->size, (size_t)CRUSTER_CALL_OPTS_SIZE_V1);
-  if (opts->size > sizeof(cruster_call_opts)) {
-    /* A newer caller: what this library does not know must be unset. */
-    const unsigned char *extra = (const unsigned char *)opts + sizeof(cruster_call_opts);
-    for (size_t i = 0; i < opts->size - sizeof(cruster_call_opts); i++)
-      if (extra[i] != 0)
-        return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                              "cruster_call_opts.size is %zu: byte %zu is set, but this cruster "
-                              "knows only the first %zu bytes of the options (a newer option)",
-                              opts->size, sizeof(cruster_call_opts) + i,
-                              sizeof(cruster_call_opts));
-  }
+  int rc = core_opts_read("cruster_call_opts", "CRUSTER_CALL_OPTS_INIT", opts, opts->size,
+                          CRUSTER_CALL_OPTS_SIZE_V1, sizeof(cruster_call_opts), NULL, err);
+  if (rc != CRUSTER_OK) return rc;
   if (OPT_HAS(opts, flags)) out->flags = opts->flags;
   if (OPT_HAS(opts, timeout_ms)) out->timeout_ms = opts->timeout_ms;
   if (OPT_HAS(opts, idempotency_key)) out->key = opts->idempotency_key;

@@ -233,21 +233,30 @@ static PGresult *exec1(PGconn *c, const char *sql, int n, const char *const *v, 
   return NULL;
 }
 
+/* One statement on a pooled connection: takes one, runs it, gives it back.
+ * NULL with *err set on failure (*rc the status). */
+static PGresult *exec_pooled(pg_wf *w, const char *sql, int n, const char *const *v, const int *l,
+                             const int *f, const char *what, int *rc, cruster_error **err) {
+  st_tx *t;
+  *rc = take(w, &t, err);
+  if (*rc != CRUSTER_OK) return NULL;
+  PGresult *r = exec1(t->conn, sql, n, v, l, f, what, err);
+  give(w, t);
+  if (!r) *rc = CRUSTER_E_PERSISTENCE;
+  return r;
+}
+
 /* ---- operations --------------------------------------------------------- */
 
 static int wf_load(void *impl, int64_t request_id, st_wf_state *out, cruster_error **err) {
   pg_wf *w = impl;
   memset(out, 0, sizeof(*out));
-  st_tx *t;
-  int trc = take(w, &t, err);
-  if (trc != CRUSTER_OK) return trc;
   unsigned char id[8];
   put_i64(id, request_id);
   const char *v[1] = {(const char *)id};
-  int l[1] = {8}, f[1] = {1};
-  PGresult *r = exec1(t->conn, SQL_LOAD, 1, v, l, f, "loading a workflow journal", err);
-  give(w, t);
-  if (!r) return CRUSTER_E_PERSISTENCE;
+  int l[1] = {8}, f[1] = {1}, prc;
+  PGresult *r = exec_pooled(w, SQL_LOAD, 1, v, l, f, "loading a workflow journal", &prc, err);
+  if (!r) return prc;
   int rows = PQntuples(r);
   size_t nj = 0, nd = 0;
   for (int i = 0; i < rows; i++) {
@@ -375,8 +384,10 @@ static int send_upsert(PGconn *c, int64_t request_id, const st_jentry *e) {
 }
 
 /* Reads the pipeline's results up to its sync; CRUSTER_OK or the first
- * failure. */
-static int drain_pipeline(PGconn *c, const char *what, cruster_error **err) {
+ * failure. A failure whose SQLSTATE is `state` (may be NULL) becomes
+ * `state_rc` with `state_msg`. */
+static int drain_pipeline(PGconn *c, const char *what, const char *state, int state_rc,
+                          const char *state_msg, cruster_error **err) {
   int rc = CRUSTER_OK;
   for (;;) {
     PGresult *r = PQgetResult(c);
@@ -390,8 +401,13 @@ static int drain_pipeline(PGconn *c, const char *what, cruster_error **err) {
       PQclear(r);
       return rc;
     }
-    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && rc == CRUSTER_OK)
-      rc = pq_fail(c, r, what, err);
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && rc == CRUSTER_OK) {
+      const char *got = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      if (state && got && strcmp(got, state) == 0)
+        rc = core_error_set(err, state_rc, "%s", state_msg);
+      else
+        rc = pq_fail(c, r, what, err);
+    }
     PQclear(r);
   }
 }
@@ -419,7 +435,7 @@ static int wf_commit(void *impl, st_tx *t, int64_t request_id, const st_jentry *
   if (!sent || !PQpipelineSync(c)) {
     rc = pq_fail(c, NULL, "writing a workflow journal", err);
   } else {
-    rc = drain_pipeline(c, "writing a workflow journal", err);
+    rc = drain_pipeline(c, "writing a workflow journal", NULL, 0, NULL, err);
   }
   PQexitPipelineMode(c);
 out:
@@ -464,33 +480,10 @@ static int wf_commit_reply(void *impl, st_tx *t, int64_t request_id, int keyed, 
     if (!sent) {
       rc = pq_fail(c, NULL, "storing a transactional reply", err);
     } else {
-      for (;;) {
-        PGresult *r = PQgetResult(c);
-        if (!r) {
-          if (PQstatus(c) != CONNECTION_OK) {
-            if (rc == CRUSTER_OK) rc = pq_fail(c, NULL, "storing a transactional reply", err);
-            break;
-          }
-          continue;
-        }
-        ExecStatusType s = PQresultStatus(r);
-        if (s == PGRES_PIPELINE_SYNC) {
-          PQclear(r);
-          break;
-        }
-        if (s == PGRES_FATAL_ERROR && rc == CRUSTER_OK) {
-          const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-          if (state && strcmp(state, SQLSTATE_DIVISION_BY_ZERO) == 0)
-            rc = core_error_set(err, CRUSTER_E_ALREADY_EXISTS,
-                                "message %lld was answered already", (long long)request_id);
-          else
-            rc = pq_fail(c, r, "storing a transactional reply", err);
-        } else if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && s != PGRES_PIPELINE_ABORTED &&
-                   rc == CRUSTER_OK) {
-          rc = pq_fail(c, r, "storing a transactional reply", err);
-        }
-        PQclear(r);
-      }
+      char msg[96];
+      snprintf(msg, sizeof(msg), "message %lld was answered already", (long long)request_id);
+      rc = drain_pipeline(c, "storing a transactional reply", SQLSTATE_DIVISION_BY_ZERO,
+                          CRUSTER_E_ALREADY_EXISTS, msg, err);
     }
     PQexitPipelineMode(c);
   }
@@ -506,13 +499,10 @@ static int wf_find(void *impl, const char *type, const char *id, st_exec_ref *ou
                    size_t *n, cruster_error **err) {
   pg_wf *w = impl;
   *n = 0;
-  st_tx *t;
-  int trc = take(w, &t, err);
-  if (trc != CRUSTER_OK) return trc;
   const char *v[2] = {type, id};
-  PGresult *r = exec1(t->conn, SQL_FIND, 2, v, NULL, NULL, "finding a workflow execution", err);
-  give(w, t);
-  if (!r) return CRUSTER_E_PERSISTENCE;
+  int prc;
+  PGresult *r = exec_pooled(w, SQL_FIND, 2, v, NULL, NULL, "finding a workflow execution", &prc, err);
+  if (!r) return prc;
   int rows = PQntuples(r);
   for (int i = 0; i < rows; i++) {
     if ((size_t)i < cap) {
@@ -537,18 +527,15 @@ static int wf_resolve(void *impl, int64_t request_id, const char *name, int32_t 
   pg_wf *w = impl;
   if (len > INT32_MAX)
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "deferred value too large");
-  st_tx *t;
-  int trc = take(w, &t, err);
-  if (trc != CRUSTER_OK) return trc;
   unsigned char id[8], st[4];
   put_i64(id, request_id);
   put_i32(st, status);
   const char *v[5] = {(const char *)id, name, (const char *)st, len ? (const char *)value : NULL,
                       message};
   int l[5] = {8, 0, 4, (int)len, 0}, f[5] = {1, 0, 1, 1, 0};
-  PGresult *r = exec1(t->conn, SQL_RESOLVE, 5, v, l, f, "resolving a deferred", err);
-  give(w, t);
-  if (!r) return CRUSTER_E_PERSISTENCE;
+  int prc;
+  PGresult *r = exec_pooled(w, SQL_RESOLVE, 5, v, l, f, "resolving a deferred", &prc, err);
+  if (!r) return prc;
   int64_t found = get_i64(r, 0, 0), done = get_i64(r, 0, 1), ins = get_i64(r, 0, 2);
   PQclear(r);
   if (!found) return core_error_set(err, CRUSTER_E_NOT_FOUND, "the execution is not stored");
@@ -563,16 +550,12 @@ static int wf_resolve(void *impl, int64_t request_id, const char *name, int32_t 
 
 static int wf_restart(void *impl, int64_t request_id, cruster_error **err) {
   pg_wf *w = impl;
-  st_tx *t;
-  int trc = take(w, &t, err);
-  if (trc != CRUSTER_OK) return trc;
   unsigned char id[8];
   put_i64(id, request_id);
   const char *v[1] = {(const char *)id};
-  int l[1] = {8}, f[1] = {1};
-  PGresult *r = exec1(t->conn, SQL_RESTART, 1, v, l, f, "restarting an execution", err);
-  give(w, t);
-  if (!r) return CRUSTER_E_PERSISTENCE;
+  int l[1] = {8}, f[1] = {1}, prc;
+  PGresult *r = exec_pooled(w, SQL_RESTART, 1, v, l, f, "restarting an execution", &prc, err);
+  if (!r) return prc;
   int64_t found = get_i64(r, 0, 0), done = get_i64(r, 0, 1), up = get_i64(r, 0, 2);
   PQclear(r);
   if (!found) return core_error_set(err, CRUSTER_E_NOT_FOUND, "the execution is not stored");
@@ -588,16 +571,12 @@ static int wf_restart(void *impl, int64_t request_id, cruster_error **err) {
 
 static int wf_wake(void *impl, int64_t request_id, cruster_error **err) {
   pg_wf *w = impl;
-  st_tx *t;
-  int trc = take(w, &t, err);
-  if (trc != CRUSTER_OK) return trc;
   unsigned char id[8];
   put_i64(id, request_id);
   const char *v[1] = {(const char *)id};
-  int l[1] = {8}, f[1] = {1};
-  PGresult *r = exec1(t->conn, SQL_WAKE, 1, v, l, f, "waking an execution", err);
-  give(w, t);
-  if (!r) return CRUSTER_E_PERSISTENCE;
+  int l[1] = {8}, f[1] = {1}, prc;
+  PGresult *r = exec_pooled(w, SQL_WAKE, 1, v, l, f, "waking an execution", &prc, err);
+  if (!r) return prc;
   PQclear(r);
   return CRUSTER_OK;
 }

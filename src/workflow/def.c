@@ -43,23 +43,11 @@ cruster_status wf_activity_opts_read(const cruster_activity_opts *opts, wf_activ
   a->base_ms = 1000;
   a->max_ms = 60000;
   if (!opts) return CRUSTER_OK;
-  /* The growth rule of every options struct (client.h): the first version
-   * at least; a larger one only with zeros where this library knows
-   * nothing. */
-  if (opts->size < CRUSTER_ACTIVITY_OPTS_SIZE_V1)
-    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                          "activity options: size %zu is smaller than the first version's (%zu): "
-                          "initialise with CRUSTER_ACTIVITY_OPTS_INIT",
-                          opts->size, (size_t)CRUSTER_ACTIVITY_OPTS_SIZE_V1);
-  if (opts->size > sizeof(*opts)) {
-    const unsigned char *p = (const unsigned char *)opts;
-    for (size_t i = sizeof(*opts); i < opts->size; i++)
-      if (p[i])
-        return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                              "activity options: byte %zu is set, and this version of cruster "
-                              "does not know that option",
-                              i);
-  }
+  cruster_activity_opts o = CRUSTER_ACTIVITY_OPTS_INIT;
+  cruster_status rc = core_opts_read("cruster_activity_opts", "CRUSTER_ACTIVITY_OPTS_INIT", opts,
+                                     opts->size, CRUSTER_ACTIVITY_OPTS_SIZE_V1, sizeof(o), &o, err);
+  if (rc != CRUSTER_OK) return rc;
+  opts = &o;
   if (opts->retries < 0 || opts->retries > WF_RETRIES_MAX)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
                           "activity options: retries %ld is not in 0..%d", (long)opts->retries,

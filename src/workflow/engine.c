@@ -316,21 +316,9 @@ static cruster_status read_opts(const cruster_workflow_opts *in, cruster_workflo
   cruster_workflow_opts def = CRUSTER_WORKFLOW_OPTS_INIT;
   *o = def;
   if (!in) return CRUSTER_OK;
-  if (in->size < CRUSTER_WORKFLOW_OPTS_SIZE_V1)
-    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                          "workflow options: size %zu is smaller than the first version's (%zu): "
-                          "initialise with CRUSTER_WORKFLOW_OPTS_INIT",
-                          in->size, (size_t)CRUSTER_WORKFLOW_OPTS_SIZE_V1);
-  if (in->size > sizeof(*in)) {
-    const unsigned char *p = (const unsigned char *)in;
-    for (size_t i = sizeof(*in); i < in->size; i++)
-      if (p[i])
-        return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                              "workflow options: byte %zu is set, and this version of cruster "
-                              "does not know that option",
-                              i);
-  }
-  memcpy(o, in, sizeof(*o));
+  cruster_status rc = core_opts_read("cruster_workflow_opts", "CRUSTER_WORKFLOW_OPTS_INIT", in,
+                                     in->size, CRUSTER_WORKFLOW_OPTS_SIZE_V1, sizeof(*o), o, err);
+  if (rc != CRUSTER_OK) return rc;
   o->size = sizeof(*o);
   if (o->key_len && !o->key)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "workflow options: key is NULL with length %zu",

@@ -199,27 +199,46 @@ static int check_code(int code) {
   return code != CRUSTER_OK && (core_status_known(code) || code <= CRUSTER_E_APPLICATION);
 }
 
+/* An answer (execute's or an activity's) into its slots: a copy of the
+ * data, or the code (checked) and a copy of the message. */
+typedef struct answer_slots {
+  int *answered, *status;
+  void **reply;
+  size_t *reply_len;
+  char **message;
+} answer_slots;
+
+static cruster_status set_reply(answer_slots a, int64_t max_payload, const void *data, size_t len) {
+  if (core_size_exceeds(len, max_payload)) return CRUSTER_E_PAYLOAD_TOO_LARGE;
+  void *p = core_memdup(data, len);
+  if (!p) return CRUSTER_E_NOMEM;
+  *a.reply = p;
+  *a.reply_len = len;
+  *a.status = CRUSTER_OK;
+  *a.answered = 1;
+  return CRUSTER_OK;
+}
+
+static cruster_status set_failure(answer_slots a, int code, const char *message) {
+  *a.message = core_strdup(message ? message : cruster_status_message(code));
+  if (!*a.message) return CRUSTER_E_NOMEM;
+  *a.status = code;
+  *a.answered = 1;
+  return CRUSTER_OK;
+}
+
+#define WF_SLOTS(x) ((answer_slots){&(x)->answered, &(x)->status, &(x)->reply, &(x)->reply_len, &(x)->message})
+
 cruster_status cruster_wf_complete(cruster_wf *wf, const void *data, size_t len) {
   if (!wf || (len && !data)) return CRUSTER_E_INVALID_ARGUMENT;
   if (wf->answered || wf->stop) return CRUSTER_E_STATE;
-  if (core_size_exceeds(len, wf->host->max_payload)) return CRUSTER_E_PAYLOAD_TOO_LARGE;
-  void *p = core_memdup(data, len);
-  if (!p) return CRUSTER_E_NOMEM;
-  wf->reply = p;
-  wf->reply_len = len;
-  wf->status = CRUSTER_OK;
-  wf->answered = 1;
-  return CRUSTER_OK;
+  return set_reply(WF_SLOTS(wf), wf->host->max_payload, data, len);
 }
 
 cruster_status cruster_wf_fail(cruster_wf *wf, int code, const char *message) {
   if (!wf || !check_code(code)) return CRUSTER_E_INVALID_ARGUMENT;
   if (wf->answered || wf->stop) return CRUSTER_E_STATE;
-  wf->message = core_strdup(message ? message : cruster_status_message(code));
-  if (!wf->message) return CRUSTER_E_NOMEM;
-  wf->status = code;
-  wf->answered = 1;
-  return CRUSTER_OK;
+  return set_failure(WF_SLOTS(wf), code, message);
 }
 
 /* ---- durable calls ------------------------------------------------------ */
@@ -364,24 +383,13 @@ struct pg_conn *cruster_activity_pg(cruster_activity *act) {
 cruster_status cruster_activity_reply(cruster_activity *act, const void *data, size_t len) {
   if (!act || (len && !data)) return CRUSTER_E_INVALID_ARGUMENT;
   if (act->answered) return CRUSTER_E_STATE;
-  if (core_size_exceeds(len, act->wf->host->max_payload)) return CRUSTER_E_PAYLOAD_TOO_LARGE;
-  void *p = core_memdup(data, len);
-  if (!p) return CRUSTER_E_NOMEM;
-  act->reply = p;
-  act->reply_len = len;
-  act->status = CRUSTER_OK;
-  act->answered = 1;
-  return CRUSTER_OK;
+  return set_reply(WF_SLOTS(act), act->wf->host->max_payload, data, len);
 }
 
 cruster_status cruster_activity_fail(cruster_activity *act, int code, const char *message) {
   if (!act || !check_code(code)) return CRUSTER_E_INVALID_ARGUMENT;
   if (act->answered) return CRUSTER_E_STATE;
-  act->message = core_strdup(message ? message : cruster_status_message(code));
-  if (!act->message) return CRUSTER_E_NOMEM;
-  act->status = code;
-  act->answered = 1;
-  return CRUSTER_OK;
+  return set_failure(WF_SLOTS(act), code, message);
 }
 
 /* Runs attempt `attempt` of `a`; on success its entry (with every pending
