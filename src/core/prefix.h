@@ -173,6 +173,13 @@
 #define sh_join_reply cruster__sh_join_reply
 #define sh_notify cruster__sh_notify
 #define sh_notify_sync cruster__sh_notify_sync
+#define sh_own_all cruster__sh_own_all
+#define sh_own_listen cruster__sh_own_listen
+#define sh_own_set cruster__sh_own_set
+#define sh_owned_count cruster__sh_owned_count
+#define sh_owner_free cruster__sh_owner_free
+#define sh_owner_init cruster__sh_owner_init
+#define sh_owns cruster__sh_owns
 #define sh_poll_reply cruster__sh_poll_reply
 #define sh_poll_schedule cruster__sh_poll_schedule
 #define sh_route cruster__sh_route

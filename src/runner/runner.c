@@ -229,9 +229,18 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
     destroy_partial(rt);
     return st;
   }
-  sh_init(&rt->sh, &rt->loop, &rt->em, rt->storage, rt->cfg, rt->lg, rt->metrics, &rt->snowflake);
+  int sh_ok = sh_init(&rt->sh, &rt->loop, &rt->em, rt->storage, rt->cfg, rt->lg, rt->metrics,
+                      &rt->snowflake);
   uv_timer_init(&rt->loop.uv, &rt->stop_timer);
   rt->stop_timer.data = rt;
+  if (sh_ok != 0) {
+    st = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+    rt_loop_abandon(&rt->loop);
+    sh_free(&rt->sh);
+    em_free(&rt->em);
+    destroy_partial(rt);
+    return st;
+  }
   if (rt->storage) {
     st_host host = {&rt->loop.uv, rt->cfg, rt->lg, rt->metrics, &rt->snowflake, rt,
                     host_inflight, host_wake, host_run_sync};
