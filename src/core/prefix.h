@@ -69,6 +69,7 @@
 #define em_inflight_persisted cruster__em_inflight_persisted
 #define em_init cruster__em_init
 #define em_interrupt_all cruster__em_interrupt_all
+#define em_interrupt_shard cruster__em_interrupt_shard
 #define em_lookup_rpc cruster__em_lookup_rpc
 #define em_register cruster__em_register
 #define em_request_answer cruster__em_request_answer
