@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/util.h"
 #include "registry/registry_internal.h"
+#include "sharding/cluster.h"
 #include "runner/runner_internal.h"
 
 /* ---- metrics -------------------------------------------------------------- */
@@ -162,6 +163,15 @@ static void em_room(void *ud) {
 }
 static void stop_check(void *ud);
 
+/* The shards-owned gauge follows the ownership set. */
+static void on_ownership(void *ud, const char *group, int32_t shard, int owned) {
+  cruster_runtime *rt = ud;
+  (void)group;
+  (void)shard;
+  (void)owned;
+  core_metric_set(rt->m.shards, (double)sh_owned_count(&rt->sh));
+}
+
 /* ---- new ------------------------------------------------------------------ */
 
 cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *storage,
@@ -179,12 +189,6 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
     cruster_storage_free(storage);
     cruster_registry_free(registry);
     return st;
-  }
-  if (registry) {
-    cruster_storage_free(storage);
-    cruster_registry_free(registry);
-    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT,
-                          "cluster registries are not available in this build; pass NULL for single-node mode");
   }
   cruster_runtime *rt = calloc(1, sizeof(*rt));
   if (!rt) {
@@ -233,13 +237,24 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
                       &rt->snowflake);
   uv_timer_init(&rt->loop.uv, &rt->stop_timer);
   rt->stop_timer.data = rt;
-  if (sh_ok != 0) {
+  if (sh_ok != 0 || sh_own_listen(&rt->sh, on_ownership, rt) != 0) {
     st = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
     rt_loop_abandon(&rt->loop);
     sh_free(&rt->sh);
     em_free(&rt->em);
     destroy_partial(rt);
     return st;
+  }
+  if (rt->registry) {
+    st = sh_cluster_init(&rt->sh, rt->registry, rt->metrics, err);
+    if (st != CRUSTER_OK) {
+      if (rt->sh.cl && rt->sh.cl->reg) rt->registry->ops->stop(rt->registry);
+      rt_loop_abandon(&rt->loop);
+      sh_free(&rt->sh);
+      em_free(&rt->em);
+      destroy_partial(rt);
+      return st;
+    }
   }
   if (rt->storage) {
     st_host host = {&rt->loop.uv, rt->cfg, rt->lg, rt->metrics, &rt->snowflake, rt,
@@ -278,11 +293,12 @@ fail_loop:
 static void start_on_loop(void *ud, rt_cmd *cmd) {
   cruster_runtime *rt = ud;
   rt_sync *s = (rt_sync *)cmd;
-  /* Single-node mode: this runner owns every shard of every group. */
-  core_metric_set(rt->m.shards, (double)(rt->cfg->shards_per_group * (int64_t)rt->cfg->n_shard_groups));
-  core_metric_set(rt->m.runners, 1);
-  core_metric_set(rt->m.runners_healthy, 1);
-  core_metric_set(rt->m.detached, 0);
+  if (!rt->registry) {
+    /* Single-node mode: this runner owns every shard of every group. */
+    core_metric_set(rt->m.runners, 1);
+    core_metric_set(rt->m.runners_healthy, 1);
+    core_metric_set(rt->m.detached, 0);
+  }
   int expected = RT_NEW;
   if (!atomic_compare_exchange_strong(&rt->loop.state, &expected, RT_STARTED)) {
     /* A stop began between the caller's check and now. */
@@ -291,10 +307,14 @@ static void start_on_loop(void *ud, rt_cmd *cmd) {
     return;
   }
   sh_start(&rt->sh);
-  /* Single-node: nothing listens on runner_address, so the line does not
-   * name it. */
-  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner started (%lld shards)",
-           (long long)(rt->cfg->shards_per_group * (int64_t)rt->cfg->n_shard_groups));
+  if (rt->registry)
+    core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "runner %s started (cluster mode)",
+             rt->cfg->runner_address);
+  else
+    /* Single-node: nothing listens on runner_address, so the line does not
+     * name it. */
+    core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner started (%lld shards)",
+             (long long)(rt->cfg->shards_per_group * (int64_t)rt->cfg->n_shard_groups));
   rt_sync_done(s, CRUSTER_OK);
 }
 
@@ -317,9 +337,21 @@ typedef struct rn_stop_ctx {
   rt_sync *sync;
 } rn_stop_ctx;
 
+static void stop_left(void *ud) {
+  cruster_runtime *rt = ud;
+  rt_sync *s = rt->stop_sync;
+  rt->stop_sync = NULL;
+  if (s) rt_sync_done(s, CRUSTER_OK);
+}
+
 static void stop_flushed(void *ud) {
   cruster_runtime *rt = ud;
   uv_timer_stop(&rt->stop_timer);
+  if (rt->sh.cl && rt->stop_sync) {
+    /* Last: revoke the lease, so the others take the shards at once. */
+    sh_cluster_leave(&rt->sh, stop_left, rt);
+    return;
+  }
   rt_sync *s = rt->stop_sync;
   rt->stop_sync = NULL;
   if (s) rt_sync_done(s, CRUSTER_OK);
@@ -388,6 +420,11 @@ static void stop_on_loop(void *ud, rt_cmd *cmd) {
 /* The loop closes (rt_loop_shutdown): the storage lets go of its handles. */
 static void on_loop_close(void *ud) {
   cruster_runtime *rt = ud;
+  if (rt->sh.cl) {
+    /* (After a graceful stop both are stopped already: idempotent.) */
+    rt->registry->ops->stop(rt->registry);
+    tp_stop(rt->sh.cl->tp);
+  }
   if (rt->storage) rt->storage->ops->detach(rt->storage);
 }
 
@@ -407,7 +444,7 @@ cruster_status cruster_runtime_stop(cruster_runtime *rt, cruster_error **err) {
     }
     if (atomic_compare_exchange_weak(&rt->loop.state, &st, RT_STOPPING)) break;
   }
-  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner stopping");
+  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", rt->registry ? "runner stopping" : "single-node runner stopping");
   rn_stop_ctx ctx = {NULL};
   rt_sync s;
   memset(&s, 0, sizeof(s));
@@ -415,7 +452,7 @@ cruster_status cruster_runtime_stop(cruster_runtime *rt, cruster_error **err) {
   rt_run_sync(&rt->loop, &s, stop_on_loop, rt, NULL);
   rt_loop_shutdown(&rt->loop);
   atomic_store(&rt->loop.state, RT_STOPPED);
-  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", "single-node runner stopped");
+  core_log(rt->lg, CRUSTER_LOG_INFO, "runtime", rt->registry ? "runner stopped" : "single-node runner stopped");
   return CRUSTER_OK;
 }
 

@@ -5,6 +5,7 @@
 
 #include "core/util.h"
 #include "entity/entity_internal.h"
+#include "sharding/cluster.h"
 #include "sharding/sharding_internal.h"
 
 /* ---- deadline heap (min-heap on deadline_ms) ----------------------------- */
@@ -144,6 +145,7 @@ void sh_call_complete(sh_sharding *sh, sh_call *c, int status, const void *data,
                       const char *msg) {
   heap_remove(sh, c);
   waiter_remove(sh, c);
+  sh_remote_detach(sh, c);
   if (c->req) {
     em_request_withdraw(c->req);
     c->req = NULL;

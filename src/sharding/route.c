@@ -6,6 +6,7 @@
 
 #include "core/util.h"
 #include "entity/entity_internal.h"
+#include "sharding/cluster.h"
 #include "sharding/sharding_internal.h"
 #include "storage/storage_internal.h"
 
@@ -299,6 +300,24 @@ static void route_persisted(sh_sharding *sh, sh_call *c, em_type *t, int rpc_ind
 
 /* ---- routing --------------------------------------------------------------- */
 
+static void route_owned(sh_sharding *sh, sh_call *c, em_type *t, int idx);
+
+void sh_route_owned(sh_sharding *sh, sh_call *c) {
+  em_type *t = em_type_find(sh->em, c->env->type);
+  char msg[CRUSTER_MAX_NAME_LEN * 2 + 128];
+  if (!t) {
+    snprintf(msg, sizeof(msg), "no entity type '%s' is registered", c->env->type);
+    reject(sh, c, CRUSTER_E_UNKNOWN_ENTITY_TYPE, msg);
+    return;
+  }
+  int idx = em_lookup_rpc(t, c->env->method, c->internal, msg, sizeof(msg));
+  if (idx < 0) {
+    reject(sh, c, idx, msg);
+    return;
+  }
+  route_owned(sh, c, t, idx);
+}
+
 void sh_route(void *ud, rt_cmd *cmd) {
   sh_sharding *sh = ud;
   sh_call *c = (sh_call *)cmd;
@@ -332,11 +351,22 @@ void sh_route(void *ud, rt_cmd *cmd) {
     reject(sh, c, idx, msg);
     return;
   }
-  const em_rpc *rpc = &t->rpcs.v[idx];
   snprintf(env->group, sizeof(env->group), "%s", t->shard_group);
   env->shard = cruster_shard_for(env->id, strlen(env->id), (int32_t)sh->cfg->shards_per_group);
   env->internal = (unsigned char)c->internal;
   env->is_request = c->kind == SH_CALL_SEND;
+  if (sh->cl && !sh_owns(sh, env->group, env->shard)) {
+    sh_route_remote(sh, c);
+    return;
+  }
+  route_owned(sh, c, t, idx);
+}
+
+/* A call whose shard this runner owns (or single-node). */
+static void route_owned(sh_sharding *sh, sh_call *c, em_type *t, int idx) {
+  core_env *env = c->env;
+  char msg[CRUSTER_MAX_NAME_LEN * 2 + 128];
+  const em_rpc *rpc = &t->rpcs.v[idx];
   if ((rpc->flags & CRUSTER_RPC_PERSISTED) || (c->flags & CRUSTER_CALL_PERSISTED) ||
       env->deliver_at > 0 || c->key) {
     route_persisted(sh, c, t, idx);

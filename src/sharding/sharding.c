@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sharding/cluster.h"
 #include "sharding/sharding_internal.h"
 
 int sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *storage,
@@ -46,6 +47,7 @@ int sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *sto
 
 void sh_start(sh_sharding *sh) {
   if (sh->single_node) sh_own_all(sh, 1);
+  else if (sh->cl) sh_cluster_start(sh);
   if (sh->storage) sh_poll_schedule(sh, 0);
 }
 
@@ -53,10 +55,12 @@ void sh_stop(sh_sharding *sh) {
   sh->stopping = 1;
   uv_timer_stop(&sh->poll_timer);
   if (sh->single_node) sh_own_all(sh, 0);
+  else if (sh->cl) sh_cluster_stop(sh);
 }
 
 void sh_free(sh_sharding *sh) {
   core_map_clear(&sh->waiters);
+  sh_cluster_free(sh);
   sh_owner_free(sh);
   free(sh->heap);
   sh->heap = NULL;

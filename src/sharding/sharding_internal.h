@@ -61,6 +61,13 @@ struct sh_call {
   const cruster_request *caller;
   /* The call's address, for messages (the envelope moves on) */
   const char *type, *id, *method;
+  /* Cluster mode (remote.c) */
+  int32_t hops;               /* times this call was forwarded before it came here */
+  int remote;                 /* received from another runner */
+  struct sh_fwd *fwd;         /* a forward to the owner in flight */
+  struct tp_call *fwd_call;   /* its transport call */
+  int retrying;               /* in the retry list */
+  sh_call *rnext, *rprev;
   char names[];
 };
 
@@ -96,6 +103,7 @@ struct sh_sharding {
   sh_own_listener *own_listeners;
   size_t n_own_listeners;
   int single_node; /* every shard is owned from start to stop */
+  struct sh_cluster *cl; /* cluster mode (cluster.h); NULL: single-node */
 };
 
 /* A storage write a call (or a poll) waits for. */
@@ -207,5 +215,7 @@ int sh_heap_insert(sh_sharding *sh, sh_call *c);
 int sh_waiter_add(sh_sharding *sh, sh_call *c);
 /* Routes a call posted by sh_send/sh_notify (loop thread). */
 void sh_route(void *ud, rt_cmd *cmd);
+/* Routes a call (in the deadline heap, addressed) to this runner's entity. */
+void sh_route_owned(sh_sharding *sh, sh_call *c);
 
 #endif

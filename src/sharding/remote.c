@@ -1,0 +1,238 @@
+/* Calls across runners. A call whose shard this runner does not own goes to
+ * the runner the routing table names (the desired owner); that runner routes
+ * it as its own call -- persisted ones are stored by the owner, so its
+ * knowledge of its shards' messages stays true (docs/architecture.md) -- and
+ * streams the answer back. A call that finds no owner (a move in progress,
+ * the owner not yet holding the lock, a runner down) is routed again every
+ * send_retry_interval until its deadline. A forwarded call carries its hop
+ * count; past SH_MAX_HOPS it is answered CRUSTER_E_NOT_ASSIGNED, which the
+ * first runner retries. Loop thread only. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+#include "sharding/cluster.h"
+
+/* A forward in flight: the call, until it completes first. */
+typedef struct sh_fwd {
+  sh_sharding *sh;
+  sh_call *c;
+} sh_fwd;
+
+/* ---- the retry list --------------------------------------------------------- */
+
+static void retry_remove(sh_cluster *cl, sh_call *c) {
+  if (!c->retrying) return;
+  c->retrying = 0;
+  if (c->rprev) c->rprev->rnext = c->rnext;
+  else cl->retry_head = c->rnext;
+  if (c->rnext) c->rnext->rprev = c->rprev;
+  c->rnext = c->rprev = NULL;
+}
+
+void sh_retry_later(sh_sharding *sh, sh_call *c) {
+  sh_cluster *cl = sh->cl;
+  core_metric_add(cl->m_retries, 1);
+  c->retrying = 1;
+  c->rprev = NULL;
+  c->rnext = cl->retry_head;
+  if (cl->retry_head) cl->retry_head->rprev = c;
+  cl->retry_head = c;
+  if (!uv_is_active((uv_handle_t *)&cl->retry_timer))
+    uv_timer_start(&cl->retry_timer, sh_retry_fire, (uint64_t)sh->cfg->send_retry_interval, 0);
+}
+
+void sh_retry_fire(uv_timer_t *t) {
+  sh_sharding *sh = t->data;
+  sh_cluster *cl = sh->cl;
+  sh_call *list = cl->retry_head;
+  cl->retry_head = NULL;
+  while (list) {
+    sh_call *c = list;
+    list = c->rnext;
+    c->retrying = 0;
+    c->rnext = c->rprev = NULL;
+    if (sh->stopping) {
+      sh_call_complete(sh, c, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "the runtime is shutting down");
+      continue;
+    }
+    if (sh_owns(sh, c->env->group, c->env->shard)) sh_route_owned(sh, c);
+    else sh_route_remote(sh, c);
+  }
+}
+
+void sh_remote_detach(sh_sharding *sh, sh_call *c) {
+  if (!sh->cl) return;
+  retry_remove(sh->cl, c);
+  if (c->fwd) {
+    sh_fwd *f = c->fwd;
+    c->fwd = NULL;
+    f->c = NULL; /* its exit frees it */
+    if (c->fwd_call) {
+      tp_call *tc = c->fwd_call;
+      c->fwd_call = NULL;
+      tp_call_cancel(tc);
+    }
+  }
+}
+
+/* ---- forwarding ------------------------------------------------------------- */
+
+static int retryable(int status) {
+  return status == CRUSTER_E_NOT_ASSIGNED || status == CRUSTER_E_RUNNER_UNAVAILABLE ||
+         status == CRUSTER_E_SHUTTING_DOWN;
+}
+
+static void fwd_exit(void *ud, int status, const void *data, size_t len, const char *msg) {
+  sh_fwd *f = ud;
+  sh_sharding *sh = f->sh;
+  sh_call *c = f->c;
+  free(f);
+  if (!c) return; /* the call completed first (deadline) */
+  c->fwd = NULL;
+  c->fwd_call = NULL;
+  if (retryable(status) && !sh->stopping) {
+    sh_retry_later(sh, c);
+    return;
+  }
+  sh_call_complete(sh, c, status, data, len, msg && *msg ? msg : NULL);
+}
+
+void sh_route_remote(sh_sharding *sh, sh_call *c) {
+  sh_cluster *cl = sh->cl;
+  core_env *env = c->env;
+  size_t g = 0;
+  for (; g < sh->cfg->n_shard_groups; g++)
+    if (strcmp(sh->cfg->shard_groups[g], env->group) == 0) break;
+  int32_t owner = -1;
+  if (g < sh->cfg->n_shard_groups && env->shard >= 0 && env->shard < sh->cfg->shards_per_group)
+    owner = cl->route[g * (size_t)sh->cfg->shards_per_group + (size_t)env->shard];
+  if (owner < 0 || (size_t)owner >= cl->n_runners || cl->detached ||
+      strcmp(cl->runners[owner], cl->me) == 0) {
+    if (c->remote) {
+      /* Sent here by a runner that thinks this one owns the shard: it does
+       * not (yet, or any more). The sender routes it again. */
+      char msg[160];
+      snprintf(msg, sizeof(msg), "shard %s:%d is not owned by runner %s", env->group,
+               (int)env->shard, cl->me);
+      sh_call_complete(sh, c, CRUSTER_E_NOT_ASSIGNED, NULL, 0, msg);
+      return;
+    }
+    /* Nobody, or this runner before its lock is held: later. */
+    sh_retry_later(sh, c);
+    return;
+  }
+  if (c->hops >= SH_MAX_HOPS) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "shard %s:%d is not owned here and the call was forwarded %d times",
+             env->group, (int)env->shard, (int)c->hops);
+    sh_call_complete(sh, c, CRUSTER_E_NOT_ASSIGNED, NULL, 0, msg);
+    return;
+  }
+  sh_fwd *f = calloc(1, sizeof(*f));
+  if (!f) {
+    sh_call_complete(sh, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
+    return;
+  }
+  f->sh = sh;
+  f->c = c;
+  c->fwd = f;
+  int64_t remaining = c->deadline_ms - core_mono_ms();
+  if (remaining < 1) remaining = 1;
+  tp_meta meta;
+  memset(&meta, 0, sizeof(meta));
+  meta.hops = c->hops + 1;
+  meta.timeout_ms = remaining;
+  meta.key = c->key;
+  meta.key_len = c->key_len;
+  env->persisted = (c->flags & CRUSTER_CALL_PERSISTED) != 0;
+  core_metric_add(cl->m_forwarded, 1);
+  tp_call *tc = NULL;
+  if (c->kind == SH_CALL_SEND)
+    tp_call_send(cl->tp, cl->runners[owner], env, &meta, remaining, NULL, fwd_exit, f, &tc);
+  else
+    tp_call_notify(cl->tp, cl->runners[owner], env, &meta, remaining, fwd_exit, f, &tc);
+  /* (The exit never fires inside the call.) */
+  if (c->fwd == f) c->fwd_call = tc;
+}
+
+/* ---- calls from other runners ------------------------------------------------ */
+
+/* The answer goes back over the call it came in. */
+typedef struct sh_rmt {
+  tp_reply *r;
+  sh_call *c; /* NULL once answered */
+} sh_rmt;
+
+static void rmt_answer(void *user, int status, const void *data, size_t len, const char *msg) {
+  sh_rmt *x = user;
+  tp_reply_exit(x->r, status, data, len, msg);
+  free(x);
+}
+
+static void received(sh_sharding *sh, int kind, core_env *env, const tp_meta *meta, tp_reply *r) {
+  if (sh->cl) core_metric_add(sh->cl->m_remote_received, 1);
+  sh_rmt *x = calloc(1, sizeof(*x));
+  sh_call *c = x ? sh_call_new(env->type, env->id, env->method) : NULL;
+  void *key = NULL;
+  if (c && meta && meta->key && meta->key_len > 0 && meta->key_len <= CRUSTER_MAX_KEY_LEN) {
+    key = malloc(meta->key_len);
+    if (key) memcpy(key, meta->key, meta->key_len);
+  }
+  if (!x || !c || (meta && meta->key && meta->key_len > 0 && !key)) {
+    free(x);
+    free(key);
+    if (c) sh_call_free(c);
+    free(env);
+    tp_reply_exit(r, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
+    return;
+  }
+  if (meta && meta->key_len > CRUSTER_MAX_KEY_LEN) {
+    free(x);
+    sh_call_free(c);
+    free(env);
+    tp_reply_exit(r, CRUSTER_E_PAYLOAD_TOO_LARGE, NULL, 0, "idempotency key too long");
+    return;
+  }
+  x->r = r;
+  x->c = c;
+  c->cmd.ud = sh;
+  c->kind = kind;
+  c->flags = CRUSTER_CALL_INLINE_CALLBACK | (env->persisted ? CRUSTER_CALL_PERSISTED : 0u);
+  c->internal = env->internal;
+  c->hops = meta ? meta->hops : 0;
+  int64_t timeout = meta && meta->timeout_ms > 0 ? meta->timeout_ms : sh->cfg->default_call_timeout;
+  c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout);
+  c->key = key;
+  c->key_len = key ? meta->key_len : 0;
+  c->fn = rmt_answer;
+  c->user = x;
+  c->remote = 1;
+  c->env = env;
+  env->request_id = 0;
+  env->keyed = 0;
+  env->fresh = 0;
+  sh_route(sh, &c->cmd);
+}
+
+static void on_send(void *ud, core_env *env, const tp_meta *meta, tp_reply *r) {
+  received(ud, SH_CALL_SEND, env, meta, r);
+}
+
+static void on_notify(void *ud, core_env *env, const tp_meta *meta, tp_reply *r) {
+  received(ud, SH_CALL_NOTIFY, env, meta, r);
+}
+
+static void on_interrupt(void *ud, const char *type, const char *id, const char *group,
+                         int32_t shard, tp_reply *r) {
+  (void)ud;
+  (void)type;
+  (void)id;
+  (void)group;
+  (void)shard;
+  tp_reply_exit(r, CRUSTER_E_INVALID_ARGUMENT, NULL, 0,
+                "interrupting a single entity from another runner is not supported");
+}
+
+const tp_host sh_tp_host_template = {NULL, on_send, on_notify, on_interrupt, NULL};

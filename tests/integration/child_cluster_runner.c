@@ -1,0 +1,248 @@
+/* A runner process for the cluster tests (test_cluster.c).
+ *
+ *   child_cluster_runner ETCD PREFIX ADDRESS CONNINFO|- [CONFIG]
+ *
+ * Starts a runtime in cluster mode (etcd registry at ETCD under key prefix
+ * PREFIX, listening on ADDRESS = runner_address; PostgreSQL storage on
+ * CONNINFO, or none with "-"; CONFIG: "name=value;..." settings) with:
+ *   Echo.who   replies "<ADDRESS> <payload>"
+ *   Echo.fail  fails with application code -1001, message "failed on <ADDRESS>"
+ *   Sink.put   (persisted) inserts (entity id, payload, ADDRESS) into table
+ *              cluster_sink of CONNINFO, then replies "ok"
+ *   Fence.hold (persisted) records in table cluster_fence the interval
+ *              [start, end] it ran on ADDRESS for its shard, holding it ~50 ms
+ * and answers commands on stdin, one per line, with one line on stdout:
+ *   call TYPE ID METHOD PAYLOAD      -> "ok <reply>" | "err <status> <message>"
+ *   pcall TYPE ID METHOD PAYLOAD KEY -> the same, a persisted call with a key
+ *   load N PREFIX                    -> persisted keyed notifies Sink.put to ids
+ *                                       PREFIX-0..N-1 (payload = id), one
+ *                                       line "acked <i>" per accepted one,
+ *                                       then "loaded"
+ *   owned                            -> "owned <shards owned here>"
+ *   stop                             -> graceful stop, "stopped", exit 0
+ * "ready" is printed once the runtime has started. Exits when stdin closes. */
+#include <cruster/cruster.h>
+#include <cruster/pg.h>
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *g_addr;
+static const char *g_conninfo;
+static __thread PGconn *t_conn;
+
+static void die(const char *what, cruster_error *err) {
+  fprintf(stderr, "child_cluster_runner[%ld]: %s: %s\n", (long)getpid(), what,
+          err ? cruster_error_message(err) : "");
+  exit(2);
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* One connection per worker thread (handlers run on workers). */
+static PGconn *conn(void) {
+  if (t_conn && PQstatus(t_conn) == CONNECTION_OK) return t_conn;
+  if (t_conn) PQfinish(t_conn);
+  t_conn = PQconnectdb(g_conninfo);
+  return t_conn;
+}
+
+static void h_who(void *user, cruster_request *req) {
+  (void)user;
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  char out[600];
+  int n = snprintf(out, sizeof(out), "%s %.*s", g_addr, (int)(len > 500 ? 500 : len), p ? p : "");
+  cruster_request_reply(req, out, (size_t)n);
+}
+
+static void h_fail(void *user, cruster_request *req) {
+  (void)user;
+  char msg[200];
+  snprintf(msg, sizeof(msg), "failed on %s", g_addr);
+  cruster_request_fail(req, -1001, msg);
+}
+
+static void h_put(void *user, cruster_request *req) {
+  (void)user;
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  char payload[256];
+  snprintf(payload, sizeof(payload), "%.*s", (int)(len > 200 ? 200 : len), p ? p : "");
+  const char *vals[3] = {cruster_request_entity_id(req), payload, g_addr};
+  PGresult *r = PQexecParams(conn(), "INSERT INTO cluster_sink (entity_id, payload, runner) VALUES ($1, $2, $3)",
+                             3, NULL, vals, NULL, NULL, 0);
+  int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  PQclear(r);
+  if (!ok) {
+    cruster_request_fail(req, CRUSTER_E_HANDLER, "insert failed");
+    return;
+  }
+  cruster_request_reply(req, "ok", 2);
+}
+
+static void h_hold(void *user, cruster_request *req) {
+  (void)user;
+  int64_t start = now_us();
+  sleep_ms(50);
+  int64_t end = now_us();
+  char shard[16], s[24], e[24];
+  snprintf(shard, sizeof(shard), "%d", (int)cruster_request_shard(req));
+  snprintf(s, sizeof(s), "%lld", (long long)start);
+  snprintf(e, sizeof(e), "%lld", (long long)end);
+  const char *vals[4] = {shard, g_addr, s, e};
+  PGresult *r = PQexecParams(conn(),
+                             "INSERT INTO cluster_fence (shard, runner, started_us, ended_us) VALUES "
+                             "($1::int4, $2, $3::int8, $4::int8)",
+                             4, NULL, vals, NULL, NULL, 0);
+  PQclear(r);
+  cruster_request_reply(req, "ok", 2);
+}
+
+static void quiet(void *user, cruster_log_level level, const char *component, const char *msg) {
+  (void)user;
+  if (level >= CRUSTER_LOG_WARN || getenv("CHILD_VERBOSE"))
+    fprintf(stderr, "child[%s] [%s] %s\n", g_addr, component, msg);
+}
+
+static void reply_line(int st, const void *data, size_t len, cruster_error *err) {
+  if (st == CRUSTER_OK)
+    printf("ok %.*s\n", (int)len, data ? (const char *)data : "");
+  else
+    printf("err %d %s\n", st, err ? cruster_error_message(err) : "");
+  fflush(stdout);
+}
+
+static void add_entity(cruster_runtime *rt, const char *name, const char *m1, unsigned f1,
+                       cruster_rpc_fn fn1, const char *m2, cruster_rpc_fn fn2) {
+  cruster_error *err = NULL;
+  cruster_entity_def *d = NULL;
+  if (cruster_entity_def_new(name, &d, &err) != CRUSTER_OK) die("def", err);
+  if (cruster_entity_def_add_rpc(d, m1, f1, fn1, NULL, &err) != CRUSTER_OK) die("add_rpc", err);
+  if (m2 && cruster_entity_def_add_rpc(d, m2, 0, fn2, NULL, &err) != CRUSTER_OK) die("add_rpc", err);
+  if (cruster_runtime_register_entity(rt, d, &err) != CRUSTER_OK) die("register", err);
+  cruster_entity_def_free(d);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 5) {
+    fprintf(stderr, "usage: %s ETCD PREFIX ADDRESS CONNINFO|- [CONFIG]\n", argv[0]);
+    return 64;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  g_addr = argv[3];
+  g_conninfo = strcmp(argv[4], "-") == 0 ? NULL : argv[4];
+  cruster_error *err = NULL;
+  cruster_config *cfg = cruster_config_new();
+  cruster_config_set_logger(cfg, quiet, NULL, getenv("CHILD_VERBOSE") ? CRUSTER_LOG_DEBUG : CRUSTER_LOG_WARN);
+  if (cruster_config_set(cfg, "runner_address", g_addr, &err) != CRUSTER_OK) die("runner_address", err);
+  if (argc > 5 && argv[5][0]) {
+    char *buf = strdup(argv[5]), *save = NULL;
+    for (char *kv = strtok_r(buf, ";", &save); kv; kv = strtok_r(NULL, ";", &save)) {
+      char *eq = strchr(kv, '=');
+      if (!eq) die("bad config item", NULL);
+      *eq = 0;
+      if (cruster_config_set(cfg, kv, eq + 1, &err) != CRUSTER_OK) die(kv, err);
+    }
+    free(buf);
+  }
+  cruster_etcd_opts eo = CRUSTER_ETCD_OPTS_INIT;
+  eo.endpoints = argv[1];
+  eo.prefix = argv[2];
+  eo.lease_ttl_ms = getenv("CHILD_LEASE_TTL_MS") ? atoll(getenv("CHILD_LEASE_TTL_MS")) : 3000;
+  cruster_registry *reg = NULL;
+  if (cruster_registry_etcd_new(&eo, &reg, &err) != CRUSTER_OK) die("registry", err);
+  cruster_storage *st = NULL;
+  if (g_conninfo && cruster_storage_pg_new(g_conninfo, &st, &err) != CRUSTER_OK) die("storage", err);
+  cruster_runtime *rt = NULL;
+  if (cruster_runtime_new(cfg, st, reg, &rt, &err) != CRUSTER_OK) die("runtime_new", err);
+  cruster_config_free(cfg);
+  add_entity(rt, "Echo", "who", 0, h_who, "fail", h_fail);
+  add_entity(rt, "Sink", "put", CRUSTER_RPC_PERSISTED, h_put, NULL, NULL);
+  add_entity(rt, "Fence", "hold", CRUSTER_RPC_PERSISTED, h_hold, NULL, NULL);
+  if (cruster_runtime_start(rt, &err) != CRUSTER_OK) die("start", err);
+  printf("ready\n");
+  fflush(stdout);
+
+  char line[1024];
+  while (fgets(line, sizeof(line), stdin)) {
+    line[strcspn(line, "\n")] = 0;
+    char *save = NULL;
+    char *cmd = strtok_r(line, " ", &save);
+    if (!cmd) continue;
+    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "pcall") == 0) {
+      char *type = strtok_r(NULL, " ", &save), *id = strtok_r(NULL, " ", &save);
+      char *method = strtok_r(NULL, " ", &save), *payload = strtok_r(NULL, " ", &save);
+      char *key = cmd[0] == 'p' ? strtok_r(NULL, " ", &save) : NULL;
+      if (!type || !id || !method || !payload || (cmd[0] == 'p' && !key)) {
+        printf("err %d bad command\n", CRUSTER_E_INVALID_ARGUMENT);
+        fflush(stdout);
+        continue;
+      }
+      cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+      o.timeout_ms = 60000;
+      if (key) {
+        o.flags = CRUSTER_CALL_PERSISTED;
+        o.idempotency_key = key;
+        o.idempotency_key_len = strlen(key);
+      }
+      void *reply = NULL;
+      size_t rlen = 0;
+      int rc = cruster_send_sync(rt, type, id, method, payload, strlen(payload), &o, &reply, &rlen, &err);
+      reply_line(rc, reply, rlen, err);
+      cruster_free(reply);
+      cruster_error_free(err);
+      err = NULL;
+    } else if (strcmp(cmd, "load") == 0) {
+      char *ns = strtok_r(NULL, " ", &save), *prefix = strtok_r(NULL, " ", &save);
+      int n = ns ? atoi(ns) : 0;
+      for (int i = 0; i < n && prefix; i++) {
+        char id[128];
+        snprintf(id, sizeof(id), "%s-%d", prefix, i);
+        cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+        o.timeout_ms = 60000;
+        o.flags = CRUSTER_CALL_PERSISTED;
+        o.idempotency_key = id;
+        o.idempotency_key_len = strlen(id);
+        int rc = cruster_notify_sync(rt, "Sink", id, "put", id, strlen(id), &o, &err);
+        if (rc == CRUSTER_OK) printf("acked %d\n", i);
+        else printf("nack %d %d %s\n", i, rc, err ? cruster_error_message(err) : "");
+        fflush(stdout);
+        cruster_error_free(err);
+        err = NULL;
+      }
+      printf("loaded\n");
+      fflush(stdout);
+    } else if (strcmp(cmd, "owned") == 0) {
+      double v = 0;
+      cruster_metrics_value(cruster_runtime_metrics(rt), "cluster_shards", NULL, &v);
+      printf("owned %.0f\n", v);
+      fflush(stdout);
+    } else if (strcmp(cmd, "stop") == 0) {
+      cruster_runtime_stop(rt, NULL);
+      printf("stopped\n");
+      fflush(stdout);
+      cruster_runtime_free(rt);
+      return 0;
+    } else {
+      printf("err %d unknown command\n", CRUSTER_E_INVALID_ARGUMENT);
+      fflush(stdout);
+    }
+  }
+  cruster_runtime_stop(rt, NULL);
+  cruster_runtime_free(rt);
+  return 0;
+}
