@@ -816,7 +816,10 @@ static void on_srv_close(tp_reply *r, int ok) {
     tp_transport *t = r->t;
     if (!r->finished) count_call(t, 1, r->method, O_CANCELLED);
     r->finished = 1;
+    /* The host may give its exit inside: r must outlive the callback. */
+    r->pending++;
     if (t->has_host && t->host.on_cancelled) t->host.on_cancelled(t->host.ud, r);
+    r->pending--;
   }
   reply_maybe_free(r);
 }
