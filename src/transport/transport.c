@@ -1266,6 +1266,48 @@ static void call_start(tp_call *c, const char *addr, const char *path, uint8_t *
   }
 }
 
+/* A call refused once the transport has stopped (no call object, no
+ * async handle any more): the exit still comes from the loop, through a
+ * command of its own. */
+typedef struct tp_refusal {
+  rt_cmd cmd;
+  tp_exit_fn on_exit;
+  void (*ping)(void *ud, int status);
+  void *ud;
+} tp_refusal;
+
+static void refusal_run(void *ud, rt_cmd *cmd) {
+  (void)cmd;
+  tp_refusal *x = ud;
+  if (x->ping)
+    x->ping(x->ud, CRUSTER_E_SHUTTING_DOWN);
+  else if (x->on_exit)
+    x->on_exit(x->ud, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "transport stopped");
+  free(x);
+}
+
+/* 1 if the call was refused because t has stopped. */
+static int refused_stopped(tp_transport *t, tp_exit_fn on_exit, void (*ping)(void *, int),
+                           void *ud) {
+  if (!t || !t->stopped) return 0;
+  tp_refusal *x = calloc(1, sizeof(*x));
+  if (x) {
+    x->on_exit = on_exit;
+    x->ping = ping;
+    x->ud = ud;
+    x->cmd.fn = refusal_run;
+    x->cmd.ud = x;
+    if (rt_post(t->loop, &x->cmd) == 0) return 1;
+    free(x);
+  }
+  /* The loop is gone (or no memory): the only inline report. */
+  if (ping)
+    ping(ud, CRUSTER_E_SHUTTING_DOWN);
+  else if (on_exit)
+    on_exit(ud, CRUSTER_E_SHUTTING_DOWN, NULL, 0, "transport stopped");
+  return 1;
+}
+
 static void refuse_nomem(tp_exit_fn on_exit, void (*ping)(void *, int), void *ud) {
   /* Not even a call object: the only case reported inline. */
   if (ping)
@@ -1278,6 +1320,7 @@ void tp_call_send(tp_transport *t, const char *addr, const core_env *env, const 
                   int64_t timeout_ms, tp_chunk_fn on_chunk, tp_exit_fn on_exit, void *ud,
                   tp_call **out) {
   if (out) *out = NULL;
+  if (refused_stopped(t, on_exit, NULL, ud)) return;
   tp_call *c = t ? call_new(t, M_SEND, on_exit, ud) : NULL;
   if (!c) {
     refuse_nomem(on_exit, NULL, ud);
@@ -1298,6 +1341,7 @@ void tp_call_send(tp_transport *t, const char *addr, const core_env *env, const 
 void tp_call_notify(tp_transport *t, const char *addr, const core_env *env, const tp_meta *meta,
                     int64_t timeout_ms, tp_exit_fn on_exit, void *ud, tp_call **out) {
   if (out) *out = NULL;
+  if (refused_stopped(t, on_exit, NULL, ud)) return;
   tp_call *c = t ? call_new(t, M_NOTIFY, on_exit, ud) : NULL;
   if (!c) {
     refuse_nomem(on_exit, NULL, ud);
@@ -1318,6 +1362,7 @@ void tp_call_interrupt(tp_transport *t, const char *addr, const char *type, cons
                        const char *group, int32_t shard, int64_t timeout_ms, tp_exit_fn on_exit,
                        void *ud, tp_call **out) {
   if (out) *out = NULL;
+  if (refused_stopped(t, on_exit, NULL, ud)) return;
   tp_call *c = t ? call_new(t, M_INTERRUPT, on_exit, ud) : NULL;
   if (!c) {
     refuse_nomem(on_exit, NULL, ud);
@@ -1336,6 +1381,7 @@ void tp_call_interrupt(tp_transport *t, const char *addr, const char *type, cons
 
 void tp_ping(tp_transport *t, const char *addr, int64_t timeout_ms,
              void (*cb)(void *ud, int status), void *ud) {
+  if (refused_stopped(t, NULL, cb, ud)) return;
   tp_call *c = t ? call_new(t, M_PING, NULL, ud) : NULL;
   if (!c) {
     refuse_nomem(NULL, cb, ud);
@@ -1348,6 +1394,7 @@ void tp_ping(tp_transport *t, const char *addr, int64_t timeout_ms,
 
 void tp_call_raw(tp_transport *t, const char *addr, const char *path, const void *bytes,
                  size_t len, int64_t timeout_ms, tp_exit_fn on_exit, void *ud) {
+  if (refused_stopped(t, on_exit, NULL, ud)) return;
   tp_call *c = t ? call_new(t, M_RAW, on_exit, ud) : NULL;
   if (!c) {
     refuse_nomem(on_exit, NULL, ud);

@@ -128,8 +128,10 @@ typedef void (*tp_exit_fn)(void *ud, int status, const void *data, size_t len, c
  * with a deadline `timeout_ms` (> 0) from now. Chunks (streamed sends) then
  * the exit arrive on the loop thread; on_chunk may be NULL. Every outcome,
  * a refusal up front included, reaches on_exit exactly once, never inside
- * this call. *out (optional) is the call's handle, valid until on_exit has
- * returned. */
+ * this call (after tp_stop: CRUSTER_E_SHUTTING_DOWN from a loop command; and
+ * inline only when the loop itself is gone or memory ran out). *out
+ * (optional) is the call's handle, valid until on_exit has returned; NULL
+ * when the call was refused without one (stopped, out of memory). */
 void tp_call_send(tp_transport *t, const char *addr, const core_env *env, const tp_meta *meta,
                   int64_t timeout_ms, tp_chunk_fn on_chunk, tp_exit_fn on_exit, void *ud,
                   tp_call **out);
