@@ -16,6 +16,15 @@
  * milliseconds), boolean (0/1; as text true/false/1/0/yes/no/on/off), string,
  * and string list (text: comma-separated; "default,premium").
  *
+ * Runners talk to each other over gRPC (plaintext by default). TLS: set
+ * "transport_tls_cert" and "transport_tls_key" (this runner's certificate
+ * and key, PEM files, used as server and as client) and "transport_tls_ca"
+ * (the CA peers are verified against); "transport_tls_require_client_cert"
+ * makes it mutual TLS (callers without a certificate of that CA are
+ * refused). cruster_config_validate refuses incomplete combinations; the
+ * files are read when the runtime starts. "transport_max_message_size"
+ * bounds a message between runners (0 = max_payload_size + 64 KiB).
+ *
  * A config is not thread-safe: use one from one thread at a time. The runtime
  * copies it, so it can be freed or changed after cruster_runtime_new.
  */

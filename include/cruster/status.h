@@ -96,7 +96,9 @@ extern "C" {
    * from execute; it runs again when the wait ends. */                                          \
   X(E_SUSPENDED, -26, "workflow execution suspended")                                             \
   /* A workflow's execute made a durable call that differs from its journal at that position. */ \
-  X(E_DETERMINISM, -27, "workflow execution is not deterministic")
+  X(E_DETERMINISM, -27, "workflow execution is not deterministic")                              \
+  /* The runner registry (etcd) could not be reached or answered with an error. */               \
+  X(E_REGISTRY, -28, "runner registry failed")
 
 #define CRUSTER_STATUS_ENUM_(suffix, value, message) CRUSTER_##suffix = (value),
 

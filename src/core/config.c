@@ -34,6 +34,7 @@ static cruster_status check_hostport(const char *name, const char *v, cruster_er
 static cruster_status check_optional_hostport(const char *name, const char *v, cruster_error **err);
 static cruster_status check_strategy(const char *name, const char *v, cruster_error **err);
 static cruster_status check_table_name(const char *name, const char *v, cruster_error **err);
+static cruster_status check_optional_path(const char *name, const char *v, cruster_error **err);
 
 #define OFF(f) offsetof(struct cruster_config, f)
 #define INT(f, lo, hi, d) {#f, K_INT, OFF(f), 0, lo, hi, d, NULL}
@@ -89,6 +90,11 @@ static const field fields[] = {
     DUR(storage_retry_backoff, 1, "200ms"),
     BOOL(idempotency_strict_payload, "false"),
     INT(workflow_pool_size, 1, 1024, "16"),
+    STR(transport_tls_cert, NULL, check_optional_path),
+    STR(transport_tls_key, NULL, check_optional_path),
+    STR(transport_tls_ca, NULL, check_optional_path),
+    BOOL(transport_tls_require_client_cert, "false"),
+    INT(transport_max_message_size, 0, 2147483647, "0"),
 };
 
 #define N_FIELDS (sizeof fields / sizeof fields[0])
@@ -149,6 +155,21 @@ static cruster_status check_hostport(const char *name, const char *v, cruster_er
 
 static cruster_status check_optional_hostport(const char *name, const char *v, cruster_error **err) {
   return v ? check_hostport(name, v, err) : CRUSTER_OK;
+}
+
+/* A file path (TLS PEM files): 1..4096 bytes, no control characters. The
+ * file itself is read when the transport starts. */
+static cruster_status check_optional_path(const char *name, const char *v, cruster_error **err) {
+  if (!v) return CRUSTER_OK;
+  size_t n = strlen(v);
+  if (n == 0 || n > 4096)
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG, "%s must be a path of 1..4096 bytes",
+                          name);
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+      return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                            "%s must not contain control characters", name);
+  return CRUSTER_OK;
 }
 
 /* A PostgreSQL identifier, optionally schema-qualified: [A-Za-z_][A-Za-z0-9_]*, <= 63 each. */
@@ -464,6 +485,22 @@ cruster_status cruster_config_validate(const cruster_config *cfg, cruster_error 
     return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
                           "worker_threads_max must be >= worker_threads (%" PRId64 "), got %" PRId64,
                           cfg->worker_threads, cfg->worker_threads_max);
+  if ((cfg->transport_tls_cert != NULL) != (cfg->transport_tls_key != NULL))
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                          "transport_tls_cert and transport_tls_key must be set together");
+  if (cfg->transport_tls_cert && !cfg->transport_tls_ca)
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                          "transport_tls_cert needs transport_tls_ca (the CA peers are checked against)");
+  if (cfg->transport_tls_require_client_cert && !cfg->transport_tls_cert)
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                          "transport_tls_require_client_cert needs transport_tls_cert, transport_tls_key "
+                          "and transport_tls_ca");
+  if (cfg->transport_max_message_size != 0 &&
+      cfg->transport_max_message_size < cfg->max_payload_size + 1024)
+    return core_error_set(err, CRUSTER_E_INVALID_CONFIG,
+                          "transport_max_message_size must be 0 (max_payload_size + 64 KiB) or >= "
+                          "max_payload_size + 1024 (%" PRId64 "), got %" PRId64,
+                          cfg->max_payload_size + 1024, cfg->transport_max_message_size);
   return CRUSTER_OK;
 }
 

@@ -63,8 +63,23 @@ struct cruster_config {
                                        * stored reply; 1: CRUSTER_E_CONFLICT */
   int64_t workflow_pool_size;         /* 16 blocking connections for activities and journals */
   int64_t storage_retry_backoff;      /* 200ms; first redelivery delay, doubling, capped at 30 s */
+  /* The transport (src/transport): TLS PEM files (NULL = plaintext) and the
+   * largest message on the wire (0 = max_payload_size + 64 KiB, see
+   * core_config_max_message). */
+  char *transport_tls_cert;
+  char *transport_tls_key;
+  char *transport_tls_ca;
+  int64_t transport_tls_require_client_cert; /* 0 */
+  int64_t transport_max_message_size;        /* 0 = max_payload_size + 65536 */
   core_logger logger;
 };
+
+/* The transport's message size limit in bytes: transport_max_message_size,
+ * or max_payload_size + 64 KiB when it is 0. */
+static inline int64_t core_config_max_message(const cruster_config *cfg) {
+  return cfg->transport_max_message_size ? cfg->transport_max_message_size
+                                         : cfg->max_payload_size + 65536;
+}
 
 /* 1 if `group` is one of cfg->shard_groups. */
 int core_config_has_group(const cruster_config *cfg, const char *group);

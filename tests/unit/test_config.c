@@ -64,6 +64,11 @@ static const struct {
     {"storage_retry_backoff", "200ms"},
     {"idempotency_strict_payload", "false"},
     {"workflow_pool_size", "16"},
+    {"transport_tls_cert", ""},
+    {"transport_tls_key", ""},
+    {"transport_tls_ca", ""},
+    {"transport_tls_require_client_cert", "false"},
+    {"transport_max_message_size", "0"},
 };
 #define N_DEFAULTS (sizeof defaults / sizeof defaults[0])
 
@@ -171,6 +176,11 @@ static const struct {
     {"storage_retry_backoff", "1s", "1000ms"},
     {"idempotency_strict_payload", "on", "true"},
     {"workflow_pool_size", "32", "32"},
+    {"transport_tls_cert", "/etc/cruster/runner.pem", "/etc/cruster/runner.pem"},
+    {"transport_tls_key", "/etc/cruster/runner.key", "/etc/cruster/runner.key"},
+    {"transport_tls_ca", "/etc/cruster/ca.pem", "/etc/cruster/ca.pem"},
+    {"transport_tls_require_client_cert", "on", "true"},
+    {"transport_max_message_size", "1073807360", "1073807360"},
 };
 
 static void every_field_is_settable_by_text(void **state) {
@@ -375,6 +385,16 @@ static void p_refresh_failures(cruster_config *c) { c->shard_lock_refresh_max_fa
 static void p_keepalive(cruster_config *c) { c->keepalive_failure_threshold = -1; }
 static void p_concurrency(cruster_config *c) { c->entity_max_concurrent_requests = -1; }
 static void p_detach_bool(cruster_config *c) { c->detachment_enabled = 2; }
+static void p_tls_cert_alone(cruster_config *c) { c->transport_tls_cert = core_strdup("a.pem"); }
+static void p_tls_no_ca(cruster_config *c) {
+  c->transport_tls_cert = core_strdup("a.pem");
+  c->transport_tls_key = core_strdup("a.key");
+}
+static void p_tls_require(cruster_config *c) {
+  c->transport_tls_ca = core_strdup("ca.pem");
+  c->transport_tls_require_client_cert = 1;
+}
+static void p_max_message_small(cruster_config *c) { c->transport_max_message_size = 4096; }
 
 static void validate_names_the_field_of_each_rule(void **state) {
   (void)state;
@@ -395,6 +415,10 @@ static void validate_names_the_field_of_each_rule(void **state) {
   expect_invalid(p_workers, "worker_threads");
   expect_invalid(p_workers_max_low, "worker_threads_max");
   expect_invalid(p_workers_max_high, "worker_threads_max");
+  expect_invalid(p_tls_cert_alone, "transport_tls_key");
+  expect_invalid(p_tls_no_ca, "transport_tls_ca");
+  expect_invalid(p_tls_require, "transport_tls_require_client_cert");
+  expect_invalid(p_max_message_small, "transport_max_message_size");
   expect_invalid(p_send_retry_count, "send_retry_count");
   expect_invalid(p_crash_retries, "entity_crash_max_retries");
   expect_invalid(p_dead_letter, "storage_message_max_retries");
