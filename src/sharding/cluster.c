@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "core/util.h"
 #include "sharding/cluster.h"
 
@@ -471,7 +472,7 @@ cruster_status sh_cluster_init(sh_sharding *sh, cruster_registry *reg, cruster_m
   tp_opts to;
   memset(&to, 0, sizeof(to));
   to.listen_address = sh->cfg->runner_listen_address ? sh->cfg->runner_listen_address : cl->me;
-  to.max_message_size = sh->cfg->transport_max_message_size;
+  to.max_message_size = core_config_max_message(sh->cfg);
   to.connect_timeout_ms = sh->cfg->grpc_connect_timeout;
   to.tls_cert = sh->cfg->transport_tls_cert;
   to.tls_key = sh->cfg->transport_tls_key;

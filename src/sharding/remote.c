@@ -113,7 +113,7 @@ void sh_route_remote(sh_sharding *sh, sh_call *c) {
     if (c->remote) {
       /* Sent here by a runner that thinks this one owns the shard: it does
        * not (yet, or any more). The sender routes it again. */
-      char msg[160];
+      char msg[CRUSTER_MAX_NAME_LEN + 128];
       snprintf(msg, sizeof(msg), "shard %s:%d is not owned by runner %s", env->group,
                (int)env->shard, cl->me);
       sh_call_complete(sh, c, CRUSTER_E_NOT_ASSIGNED, NULL, 0, msg);
@@ -124,7 +124,7 @@ void sh_route_remote(sh_sharding *sh, sh_call *c) {
     return;
   }
   if (c->hops >= SH_MAX_HOPS) {
-    char msg[160];
+    char msg[CRUSTER_MAX_NAME_LEN + 128];
     snprintf(msg, sizeof(msg), "shard %s:%d is not owned here and the call was forwarded %d times",
              env->group, (int)env->shard, (int)c->hops);
     sh_call_complete(sh, c, CRUSTER_E_NOT_ASSIGNED, NULL, 0, msg);
