@@ -23,6 +23,30 @@
 #include "core/util.h"
 #include "transport/wire.h"
 
+/* gRPC's libraries are not built with ThreadSanitizer, so TSan cannot see
+ * that a batch started on the loop thread happens before its completion on
+ * the completion-queue thread. These annotations state it for each tag:
+ * release before grpc_call_start_batch / request_call, acquire when the tag
+ * comes out of the queue. (tests/tsan.supp ignores what gRPC's own threads
+ * do with its memory.) */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TP_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define TP_TSAN 1
+#endif
+#ifdef TP_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define TAG_RELEASE(tag) __tsan_release(tag)
+#define TAG_ACQUIRE(tag) __tsan_acquire(tag)
+#else
+#define TAG_RELEASE(tag) ((void)(tag))
+#define TAG_ACQUIRE(tag) ((void)(tag))
+#endif
+
 #define COMPONENT "transport"
 #define N_SLOTS 64                    /* request_call slots posted at once */
 #define MAX_TLS_FILE (1024 * 1024)    /* PEM files larger than this are refused */
@@ -231,6 +255,7 @@ static void cq_thread(void *arg) {
     if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
     if (ev.type != GRPC_OP_COMPLETE) continue;
     tp_tag *e = ev.tag;
+    TAG_ACQUIRE(e);
     e->ok = ev.success;
     e->next = NULL;
     uv_mutex_lock(&t->mu);
@@ -544,6 +569,7 @@ void tp_stop(tp_transport *t) {
   if (t->server) {
     t->t_shutdown.kind = T_SHUTDOWN;
     t->t_shutdown.obj = t;
+    TAG_RELEASE(&t->t_shutdown);
     grpc_server_shutdown_and_notify(t->server, t->cq, &t->t_shutdown);
     grpc_server_cancel_all_calls(t->server);
   }
@@ -617,6 +643,7 @@ static void post_slot(tp_transport *t) {
   r->t_send = (tp_tag){T_SRV_SEND, r, 0, NULL};
   r->pending = 1;
   t->n_srv++;
+  TAG_RELEASE(&r->t_req);
   grpc_call_error e = grpc_server_request_call(t->server, &r->call, &r->details, &r->md, t->cq,
                                                t->cq, &r->t_req);
   if (e != GRPC_CALL_OK) {
@@ -672,6 +699,7 @@ static void reply_maybe_free(tp_reply *r) {
 
 static void start_batch_srv(tp_reply *r, const grpc_op *ops, size_t n, tp_tag *tag) {
   r->pending++;
+  TAG_RELEASE(tag);
   grpc_call_error e = grpc_call_start_batch(r->call, ops, n, tag, NULL);
   if (e != GRPC_CALL_OK) {
     r->pending--;
@@ -1065,6 +1093,7 @@ static void start_recv(tp_call *c) {
   op.op = GRPC_OP_RECV_MESSAGE;
   op.data.recv_message.recv_message = &c->recv_bb;
   c->pending++;
+  TAG_RELEASE(&c->t_recv);
   if (grpc_call_start_batch(c->call, &op, 1, &c->t_recv, NULL) != GRPC_CALL_OK) {
     c->pending--;
     c->recv_done = 1;
@@ -1253,6 +1282,7 @@ static void call_start(tp_call *c, const char *addr, const char *path, uint8_t *
     nops = 6;
   }
   c->pending++;
+  TAG_RELEASE(&c->t_main);
   if (grpc_call_start_batch(c->call, ops, nops, &c->t_main, NULL) != GRPC_CALL_OK) {
     c->pending--;
     call_fail(c, CRUSTER_E_INTERNAL, "gRPC refused the call%s", NULL);
@@ -1267,6 +1297,7 @@ static void call_start(tp_call *c, const char *addr, const char *path, uint8_t *
   st.data.recv_status_on_client.status = &c->status;
   st.data.recv_status_on_client.status_details = &c->status_details;
   c->pending++;
+  TAG_RELEASE(&c->t_status);
   if (grpc_call_start_batch(c->call, &st, 1, &c->t_status, NULL) != GRPC_CALL_OK) {
     c->pending--;
     call_fail(c, CRUSTER_E_INTERNAL, "gRPC refused the call%s", NULL);
