@@ -3,6 +3,7 @@
  * health, the runner watch and its safety-net poll. Everything runs on the
  * host's loop thread; etcd is reached through etcd_http (libcurl multi on
  * libuv), requests and answers are JSON (jansson) with base64 keys/values. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1606,7 +1607,11 @@ static const rg_ops etcd_ops = {
 };
 
 void rg_etcd_test_drop_keepalives(cruster_registry *r, int drop) {
-  if (r && r->ops == &etcd_ops) ((etcd *)r->impl)->drop_keepalives = drop;
+  if (!r || r->ops != &etcd_ops) return;
+  etcd *e = r->impl;
+  e->drop_keepalives = drop;
+  /* resuming: a keep-alive at once */
+  if (!drop && e->state == RS_UP && !e->stopped) sched(e, &e->ka_task, 0, ka_tick);
 }
 
 /* ---- construction ------------------------------------------------------------------------- */

@@ -523,6 +523,23 @@ static void lease_expiry_detaches_then_reregisters(void **state) {
   cruster_metrics_value(a.m, "cluster_lease_state", NULL, &gauge);
   assert_true(gauge == 2);
 
+  /* Keep-alives resume in time: the same lease is alive again. */
+  rg_etcd_test_drop_keepalives(a.r, 0);
+  lease_cond ok = {&a, RG_LEASE_OK};
+  assert_true(pump_until(got_lease, &ok));
+  assert_int_equal(a.n_lease, 2);
+  assert_int_equal(a.lease_events[1], RG_LEASE_OK);
+  cruster_metrics_value(a.m, "cluster_lease_state", NULL, &gauge);
+  assert_true(gauge == 1);
+  assert_true(a.r->ops->lease_deadline_ms(a.r) > mono_ms());
+
+  /* They stop again. */
+  rg_etcd_test_drop_keepalives(a.r, 1);
+  a.n_lease = 0;
+  a.uncertain_key_present = -1;
+  assert_true(pump_until(got_lease, &unc));
+  assert_int_equal(a.uncertain_key_present, 1);
+
   /* The lease ends at etcd (revoked from the other client, the same for
    * the registry as its expiry, without waiting for etcd's expiry under
    * load): the key and the lock go. */
@@ -537,6 +554,9 @@ static void lease_expiry_detaches_then_reregisters(void **state) {
   rg_etcd_test_drop_keepalives(a.r, 0);
   lease_cond nw = {&a, RG_LEASE_NEW};
   assert_true(pump_until(got_lease, &nw));
+  assert_int_equal(a.n_lease, 2); /* uncertain, then new */
+  assert_int_equal(a.lease_events[0], RG_LEASE_UNCERTAIN);
+  assert_int_equal(a.lease_events[1], RG_LEASE_NEW);
   int64_t lease2 = 0;
   v = raw_get(key_of("runners/127.0.0.1:9003"), &lease2);
   assert_non_null(v);
