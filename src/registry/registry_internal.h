@@ -126,7 +126,8 @@ struct cruster_registry {
 };
 
 /* Test hook (etcd only): non-zero makes the keep-alive ticks send nothing
- * (as if etcd could not be reached), zero resumes them. Loop thread. */
+ * (as if etcd could not be reached), zero resumes them with a keep-alive at
+ * once. Loop thread. */
 void rg_etcd_test_drop_keepalives(cruster_registry *r, int drop);
 
 #endif

@@ -83,7 +83,9 @@ typedef struct tp_opts {
 cruster_status tp_new(rt_loop *loop, const tp_opts *opts, const core_logger *lg,
                       cruster_metrics *metrics, const tp_host *host, tp_transport **out,
                       cruster_error **err);
-/* Starts the completion-queue thread and, with a listen address, the server;
+/* Loop thread, or before the loop thread runs (it makes a uv_async handle on
+ * the loop). Starts the completion-queue thread and, with a listen address,
+ * the server;
  * *bound_port (optional) receives the port bound (0 without a server).
  * Errors: CRUSTER_E_STATE (started twice), CRUSTER_E_RUNNER_UNAVAILABLE (the
  * address cannot be bound), CRUSTER_E_INTERNAL. */
@@ -92,7 +94,11 @@ cruster_status tp_start(tp_transport *t, int *bound_port, cruster_error **err);
  * with all of them (it blocks the loop briefly). Every call of this runner
  * gets its exit once (CRUSTER_E_SHUTTING_DOWN unless it had finished);
  * every received call still unanswered gets on_cancelled; the host must
- * still give its exits (they are then only freed). Idempotent. */
+ * still give its exits (they are then only freed). Idempotent. Must run
+ * before the loop closes (e.g. from its close hook, rt_loop_set_close_hook):
+ * it closes its uv_async handle. Server-side replies are queued without a
+ * bound: a host streaming faster than the peer reads holds the chunks in
+ * memory (the caller's deadline ends such a call). */
 void tp_stop(tp_transport *t);
 /* Frees the transport (tp_stop first if needed). Every tp_reply must have
  * had its exit. Loop thread, or any thread once the loop has closed. */

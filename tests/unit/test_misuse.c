@@ -479,7 +479,7 @@ static void unknown_failure_codes_become_handler_errors(void **state) {
   } cases[] = {
       {-500, NULL, CRUSTER_E_HANDLER, CRUSTER_E_INVALID_ARGUMENT, "status -500"},
       {-500, "disk on fire", CRUSTER_E_HANDLER, CRUSTER_E_INVALID_ARGUMENT, "disk on fire"},
-      {-28, "x", CRUSTER_E_HANDLER, CRUSTER_E_INVALID_ARGUMENT, "status -28"},
+      {-29, "x", CRUSTER_E_HANDLER, CRUSTER_E_INVALID_ARGUMENT, "status -29"},
       {CRUSTER_E_CONFLICT, "c", CRUSTER_E_CONFLICT, CRUSTER_OK, "c"},
       {-999, "x", CRUSTER_E_HANDLER, CRUSTER_E_INVALID_ARGUMENT, "status -999"},
       {7, "positive", CRUSTER_E_HANDLER, CRUSTER_E_INVALID_ARGUMENT, "positive"},
