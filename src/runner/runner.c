@@ -280,6 +280,8 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
 
 fail_loop:
   if (rt->storage) rt->storage->ops->detach(rt->storage);
+  /* The registry closes its handles before the loop closes the rest. */
+  if (rt->sh.cl) rt->registry->ops->stop(rt->registry);
   rt_loop_abandon(&rt->loop);
   wf_engine_free(rt->wf);
   sh_free(&rt->sh);

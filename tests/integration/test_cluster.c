@@ -146,7 +146,7 @@ static void child_close(child *c) {
       waitpid(c->pid, &status, 0);
       break;
     }
-    usleep(20000);
+    ts_sleep_ms(20);
   }
   close(c->out_fd);
   c->alive = 0;
@@ -162,7 +162,7 @@ static void wait_all_owned(child *cs, size_t n) {
       if (cs[i].alive) sum += child_owned(&cs[i]);
     if (sum == SHARDS) return;
     if (pgt_mono_ms() > end) fail_msg("the runners own %d of %d shards after %ld ms", sum, SHARDS, TS_DEADLINE_MS);
-    usleep(100000);
+    ts_sleep_ms(100);
   }
 }
 
@@ -208,8 +208,8 @@ static void test_calls_across_runners_and_graceful_stop(void **state) {
   /* An error keeps its code and message across runners. */
   for (int e = 0; e < 6; e++) {
     child_cmd(&cs[0], line, sizeof(line), "call Echo e%d fail -", e);
-    char want[160];
-    snprintf(want, sizeof(want), "err -1001 failed on %s", owner[e]);
+    char want[200];
+    snprintf(want, sizeof(want), "err -1001 failed on %.64s", owner[e]);
     assert_string_equal(line, want);
   }
 
@@ -281,7 +281,7 @@ static void test_sigkill_loses_nothing_acknowledged(void **state) {
     }
     if (missing == 0) break;
     if (pgt_mono_ms() > end) fail_msg("%d acknowledged messages never handled", missing);
-    usleep(200000);
+    ts_sleep_ms(200);
   }
   assert_int_equal(nacked, N);
   /* The dead runner's shards are owned again (after its lease). */
