@@ -82,6 +82,14 @@ static cruster_status pg_attach(cruster_storage *s, const st_host *host, cruster
                                    "Time from queueing a storage operation to its result", NULL);
   st->m_reconnects = core_metrics_get(host->metrics, CORE_COUNTER, "cluster_storage_reconnects_total",
                                       "Times a PostgreSQL connection was lost and reopened", NULL);
+  if (st->cluster) {
+    st->m_taken_over = core_metrics_get(
+        host->metrics, CORE_COUNTER, "cluster_storage_claims_taken_over_total",
+        "Claims left by other runners on acquired shards, given back to be delivered again", NULL);
+    st->m_known = core_metrics_get(host->metrics, CORE_GAUGE, "cluster_storage_shards_known",
+                                   "Shards whose stored unanswered messages this runner has listed",
+                                   NULL);
+  }
   for (int i = 0; i < st->nconns; i++) {
     pg_conn *c = &st->conns[i];
     c->st = st;

@@ -188,6 +188,7 @@ void pg_ks_release(pg_store *st, const char *group, const int32_t *shards, size_
     pg_ks *ks = pg_ks_of(st, group, shards[i]);
     if (!ks) continue;
     forgot += ks->pending.count + ks->unknown.count;
+    if (ks->state == KS_KNOWN) core_metric_add(st->m_known, -1);
     core_map_clear(&ks->pending);
     core_map_clear(&ks->tracked);
     core_map_clear(&ks->unknown);
@@ -287,6 +288,7 @@ void pg_acquire_start(pg_store *st, pg_op *o) {
   for (size_t i = 0; i < o->limit; i++) {
     pg_ks *ks = pg_ks_of(st, o->env->group, o->shards[i]);
     o->gens[i] = ks ? ks->gen : -1;
+    if (ks && ks->state == KS_KNOWN) core_metric_add(st->m_known, -1);
     if (ks) ks->state = KS_SCANNING;
   }
   pg_enqueue(st, &st->conns[0], o);
@@ -315,8 +317,10 @@ void pg_acquire_done(pg_store *st, pg_op *o) {
       known++;
     }
   }
+  core_metric_add(st->m_known, (double)known);
   const char *n = PQcmdTuples(o->res[0]);
   int gave_back = n && *n && strcmp(n, "0") != 0;
+  if (gave_back) core_metric_add(st->m_taken_over, atof(n));
   if (gave_back)
     core_log(st->lg, CRUSTER_LOG_INFO, "storage",
              "%s message(s) claimed by an earlier owner of %zu acquired shard(s) of group %s will "

@@ -212,6 +212,7 @@ struct pg_store {
   uv_timer_t recon_timer; /* retries a failed reconcile */
   int recon_timer_init;
   core_metric *m_batches, *m_batch_ops, *m_reconnects, *m_latency;
+  core_metric *m_taken_over, *m_known; /* cluster mode: pg_acquire_*, pg_ks_release */
 };
 
 /* Binary result values (NULL reads as 0, false, NULL). */

@@ -384,6 +384,12 @@ static void shard_move_keeps_entity_order(void **state) {
   acquire(&t.b, two_, 1);
   claimed_by(&t.sc, m->request_id, who, sizeof who);
   assert_string_equal(who, "");
+  core_metric *taken = core_metrics_get(t.b.metrics, CORE_COUNTER,
+                                        "cluster_storage_claims_taken_over_total", "", NULL);
+  core_metric *known = core_metrics_get(t.b.metrics, CORE_GAUGE, "cluster_storage_shards_known",
+                                        "", NULL);
+  assert_true(core_metric_get(taken) == 1.0);
+  assert_true(core_metric_get(known) == 5.0);
   /* m is stored unanswered: its entity is not clear; another one is. */
   assert_int_equal(t.b.s->ops->claims_now(t.b.s, m2), 0);
   assert_int_equal(t.b.s->ops->claims_now(t.b.s, f), 1);
