@@ -11,7 +11,8 @@
  *   pg_ops.c       the prepared statements; an operation's parameters
  *   pg_result.c    results (and failures) into the operations' callbacks
  *   pg_known.c     what this runtime knows of stored unanswered messages
- *                  (tracked, unknown, in transit; the attach scan)
+ *                  (tracked, unknown, in transit; the attach scan; cluster
+ *                  mode: per shard, acquired and released shards)
  *   pg_reconcile.c claim tokens and giving back stale claims
  *
  * pg_internal.h: the schema (pg_schema.c); pg_sql.h: the statements. */
