@@ -80,6 +80,10 @@
 #define em_rpc_list_find cruster__em_rpc_list_find
 #define em_rpc_list_free cruster__em_rpc_list_free
 #define em_type_find cruster__em_type_find
+#define pg_acquire_close cruster__pg_acquire_close
+#define pg_acquire_done cruster__pg_acquire_done
+#define pg_acquire_failed cruster__pg_acquire_failed
+#define pg_acquire_start cruster__pg_acquire_start
 #define pg_check_flushed cruster__pg_check_flushed
 #define pg_check_schema cruster__pg_check_schema
 #define pg_claimer_new cruster__pg_claimer_new
@@ -101,6 +105,11 @@
 #define pg_job_new cruster__pg_job_new
 #define pg_job_push cruster__pg_job_push
 #define pg_knows_clear cruster__pg_knows_clear
+#define pg_ks_free cruster__pg_ks_free
+#define pg_ks_init cruster__pg_ks_init
+#define pg_ks_of cruster__pg_ks_of
+#define pg_ks_release cruster__pg_ks_release
+#define pg_life_new cruster__pg_life_new
 #define pg_lock_schema cruster__pg_lock_schema
 #define pg_migrate_conn cruster__pg_migrate_conn
 #define pg_new_claim_token cruster__pg_new_claim_token
@@ -116,6 +125,7 @@
 #define pg_recon_failed cruster__pg_recon_failed
 #define pg_recon_kick cruster__pg_recon_kick
 #define pg_redo_requeue cruster__pg_redo_requeue
+#define pg_save_landed cruster__pg_save_landed
 #define pg_scan_done cruster__pg_scan_done
 #define pg_scan_failed cruster__pg_scan_failed
 #define pg_scan_start cruster__pg_scan_start

@@ -234,6 +234,25 @@ static void mem_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t m
   free(dead);
 }
 
+/* One process, one runtime: every claim was made here, and what is
+ * stored is all in memory -- nothing to give back or to learn. */
+static void mem_shards_acquired(cruster_storage *s, const char *group, const int32_t *shards,
+                                size_t n, st_done_cb cb, void *ud) {
+  (void)s;
+  (void)group;
+  (void)shards;
+  (void)n;
+  cb(ud, CRUSTER_OK, NULL);
+}
+
+static void mem_shards_released(cruster_storage *s, const char *group, const int32_t *shards,
+                                size_t n) {
+  (void)s;
+  (void)group;
+  (void)shards;
+  (void)n;
+}
+
 static void mem_release(cruster_storage *s, const core_env *e, int attempt) {
   mem_store *m = s->impl;
   mem_msg *x = core_map_iget(&m->msgs, e->request_id);
@@ -757,6 +776,8 @@ static const st_ops mem_ops = {
     .save_request = mem_save_request,
     .save_reply = mem_save_reply,
     .poll = mem_poll,
+    .shards_acquired = mem_shards_acquired,
+    .shards_released = mem_shards_released,
     .release = mem_release,
     .next_due = mem_next_due,
     .park = mem_park,

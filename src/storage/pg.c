@@ -20,6 +20,28 @@ static void on_cleanup_timer(uv_timer_t *t) {
   if (o) pg_enqueue(st, &st->conns[0], o);
 }
 
+/* The configured shard groups as a PostgreSQL text[] literal (each element
+ * quoted). NULL on OOM. */
+static char *groups_literal(const cruster_config *cfg) {
+  size_t cap = 3;
+  for (size_t g = 0; g < cfg->n_shard_groups; g++) cap += 2 * strlen(cfg->shard_groups[g]) + 3;
+  char *out = malloc(cap), *p = out;
+  if (!out) return NULL;
+  *p++ = '{';
+  for (size_t g = 0; g < cfg->n_shard_groups; g++) {
+    if (g) *p++ = ',';
+    *p++ = '"';
+    for (const char *c = cfg->shard_groups[g]; *c; c++) {
+      if (*c == '"' || *c == '\\') *p++ = '\\';
+      *p++ = *c;
+    }
+    *p++ = '"';
+  }
+  *p++ = '}';
+  *p = 0;
+  return out;
+}
+
 static cruster_status pg_attach(cruster_storage *s, const st_host *host, cruster_error **err) {
   pg_store *st = s->impl;
   const cruster_config *cfg = host->cfg;
@@ -29,20 +51,24 @@ static cruster_status pg_attach(cruster_storage *s, const st_host *host, cruster
                                       (int)cfg->storage_auto_migrate, err);
   /* Single-node mode: a second runtime on this schema would take the first
    * one's claims and write beside it (the in-memory knowledge of pending
-   * entities assumes one writer). The check connection keeps the lock. */
-  if (rc == CRUSTER_OK) rc = pg_lock_schema(check, err);
-  if (rc != CRUSTER_OK) {
-    PQfinish(check);
-    return rc;
-  }
-  st->lock_conn = check;
+   * entities assumes one writer). The check connection keeps the lock.
+   * Cluster mode shares the schema: each runner writes and claims its own
+   * shards' messages (pg_known.c). */
+  if (rc == CRUSTER_OK && !host->cluster) rc = pg_lock_schema(check, err);
+  if (rc != CRUSTER_OK || host->cluster) PQfinish(check);
+  if (rc != CRUSTER_OK) return rc;
+  st->lock_conn = host->cluster ? NULL : check;
   st->host = *host;
+  st->cluster = host->cluster != 0;
+  if (pg_ks_init(st) != 0 || !(st->groups_lit = groups_literal(cfg)))
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   st->lg = host->lg;
   st->batch = cfg->storage_batch_size;
   st->backoff_ms = cfg->storage_retry_backoff;
   st->retention_ms = cfg->storage_retention;
   if (!st->wf && !(st->wf = pg_wf_new(st->conninfo, (size_t)cfg->workflow_pool_size)))
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  pg_life_new(st);
   pg_claimer_new(st);
   if (pg_fast_sql_build(st) != 0) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   st->conns = calloc((size_t)cfg->storage_pool_size, sizeof(*st->conns));
@@ -56,6 +82,14 @@ static cruster_status pg_attach(cruster_storage *s, const st_host *host, cruster
                                    "Time from queueing a storage operation to its result", NULL);
   st->m_reconnects = core_metrics_get(host->metrics, CORE_COUNTER, "cluster_storage_reconnects_total",
                                       "Times a PostgreSQL connection was lost and reopened", NULL);
+  if (st->cluster) {
+    st->m_taken_over = core_metrics_get(
+        host->metrics, CORE_COUNTER, "cluster_storage_claims_taken_over_total",
+        "Claims left by other runners on acquired shards, given back to be delivered again", NULL);
+    st->m_known = core_metrics_get(host->metrics, CORE_GAUGE, "cluster_storage_shards_known",
+                                   "Shards whose stored unanswered messages this runner has listed",
+                                   NULL);
+  }
   for (int i = 0; i < st->nconns; i++) {
     pg_conn *c = &st->conns[i];
     c->st = st;
@@ -83,6 +117,12 @@ static cruster_status pg_attach(cruster_storage *s, const st_host *host, cruster
   uv_timer_init(host->loop, &st->recon_timer);
   st->recon_timer.data = st;
   st->recon_timer_init = 1;
+  uv_timer_init(host->loop, &st->acq_timer);
+  st->acq_timer.data = st;
+  st->acq_timer_init = 1;
+  /* Cluster mode: nothing is known until shards are acquired (each new
+   * owner gives back what others left on its shards). */
+  if (st->cluster) return CRUSTER_OK;
   /* Claims an earlier life left: given back once the first connection is
    * ready (the reconcile goes first), then what earlier lives left is
    * listed. */
@@ -114,7 +154,7 @@ static void pg_save_request(cruster_storage *s, const core_env *m, const st_key 
   }
   if (!o || !o->env || (m->keyed && !o->key)) {
     if (o) pg_op_free(o);
-    pg_unknown_add(st, m->type, m->id);
+    pg_unknown_add(st, m->group, m->shard, m->type, m->id);
     cb(ud, CRUSTER_E_NOMEM, "out of memory", &fail);
     return;
   }
@@ -130,14 +170,14 @@ static void pg_save_request(cruster_storage *s, const core_env *m, const st_key 
   /* Only a save its insert may claim is on its way to the runtime. */
   o->in_transit = claim && !o->behind;
   if (o->in_transit) pg_transit_start(st, m);
-  o->tracked = pg_track_add(st, m);
+  o->tracked = pg_track_add(st, o);
   pg_enqueue(st, pg_conn_for_entity(st, m), o);
 }
 
 /* A transactional handler's reply was committed on the workflow side's
  * connection: what save_reply would have learnt. */
 static void pg_replied(cruster_storage *s, const core_env *m) {
-  pg_track_remove(s->impl, m->request_id, m->type, m->id);
+  pg_track_remove(s->impl, m->request_id, m->group, m->shard, m->type, m->id);
 }
 
 static void pg_save_reply(cruster_storage *s, const core_env *m, const st_reply *r, st_done_cb cb,
@@ -145,7 +185,7 @@ static void pg_save_reply(cruster_storage *s, const core_env *m, const st_reply 
   pg_store *st = s->impl;
   /* Answered: newer messages of the entity no longer wait for it (should
    * storing the answer fail, pg_op_fail makes the entity ask). */
-  pg_track_remove(st, m->request_id, m->type, m->id);
+  pg_track_remove(st, m->request_id, m->group, m->shard, m->type, m->id);
   pg_op *o = pg_op_new(OP_REPLY, ud);
   if (o) {
     o->cb.done = cb;
@@ -160,7 +200,7 @@ static void pg_save_reply(cruster_storage *s, const core_env *m, const st_reply 
   }
   if (!o || !o->env || (r->status == CRUSTER_OK && !o->data) || (r->message && !o->message)) {
     if (o) pg_op_free(o);
-    pg_unknown_add(st, m->type, m->id);
+    pg_unknown_add(st, m->group, m->shard, m->type, m->id);
     if (cb) cb(ud, CRUSTER_E_NOMEM, "out of memory");
     return;
   }
@@ -210,14 +250,38 @@ static void *pg_wf_side(cruster_storage *s, const st_wf_ops **ops) {
   return st->wf;
 }
 
+/* The keys (PG_OWNED_BY, pg_sql.h) of the owned shards as an int8[]
+ * literal in *out -- left NULL when every shard is owned. Returns the number
+ * owned, or -1 on OOM. */
+static int64_t owned_keys(pg_store *st, st_owned_fn owned, void *owned_ud, char **out) {
+  const cruster_config *cfg = st->host.cfg;
+  size_t per = (size_t)cfg->shards_per_group, total = cfg->n_shard_groups * per, n = 0;
+  *out = NULL;
+  if (!owned) return (int64_t)total;
+  int64_t *keys = malloc((total + 1) * sizeof(*keys));
+  if (!keys) return -1;
+  for (size_t g = 0; g < cfg->n_shard_groups; g++)
+    for (size_t k = 0; k < per; k++)
+      if (owned(owned_ud, cfg->shard_groups[g], (int32_t)k)) keys[n++] = (int64_t)(g * per + k);
+  if (n < total && n > 0 && !(*out = pg_int8_array(keys, n))) n = (size_t)-1;
+  free(keys);
+  return n == (size_t)-1 ? -1 : (int64_t)n;
+}
+
 static void pg_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t max_retries,
                     st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud) {
-  (void)owned; /* single-node: every shard is ours */
-  (void)owned_ud;
   pg_store *st = s->impl;
   pg_op *o = pg_op_new(OP_POLL, ud);
-  if (!o) {
+  int64_t nowned = o ? owned_keys(st, owned, owned_ud, &o->owned) : -1;
+  if (nowned < 0) {
+    if (o) pg_op_free(o);
     cb(ud, CRUSTER_E_NOMEM, "out of memory", NULL, 0, NULL, 0);
+    return;
+  }
+  if (nowned == 0) { /* nothing of ours to claim, nothing due for us */
+    pg_op_free(o);
+    st->next_due = 0;
+    cb(ud, CRUSTER_OK, NULL, NULL, 0, NULL, 0);
     return;
   }
   o->cb.poll = cb;
@@ -225,6 +289,45 @@ static void pg_poll(cruster_storage *s, int64_t now_ms, size_t limit, int64_t ma
   o->limit = limit;
   o->max_retries = max_retries;
   pg_enqueue(st, &st->conns[0], o);
+}
+
+static void pg_shards_acquired(cruster_storage *s, const char *group, const int32_t *shards,
+                               size_t n, st_done_cb cb, void *ud) {
+  pg_store *st = s->impl;
+  if (!st->cluster || n == 0) { /* single-node: every shard was known from the start */
+    cb(ud, CRUSTER_OK, NULL);
+    return;
+  }
+  if (!group || !shards) {
+    cb(ud, CRUSTER_E_INVALID_ARGUMENT, "shards_acquired needs a group and shards");
+    return;
+  }
+  for (size_t i = 0; i < n; i++)
+    if (!pg_ks_of(st, group, shards[i])) {
+      cb(ud, CRUSTER_E_INVALID_ARGUMENT, "shards_acquired: no such shard group or shard");
+      return;
+    }
+  pg_op *o = pg_op_new(OP_ACQUIRE, ud);
+  if (o) {
+    o->env = core_env_new("", "", "", NULL, 0);
+    o->shards = malloc(n * sizeof(*o->shards));
+    o->gens = malloc(n * sizeof(*o->gens));
+  }
+  if (!o || !o->env || !o->shards || !o->gens || strlen(group) >= sizeof(o->env->group)) {
+    if (o) pg_op_free(o);
+    cb(ud, CRUSTER_E_NOMEM, "out of memory");
+    return;
+  }
+  snprintf(o->env->group, sizeof(o->env->group), "%s", group);
+  memcpy(o->shards, shards, n * sizeof(*shards));
+  o->limit = n;
+  o->cb.acquired = cb;
+  pg_acquire_start(st, o);
+}
+
+static void pg_shards_released(cruster_storage *s, const char *group, const int32_t *shards,
+                               size_t n) {
+  if (shards) pg_ks_release(s->impl, group, shards, n);
 }
 
 static int64_t pg_next_due(cruster_storage *s) {
@@ -304,6 +407,7 @@ static void pg_detach(cruster_storage *s) {
   if (st->closing) return; /* stop may detach early (flush timeout), then again at close */
   st->closing = 1;
   pg_done_release(st); /* fails them: closing */
+  pg_acquire_close(st);
   if (st->done_timer_init) {
     uv_close((uv_handle_t *)&st->done_timer, NULL);
     st->done_timer_init = 0;
@@ -341,9 +445,8 @@ static void pg_detach(cruster_storage *s) {
 static void pg_destroy(cruster_storage *s) {
   pg_store *st = s->impl;
   if (st->lock_conn) PQfinish(st->lock_conn);
-  core_map_clear(&st->pending);
-  core_map_clear(&st->tracked);
-  core_map_clear(&st->unknown);
+  pg_ks_free(st);
+  free(st->groups_lit);
   core_map_clear(&st->transit);
   core_map_clear(&st->held);
   for (int i = 0; i < PG_FAST_SIZES; i++) free(st->fast_sql[i]);
@@ -364,6 +467,8 @@ static const st_ops pg_ops = {
     .save_reply = pg_save_reply,
     .replied = pg_replied,
     .poll = pg_poll,
+    .shards_acquired = pg_shards_acquired,
+    .shards_released = pg_shards_released,
     .release = pg_release,
     .next_due = pg_next_due,
     .park = pg_park,

@@ -142,7 +142,7 @@ static int shared_kind(const pg_op *o) {
 /* The statements an operation sends by itself (undoing what a job's
  * grouping changed: shared ids, a fast insert's row). */
 static void op_reset_nstmt(pg_op *o) {
-  o->nstmt = o->kind == OP_POLL ? 2 : o->fast ? 0 : 1;
+  o->nstmt = o->kind == OP_POLL || o->kind == OP_ACQUIRE ? 2 : o->fast ? 0 : 1;
 }
 
 static void redo_add(pg_conn *c, pg_op *o, int solo) {

@@ -28,6 +28,8 @@ static const stmt stmts[] = {
     {"cr_clean", PG_SQL_CLEANUP, 1}, {"cr_recon", PG_SQL_RECONCILE, 2},
     {"cr_scan", PG_SQL_SCAN, 1},    {"cr_unclaim", PG_SQL_UNCLAIM, 3},
     {"cr_park", PG_SQL_PARK, 4},
+    {"cr_recon_own", PG_SQL_RECONCILE_OWN, 3},
+    {"cr_acq_unclaim", PG_SQL_ACQUIRE_UNCLAIM, 4}, {"cr_acq_scan", PG_SQL_ACQUIRE_SCAN, 3},
     {"cr_guard", PG_SQL_JOB_GUARD, 2},
 };
 #define N_STMTS (int)(sizeof stmts / sizeof stmts[0])
@@ -192,14 +194,21 @@ int pg_op_send(pg_conn *c, pg_op *o) {
     snprintf(a, sizeof a, "%zu", o->limit > (size_t)INT32_MAX ? (size_t)INT32_MAX : o->limit);
     snprintf(b, sizeof b, "%lld", (long long)o->now_ms);
     snprintf(f, sizeof f, "%lld", (long long)o->max_retries);
-    const char *v1[4] = {a, st->claimer, b, f};
-    const char *v2[1] = {b};
     /* Planned at each poll, not prepared: a plan for its joins made while
      * the table was empty (as on a new connection) could walk every
      * unanswered message per candidate (pg_sql.h). Polls are rare enough
      * to pay for planning with the table's size of now. */
-    return PQsendQueryParams(c->pq, PG_SQL_CLAIM, 4, NULL, v1, NULL, NULL, 1) &&
-           PQsendQueryParams(c->pq, PG_SQL_NEXT_DUE, 1, NULL, v2, NULL, NULL, 1);
+    if (!o->owned) { /* every shard owned (single-node) */
+      const char *v1[4] = {a, st->claimer, b, f};
+      const char *v2[1] = {b};
+      return PQsendQueryParams(c->pq, PG_SQL_CLAIM, 4, NULL, v1, NULL, NULL, 1) &&
+             PQsendQueryParams(c->pq, PG_SQL_NEXT_DUE, 1, NULL, v2, NULL, NULL, 1);
+    }
+    snprintf(d, sizeof d, "%lld", (long long)st->host.cfg->shards_per_group);
+    const char *v1[7] = {a, st->claimer, b, f, st->groups_lit, d, o->owned};
+    const char *v2[4] = {b, st->groups_lit, d, o->owned};
+    return PQsendQueryParams(c->pq, PG_SQL_CLAIM_OWNED, 7, NULL, v1, NULL, NULL, 1) &&
+           PQsendQueryParams(c->pq, PG_SQL_NEXT_DUE_OWNED, 4, NULL, v2, NULL, NULL, 1);
   }
   case OP_GET:
   case OP_REDELIVER: {
@@ -248,9 +257,29 @@ int pg_op_send(pg_conn *c, pg_op *o) {
     char *ids = inflight ? pg_int8_array(inflight, n) : NULL;
     free(inflight);
     if (!ids) return 0;
-    const char *v[2] = {st->claimer, ids};
-    int ok = pg_send_stmt(c, "cr_recon", 2, v, NULL, NULL);
+    const char *v[3] = {st->claimer, ids, st->life};
+    int ok = st->cluster ? pg_send_stmt(c, "cr_recon_own", 3, v, NULL, NULL)
+                         : pg_send_stmt(c, "cr_recon", 2, v, NULL, NULL);
     free(ids);
+    return ok;
+  }
+  case OP_ACQUIRE: {
+    /* As the reconcile's: what runs here now is kept. */
+    size_t n = 0;
+    int64_t *inflight = st->host.inflight(st->host.ud, &n);
+    char *ids = inflight ? pg_int8_array(inflight, n) : NULL;
+    free(inflight);
+    int64_t *sh = ids ? malloc((o->limit + 1) * sizeof(*sh)) : NULL;
+    for (size_t i = 0; sh && i < o->limit; i++) sh[i] = o->shards[i];
+    char *shards = sh ? pg_int8_array(sh, o->limit) : NULL;
+    free(sh);
+    snprintf(a, sizeof a, "%d", PG_SCAN_LIMIT + 1);
+    const char *v1[4] = {o->env->group, shards, st->life, ids};
+    const char *v2[3] = {o->env->group, shards, a};
+    int ok = ids && shards && pg_send_stmt(c, "cr_acq_unclaim", 4, v1, NULL, NULL) &&
+             pg_send_stmt(c, "cr_acq_scan", 3, v2, NULL, NULL);
+    free(ids);
+    free(shards);
     return ok;
   }
   }
@@ -264,6 +293,9 @@ void pg_op_free(pg_op *o) {
   free(o->message);
   free(o->token);
   free(o->key);
+  free(o->owned);
+  free(o->shards);
+  free(o->gens);
   free(o);
 }
 
@@ -273,6 +305,6 @@ pg_op *pg_op_new(int kind, void *ud) {
   if (!o) return NULL;
   o->kind = kind;
   o->ud = ud;
-  o->nstmt = kind == OP_POLL ? 2 : 1;
+  o->nstmt = kind == OP_POLL || kind == OP_ACQUIRE ? 2 : 1;
   return o;
 }

@@ -1,12 +1,20 @@
 /* PostgreSQL storage: claim tokens and the reconcile.
  *
- * Claims carry the runtime's current token. A claim under any other token
- * is stale (single-node): left by an earlier life of this runner, or made
- * by a statement of this life whose connection broke before its result
- * came back -- it may have committed, so the storage switched to a new
- * token (pg_new_claim_token). The reconcile (PG_SQL_RECONCILE) gives back
- * every claim not under the current token, except those of messages being
- * handled here: at start and after every such loss. It is sent only once no
+ * Claims carry the runtime's current token, "address#life.epoch": the
+ * runner's address, a snowflake id taken at attach (this life), and the
+ * count of tokens this life has switched to (st->epoch). It is unique per
+ * runner and per life across a cluster; "address#life." (st->life) prefixes
+ * every token of this life. A claim under any other token of this life is
+ * stale: made by a statement whose connection broke before its result came
+ * back -- it may have committed, so the storage switched to a new token
+ * (pg_new_claim_token). Single-node, so is every claim under any other
+ * token at all (an earlier life of this runner left it). The reconcile
+ * gives those claims back -- single-node PG_SQL_RECONCILE, every claim not
+ * under the current token; cluster mode PG_SQL_RECONCILE_OWN, only this
+ * life's own earlier tokens (other runners' claims are theirs; what a dead
+ * one left, the new owner of its shards gives back: pg_acquire_*) --
+ * except those of messages being handled here: at start (single-node) and
+ * after every such loss. It is sent only once no
  * job sent under an earlier token is still in flight on any connection --
  * their claims are then either delivered (being handled: kept) or failed
  * (in doubt: given back); sent earlier, it would give back claims whose
@@ -76,19 +84,24 @@ void pg_recon_failed(pg_store *st) {
     uv_timer_start(&st->recon_timer, recon_kick_timer, PG_RECON_RETRY_MS, 0);
 }
 
+void pg_life_new(pg_store *st) {
+  int64_t life = 0;
+  if (core_snowflake_next(st->host.snowflake, &life) != CRUSTER_OK || life == 0)
+    life = (int64_t)core_now_ms(); /* a clock far behind: still unique enough per address */
+  snprintf(st->life, sizeof(st->life), "%s#%llx.", st->host.cfg->runner_address,
+           (unsigned long long)life);
+}
+
 void pg_claimer_new(pg_store *st) {
-  int64_t token = 0;
-  core_snowflake_next(st->host.snowflake, &token);
-  snprintf(st->claimer, sizeof(st->claimer), "%s#%llx", st->host.cfg->runner_address,
-           (unsigned long long)token);
+  snprintf(st->claimer, sizeof(st->claimer), "%s%llx", st->life, (unsigned long long)st->epoch);
 }
 
 /* A claiming statement was in flight when its connection broke (it may have
  * committed), or a statement that gives a claim back was lost: claim under
  * a new token from now on, and reconcile. */
 void pg_new_claim_token(pg_store *st) {
-  pg_claimer_new(st);
   st->epoch++;
+  pg_claimer_new(st);
   st->recon_need = 1;
   pg_recon_kick(st);
 }

@@ -29,14 +29,18 @@ void pg_op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
   switch (o->kind) {
   case OP_SAVE:
     /* The row may exist (a lost connection) and then waits for the poll. */
-    if (o->tracked) pg_track_remove(st, o->env->request_id, o->env->type, o->env->id);
-    pg_unknown_add(st, o->env->type, o->env->id);
+    if (o->tracked) pg_track_remove(st, o->env->request_id, o->env->group, o->env->shard, o->env->type, o->env->id);
+    pg_unknown_add(st, o->env->group, o->env->shard, o->env->type, o->env->id);
     {
       st_saved out = {ST_SAVED, o->env->request_id, 0, NULL};
       o->cb.save(o->ud, status, msg, &out);
     }
+    pg_save_landed(st, o);
     if (o->in_transit) pg_transit_end(st, o->env);
     break;
+  case OP_ACQUIRE:
+    pg_acquire_failed(st, o, status, msg); /* keeps or frees it */
+    return;
   case OP_PARK:
     pg_transit_end(st, o->env);
     if (o->cb.done) o->cb.done(o->ud, status, msg);
@@ -53,7 +57,7 @@ void pg_op_fail(pg_store *st, pg_op *o, int status, const char *msg) {
   case OP_REPLY:
     /* Not answered after all: the message is retried, after the ones in
      * memory would be delivered -- so its entity asks from now on. */
-    pg_unknown_add(st, o->env->type, o->env->id);
+    pg_unknown_add(st, o->env->group, o->env->shard, o->env->type, o->env->id);
     if (o->cb.done) o->cb.done(o->ud, status, msg);
     break;
   case OP_REDELIVER:
@@ -98,9 +102,9 @@ static int save_keyed_done(pg_store *st, pg_op *o, PGresult *r, st_saved *out) {
     if (id != o->env->request_id) {
       /* Stored under another candidate: its PRID (tracked, if anything) is
        * another call's. Its entity is ordered by asking from now on. */
-      if (o->tracked) pg_track_remove(st, o->env->request_id, o->env->type, o->env->id);
+      if (o->tracked) pg_track_remove(st, o->env->request_id, o->env->group, o->env->shard, o->env->type, o->env->id);
       o->tracked = 0;
-      pg_unknown_add(st, o->env->type, o->env->id);
+      pg_unknown_add(st, o->env->group, o->env->shard, o->env->type, o->env->id);
     }
     out->request_id = id;
     out->result = (o->claim && !pg_get_bool(r, 0, 1)) ? ST_SAVED_QUEUED : ST_SAVED;
@@ -108,7 +112,7 @@ static int save_keyed_done(pg_store *st, pg_op *o, PGresult *r, st_saved *out) {
     return 0;
   }
   /* Nothing new stored: nothing new to count. */
-  if (o->tracked) pg_track_remove(st, o->env->request_id, o->env->type, o->env->id);
+  if (o->tracked) pg_track_remove(st, o->env->request_id, o->env->group, o->env->shard, o->env->type, o->env->id);
   o->tracked = 0;
   if (kind == 1) {
     out->request_id = pg_get_i64(r, 0, 2);
@@ -157,7 +161,7 @@ void pg_op_complete(pg_store *st, pg_op *o) {
     } else if (!o->env->keyed) {
       /* A fresh id: a row back means stored; none means it was taken. */
       if (PQntuples(r) == 0) {
-        if (o->tracked) pg_track_remove(st, o->env->request_id, o->env->type, o->env->id);
+        if (o->tracked) pg_track_remove(st, o->env->request_id, o->env->group, o->env->shard, o->env->type, o->env->id);
         cb(o->ud, CRUSTER_E_PERSISTENCE,
            "request id already stored: two runtimes share this schema in single-node mode?",
            &out);
@@ -168,10 +172,14 @@ void pg_op_complete(pg_store *st, pg_op *o) {
     } else if (save_keyed_done(st, o, r, &out)) {
       return; /* queued again */
     }
+    pg_save_landed(st, o);
     /* After the callback: it has handed the message over (or released it). */
     if (o->in_transit) pg_transit_end(st, o->env);
     break;
   }
+  case OP_ACQUIRE:
+    pg_acquire_done(st, o);
+    break;
   case OP_REPLY:
     if (o->cb.done) o->cb.done(o->ud, CRUSTER_OK, NULL);
     break;
@@ -200,7 +208,8 @@ void pg_op_complete(pg_store *st, pg_op *o) {
     for (int i = 0; i < n; i++)
       if (pg_get_bool(r, i, 13)) {
         dead_ids[nd++] = pg_get_i64(r, i, 1);
-        pg_track_remove(st, pg_get_i64(r, i, 1), pg_get_text(r, i, 4), pg_get_text(r, i, 5));
+        pg_track_remove(st, pg_get_i64(r, i, 1), pg_get_text(r, i, 2), pg_get_i32(r, i, 3),
+                        pg_get_text(r, i, 4), pg_get_text(r, i, 5));
       }
     /* RETURNING has no order: sort the claimed rows by seq. */
     for (int i = 0; i < n; i++) {
@@ -281,7 +290,8 @@ void pg_op_complete(pg_store *st, pg_op *o) {
     } else {
       /* Unanswered again, and not in memory: newer messages of its entity
        * must be ordered by asking. */
-      pg_unknown_add(st, pg_get_text(r, 0, 1), pg_get_text(r, 0, 2));
+      pg_unknown_add(st, pg_get_text(r, 0, 3), pg_get_i32(r, 0, 4), pg_get_text(r, 0, 1),
+                     pg_get_text(r, 0, 2));
       o->cb.done(o->ud, CRUSTER_OK, NULL);
     }
     break;

@@ -184,15 +184,15 @@
  * giving back) -- blocks the candidate and every younger candidate of its
  * entity ("blocked", a running OR over the entity's candidates in seq
  * order); they wait for a later poll. */
-#define PG_SQL_CLAIM                                                                          \
+#define PG_SQL_CLAIM_F(FI, FT)                                                                \
   "WITH due AS (SELECT d.request_id, d.seq, d.entity_type, d.entity_id, d.attempts"        \
   "  FROM cruster_messages d"                                                              \
   "  WHERE d.request_id IN ((SELECT i.request_id FROM cruster_messages i"                  \
   "      WHERE NOT i.processed AND i.claimed_by IS NULL AND i.deliver_at IS NULL"          \
-  "        AND (i.retry_at IS NULL OR i.retry_at <= now()) ORDER BY i.seq LIMIT $1::int4)"  \
+  "        AND (i.retry_at IS NULL OR i.retry_at <= now())" FI " ORDER BY i.seq LIMIT $1::int4)" \
   "    UNION ALL (SELECT t.request_id FROM cruster_messages t"                              \
   "      WHERE NOT t.processed AND t.claimed_by IS NULL AND t.deliver_at IS NOT NULL"      \
-  "        AND t.deliver_at <= to_timestamp($3::int8 / 1000.0)"                             \
+  "        AND t.deliver_at <= to_timestamp($3::int8 / 1000.0)" FT                           \
   "        ORDER BY t.deliver_at LIMIT $1::int4))"                                          \
   "    AND NOT d.processed AND d.claimed_by IS NULL"                                        \
   "    AND (d.deliver_at IS NULL OR d.deliver_at <= to_timestamp($3::int8 / 1000.0))"       \
@@ -226,15 +226,37 @@
   " FROM counted WHERE m.request_id = counted.request_id AND NOT counted.blocked"           \
   " RETURNING " PG_MSG_COLUMNS ", m.processed, counted.before"
 
-/* When the next stored message becomes due (Unix ms, 0 = none). */
-#define PG_SQL_NEXT_DUE                                                                       \
+#define PG_SQL_CLAIM PG_SQL_CLAIM_F("", "")
+
+/* "The shard of row x is owned": its key -- its group's position in the
+ * configured groups (G, a text[]) times shards_per_group (N) plus its
+ * number; NULL for a group not listed -- is one of K (an int8[]). */
+#define PG_OWNED_BY(x, G, N, K)                                                               \
+  " AND (array_position(" G "::text[], " x ".shard_group) - 1)::int8 * " N "::int8 + "       \
+  x ".shard_id = ANY(" K "::int8[])"
+
+/* Only some shards are owned (cluster mode): both LIMITed scans keep
+ * just the rows of owned shards ($5 groups, $6 shards_per_group, $7 the
+ * owned shards' keys), so the rows
+ * of other runners' shards never take the places of ours, however old.
+ * The poll is planned with its values, so "= ANY" of the constant array is
+ * a hash probe per row. */
+#define PG_SQL_CLAIM_OWNED                                                                    \
+  PG_SQL_CLAIM_F(PG_OWNED_BY("i", "$5", "$6", "$7"), PG_OWNED_BY("t", "$5", "$6", "$7"))
+
+/* When the next stored message becomes due (Unix ms, 0 = none); F filters
+ * its rows (alias m). */
+#define PG_SQL_NEXT_DUE_F(F)                                                                  \
   "SELECT coalesce(least((SELECT (extract(epoch FROM min(deliver_at)) * 1000)::int8"        \
-  "    FROM cruster_messages WHERE NOT processed AND claimed_by IS NULL"                    \
+  "    FROM cruster_messages m WHERE NOT processed AND claimed_by IS NULL"                  \
   "    AND deliver_at IS NOT NULL AND deliver_at > to_timestamp($1::int8 / 1000.0)"         \
-  "    AND retry_at IS NULL),"                                                               \
+  "    AND retry_at IS NULL" F "),"                                                          \
   "  (SELECT (extract(epoch FROM min(greatest(deliver_at, retry_at))) * 1000)::int8"       \
-  "    FROM cruster_messages WHERE NOT processed AND claimed_by IS NULL"                    \
-  "    AND retry_at IS NOT NULL AND retry_at > now())), 0)"
+  "    FROM cruster_messages m WHERE NOT processed AND claimed_by IS NULL"                  \
+  "    AND retry_at IS NOT NULL AND retry_at > now()" F ")), 0)"
+#define PG_SQL_NEXT_DUE PG_SQL_NEXT_DUE_F("")
+/* Of the owned shards only ($2..$4 as $5..$7 of PG_SQL_CLAIM_OWNED). */
+#define PG_SQL_NEXT_DUE_OWNED PG_SQL_NEXT_DUE_F(PG_OWNED_BY("m", "$2", "$3", "$4"))
 
 #define PG_SQL_GET                                                                            \
   "SELECT processed, reply_status, reply_payload, reply_message FROM cruster_messages"      \
@@ -249,7 +271,7 @@
   "  claimed_by = NULL, claimed_at = NULL, retry_at = NULL, reply_status = NULL,"          \
   "  reply_payload = NULL, reply_message = NULL"                                            \
   " WHERE request_id = $1::int8 AND coalesce(reply_status, 0) = -18"                      \
-  " RETURNING request_id, entity_type, entity_id"
+  " RETURNING request_id, entity_type, entity_id, shard_group, shard_id"
 
 /* The entities with stored unanswered messages when this runtime attached
  * (at most $1 of them): they are ordered by asking PostgreSQL, not from
@@ -279,6 +301,34 @@
   "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
   " WHERE claimed_by IS NOT NULL AND claimed_by <> $1::text AND NOT processed"              \
   "  AND NOT (request_id = ANY($2::int8[]))"
+
+/* Cluster mode: the same for the claims of this runtime's own earlier
+ * tokens only -- those starting with its life's prefix ($3, "address#life.",
+ * pg_reconcile.c). Other runners' claims are theirs: a shard's new owner
+ * gives back what a dead one left (PG_SQL_ACQUIRE_UNCLAIM). */
+#define PG_SQL_RECONCILE_OWN                                                                  \
+  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
+  " WHERE claimed_by IS NOT NULL AND claimed_by <> $1::text AND NOT processed"              \
+  "  AND left(claimed_by, length($3::text)) = $3::text"                                     \
+  "  AND NOT (request_id = ANY($2::int8[]))"
+
+/* Cluster mode, shards just acquired ($1 group, $2 int4[] shards): gives
+ * back every claim on their messages not made by this life of this runtime
+ * (not starting with $3, its prefix) and not of a message being handled
+ * here ($4): their maker died or let the shards go. */
+#define PG_SQL_ACQUIRE_UNCLAIM                                                                \
+  "UPDATE cruster_messages SET claimed_by = NULL, claimed_at = NULL"                        \
+  " WHERE shard_group = $1::text AND shard_id = ANY($2::int4[])"                            \
+  "  AND claimed_by IS NOT NULL AND NOT processed"                                          \
+  "  AND left(claimed_by, length($3::text)) <> $3::text"                                    \
+  "  AND NOT (request_id = ANY($4::int8[]))"
+
+/* ... then, in the same transaction, the entities of those shards with
+ * stored unanswered messages (at most $3): they are ordered by asking. */
+#define PG_SQL_ACQUIRE_SCAN                                                                   \
+  "SELECT DISTINCT entity_type, entity_id, shard_id FROM cruster_messages"                  \
+  " WHERE NOT processed AND shard_group = $1::text AND shard_id = ANY($2::int4[])"          \
+  " LIMIT $3::int4"
 
 /* Retention: processed messages older than $1 ms; dead letters stay until
  * redelivered. */

@@ -11,7 +11,8 @@
  *   pg_ops.c       the prepared statements; an operation's parameters
  *   pg_result.c    results (and failures) into the operations' callbacks
  *   pg_known.c     what this runtime knows of stored unanswered messages
- *                  (tracked, unknown, in transit; the attach scan)
+ *                  (tracked, unknown, in transit; the attach scan; cluster
+ *                  mode: per shard, acquired and released shards)
  *   pg_reconcile.c claim tokens and giving back stale claims
  *
  * pg_internal.h: the schema (pg_schema.c); pg_sql.h: the statements. */
@@ -28,7 +29,7 @@
 
 enum {
   OP_SAVE, OP_REPLY, OP_RELEASE, OP_POLL, OP_GET, OP_DEAD, OP_REDELIVER, OP_CLEANUP,
-  OP_RECONCILE, OP_SCAN, OP_UNCLAIM, OP_GET_KEYED, OP_PARK
+  OP_RECONCILE, OP_SCAN, OP_UNCLAIM, OP_GET_KEYED, OP_PARK, OP_ACQUIRE
 };
 enum { C_DOWN, C_CONNECTING, C_PREPARING, C_READY };
 
@@ -82,6 +83,10 @@ typedef struct pg_op {
   int64_t wake_at;  /* PARK: due again then (Unix ms) */
   int64_t wake_seq; /* PARK: the wake counter the run read (< 0: none) */
   int progress;     /* PARK: the run made progress (attempts start again) */
+  int64_t gen;      /* SAVE: its knowledge slot's generation when it started */
+  char *owned;      /* POLL (some shards owned): their keys, an int8[] literal */
+  int32_t *shards;  /* ACQUIRE: the shards (of env->group), n = limit */
+  int64_t *gens;    /* ACQUIRE: each one's knowledge generation when asked */
   union {
     st_save_cb save;   /* SAVE */
     st_done_cb done;   /* REPLY, PARK (may be NULL), REDELIVER */
@@ -89,6 +94,7 @@ typedef struct pg_op {
     st_reply_cb reply; /* GET */
     st_keyed_cb keyed; /* GET_KEYED */
     st_list_cb list;   /* DEAD */
+    st_done_cb acquired; /* ACQUIRE */
   } cb;           /* none for RELEASE, CLEANUP, RECONCILE, SCAN, UNCLAIM */
   void *ud;
 } pg_op;
@@ -140,6 +146,22 @@ typedef struct pg_job {
   PGresult *slots[];
 } pg_job;
 
+/* What this runtime knows of the stored unanswered messages of some
+ * shards (pg_known.c): single-node, one slot for all; cluster mode, one per
+ * shard of each configured group. */
+enum { KS_NONE, KS_SCANNING, KS_KNOWN };
+typedef struct pg_ks {
+  core_map pending; /* "type\0id" -> count (as a pointer) of tracked messages */
+  core_map tracked; /* request id -> (void *)1: stored (or being stored) by this
+                     * runtime and not answered */
+  core_map unknown; /* "type\0id" -> (void *)1: entities ordered by asking PostgreSQL */
+  int state;        /* KS_*: known once scanned (single-node: at attach;
+                     * cluster: acquired, then scanned) */
+  int64_t gen;      /* grows at each release: results asked for earlier are void */
+  int64_t saving;   /* saves in flight, started under this generation */
+  int64_t stale;    /* saves in flight, started under an earlier one */
+} pg_ks;
+
 struct pg_store {
   char *conninfo;
   struct pg_wf *wf; /* the workflow side: its own blocking connections */
@@ -160,15 +182,18 @@ struct pg_store {
   int64_t next_due;
   /* What this runtime knows of stored unanswered messages (loop thread):
    * see "knowing the entities", pg_known.c. */
-  core_map pending;  /* "type\0id" -> count (as a pointer) of tracked messages */
-  core_map tracked;  /* request id -> (void *)1: stored (or being stored) by this
-                    * runtime and not answered */
-  core_map unknown;  /* "type\0id" -> (void *)1: entities ordered by asking PostgreSQL */
+  pg_ks *ks;         /* nks slots (pending, tracked, unknown, state) */
+  size_t nks;
+  int cluster;       /* host->cluster: shared with other runners */
+  char *groups_lit;  /* the configured shard groups, a text[] literal */
+  char life[CRUSTER_MAX_NAME_LEN + 40]; /* "address#life.": this life's token prefix */
+  pg_op *acq_wait;   /* ACQUIREs that failed, waiting for acq_timer */
+  uv_timer_t acq_timer;
+  int acq_timer_init;
   core_map transit;  /* "type\0id" -> count: claims of ours on their way to the
                     * runtime (a claiming insert, a release) */
   core_map held;     /* "type\0id" -> (void *)1: a poll held its messages back;
                     * poll again once its transits are over */
-  int scanned;     /* the scan of stored messages at attach has completed */
   int all_unknown; /* too many to list, or out of memory: every entity asks */
   char *fast_sql[PG_FAST_SIZES];
   /* Deletes of answered unkeyed messages waiting for PG_DONE_DELAY_MS. */
@@ -188,6 +213,7 @@ struct pg_store {
   uv_timer_t recon_timer; /* retries a failed reconcile */
   int recon_timer_init;
   core_metric *m_batches, *m_batch_ops, *m_reconnects, *m_latency;
+  core_metric *m_taken_over, *m_known; /* cluster mode: pg_acquire_*, pg_ks_release */
 };
 
 /* Binary result values (NULL reads as 0, false, NULL). */
@@ -286,15 +312,37 @@ void pg_op_fail(pg_store *st, pg_op *o, int status, const char *msg);
 
 /* ---- pg_known.c: knowing the entities ---- */
 
-void pg_unknown_add(pg_store *st, const char *type, const char *id);
+/* Makes the knowledge slots (attach). 0, or -1 on OOM or overflow. */
+int pg_ks_init(pg_store *st);
+void pg_ks_free(pg_store *st);
+/* The slot of a shard (single-node: the only one); NULL for a group not
+ * configured or a shard out of range (nothing of it is known). */
+pg_ks *pg_ks_of(pg_store *st, const char *group, int32_t shard);
+/* The entity (of that shard) is ordered by asking PostgreSQL. */
+void pg_unknown_add(pg_store *st, const char *group, int32_t shard, const char *type,
+                    const char *id);
 /* 1 when `m` (unkeyed, due now) can take the fast insert. */
 int pg_knows_clear(pg_store *st, const core_env *m);
 /* How many tracked messages its entity has. */
 uintptr_t pg_pending_of(pg_store *st, const core_env *m);
-/* Counts a message being stored; 1 if this call added it. */
-int pg_track_add(pg_store *st, const core_env *m);
+/* Counts a message being stored (and its save in flight: o->gen); 1 if this
+ * call added it. */
+int pg_track_add(pg_store *st, pg_op *o);
+/* The save of `o` came back (stored or not): its flight is over. */
+void pg_save_landed(pg_store *st, pg_op *o);
 /* The message is answered (or was never stored): uncounts it. */
-void pg_track_remove(pg_store *st, int64_t request_id, const char *type, const char *id);
+void pg_track_remove(pg_store *st, int64_t request_id, const char *group, int32_t shard,
+                     const char *type, const char *id);
+/* Cluster mode: forgets what is known of the shards (release). */
+void pg_ks_release(pg_store *st, const char *group, const int32_t *shards, size_t n);
+/* Cluster mode: queues the give-back and scan of acquired shards. */
+void pg_acquire_start(pg_store *st, pg_op *o);
+/* Their result (two statements: the unclaim, the scan). */
+void pg_acquire_done(pg_store *st, pg_op *o);
+/* Failed: tried again later (or failed for good: closing). */
+void pg_acquire_failed(pg_store *st, pg_op *o, int status, const char *msg);
+/* Detach: fails the ACQUIREs waiting to be tried again. */
+void pg_acquire_close(pg_store *st);
 void pg_transit_start(pg_store *st, const core_env *m);
 void pg_transit_end(pg_store *st, const core_env *m);
 /* 1 when a claim of the entity is in transit (and remembers to poll again
@@ -309,7 +357,9 @@ void pg_scan_failed(pg_store *st);
 
 /* ---- pg_reconcile.c: claim tokens ---- */
 
-/* A fresh claim token in st->claimer. */
+/* This life's token prefix in st->life (attach). */
+void pg_life_new(pg_store *st);
+/* The token of this life's epoch in st->claimer. */
 void pg_claimer_new(pg_store *st);
 /* Claims under the current token may be in doubt: a new token, and a
  * reconcile. */

@@ -112,6 +112,13 @@ typedef struct st_host {
    * loop is gone (fn did not run). Any thread; a worker counts as blocked
    * meanwhile. */
   int (*run_sync)(void *ud, void (*fn)(void *arg), void *arg);
+  /* 0: single-node -- this runtime is the storage's only user and owns
+   * every shard from attach to detach (the PostgreSQL storage locks its
+   * schema). 1: cluster -- several runners share the storage; each writes
+   * and claims the messages of the shards it owns, which the sharding layer
+   * tells it of (shards_acquired, shards_released): until a shard is
+   * acquired, nothing of it is known. */
+  int cluster;
 } st_host;
 
 struct st_wf_ops;
@@ -149,11 +156,31 @@ typedef struct st_ops {
   void (*save_reply)(cruster_storage *s, const core_env *m, const st_reply *r, st_done_cb cb,
                      void *ud);
   /* Claims up to `limit` due, unprocessed, unclaimed messages of owned
-   * shards, oldest first (FIFO per entity). Each claim is one delivery
+   * shards (owned(owned_ud, group, shard) = 1; owned NULL: every shard),
+   * oldest first (FIFO per entity). A message of a shard not owned is never
+   * claimed, however old. Each claim is one delivery
    * attempt; a message claimed more than `max_retries` times (> 0) becomes a
    * dead letter (exit reply CRUSTER_E_DEAD_LETTER) and is reported in dead. */
   void (*poll)(cruster_storage *s, int64_t now_ms, size_t limit, int64_t max_retries,
                st_owned_fn owned, void *owned_ud, st_poll_cb cb, void *ud);
+  /* Optional (NULL: nothing to do). Cluster mode: this runner has just
+   * taken the locks of `shards` (n of them, each in 0..shards_per_group-1)
+   * of `group`. The backend gives back the claims on their messages that
+   * another runner (or an earlier life of this one) left -- its owner died
+   * or let go, so they are stale -- except those of messages being handled
+   * here (host inflight); then it learns which of their entities have
+   * stored unanswered messages. Until that is done, new messages of those
+   * shards are ordered by asking the storage. cb(ud, CRUSTER_OK, NULL) once
+   * done (then poll: the given-back messages are due), possibly at once;
+   * CRUSTER_E_SHUTTING_DOWN when the storage is detached first. A failed
+   * attempt is retried by the backend. Single-node mode: cb at once. */
+  void (*shards_acquired)(cruster_storage *s, const char *group, const int32_t *shards, size_t n,
+                          st_done_cb cb, void *ud);
+  /* Optional. Cluster mode: this runner no longer owns `shards` of `group`
+   * (it let them go or lost them). What it knew of their entities is
+   * forgotten: their new messages are ordered by asking the storage until
+   * the shards are acquired again. Single-node mode: nothing. */
+  void (*shards_released)(cruster_storage *s, const char *group, const int32_t *shards, size_t n);
   /* Gives a claimed message back without an answer. attempt=0 when it was
    * never handed to a handler (mailbox full): then it does not count. */
   void (*release)(cruster_storage *s, const core_env *m, int attempt);
