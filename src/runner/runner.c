@@ -258,7 +258,7 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   }
   if (rt->storage) {
     st_host host = {&rt->loop.uv, rt->cfg, rt->lg, rt->metrics, &rt->snowflake, rt,
-                    host_inflight, host_wake, host_run_sync, 0 /* single-node */};
+                    host_inflight, host_wake, host_run_sync, rt->registry != NULL /* cluster mode */};
     st = rt->storage->ops->attach(rt->storage, &host, err);
     if (st != CRUSTER_OK) goto fail_loop;
   }

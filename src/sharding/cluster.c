@@ -65,6 +65,8 @@ static void let_go(sh_sharding *sh, size_t flat) {
   if (sh_own_set(sh, g, n, 0) == 1) {
     core_metric_add(cl->m_moves_out, 1);
     em_interrupt_shard(sh->em, g, n);
+    if (sh->storage && sh->storage->ops->shards_released)
+      sh->storage->ops->shards_released(sh->storage, g, &n, 1);
   }
   locked_put(cl, flat, 1);
 }
@@ -127,6 +129,13 @@ static void cycle_done(sh_sharding *sh) {
   }
 }
 
+/* The storage took over the acquired shards' stored messages: poll them. */
+static void storage_took(void *ud, int status, const char *msg) {
+  sh_sharding *sh = ud;
+  (void)msg;
+  if (status == CRUSTER_OK) sh_poll_schedule(sh, 0);
+}
+
 static void on_acquired(void *ud, int status, const char *msg, const int *results, size_t n) {
   lock_req *q = ud;
   sh_sharding *sh = q->sh;
@@ -140,6 +149,7 @@ static void on_acquired(void *ud, int status, const char *msg, const int *result
              msg ? msg : cruster_status_message(status));
   } else if (!cl->detached && !cl->leaving && !sh->stopping) {
     size_t per = (size_t)sh->cfg->shards_per_group, got = 0;
+    unsigned char *taken = calloc(n_shards(sh), 1);
     for (size_t i = 0; i < n && i < q->n; i++) {
       if (results[i] != 1) continue;
       size_t f = q->flat[i];
@@ -149,13 +159,28 @@ static void on_acquired(void *ud, int status, const char *msg, const int *result
       if (sh_own_set(sh, sh->cfg->shard_groups[f / per], (int32_t)(f % per), 1) == 1) {
         core_metric_add(cl->m_moves_in, 1);
         got++;
+        if (taken) taken[f] = 1;
       }
     }
     if (got) {
       core_log(sh->lg, CRUSTER_LOG_INFO, "cluster", "acquired %zu shard(s); %zu owned", got,
                sh_owned_count(sh));
-      sh_poll_schedule(sh, 0);
     }
+    /* Until the storage has given back the stale claims of the shards and
+     * learnt their stored messages, their new messages are ordered by
+     * asking it; then the poll picks them up. One request per group. */
+    int32_t *list = got && taken ? malloc(per * sizeof(int32_t)) : NULL;
+    for (size_t g = 0; list && g < sh->cfg->n_shard_groups; g++) {
+      size_t k = 0;
+      for (size_t j = 0; j < per; j++)
+        if (taken[g * per + j]) list[k++] = (int32_t)j;
+      if (k && sh->storage && sh->storage->ops->shards_acquired)
+        sh->storage->ops->shards_acquired(sh->storage, sh->cfg->shard_groups[g], list, k,
+                                          storage_took, sh);
+    }
+    if (got && !list) sh_poll_schedule(sh, 0); /* OOM: stale claims stay; new messages take the slow path */
+    free(list);
+    free(taken);
   }
   lock_req_free(q);
   cycle_done(sh);
