@@ -391,6 +391,50 @@ static void refresh_fire(uv_timer_t *t) {
   }
 }
 
+/* ---- answers stored by other runners ---------------------------------------- */
+
+/* A caller waiting here for a persisted request's answer (a join, a keyed
+ * repeat) is resolved when this runner stores it; in a cluster another
+ * runner may store it. So every storage_poll_interval the waited-for ids
+ * are looked up (fix 1: the answer reaches its caller on whichever runner
+ * it waits). */
+typedef struct recheck {
+  sh_sharding *sh;
+  int64_t request_id;
+} recheck;
+
+static void on_recheck(void *ud, int status, const char *errmsg, int found, int processed,
+                       const st_reply *r) {
+  recheck *x = ud;
+  (void)errmsg;
+  (void)found;
+  if (status == CRUSTER_OK && processed && r && !x->sh->stopping)
+    sh_waiters_resolve(x->sh, x->request_id, r->status, r->data, r->len, r->message);
+  free(x);
+}
+
+static void collect_waiter(void *ctx, core_map_entry *e) {
+  int64_t **cur = ctx;
+  *(*cur)++ = e->ikey;
+}
+
+static void waiters_fire(uv_timer_t *t) {
+  sh_sharding *sh = t->data;
+  size_t n = sh->waiters.count;
+  if (!sh->storage || sh->stopping || n == 0) return;
+  int64_t *ids = malloc(n * sizeof(int64_t)), *cur = ids;
+  if (!ids) return;
+  core_map_each(&sh->waiters, collect_waiter, &cur);
+  for (size_t i = 0; i < (size_t)(cur - ids); i++) {
+    recheck *x = malloc(sizeof(*x));
+    if (!x) break;
+    x->sh = sh;
+    x->request_id = ids[i];
+    sh->storage->ops->get_reply(sh->storage, ids[i], on_recheck, x);
+  }
+  free(ids);
+}
+
 /* ---- registration -------------------------------------------------------- */
 
 static void do_register(sh_sharding *sh);
@@ -418,6 +462,8 @@ static void on_registered(void *ud, int status, const char *msg, int machine_id)
   uv_timer_start(&cl->rebalance_timer, rebalance_fire, every, every);
   uint64_t refresh = (uint64_t)sh->cfg->runner_lock_refresh_interval;
   uv_timer_start(&cl->refresh_timer, refresh_fire, refresh, refresh);
+  uint64_t poll = (uint64_t)sh->cfg->storage_poll_interval;
+  uv_timer_start(&cl->waiters_timer, waiters_fire, poll, poll);
   /* The watch hands the runner list soon; ask now as well. */
   cycle(sh);
 }
@@ -521,6 +567,8 @@ cruster_status sh_cluster_init(sh_sharding *sh, cruster_registry *reg, cruster_m
   uv_timer_init(&sh->loop->uv, &cl->refresh_timer);
   uv_timer_init(&sh->loop->uv, &cl->register_timer);
   uv_timer_init(&sh->loop->uv, &cl->retry_timer);
+  uv_timer_init(&sh->loop->uv, &cl->waiters_timer);
+  cl->waiters_timer.data = sh;
   cl->rebalance_timer.data = cl->refresh_timer.data = cl->register_timer.data = sh;
   cl->retry_timer.data = sh;
   cl->timers_init = 1;
@@ -549,6 +597,7 @@ void sh_cluster_stop(sh_sharding *sh) {
   uv_timer_stop(&cl->rebalance_timer);
   uv_timer_stop(&cl->refresh_timer);
   uv_timer_stop(&cl->register_timer);
+  uv_timer_stop(&cl->waiters_timer);
   let_go_all(sh);
 }
 

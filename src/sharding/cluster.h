@@ -40,7 +40,7 @@ typedef struct sh_cluster {
   int again;     /* asked for while busy */
   int refreshing;
   uint64_t *locked; /* shards whose lock we may hold but no longer own (release pending) */
-  uv_timer_t rebalance_timer, refresh_timer, register_timer;
+  uv_timer_t rebalance_timer, refresh_timer, register_timer, waiters_timer;
   int timers_init;
   void (*leave_cb)(void *ud);
   void *leave_ud;
