@@ -258,7 +258,7 @@ static int year_has(const cruster_cron *c, int64_t y) {
   return c->year[i / 8] >> (i % 8) & 1;
 }
 
-static int cron_first_match(const cruster_cron *c, int64_t L, int64_t *out);
+static int cron_first_match(const cruster_cron *c, int64_t L, int64_t limit, int64_t *out);
 
 static void set_all(cruster_cron *c) {
   c->sec = c->min = (UINT64_C(1) << 60) - 1;
@@ -349,7 +349,7 @@ static cruster_status parse_expr(parser *ps, cruster_cron *c) {
   /* An expression that matches no date at all is a mistake worth reporting
    * now (February 30th) rather than a job that silently never runs. */
   int64_t first;
-  if (!cron_first_match(c, core_days_from_civil(YEAR_MIN, 1, 1) * 86400, &first))
+  if (!cron_first_match(c, core_days_from_civil(YEAR_MIN, 1, 1) * 86400, INT64_MAX, &first))
     return perr(ps, fs[3],
                 "the expression matches no date (its day-of-month, month, day-of-week and year "
                 "fields never meet, e.g. February 30th)");
@@ -365,9 +365,9 @@ static int next_bit(uint64_t m, int x, int max) {
   return -1;
 }
 
-/* The first local time (seconds, as if UTC) >= L that matches, up to the end
- * of YEAR_MAX. Returns 0 when there is none. */
-static int cron_first_match(const cruster_cron *c, int64_t L, int64_t *out) {
+/* The first local time (seconds, as if UTC) >= L and < limit that matches,
+ * up to the end of YEAR_MAX. Returns 0 when there is none. */
+static int cron_first_match(const cruster_cron *c, int64_t L, int64_t limit, int64_t *out) {
   int64_t y;
   int mo, d, h, mi, s;
   int64_t days = core_floor_div(L, 86400), sod = L - days * 86400;
@@ -395,6 +395,7 @@ static int cron_first_match(const cruster_cron *c, int64_t L, int64_t *out) {
       continue;
     }
     int64_t dd = core_days_from_civil(y, mo, d);
+    if (dd >= core_floor_div(limit, 86400) + 1) return 0; /* the whole day is past the limit */
     if (!(c->dom >> d & 1) || !(c->dow >> (core_weekday(dd) + 1) & 1)) {
       d++, h = mi = s = 0;
       continue;
@@ -421,7 +422,9 @@ static int cron_first_match(const cruster_cron *c, int64_t L, int64_t *out) {
       s = 0;
       continue;
     }
-    *out = dd * 86400 + h * 3600 + mi * 60 + s2;
+    int64_t found = dd * 86400 + h * 3600 + mi * 60 + s2;
+    if (found >= limit) return 0;
+    *out = found;
     return 1;
   }
 }
@@ -445,7 +448,7 @@ cruster_status cruster_cron_next(const cruster_cron *c, int64_t after_ms, int64_
     if (!c->hours_all && sp.prev_t == t && sp.off > sp.prev_off) {
       /* t is a spring-forward: the slots in the skipped local times fire now. */
       int64_t g0 = t + sp.prev_off, g1 = t + sp.off;
-      if (cron_first_match(c, g0, &L) && L < g1) {
+      if (cron_first_match(c, g0, g1, &L)) {
         *next_ms = t * 1000;
         return CRUSTER_OK;
       }
@@ -458,7 +461,7 @@ cruster_status cruster_cron_next(const cruster_cron *c, int64_t after_ms, int64_
       if (lo < rep_end) lo = rep_end;
     }
     int64_t seg_end = sp.next_t == INT64_MAX ? INT64_MAX : sp.next_t + sp.off;
-    if (lo < seg_end && cron_first_match(c, lo, &L) && L < seg_end) {
+    if (lo < seg_end && cron_first_match(c, lo, seg_end, &L)) {
       if (L - sp.off > t_max) break;
       *next_ms = (L - sp.off) * 1000;
       return CRUSTER_OK;
