@@ -441,6 +441,20 @@ static void far_future_uses_the_footer_rule(void **state) {
       "2090-09-30T16:00:00", "2090-10-01T15:30:00");
 }
 
+static void lord_howe_half_hour_dst(void **state) {
+  (void)state;
+  const char *z = "Australia/Lord_Howe";
+  /* 2026-10-03 15:30Z: 02:00 (+10:30) -> 02:30 (+11:00). A specific hour's skipped slot fires at
+   * the change; an every-hour expression has no 02:00 that night (the documented limit of the
+   * interval rule: the change is not a whole hour). */
+  SEQ("0 0 2 * * *", z, "2026-10-03T12:00:00", "2026-10-03T15:30:00", "2026-10-04T15:00:00");
+  SEQ("0 0 * * * *", z, "2026-10-03T14:00:00", "2026-10-03T14:30:00", "2026-10-03T16:00:00");
+  /* 2026-04-04 15:00Z: 02:00 (+11:00) -> 01:30 (+10:30); 01:30-02:00 happens twice. */
+  SEQ("0 45 1 * * *", z, "2026-04-04T12:00:00", "2026-04-04T14:45:00", "2026-04-05T15:15:00");
+  SEQ("0 */15 * * * *", z, "2026-04-04T14:40:00", "2026-04-04T14:45:00", "2026-04-04T15:00:00",
+      "2026-04-04T15:15:00", "2026-04-04T15:30:00");
+}
+
 /* ---- the zone reader underneath ------------------------------------------- */
 
 static void posix_rules(void **state) {
@@ -627,6 +641,7 @@ int main(void) {
       cmocka_unit_test(berlin_fall_back),
       cmocka_unit_test(new_york_2026),
       cmocka_unit_test(kolkata_half_hour_offset),
+      cmocka_unit_test(lord_howe_half_hour_dst),
       cmocka_unit_test(far_future_uses_the_footer_rule),
       cmocka_unit_test(posix_rules),
       cmocka_unit_test(tzdir_and_tzif_files),
