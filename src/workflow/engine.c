@@ -211,7 +211,31 @@ static void on_execute(void *user, cruster_request *req) {
     t->def->fn(t->def->user, &wf);
   }
   running_del(e, &wf);
-  if (wf.answered && !wf.stop) {
+  if (wf.answered && !wf.stop && wf.status == CRUSTER_OK && wf.held && e->host.ops->commit_reply) {
+    /* The answer commits in the last activity's transaction, with what is
+     * pending: one round trip, and stored before anyone is told. */
+    st_tx *tx = wf.held;
+    wf.held = NULL;
+    block_enter(e);
+    rc = e->host.ops->commit_reply(e->host.impl, tx, rid, req->env->keyed, wf.reply, wf.reply_len,
+                                   wf.pending, wf.npending, &err);
+    block_leave(e);
+    if (rc == CRUSTER_OK) {
+      req->tx_committed = 1; /* the entity layer stores nothing more */
+      cruster_request_reply(req, wf.reply, wf.reply_len);
+    } else {
+      core_log(e->lg, CRUSTER_LOG_WARN, "workflow",
+               "execution %s of %s: cannot store its answer: %s; runs again later", exec_id,
+               t->def->name, err ? err->message : "storage failed");
+      park(e, req, retry_at(e), -1, 0);
+    }
+  } else if (wf.held && wf_run_flush(&wf, &err) != CRUSTER_OK) {
+    /* The last activity could not commit: as if it had not run. */
+    core_log(e->lg, CRUSTER_LOG_WARN, "workflow",
+             "execution %s of %s: cannot write its journal: %s; runs again later", exec_id,
+             t->def->name, err ? err->message : "storage failed");
+    park(e, req, retry_at(e), -1, 0);
+  } else if (wf.answered && !wf.stop) {
     if (wf.status == CRUSTER_OK) {
       cruster_request_reply(req, wf.reply, wf.reply_len);
     } else {
@@ -696,6 +720,18 @@ static int transient(int status) {
   }
 }
 
+/* Before a durable call with an effect outside this run: the previous
+ * activity's transaction commits first (what the callee sees includes it). */
+static int flush_held(cruster_wf *wf, const char *what, cruster_error **err) {
+  if (!wf->held) return CRUSTER_OK;
+  cruster_error *ferr = NULL;
+  if (wf_run_flush(wf, &ferr) == CRUSTER_OK) return CRUSTER_OK;
+  int rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "the activity before %s could not commit: %s",
+                   what, ferr ? ferr->message : "commit failed");
+  cruster_error_free(ferr);
+  return rc;
+}
+
 /* Journals a callee's final answer and returns it to execute. Takes rep. */
 static int settle(cruster_wf *wf, int32_t kind, const char *name, int status, void *rep,
                   size_t rlen, const char *msg, void **out, size_t *out_len, cruster_error **err) {
@@ -746,6 +782,8 @@ cruster_status cruster_wf_call(cruster_wf *wf, const char *type, const char *id,
   rc = wf_begin_call(wf, ST_J_CALL, name, &j, err);
   if (rc != CRUSTER_OK) return rc;
   if (j) return replay_answer(j, out, out_len, err);
+  rc = flush_held(wf, name, err);
+  if (rc != CRUSTER_OK) return rc;
   char key[64];
   int klen = snprintf(key, sizeof(key), "wf/%lld/%ld", (long long)wf->request_id, (long)(wf->seq - 1));
   cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
@@ -820,6 +858,8 @@ cruster_status cruster_wf_child(cruster_wf *wf, const char *workflow, const void
   rc = wf_begin_call(wf, ST_J_CHILD, workflow, &j, err);
   if (rc != CRUSTER_OK) return rc;
   if (j) return replay_answer(j, out, out_len, err);
+  rc = flush_held(wf, workflow, err);
+  if (rc != CRUSTER_OK) return rc;
   char defkey[CRUSTER_MAX_ENTITY_ID_LEN + 32];
   cruster_workflow_opts o = CRUSTER_WORKFLOW_OPTS_INIT;
   if (key) {
