@@ -41,6 +41,10 @@ struct wf_engine {
   size_t ncancelled, capcancelled;
 };
 
+/* The run of execute on this thread, if any: a client call made from its
+ * code commits the run's held transaction first (see flush_here). */
+static _Thread_local cruster_wf *tl_run;
+
 /* How long a cancellation is remembered for runs that skip the read. */
 #define WF_CANCEL_MEMORY_MS 600000
 
@@ -208,7 +212,9 @@ static void on_execute(void *user, cruster_request *req) {
     wf.stop = CRUSTER_E_CANCELLED;
     wf.stop_msg = core_strdup("the execution was cancelled");
   } else {
+    tl_run = &wf;
     t->def->fn(t->def->user, &wf);
+    tl_run = NULL;
   }
   running_del(e, &wf);
   if (wf.answered && !wf.stop && wf.status == CRUSTER_OK && wf.held && e->host.ops->commit_reply) {
@@ -541,6 +547,22 @@ cruster_status wf_execute(wf_engine *e, const char *workflow,
   return rc;
 }
 
+/* A client call from execute's own code on this thread: the run's held
+ * transaction commits first. Else the call could wait for a pooled
+ * connection while its run holds one -- with every connection so held, for
+ * ever. */
+static int flush_here(cruster_error **err) {
+  cruster_wf *wf = tl_run;
+  if (!wf || !wf->held) return CRUSTER_OK;
+  cruster_error *ferr = NULL;
+  if (wf_run_flush(wf, &ferr) == CRUSTER_OK) return CRUSTER_OK;
+  wf_stop(wf, CRUSTER_E_PERSISTENCE, NULL, "the last activity could not commit: %s",
+          ferr ? ferr->message : "commit failed");
+  cruster_error_free(ferr);
+  return core_error_set(err, CRUSTER_E_PERSISTENCE,
+                        "the execution's last activity could not commit; it runs again later");
+}
+
 /* The one execution stored under (workflow, id): its request id and key. */
 static cruster_status find_one(wf_engine *e, const char *workflow, const char *id, char *type,
                                st_exec_ref *ref, cruster_error **err) {
@@ -551,6 +573,8 @@ static cruster_status find_one(wf_engine *e, const char *workflow, const char *i
     return core_error_set(err, CRUSTER_E_STATE, "a blocking workflow call on the loop thread");
   cruster_status rc = check_workflow_name(workflow, type, err);
   if (rc == CRUSTER_OK) rc = core_check_entity_id(id, err);
+  if (rc != CRUSTER_OK) return rc;
+  rc = flush_here(err);
   if (rc != CRUSTER_OK) return rc;
   st_exec_ref refs[2];
   size_t n = 0;
