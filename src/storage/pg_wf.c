@@ -16,6 +16,7 @@
 struct st_tx {
   PGconn *conn;
   int prepared; /* the statements below are prepared on conn */
+  int held;     /* counted in pg_wf.held (try_hold) */
   struct st_tx *next; /* idle list */
 };
 
@@ -25,6 +26,7 @@ struct pg_wf {
   uv_cond_t cv;
   st_tx *idle;
   size_t open, max; /* connections open (idle + lent), the cap */
+  size_t held;      /* lent connections held between an activity and the next write */
   int closed;
 };
 
@@ -416,6 +418,31 @@ done:
   return rc;
 }
 
+/* At most half the pool is held open between an activity and its run's
+ * next write (st_wf_ops.try_hold): the other half always serves
+ * activities, journal reads and handlers, whatever code runs while the
+ * held ones wait. */
+static int wf_try_hold(void *impl, st_tx *t) {
+  pg_wf *w = impl;
+  uv_mutex_lock(&w->mu);
+  int ok = !t->held && w->held < w->max / 2;
+  if (ok) {
+    t->held = 1;
+    w->held++;
+  }
+  uv_mutex_unlock(&w->mu);
+  return ok;
+}
+
+/* The transaction is being finished or used again: no longer held. */
+static void unhold(pg_wf *w, st_tx *t) {
+  if (!t->held) return;
+  uv_mutex_lock(&w->mu);
+  t->held = 0;
+  w->held--;
+  uv_mutex_unlock(&w->mu);
+}
+
 static int wf_begin(void *impl, st_tx **out, cruster_error **err) {
   pg_wf *w = impl;
   *out = NULL;
@@ -436,6 +463,7 @@ static void *wf_tx_handle(st_tx *t) { return t ? t->conn : NULL; }
 
 static void wf_rollback(void *impl, st_tx *t) {
   if (!t) return;
+  unhold(impl, t);
   PGresult *r = PQexec(t->conn, "ROLLBACK");
   PQclear(r);
   give(impl, t);
@@ -476,6 +504,7 @@ typedef struct wr_tail {
  * success the transaction of the next BEGIN stays the caller's. */
 static int write_tx(pg_wf *w, st_tx *t, int64_t request_id, const st_jentry *entries, size_t n,
                     const wr_tail *tail, const char *what, cruster_error **err) {
+  unhold(w, t);
   PGconn *c = t->conn;
   int rc = CRUSTER_OK;
   unsigned char id[8];
@@ -642,6 +671,7 @@ const st_wf_ops pg_wf_ops = {
     .tx_handle = wf_tx_handle,
     .commit = wf_commit,
     .commit_reopen = wf_commit_reopen,
+    .try_hold = wf_try_hold,
     .rollback = wf_rollback,
     .commit_reply = wf_commit_reply,
     .find = wf_find,

@@ -111,6 +111,11 @@ typedef struct st_wf_ops {
    * may have succeeded and the BEGIN failed). */
   int (*commit_reopen)(void *impl, st_tx *tx, int64_t request_id, const st_jentry *entries,
                        size_t n, cruster_error **err);
+  /* Optional (NULL: never): 1 if `tx`, its activity's SQL done, may stay
+   * open until its run's next write (commit_reopen, commit, commit_reply or
+   * rollback ends the hold); 0: commit it now. Bounds the connections so
+   * held. */
+  int (*try_hold)(void *impl, st_tx *tx);
   void (*rollback)(void *impl, st_tx *tx);
   /* A transactional entity handler's reply: stores it as message
    * `request_id`'s answer in `tx` (keyed: kept with its reply; unkeyed:

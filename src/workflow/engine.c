@@ -504,6 +504,22 @@ static void call_opts(const cruster_workflow_opts *o, const wf_ident *x, cruster
   c->idempotency_key_len = x->key_len;
 }
 
+/* A client call from execute's own code on this thread: the run's held
+ * transaction commits first. Else the call could wait for a pooled
+ * connection while its run holds one -- with every connection so held, for
+ * ever. */
+static int flush_here(cruster_error **err) {
+  cruster_wf *wf = tl_run;
+  if (!wf || !wf->held) return CRUSTER_OK;
+  cruster_error *ferr = NULL;
+  if (wf_run_flush(wf, &ferr) == CRUSTER_OK) return CRUSTER_OK;
+  wf_stop(wf, CRUSTER_E_PERSISTENCE, NULL, "the last activity could not commit: %s",
+          ferr ? ferr->message : "commit failed");
+  cruster_error_free(ferr);
+  return core_error_set(err, CRUSTER_E_PERSISTENCE,
+                        "the execution's last activity could not commit; it runs again later");
+}
+
 cruster_status wf_start(wf_engine *e, const char *workflow, const void *input,
                         size_t len, const cruster_workflow_opts *opts, char **id,
                         cruster_error **err) {
@@ -516,7 +532,8 @@ cruster_status wf_start(wf_engine *e, const char *workflow, const void *input,
   if (rc != CRUSTER_OK) return rc;
   cruster_call_opts c;
   call_opts(&o, &x, &c);
-  rc = sh_notify_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, err);
+  rc = flush_here(err);
+  if (rc == CRUSTER_OK) rc = sh_notify_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, err);
   if (rc == CRUSTER_OK && id) {
     *id = x.id;
     x.id = NULL;
@@ -539,28 +556,13 @@ cruster_status wf_execute(wf_engine *e, const char *workflow,
   if (rc != CRUSTER_OK) return rc;
   cruster_call_opts c;
   call_opts(&o, &x, &c);
-  if (fn)
+  rc = flush_here(err);
+  if (rc == CRUSTER_OK && fn)
     rc = sh_send(e->sh, x.type, x.id, WF_METHOD, input, len, &c, fn, user, err);
-  else
+  else if (rc == CRUSTER_OK)
     rc = sh_send_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, out, out_len, err);
   ident_free(&x);
   return rc;
-}
-
-/* A client call from execute's own code on this thread: the run's held
- * transaction commits first. Else the call could wait for a pooled
- * connection while its run holds one -- with every connection so held, for
- * ever. */
-static int flush_here(cruster_error **err) {
-  cruster_wf *wf = tl_run;
-  if (!wf || !wf->held) return CRUSTER_OK;
-  cruster_error *ferr = NULL;
-  if (wf_run_flush(wf, &ferr) == CRUSTER_OK) return CRUSTER_OK;
-  wf_stop(wf, CRUSTER_E_PERSISTENCE, NULL, "the last activity could not commit: %s",
-          ferr ? ferr->message : "commit failed");
-  cruster_error_free(ferr);
-  return core_error_set(err, CRUSTER_E_PERSISTENCE,
-                        "the execution's last activity could not commit; it runs again later");
 }
 
 /* The one execution stored under (workflow, id): its request id and key. */

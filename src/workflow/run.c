@@ -463,7 +463,7 @@ static int run_attempt(cruster_wf *wf, const wf_activity *a, const void *input, 
       block(h, 0);
       return frc;
     }
-    if (tx) {
+    if (tx && h->ops->try_hold && h->ops->try_hold(h->impl, tx)) {
       /* Committed with the next write (see cruster_wf.held). */
       wf->held = tx;
       return wf_give_value(wf->pending[n].value, wf->pending[n].len, out, out_len, err);
