@@ -75,7 +75,7 @@
  *   64: the transactional entity handler's ops/s >= 0.5 x pgbench tps
  *
  * Environment: CRUSTER_TEST_PG (libpq connection string of the server; the
- * bench uses its own database "cruster_bench" on it, schemas bench_wf and
+ * bench uses its own database "cruster_bench_wf" on it, schemas bench_wf and
  * bench_wfpgb), BENCH_SECONDS (default 3) per figure, BENCH_CONCURRENCY
  * (default "1,16,64"; "0" = none; targets are judged only for the counts
  * present), BENCH_ASLEEP (default 100000; 0 skips the part), BENCH_STARTERS
@@ -104,7 +104,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BENCH_DB "cruster_bench"
+#define BENCH_DB "cruster_bench_wf" /* its own: xact_commit counts only this program */
 #define SCHEMA "bench_wf"
 #define PGB_SCHEMA "bench_wfpgb"
 #define PAYLOAD_LEN 16
