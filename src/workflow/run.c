@@ -179,7 +179,9 @@ int wf_run_flush(cruster_wf *wf, cruster_error **err) {
   int rc = wf->host->ops->commit(wf->host->impl, tx, wf->request_id, wf->pending, wf->npending,
                                  err);
   block(wf->host, 0);
-  if (rc == CRUSTER_OK) clear_pending(wf);
+  /* A held transaction that failed took its activity's result with it:
+   * nothing of it may be written later on its own. */
+  if (rc == CRUSTER_OK || tx) clear_pending(wf);
   return rc;
 }
 
@@ -421,13 +423,13 @@ static int run_attempt(cruster_wf *wf, const wf_activity *a, const void *input, 
     block(h, 1);
     rc = h->ops->commit_reopen(h->impl, tx, wf->request_id, wf->pending, wf->npending, &serr);
     block(h, 0);
+    clear_pending(wf); /* written, or gone with the failed transaction */
     if (rc != CRUSTER_OK) {
       rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "the activity before \"%s\" could not commit: %s",
                    a->name, serr ? serr->message : "commit failed");
       cruster_error_free(serr);
       return rc;
     }
-    clear_pending(wf);
   } else {
     if (wf->held && wf_run_flush(wf, &serr) != CRUSTER_OK) {
       rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "the activity before \"%s\" could not commit: %s",
