@@ -253,6 +253,11 @@ int64_t *em_inflight_persisted(em_manager *m, size_t *n);
 /* Stop: nothing new is delivered, idle instances stay; running handlers
  * are cancelled (flag), queued deliveries dropped (em_sink.dropped). */
 void em_interrupt_all(em_manager *m);
+/* The shard (`group`, `shard`) moved away: its running handlers are
+ * cancelled (flag), its queued deliveries dropped (em_sink.dropped); new
+ * deliveries are still taken (the caller routes them elsewhere first).
+ * Returns how many were cancelled or dropped. */
+size_t em_interrupt_shard(em_manager *m, const char *group, int32_t shard);
 /* Stop, once handlers had their time: later answers are dropped. */
 void em_close(em_manager *m);
 

@@ -593,6 +593,34 @@ void em_interrupt_all(em_manager *m) {
   }
 }
 
+size_t em_interrupt_shard(em_manager *m, const char *group, int32_t shard) {
+  size_t n = 0;
+  for (cruster_request *r = m->live_head; r; r = r->live_next)
+    if (r->running && r->env && r->env->shard == shard && strcmp(r->env->group, group) == 0) {
+      atomic_store(&r->cancelled, 1);
+      n++;
+    }
+  for (size_t b = 0; b < m->instances.nbuckets; b++) {
+    for (core_map_entry *e = m->instances.buckets[b]; e; e = e->next) {
+      em_instance *in = e->value;
+      if (!in->q_head || strcmp(in->type->shard_group, group) != 0 ||
+          cruster_shard_for(in->id, strlen(in->id), (int32_t)m->cfg->shards_per_group) != shard)
+        continue;
+      while (in->q_head) {
+        cruster_request *r = in->q_head;
+        in->q_head = r->next;
+        in->queued--;
+        if (r->sink && r->ud && !r->hold && !r->hold_failed && r->sink->dropped)
+          r->sink->dropped(r->ud, r);
+        em_request_free(m, r);
+        n++;
+      }
+      in->q_tail = NULL;
+    }
+  }
+  return n;
+}
+
 void em_close(em_manager *m) { m->closed = 1; }
 
 static void free_instance_entry(void *ctx, core_map_entry *e) {

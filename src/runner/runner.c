@@ -139,7 +139,7 @@ static int tx_commit_reply(void *ud, void *tx, const core_env *env, const void *
   const st_wf_ops *ops = NULL;
   void *impl = rt->storage->ops->wf(rt->storage, &ops);
   cruster_error *err = NULL;
-  int st = ops->commit_reply(impl, tx, env->request_id, env->keyed, data, len, &err);
+  int st = ops->commit_reply(impl, tx, env->request_id, env->keyed, data, len, NULL, 0, &err);
   if (st != CRUSTER_OK)
     core_log(rt->lg, st == CRUSTER_E_ALREADY_EXISTS ? CRUSTER_LOG_INFO : CRUSTER_LOG_WARN, "storage",
              "the transaction of request %lld did not commit: %s", (long long)env->request_id,
@@ -229,9 +229,18 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
     destroy_partial(rt);
     return st;
   }
-  sh_init(&rt->sh, &rt->loop, &rt->em, rt->storage, rt->cfg, rt->lg, rt->metrics, &rt->snowflake);
+  int sh_ok = sh_init(&rt->sh, &rt->loop, &rt->em, rt->storage, rt->cfg, rt->lg, rt->metrics,
+                      &rt->snowflake);
   uv_timer_init(&rt->loop.uv, &rt->stop_timer);
   rt->stop_timer.data = rt;
+  if (sh_ok != 0) {
+    st = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+    rt_loop_abandon(&rt->loop);
+    sh_free(&rt->sh);
+    em_free(&rt->em);
+    destroy_partial(rt);
+    return st;
+  }
   if (rt->storage) {
     st_host host = {&rt->loop.uv, rt->cfg, rt->lg, rt->metrics, &rt->snowflake, rt,
                     host_inflight, host_wake, host_run_sync};

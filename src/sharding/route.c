@@ -440,11 +440,16 @@ static void on_polled(void *ud, int status, const char *errmsg, core_env **msgs,
   sh_poll_schedule(sh, delay);
 }
 
+/* The poll claims messages of owned shards only. */
+static int poll_owns(void *ud, const char *group, int32_t shard) {
+  return sh_owns((const sh_sharding *)ud, group, shard);
+}
+
 static void poll_fire(uv_timer_t *t) {
   sh_sharding *sh = t->data;
   if (!sh->storage || sh->stopping) return;
   sh->poll_scheduled = 1;
   core_metric_add(sh->m.st_polls, 1);
   sh->storage->ops->poll(sh->storage, core_now_ms(), (size_t)sh->cfg->storage_inbox_size,
-                         sh->cfg->storage_message_max_retries, NULL, NULL, on_polled, sh);
+                         sh->cfg->storage_message_max_retries, poll_owns, sh, on_polled, sh);
 }

@@ -4,9 +4,9 @@
 
 #include "sharding/sharding_internal.h"
 
-void sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *storage,
-             const cruster_config *cfg, const core_logger *lg, cruster_metrics *metrics,
-             core_snowflake *snowflake) {
+int sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *storage,
+            const cruster_config *cfg, const core_logger *lg, cruster_metrics *metrics,
+            core_snowflake *snowflake) {
   memset(sh, 0, sizeof(*sh));
   sh->loop = loop;
   sh->em = em;
@@ -40,19 +40,24 @@ void sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *st
   uv_timer_init(&loop->uv, &sh->deadline_timer);
   uv_timer_init(&loop->uv, &sh->poll_timer);
   sh->deadline_timer.data = sh->poll_timer.data = sh;
+  sh->single_node = 1;
+  return sh_owner_init(sh);
 }
 
 void sh_start(sh_sharding *sh) {
+  if (sh->single_node) sh_own_all(sh, 1);
   if (sh->storage) sh_poll_schedule(sh, 0);
 }
 
 void sh_stop(sh_sharding *sh) {
   sh->stopping = 1;
   uv_timer_stop(&sh->poll_timer);
+  if (sh->single_node) sh_own_all(sh, 0);
 }
 
 void sh_free(sh_sharding *sh) {
   core_map_clear(&sh->waiters);
+  sh_owner_free(sh);
   free(sh->heap);
   sh->heap = NULL;
   sh->heap_len = sh->heap_cap = 0;

@@ -27,6 +27,14 @@ typedef struct sh_call sh_call;
 typedef struct sh_save sh_save;
 typedef struct sh_sharding sh_sharding;
 
+/* Told of every change of ownership (loop thread): `owned` 1 = gained,
+ * 0 = lost. `group` is the configuration's string (lives as long as it). */
+typedef void (*sh_own_fn)(void *ud, const char *group, int32_t shard, int owned);
+typedef struct sh_own_listener {
+  sh_own_fn fn;
+  void *ud;
+} sh_own_listener;
+
 enum { SH_CALL_SEND = 0, SH_CALL_NOTIFY = 1 };
 
 /* A caller waiting for an answer (send) or an acceptance (notify). */
@@ -81,6 +89,13 @@ struct sh_sharding {
   core_map waiters;       /* persisted request id -> sh_call* list */
   int poll_scheduled;     /* a storage poll is in flight */
   int64_t poll_again_at;  /* asked for while one was in flight: monotonic ms, 0 = none */
+  /* The shards owned (owner.c): per configured group, shards_per_group bits. */
+  uint64_t *owned_bits;
+  size_t owned_words; /* per group */
+  size_t owned_count;
+  sh_own_listener *own_listeners;
+  size_t n_own_listeners;
+  int single_node; /* every shard is owned from start to stop */
 };
 
 /* A storage write a call (or a poll) waits for. */
@@ -103,12 +118,15 @@ struct sh_save {
 /* Sets up `sh` on `loop` (whose libuv loop exists; its thread may not run
  * yet) over the entity manager `em` and the attached `storage` (may be
  * NULL). Everything given must outlive it. */
-void sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *storage,
-             const cruster_config *cfg, const core_logger *lg, cruster_metrics *metrics,
-             core_snowflake *snowflake);
-/* The loop's state became RT_STARTED: look at the storage. */
+int sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *storage,
+            const cruster_config *cfg, const core_logger *lg, cruster_metrics *metrics,
+            core_snowflake *snowflake);
+/* Returns 0, or -1 on OOM (then sh_free frees what was made).
+ * The loop's state became RT_STARTED: in single-node mode every shard
+ * becomes owned (listeners told); look at the storage. */
 void sh_start(sh_sharding *sh);
-/* The stop began: nothing new is routed or polled. */
+/* The stop began: nothing new is routed or polled; in single-node mode
+ * every shard is let go (listeners told). */
 void sh_stop(sh_sharding *sh);
 /* Fails every waiting call with `status`. */
 void sh_calls_fail_all(sh_sharding *sh, int status, const char *msg);
@@ -116,6 +134,23 @@ void sh_calls_fail_all(sh_sharding *sh, int status, const char *msg);
 void sh_free(sh_sharding *sh);
 /* Polls the storage in `delay_ms` (or sooner, if one is due sooner). */
 void sh_poll_schedule(sh_sharding *sh, int64_t delay_ms);
+
+/* ---- ownership (owner.c; loop thread) ---- */
+
+/* Makes the (empty) ownership set; -1 on OOM or overflow. sh_init calls it. */
+int sh_owner_init(sh_sharding *sh);
+void sh_owner_free(sh_sharding *sh);
+/* 1 if this runner owns shard `shard` of `group` now (0 for an unknown group
+ * or a shard out of range). */
+int sh_owns(const sh_sharding *sh, const char *group, int32_t shard);
+/* Adds a listener of ownership changes (for the runtime's life). -1 on OOM. */
+int sh_own_listen(sh_sharding *sh, sh_own_fn fn, void *ud);
+/* Marks the shard owned or not; tells the listeners when that changes.
+ * Returns 1 if it changed, 0 if not, -1 for an unknown group or shard. */
+int sh_own_set(sh_sharding *sh, const char *group, int32_t shard, int owned);
+/* Every shard of every configured group owned (1) or not (0). */
+void sh_own_all(sh_sharding *sh, int owned);
+size_t sh_owned_count(const sh_sharding *sh);
 
 /* ---- the public calls, for this sharding object (`sh` NULL: refused as
  * the runtime being NULL). As cruster_<name> in cruster/client.h. ---- */
