@@ -29,9 +29,18 @@
  *   {"bench":"workflow_breakdown","concurrency":N,...}  p50 (us) of the parts
  *     of one workflow, stamped in process: start_to_execute (the start
  *     message stored, dispatched to a worker, journal read if any), act1..3
- *     (each activity: pool connection, BEGIN, its INSERT, journal row +
- *     COMMIT), act_sql (the activity's INSERT alone), execute_to_answer (the
- *     answer stored and handed to the caller).
+ *     (each activity from the previous stamp: act1 a pool connection and
+ *     BEGIN, act2..3 the previous activity's journal row + COMMIT pipelined
+ *     with this one's BEGIN; then its INSERT), act_sql (the activity's
+ *     INSERT alone), execute_to_answer (the last activity's journal row,
+ *     the answer and COMMIT in one round trip, and the answer handed to the
+ *     caller).
+ *   {"bench":"workflow_latency_model","concurrency":1,"round_trips_per_wf":8,
+ *    "thread_hops_per_wf":4,"pg_round_trip_p50_us":..,"round_trips_floor_us":..,
+ *    "floor_vs_pgbench_p50":..,"wf_p50_vs_floor":..}
+ *     (at 1 only) the p50 of one SELECT 1 round trip on a blocking
+ *     connection, times the round trips one workflow makes: what its p50
+ *     cannot go below, against pgbench's p50.
  *   {"bench":"tx_rpc","concurrency":N,"ops_per_s":..,"p50_us":..,"p99_us":..,
  *    "commits_per_call":..,"cpu_us_per_call":..,"server_cpu_us_per_call":..,...}
  *     the transactional entity handler (CRUSTER_RPC_TRANSACTIONAL): entity
@@ -66,7 +75,7 @@
  *   64: the transactional entity handler's ops/s >= 0.5 x pgbench tps
  *
  * Environment: CRUSTER_TEST_PG (libpq connection string of the server; the
- * bench uses its own database "cruster_bench" on it, schemas bench_wf and
+ * bench uses its own database "cruster_bench_wf" on it, schemas bench_wf and
  * bench_wfpgb), BENCH_SECONDS (default 3) per figure, BENCH_CONCURRENCY
  * (default "1,16,64"; "0" = none; targets are judged only for the counts
  * present), BENCH_ASLEEP (default 100000; 0 skips the part), BENCH_STARTERS
@@ -95,7 +104,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BENCH_DB "cruster_bench"
+#define BENCH_DB "cruster_bench_wf" /* its own: xact_commit counts only this program */
 #define SCHEMA "bench_wf"
 #define PGB_SCHEMA "bench_wfpgb"
 #define PAYLOAD_LEN 16
@@ -344,6 +353,31 @@ static void samples_add(samples *s, int64_t x) {
 static int64_t samples_p50(samples *s) {
   qsort(s->v, s->n, sizeof(int64_t), cmp_i64);
   return pct(s->v, s->n, 0.50);
+}
+
+/* p50 of one round trip to the server (SELECT 1, extended protocol, as the
+ * activities' statements) on a blocking connection: the unit of the
+ * latency model at 1 (workflow_latency_model). */
+static int64_t round_trip_p50_us(void) {
+  enum { WARM = 200, N = 2000 };
+  PGconn *c = connect_or_die(g_rt_conninfo);
+  int64_t *v = malloc(N * sizeof(*v));
+  if (!v) {
+    PQfinish(c);
+    return -1;
+  }
+  for (int i = 0; i < WARM + N; i++) {
+    int64_t t0 = mono_us();
+    PGresult *r = PQexecParams(c, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0);
+    int64_t t1 = mono_us();
+    PQclear(r);
+    if (i >= WARM) v[i - WARM] = t1 - t0;
+  }
+  qsort(v, N, sizeof(int64_t), cmp_i64);
+  int64_t p = pct(v, N, 0.50);
+  free(v);
+  PQfinish(c);
+  return p;
 }
 
 /* ---- the workflow --------------------------------------------------------------- */
@@ -1120,6 +1154,21 @@ int main(void) {
            n, pr[i].tps, (long long)pr[i].p50_us, pr[i].tps > 0 ? w->wf_per_s / pr[i].tps : 0.0,
            pr[i].p50_us > 0 ? (double)w->p50_us / (double)pr[i].p50_us : 0.0,
            pcpu > 0 && wcpu > 0 ? wcpu / pcpu : -1.0, pcpu > 0 && wcpu > 0 ? pcpu / wcpu : -1.0);
+    if (n == 1) {
+      /* The floor of one workflow's latency at 1, in round trips: the
+       * start's insert; the first activity's BEGIN; each activity's INSERT;
+       * the COMMIT of an activity with the next one's BEGIN (2); the last
+       * activity's journal row, the answer and COMMIT -- plus 4 hand-offs
+       * between threads (caller -> loop -> worker -> loop -> caller). */
+      int64_t rtt = round_trip_p50_us();
+      int trips = 1 + 1 + ACTIVITIES + (ACTIVITIES - 1) + 1;
+      printf("{\"bench\":\"workflow_latency_model\",\"concurrency\":1,\"round_trips_per_wf\":%d,"
+             "\"thread_hops_per_wf\":4,\"pg_round_trip_p50_us\":%lld,\"round_trips_floor_us\":%lld,"
+             "\"floor_vs_pgbench_p50\":%.2f,\"wf_p50_vs_floor\":%.2f}\n",
+             trips, (long long)rtt, (long long)(trips * rtt),
+             pr[i].p50_us > 0 && rtt > 0 ? (double)(trips * rtt) / (double)pr[i].p50_us : -1.0,
+             rtt > 0 ? (double)w->p50_us / (double)(trips * rtt) : -1.0);
+    }
     if (g_tx) {
       double xcpu = x->server_cpu_us < 0 ? -1 : x->cpu_us + x->server_cpu_us;
       printf("{\"bench\":\"tx_rpc_vs_pgbench\",\"concurrency\":%d,\"ops_ratio\":%.3f,"

@@ -15,6 +15,8 @@
 
 struct st_tx {
   PGconn *conn;
+  int prepared; /* the statements below are prepared on conn */
+  int held;     /* counted in pg_wf.held (try_hold) */
   struct st_tx *next; /* idle list */
 };
 
@@ -24,6 +26,7 @@ struct pg_wf {
   uv_cond_t cv;
   st_tx *idle;
   size_t open, max; /* connections open (idle + lent), the cap */
+  size_t held;      /* lent connections held between an activity and the next write */
   int closed;
 };
 
@@ -79,6 +82,25 @@ struct pg_wf {
   "  wake_seq = wake_seq + 1 WHERE request_id IN (SELECT request_id FROM ok) RETURNING 1)"     \
   " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM m WHERE processed),"               \
   " (SELECT count(*) FROM up), (SELECT count(*) FROM dj), (SELECT count(*) FROM dd)"
+
+/* The reply in the handler's transaction. No row (answered already, or
+ * not stored) divides by zero: the error aborts the transaction, so the
+ * COMMIT after it cannot commit the handler's SQL. */
+#define SQL_REPLY_KEYED                                                                        \
+  "WITH u AS (UPDATE cruster_messages SET processed = TRUE, processed_at = now(),"             \
+  " reply_status = 0, reply_payload = $2, reply_message = NULL, claimed_by = NULL,"            \
+  " claimed_at = NULL WHERE request_id = $1 AND processed_at IS NULL RETURNING 1)"            \
+  " SELECT 1 / (SELECT count(*)::int FROM u)"
+#define SQL_REPLY_UNKEYED                                                                      \
+  "WITH u AS (DELETE FROM cruster_messages WHERE request_id = $1 AND processed_at IS NULL"     \
+  " RETURNING 1) SELECT 1 / (SELECT count(*)::int FROM u)"
+#define SQLSTATE_DIVISION_BY_ZERO "22012"
+
+/* Prepared once per connection (prepare): parsing and planning them on
+ * every call cost more server time than running them. */
+#define PS_UPSERT "cruster_wf_upsert"
+#define PS_REPLY_KEYED "cruster_wf_reply_keyed"
+#define PS_REPLY_UNKEYED "cruster_wf_reply_unkeyed"
 
 /* ---- binary values ------------------------------------------------------ */
 
@@ -149,6 +171,57 @@ void pg_wf_free(pg_wf *w) {
   free(w);
 }
 
+/* Reads the pipeline's results up to its sync; CRUSTER_OK or the first
+ * failure. A failure whose SQLSTATE is `state` (may be NULL) becomes
+ * `state_rc` with `state_msg`. */
+static int drain_pipeline(PGconn *c, const char *what, const char *state, int state_rc,
+                          const char *state_msg, cruster_error **err) {
+  int rc = CRUSTER_OK;
+  for (;;) {
+    PGresult *r = PQgetResult(c);
+    if (!r) {
+      /* end of one statement's results; the next one follows */
+      if (PQstatus(c) != CONNECTION_OK) return rc == CRUSTER_OK ? pq_fail(c, NULL, what, err) : rc;
+      continue;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    if (s == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      return rc;
+    }
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && rc == CRUSTER_OK) {
+      const char *got = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      if (state && got && strcmp(got, state) == 0)
+        rc = core_error_set(err, state_rc, "%s", state_msg);
+      else
+        rc = pq_fail(c, r, what, err);
+    }
+    PQclear(r);
+  }
+}
+
+/* Prepares the statements on t's connection (a new one, one reset, or one
+ * where a statement failed: whatever was prepared is dropped first, so a
+ * user's DEALLOCATE in an activity only costs a new prepare). 0 or -1. */
+static int prepare(st_tx *t) {
+  if (t->prepared) return 0;
+  PGconn *c = t->conn;
+  static const struct {
+    const char *name, *sql;
+    int n;
+  } ps[] = {{PS_UPSERT, SQL_UPSERT, 9}, {PS_REPLY_KEYED, SQL_REPLY_KEYED, 2},
+            {PS_REPLY_UNKEYED, SQL_REPLY_UNKEYED, 1}};
+  int ok = PQenterPipelineMode(c);
+  if (ok) ok = PQsendQueryParams(c, "DEALLOCATE ALL", 0, NULL, NULL, NULL, NULL, 0);
+  for (size_t i = 0; ok && i < sizeof(ps) / sizeof(ps[0]); i++)
+    ok = PQsendPrepare(c, ps[i].name, ps[i].sql, ps[i].n, NULL);
+  if (ok) ok = PQpipelineSync(c);
+  if (ok) ok = drain_pipeline(c, "preparing statements", NULL, 0, NULL, NULL) == CRUSTER_OK;
+  PQexitPipelineMode(c);
+  t->prepared = ok && PQstatus(c) == CONNECTION_OK;
+  return t->prepared ? 0 : -1;
+}
+
 /* Takes an idle connection, opens one under the cap, or waits for one.
  * CRUSTER_OK with *out set, or the failure (*err set). */
 static int take(pg_wf *w, st_tx **out, cruster_error **err) {
@@ -163,8 +236,11 @@ static int take(pg_wf *w, st_tx **out, cruster_error **err) {
       st_tx *t = w->idle;
       w->idle = t->next;
       uv_mutex_unlock(&w->mu);
-      if (PQstatus(t->conn) != CONNECTION_OK) PQreset(t->conn); /* lost since last use */
-      if (PQstatus(t->conn) == CONNECTION_OK) {
+      if (PQstatus(t->conn) != CONNECTION_OK) { /* lost since last use */
+        PQreset(t->conn);
+        t->prepared = 0;
+      }
+      if (PQstatus(t->conn) == CONNECTION_OK && prepare(t) == 0) {
         *out = t;
         return CRUSTER_OK;
       }
@@ -184,10 +260,12 @@ static int take(pg_wf *w, st_tx **out, cruster_error **err) {
       st_tx *t = calloc(1, sizeof(*t));
       if (!t) rc = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
       else if (!(t->conn = pg_connect_blocking(w->conninfo, err))) rc = CRUSTER_E_PERSISTENCE;
+      else if (prepare(t) != 0) rc = pq_fail(t->conn, NULL, "preparing statements", err);
       if (rc == CRUSTER_OK) {
         *out = t;
         return rc;
       }
+      if (t) PQfinish(t->conn);
       free(t);
       uv_mutex_lock(&w->mu);
       w->open--;
@@ -340,6 +418,31 @@ done:
   return rc;
 }
 
+/* At most half the pool is held open between an activity and its run's
+ * next write (st_wf_ops.try_hold): the other half always serves
+ * activities, journal reads and handlers, whatever code runs while the
+ * held ones wait. */
+static int wf_try_hold(void *impl, st_tx *t) {
+  pg_wf *w = impl;
+  uv_mutex_lock(&w->mu);
+  int ok = !t->held && w->held < w->max / 2;
+  if (ok) {
+    t->held = 1;
+    w->held++;
+  }
+  uv_mutex_unlock(&w->mu);
+  return ok;
+}
+
+/* The transaction is being finished or used again: no longer held. */
+static void unhold(pg_wf *w, st_tx *t) {
+  if (!t->held) return;
+  uv_mutex_lock(&w->mu);
+  t->held = 0;
+  w->held--;
+  uv_mutex_unlock(&w->mu);
+}
+
 static int wf_begin(void *impl, st_tx **out, cruster_error **err) {
   pg_wf *w = impl;
   *out = NULL;
@@ -360,6 +463,7 @@ static void *wf_tx_handle(st_tx *t) { return t ? t->conn : NULL; }
 
 static void wf_rollback(void *impl, st_tx *t) {
   if (!t) return;
+  unhold(impl, t);
   PGresult *r = PQexec(t->conn, "ROLLBACK");
   PQclear(r);
   give(impl, t);
@@ -367,6 +471,7 @@ static void wf_rollback(void *impl, st_tx *t) {
 
 /* Sends one upsert of `e` in pipeline mode. 0 or -1. */
 static int send_upsert(PGconn *c, int64_t request_id, const st_jentry *e) {
+  if (e->len > INT32_MAX) return -1;
   unsigned char id[8], seq[4], kind[4], status[4], attempts[4], at[8];
   put_i64(id, request_id);
   put_i32(seq, e->seq);
@@ -380,119 +485,98 @@ static int send_upsert(PGconn *c, int64_t request_id, const st_jentry *e) {
                       e->len ? (const char *)e->value : NULL, e->message};
   int l[9] = {8, 4, 4, 0, 4, 4, 8, (int)e->len, 0};
   int f[9] = {1, 1, 1, 0, 1, 1, 1, 1, 0};
-  return PQsendQueryParams(c, SQL_UPSERT, 9, NULL, v, l, f, 1) ? 0 : -1;
+  return PQsendQueryPrepared(c, PS_UPSERT, 9, v, l, f, 1) ? 0 : -1;
 }
 
-/* Reads the pipeline's results up to its sync; CRUSTER_OK or the first
- * failure. A failure whose SQLSTATE is `state` (may be NULL) becomes
- * `state_rc` with `state_msg`. */
-static int drain_pipeline(PGconn *c, const char *what, const char *state, int state_rc,
-                          const char *state_msg, cruster_error **err) {
+/* What one pipelined write ends with (after the journal upserts). */
+typedef struct wr_tail {
+  int commit;      /* COMMIT the transaction opened with BEGIN */
+  int reopen;      /* then BEGIN the next one on the same connection */
+  int reply;       /* before the COMMIT: store the reply of request_id */
+  int keyed;       /* (reply) the message is keyed: kept with its reply */
+  const void *data; /* (reply) */
+  size_t len;
+} wr_tail;
+
+/* Writes `entries` on t's connection and ends as `tail` says, all in one
+ * round trip (pipeline mode). On failure, or when the write leaves no
+ * transaction open, the connection goes back to the pool; with reopen and
+ * success the transaction of the next BEGIN stays the caller's. */
+static int write_tx(pg_wf *w, st_tx *t, int64_t request_id, const st_jentry *entries, size_t n,
+                    const wr_tail *tail, const char *what, cruster_error **err) {
+  unhold(w, t);
+  PGconn *c = t->conn;
   int rc = CRUSTER_OK;
-  for (;;) {
-    PGresult *r = PQgetResult(c);
-    if (!r) {
-      /* end of one statement's results; the next one follows */
-      if (PQstatus(c) != CONNECTION_OK) return rc == CRUSTER_OK ? pq_fail(c, NULL, what, err) : rc;
-      continue;
+  unsigned char id[8];
+  put_i64(id, request_id);
+  char msg[96];
+  snprintf(msg, sizeof(msg), "message %lld was answered already", (long long)request_id);
+  if (tail->reply && tail->len > INT32_MAX) {
+    rc = core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "reply too large");
+  } else if (!PQenterPipelineMode(c)) {
+    rc = pq_fail(c, NULL, what, err);
+  } else {
+    /* Without BEGIN (own connection) the statements before the sync are
+     * one implicit transaction. */
+    int sent = 1;
+    for (size_t i = 0; sent && i < n; i++) sent = send_upsert(c, request_id, &entries[i]) == 0;
+    if (sent && tail->reply) {
+      const char *v[2] = {(const char *)id, tail->len ? (const char *)tail->data : ""};
+      int l[2] = {8, (int)tail->len}, f[2] = {1, 1};
+      sent = PQsendQueryPrepared(c, tail->keyed ? PS_REPLY_KEYED : PS_REPLY_UNKEYED,
+                                 tail->keyed ? 2 : 1, v, l, f, 1);
     }
-    ExecStatusType s = PQresultStatus(r);
-    if (s == PGRES_PIPELINE_SYNC) {
-      PQclear(r);
-      return rc;
+    if (sent && tail->commit) sent = PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+    if (sent && tail->reopen) sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+    if (!sent || !PQpipelineSync(c)) {
+      rc = pq_fail(c, NULL, what, err);
+    } else {
+      rc = drain_pipeline(c, what, tail->reply ? SQLSTATE_DIVISION_BY_ZERO : NULL,
+                          CRUSTER_E_ALREADY_EXISTS, msg, err);
     }
-    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && rc == CRUSTER_OK) {
-      const char *got = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-      if (state && got && strcmp(got, state) == 0)
-        rc = core_error_set(err, state_rc, "%s", state_msg);
-      else
-        rc = pq_fail(c, r, what, err);
-    }
+    PQexitPipelineMode(c);
+  }
+  /* A statement that failed may have been ours (say, a prepared one that
+   * an activity's DEALLOCATE removed): prepared again at the next take. */
+  if (rc == CRUSTER_E_PERSISTENCE) t->prepared = 0;
+  if (rc == CRUSTER_OK && tail->reopen && PQtransactionStatus(c) == PQTRANS_INTRANS) return rc;
+  if (rc == CRUSTER_OK && tail->reopen) rc = pq_fail(c, NULL, what, err);
+  if (PQtransactionStatus(c) != PQTRANS_IDLE) {
+    PGresult *r = PQexec(c, "ROLLBACK");
     PQclear(r);
   }
+  give(w, t);
+  return rc;
 }
 
 static int wf_commit(void *impl, st_tx *t, int64_t request_id, const st_jentry *entries,
                      size_t n, cruster_error **err) {
   pg_wf *w = impl;
-  int own = !t;
-  if (own) {
+  wr_tail tail = {0};
+  tail.commit = t != NULL;
+  if (!t) {
     if (n == 0) return CRUSTER_OK;
     int trc = take(w, &t, err);
     if (trc != CRUSTER_OK) return trc;
   }
-  PGconn *c = t->conn;
-  int rc = CRUSTER_OK;
-  if (!PQenterPipelineMode(c)) {
-    rc = pq_fail(c, NULL, "writing a workflow journal", err);
-    goto out;
-  }
-  /* Own transaction: the statements before the sync are one implicit
-   * transaction. An activity's: it was opened with BEGIN. */
-  int sent = 1;
-  for (size_t i = 0; sent && i < n; i++) sent = send_upsert(c, request_id, &entries[i]) == 0;
-  if (sent && !own) sent = PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
-  if (!sent || !PQpipelineSync(c)) {
-    rc = pq_fail(c, NULL, "writing a workflow journal", err);
-  } else {
-    rc = drain_pipeline(c, "writing a workflow journal", NULL, 0, NULL, err);
-  }
-  PQexitPipelineMode(c);
-out:
-  if (PQtransactionStatus(c) != PQTRANS_IDLE) {
-    PGresult *r = PQexec(c, "ROLLBACK");
-    PQclear(r);
-  }
-  give(w, t);
-  return rc;
+  return write_tx(w, t, request_id, entries, n, &tail, "writing a workflow journal", err);
 }
 
-/* The reply in the handler's transaction. No row (answered already, or
- * not stored) divides by zero: the error aborts the transaction, so the
- * COMMIT after it cannot commit the handler's SQL. */
-#define SQL_REPLY_KEYED                                                                        \
-  "WITH u AS (UPDATE cruster_messages SET processed = TRUE, processed_at = now(),"             \
-  " reply_status = 0, reply_payload = $2, reply_message = NULL, claimed_by = NULL,"            \
-  " claimed_at = NULL WHERE request_id = $1 AND processed_at IS NULL RETURNING 1)"            \
-  " SELECT 1 / (SELECT count(*)::int FROM u)"
-#define SQL_REPLY_UNKEYED                                                                      \
-  "WITH u AS (DELETE FROM cruster_messages WHERE request_id = $1 AND processed_at IS NULL"     \
-  " RETURNING 1) SELECT 1 / (SELECT count(*)::int FROM u)"
-#define SQLSTATE_DIVISION_BY_ZERO "22012"
+static int wf_commit_reopen(void *impl, st_tx *t, int64_t request_id, const st_jentry *entries,
+                            size_t n, cruster_error **err) {
+  wr_tail tail = {0};
+  tail.commit = tail.reopen = 1;
+  return write_tx(impl, t, request_id, entries, n, &tail, "writing a workflow journal", err);
+}
 
 static int wf_commit_reply(void *impl, st_tx *t, int64_t request_id, int keyed, const void *data,
-                           size_t len, cruster_error **err) {
-  pg_wf *w = impl;
-  PGconn *c = t->conn;
-  unsigned char id[8];
-  put_i64(id, request_id);
-  const char *v[2] = {(const char *)id, len ? (const char *)data : ""};
-  int l[2] = {8, (int)len}, f[2] = {1, 1};
-  int rc = CRUSTER_OK;
-  if (len > INT32_MAX) {
-    rc = core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "reply too large");
-  } else if (!PQenterPipelineMode(c)) {
-    rc = pq_fail(c, NULL, "storing a transactional reply", err);
-  } else {
-    int sent = PQsendQueryParams(c, keyed ? SQL_REPLY_KEYED : SQL_REPLY_UNKEYED, keyed ? 2 : 1,
-                                 NULL, v, l, f, 1) &&
-               PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(c);
-    if (!sent) {
-      rc = pq_fail(c, NULL, "storing a transactional reply", err);
-    } else {
-      char msg[96];
-      snprintf(msg, sizeof(msg), "message %lld was answered already", (long long)request_id);
-      rc = drain_pipeline(c, "storing a transactional reply", SQLSTATE_DIVISION_BY_ZERO,
-                          CRUSTER_E_ALREADY_EXISTS, msg, err);
-    }
-    PQexitPipelineMode(c);
-  }
-  if (PQtransactionStatus(c) != PQTRANS_IDLE) {
-    PGresult *r = PQexec(c, "ROLLBACK");
-    PQclear(r);
-  }
-  give(w, t);
-  return rc;
+                           size_t len, const st_jentry *entries, size_t n, cruster_error **err) {
+  wr_tail tail = {0};
+  tail.commit = tail.reply = 1;
+  tail.keyed = keyed;
+  tail.data = data;
+  tail.len = len;
+  return write_tx(impl, t, request_id, entries, n, &tail, "storing a transactional reply", err);
 }
 
 static int wf_find(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,
@@ -586,6 +670,8 @@ const st_wf_ops pg_wf_ops = {
     .begin = wf_begin,
     .tx_handle = wf_tx_handle,
     .commit = wf_commit,
+    .commit_reopen = wf_commit_reopen,
+    .try_hold = wf_try_hold,
     .rollback = wf_rollback,
     .commit_reply = wf_commit_reply,
     .find = wf_find,

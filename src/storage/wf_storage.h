@@ -104,15 +104,29 @@ typedef struct st_wf_ops {
    * is rolled back; either way `tx` is finished. */
   int (*commit)(void *impl, st_tx *tx, int64_t request_id, const st_jentry *entries, size_t n,
                 cruster_error **err);
+  /* Optional (NULL: none): writes `entries` in `tx`, commits, and opens the
+   * next transaction on the same connection, all in one round trip. On
+   * success `tx` stays open (the next one); on failure it is rolled back
+   * and finished, and whether the write committed is unknown (the COMMIT
+   * may have succeeded and the BEGIN failed). */
+  int (*commit_reopen)(void *impl, st_tx *tx, int64_t request_id, const st_jentry *entries,
+                       size_t n, cruster_error **err);
+  /* Optional (NULL: never): 1 if `tx`, its activity's SQL done, may stay
+   * open until its run's next write (commit_reopen, commit, commit_reply or
+   * rollback ends the hold); 0: commit it now. Bounds the connections so
+   * held. */
+  int (*try_hold)(void *impl, st_tx *tx);
   void (*rollback)(void *impl, st_tx *tx);
   /* A transactional entity handler's reply: stores it as message
    * `request_id`'s answer in `tx` (keyed: kept with its reply; unkeyed:
    * deleted, as an answered unkeyed message is) and commits. The message
    * must be stored unanswered: else nothing commits and the result is
-   * CRUSTER_E_ALREADY_EXISTS. Either way `tx` is finished. NULL in
+   * CRUSTER_E_ALREADY_EXISTS. `entries` (n may be 0) are journaled for
+   * request_id in the same transaction (a workflow execution's answer in
+   * its last activity's transaction). Either way `tx` is finished. NULL in
    * backends without transactions. */
   int (*commit_reply)(void *impl, st_tx *tx, int64_t request_id, int keyed, const void *data,
-                      size_t len, cruster_error **err);
+                      size_t len, const st_jentry *entries, size_t n, cruster_error **err);
   /* Executions of (type, id, method "execute"): up to `cap` into `out`
    * (each key the caller's to free), their count in *n (may exceed cap). */
   int (*find)(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,

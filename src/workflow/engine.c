@@ -41,6 +41,10 @@ struct wf_engine {
   size_t ncancelled, capcancelled;
 };
 
+/* The run of execute on this thread, if any: a client call made from its
+ * code commits the run's held transaction first (see flush_here). */
+static _Thread_local cruster_wf *tl_run;
+
 /* How long a cancellation is remembered for runs that skip the read. */
 #define WF_CANCEL_MEMORY_MS 600000
 
@@ -208,10 +212,36 @@ static void on_execute(void *user, cruster_request *req) {
     wf.stop = CRUSTER_E_CANCELLED;
     wf.stop_msg = core_strdup("the execution was cancelled");
   } else {
+    tl_run = &wf;
     t->def->fn(t->def->user, &wf);
+    tl_run = NULL;
   }
   running_del(e, &wf);
-  if (wf.answered && !wf.stop) {
+  if (wf.answered && !wf.stop && wf.status == CRUSTER_OK && wf.held && e->host.ops->commit_reply) {
+    /* The answer commits in the last activity's transaction, with what is
+     * pending: one round trip, and stored before anyone is told. */
+    st_tx *tx = wf.held;
+    wf.held = NULL;
+    block_enter(e);
+    rc = e->host.ops->commit_reply(e->host.impl, tx, rid, req->env->keyed, wf.reply, wf.reply_len,
+                                   wf.pending, wf.npending, &err);
+    block_leave(e);
+    if (rc == CRUSTER_OK) {
+      req->tx_committed = 1; /* the entity layer stores nothing more */
+      cruster_request_reply(req, wf.reply, wf.reply_len);
+    } else {
+      core_log(e->lg, CRUSTER_LOG_WARN, "workflow",
+               "execution %s of %s: cannot store its answer: %s; runs again later", exec_id,
+               t->def->name, err ? err->message : "storage failed");
+      park(e, req, retry_at(e), -1, 0);
+    }
+  } else if (wf.held && wf_run_flush(&wf, &err) != CRUSTER_OK) {
+    /* The last activity could not commit: as if it had not run. */
+    core_log(e->lg, CRUSTER_LOG_WARN, "workflow",
+             "execution %s of %s: cannot write its journal: %s; runs again later", exec_id,
+             t->def->name, err ? err->message : "storage failed");
+    park(e, req, retry_at(e), -1, 0);
+  } else if (wf.answered && !wf.stop) {
     if (wf.status == CRUSTER_OK) {
       cruster_request_reply(req, wf.reply, wf.reply_len);
     } else {
@@ -474,6 +504,22 @@ static void call_opts(const cruster_workflow_opts *o, const wf_ident *x, cruster
   c->idempotency_key_len = x->key_len;
 }
 
+/* A client call from execute's own code on this thread: the run's held
+ * transaction commits first. Else the call could wait for a pooled
+ * connection while its run holds one -- with every connection so held, for
+ * ever. */
+static int flush_here(cruster_error **err) {
+  cruster_wf *wf = tl_run;
+  if (!wf || !wf->held) return CRUSTER_OK;
+  cruster_error *ferr = NULL;
+  if (wf_run_flush(wf, &ferr) == CRUSTER_OK) return CRUSTER_OK;
+  wf_stop(wf, CRUSTER_E_PERSISTENCE, NULL, "the last activity could not commit: %s",
+          ferr ? ferr->message : "commit failed");
+  cruster_error_free(ferr);
+  return core_error_set(err, CRUSTER_E_PERSISTENCE,
+                        "the execution's last activity could not commit; it runs again later");
+}
+
 cruster_status wf_start(wf_engine *e, const char *workflow, const void *input,
                         size_t len, const cruster_workflow_opts *opts, char **id,
                         cruster_error **err) {
@@ -486,7 +532,8 @@ cruster_status wf_start(wf_engine *e, const char *workflow, const void *input,
   if (rc != CRUSTER_OK) return rc;
   cruster_call_opts c;
   call_opts(&o, &x, &c);
-  rc = sh_notify_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, err);
+  rc = flush_here(err);
+  if (rc == CRUSTER_OK) rc = sh_notify_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, err);
   if (rc == CRUSTER_OK && id) {
     *id = x.id;
     x.id = NULL;
@@ -509,9 +556,10 @@ cruster_status wf_execute(wf_engine *e, const char *workflow,
   if (rc != CRUSTER_OK) return rc;
   cruster_call_opts c;
   call_opts(&o, &x, &c);
-  if (fn)
+  rc = flush_here(err);
+  if (rc == CRUSTER_OK && fn)
     rc = sh_send(e->sh, x.type, x.id, WF_METHOD, input, len, &c, fn, user, err);
-  else
+  else if (rc == CRUSTER_OK)
     rc = sh_send_sync(e->sh, x.type, x.id, WF_METHOD, input, len, &c, out, out_len, err);
   ident_free(&x);
   return rc;
@@ -527,6 +575,8 @@ static cruster_status find_one(wf_engine *e, const char *workflow, const char *i
     return core_error_set(err, CRUSTER_E_STATE, "a blocking workflow call on the loop thread");
   cruster_status rc = check_workflow_name(workflow, type, err);
   if (rc == CRUSTER_OK) rc = core_check_entity_id(id, err);
+  if (rc != CRUSTER_OK) return rc;
+  rc = flush_here(err);
   if (rc != CRUSTER_OK) return rc;
   st_exec_ref refs[2];
   size_t n = 0;
@@ -696,6 +746,18 @@ static int transient(int status) {
   }
 }
 
+/* Before a durable call with an effect outside this run: the previous
+ * activity's transaction commits first (what the callee sees includes it). */
+static int flush_held(cruster_wf *wf, const char *what, cruster_error **err) {
+  if (!wf->held) return CRUSTER_OK;
+  cruster_error *ferr = NULL;
+  if (wf_run_flush(wf, &ferr) == CRUSTER_OK) return CRUSTER_OK;
+  int rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "the activity before %s could not commit: %s",
+                   what, ferr ? ferr->message : "commit failed");
+  cruster_error_free(ferr);
+  return rc;
+}
+
 /* Journals a callee's final answer and returns it to execute. Takes rep. */
 static int settle(cruster_wf *wf, int32_t kind, const char *name, int status, void *rep,
                   size_t rlen, const char *msg, void **out, size_t *out_len, cruster_error **err) {
@@ -746,6 +808,8 @@ cruster_status cruster_wf_call(cruster_wf *wf, const char *type, const char *id,
   rc = wf_begin_call(wf, ST_J_CALL, name, &j, err);
   if (rc != CRUSTER_OK) return rc;
   if (j) return replay_answer(j, out, out_len, err);
+  rc = flush_held(wf, name, err);
+  if (rc != CRUSTER_OK) return rc;
   char key[64];
   int klen = snprintf(key, sizeof(key), "wf/%lld/%ld", (long long)wf->request_id, (long)(wf->seq - 1));
   cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
@@ -820,6 +884,8 @@ cruster_status cruster_wf_child(cruster_wf *wf, const char *workflow, const void
   rc = wf_begin_call(wf, ST_J_CHILD, workflow, &j, err);
   if (rc != CRUSTER_OK) return rc;
   if (j) return replay_answer(j, out, out_len, err);
+  rc = flush_held(wf, workflow, err);
+  if (rc != CRUSTER_OK) return rc;
   char defkey[CRUSTER_MAX_ENTITY_ID_LEN + 32];
   cruster_workflow_opts o = CRUSTER_WORKFLOW_OPTS_INIT;
   if (key) {

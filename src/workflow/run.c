@@ -3,7 +3,10 @@
  * durable depends on yet (a time read, a sleep's due time, an await, a
  * final activity failure) wait in `pending` and are written with the next
  * write: an activity's transaction, or the flush before a park. So a crash
- * can lose only entries whose calls a replay may make again. */
+ * can lose only entries whose calls a replay may make again. An activity's
+ * own transaction (PostgreSQL) is held open after its SQL until that next
+ * write (cruster_wf.held), so its COMMIT shares a round trip with the next
+ * activity's BEGIN or with the execution's answer. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +48,8 @@ static const char *kind_name(int32_t k) {
   }
 }
 
+static void block(const wf_host *h, int enter);
+
 void wf_run_init(cruster_wf *wf, const wf_host *host, const cruster_workflow_def *def,
                  const char *exec_id, int64_t request_id, const void *input, size_t len,
                  st_wf_state *st) {
@@ -62,6 +67,12 @@ void wf_run_init(cruster_wf *wf, const wf_host *host, const cruster_workflow_def
 }
 
 void wf_run_done(cruster_wf *wf) {
+  if (wf->held) { /* not written: as if the activity never ran */
+    block(wf->host, 1);
+    wf->host->ops->rollback(wf->host->impl, wf->held);
+    block(wf->host, 0);
+    wf->held = NULL;
+  }
   st_wf_state_free(&wf->st);
   for (size_t i = 0; i < wf->npending; i++) st_jentry_clear(&wf->pending[i]);
   free(wf->pending);
@@ -161,12 +172,16 @@ static void block(const wf_host *h, int enter) {
 }
 
 int wf_run_flush(cruster_wf *wf, cruster_error **err) {
-  if (!wf->npending) return CRUSTER_OK;
+  st_tx *tx = wf->held;
+  wf->held = NULL;
+  if (!wf->npending && !tx) return CRUSTER_OK;
   block(wf->host, 1);
-  int rc = wf->host->ops->commit(wf->host->impl, NULL, wf->request_id, wf->pending, wf->npending,
+  int rc = wf->host->ops->commit(wf->host->impl, tx, wf->request_id, wf->pending, wf->npending,
                                  err);
   block(wf->host, 0);
-  if (rc == CRUSTER_OK) clear_pending(wf);
+  /* A held transaction that failed took its activity's result with it:
+   * nothing of it may be written later on its own. */
+  if (rc == CRUSTER_OK || tx) clear_pending(wf);
   return rc;
 }
 
@@ -393,20 +408,44 @@ cruster_status cruster_activity_fail(cruster_activity *act, int code, const char
 }
 
 /* Runs attempt `attempt` of `a`; on success its entry (with every pending
- * one) is committed in the activity's transaction. */
+ * one) is committed in the activity's transaction -- held open until the
+ * run's next write when there is one (PostgreSQL), at once otherwise. */
 static int run_attempt(cruster_wf *wf, const wf_activity *a, const void *input, size_t len,
                        int32_t attempt, void **out, size_t *out_len, cruster_error **err) {
   const wf_host *h = wf->host;
   st_tx *tx = NULL;
   cruster_error *serr = NULL;
-  block(h, 1);
-  int rc = h->ops->begin(h->impl, &tx, &serr);
-  block(h, 0);
-  if (rc != CRUSTER_OK) {
-    rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "activity \"%s\": %s", a->name,
-              serr ? serr->message : "cannot begin a transaction");
-    cruster_error_free(serr);
-    return rc;
+  int rc;
+  if (wf->held && h->ops->commit_reopen) {
+    /* The previous activity's COMMIT and this one's BEGIN, one round trip. */
+    tx = wf->held;
+    wf->held = NULL;
+    block(h, 1);
+    rc = h->ops->commit_reopen(h->impl, tx, wf->request_id, wf->pending, wf->npending, &serr);
+    block(h, 0);
+    clear_pending(wf); /* written, or gone with the failed transaction */
+    if (rc != CRUSTER_OK) {
+      rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "the activity before \"%s\" could not commit: %s",
+                   a->name, serr ? serr->message : "commit failed");
+      cruster_error_free(serr);
+      return rc;
+    }
+  } else {
+    if (wf->held && wf_run_flush(wf, &serr) != CRUSTER_OK) {
+      rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "the activity before \"%s\" could not commit: %s",
+                   a->name, serr ? serr->message : "commit failed");
+      cruster_error_free(serr);
+      return rc;
+    }
+    block(h, 1);
+    rc = h->ops->begin(h->impl, &tx, &serr);
+    block(h, 0);
+    if (rc != CRUSTER_OK) {
+      rc = wf_stop(wf, CRUSTER_E_PERSISTENCE, err, "activity \"%s\": %s", a->name,
+                   serr ? serr->message : "cannot begin a transaction");
+      cruster_error_free(serr);
+      return rc;
+    }
   }
   cruster_activity act = {a, wf, input, len, attempt, h->ops->tx_handle(tx), 0, 0, NULL, 0, NULL};
   a->fn(a->user, &act);
@@ -425,6 +464,11 @@ static int run_attempt(cruster_wf *wf, const wf_activity *a, const void *input, 
       h->ops->rollback(h->impl, tx);
       block(h, 0);
       return frc;
+    }
+    if (tx && h->ops->try_hold && h->ops->try_hold(h->impl, tx)) {
+      /* Committed with the next write (see cruster_wf.held). */
+      wf->held = tx;
+      return wf_give_value(wf->pending[n].value, wf->pending[n].len, out, out_len, err);
     }
     block(h, 1);
     rc = h->ops->commit(h->impl, tx, wf->request_id, wf->pending, wf->npending, &serr);

@@ -96,6 +96,13 @@ struct cruster_wf {
   int32_t seq;     /* the next durable call's number */
   st_jentry *pending; /* new entries not written yet, in seq order */
   size_t npending, cappending;
+  /* The last activity's transaction, its SQL done and its entry in
+   * `pending`, not committed yet: committed with the next write (the next
+   * activity's BEGIN, a flush, or the execution's answer), so that write
+   * costs no round trip of its own. Every durable call with an effect
+   * outside this run (an activity, a call, a child) and every end of the
+   * run writes it first. */
+  st_tx *held;
   int stop;        /* 0, or SUSPENDED / CANCELLED / DETERMINISM / PERSISTENCE */
   char *stop_msg;
   int64_t wake_at; /* SUSPENDED: Unix ms of the earliest wake-up; INT64_MAX = when woken */
@@ -125,7 +132,8 @@ int wf_give_value(const void *v, size_t len, void **out, size_t *out_len, cruste
 void wf_run_init(cruster_wf *wf, const wf_host *host, const cruster_workflow_def *def,
                  const char *exec_id, int64_t request_id, const void *input, size_t len,
                  st_wf_state *st);
-/* Writes the pending entries in their own transaction (before a park). */
+/* Writes the pending entries: in the held transaction (committing it),
+ * else in their own (before a park, a call, a failure). */
 int wf_run_flush(cruster_wf *wf, cruster_error **err);
 void wf_run_done(cruster_wf *wf);
 

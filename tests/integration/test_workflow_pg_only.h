@@ -71,7 +71,135 @@ static void activity_sql_commits_with_its_journal_row(void **state) {
   pgt_schema_drop(&s);
 }
 
-#define WF_PG_ONLY_TESTS cmocka_unit_test(activity_sql_commits_with_its_journal_row),
+/* The same with one pooled connection: no activity's transaction is held
+ * open past the activity (at most half the pool is), so each commits at
+ * once and the answer is stored by the message storage. */
+static void activity_sql_commits_with_its_journal_row_without_holding(void **state) {
+  (void)state;
+  reset_globals();
+  pgt_schema s;
+  pgt_schema_create(&s);
+  pgt_migrate(&s);
+  pgt_exec(s.admin, "CREATE TABLE ledger (k TEXT NOT NULL)");
+  cruster_runtime *rt = pgt_runtime(&s, "workflow_pool_size=1", NULL, 0);
+  cruster_workflow_def *d = wdef("Ledger", wf_ledger);
+  act(d, "ledger", act_ledger, NULL, NULL);
+  reg(rt, d);
+  char out[128];
+  assert_int_equal(run_wf(rt, "Ledger", "l", "l1", out, sizeof(out)), CRUSTER_OK);
+  assert_string_equal(out, "ledger done");
+  assert_int_equal(ledger_count(s.conninfo, "one"), 1);
+  assert_int_equal(ledger_count(s.conninfo, "two"), 0);
+  assert_int_equal(ledger_count(s.conninfo, "three"), 1);
+  assert_int_equal(pgt_count(&s, "cruster_journal"), 3);
+  cruster_runtime_free(rt);
+  pgt_schema_drop(&s);
+}
+
+/* ---- a held transaction whose COMMIT fails ------------------------------ */
+
+/* An activity's transaction stays open until its run's next write (the
+ * next activity's BEGIN, or the answer), so a failure at COMMIT -- here a
+ * deferred unique constraint -- surfaces after execute has the result.
+ * The run must stop, leave nothing, and run again later: the activity runs
+ * again, the later one never sees an uncommitted predecessor. */
+static atomic_int g_uq_a, g_uq_b;
+
+static void act_uniq(void *user, cruster_activity *act) {
+  (void)user;
+  size_t len;
+  const char *in = cruster_activity_input(act, &len);
+  char k[32];
+  snprintf(k, sizeof(k), "%.*s", (int)len, in);
+  atomic_fetch_add(k[0] == 'a' ? &g_uq_a : &g_uq_b, 1);
+  PGconn *c = (PGconn *)cruster_activity_pg(act);
+  const char *v[1] = {k};
+  PGresult *r = PQexecParams(c, "INSERT INTO uniq (k) VALUES ($1)", 1, NULL, v, NULL, NULL, 0);
+  int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  PQclear(r);
+  if (!ok) cruster_activity_fail(act, CRUSTER_E_INTERNAL, PQerrorMessage(c));
+  else cruster_activity_reply(act, k, strlen(k));
+}
+
+/* uniq(a<input>), uniq(b<input>) */
+static void wf_uniq(void *user, cruster_wf *wf) {
+  (void)user;
+  size_t len;
+  const char *in = cruster_wf_input(wf, &len);
+  char a[32], b[32];
+  snprintf(a, sizeof(a), "a%.*s", (int)len, in);
+  snprintf(b, sizeof(b), "b%.*s", (int)len, in);
+  int rc = cruster_wf_activity(wf, "uniq", a, strlen(a), NULL, NULL, NULL);
+  if (rc == CRUSTER_OK) rc = cruster_wf_activity(wf, "uniq", b, strlen(b), NULL, NULL, NULL);
+  finish(wf, rc, "uniq done");
+}
+
+static long long uniq_count(const char *conninfo, const char *k) {
+  PGconn *c = PQconnectdb(conninfo);
+  const char *v[1] = {k};
+  PGresult *r = PQexecParams(c, "SELECT count(*) FROM uniq WHERE k = $1", 1, NULL, v, NULL, NULL, 0);
+  long long n = PQresultStatus(r) == PGRES_TUPLES_OK ? atoll(PQgetvalue(r, 0, 0)) : -1;
+  PQclear(r);
+  PQfinish(c);
+  return n;
+}
+
+static void a_failed_commit_after_the_activity_runs_it_again(void **state) {
+  (void)state;
+  reset_globals();
+  atomic_store(&g_uq_a, 0);
+  atomic_store(&g_uq_b, 0);
+  pgt_schema s;
+  pgt_schema_create(&s);
+  pgt_migrate(&s);
+  pgt_exec(s.admin, "CREATE TABLE uniq (k TEXT UNIQUE DEFERRABLE INITIALLY DEFERRED)");
+  cruster_runtime *rt = pgt_runtime(&s, "storage_retry_backoff=50ms;storage_poll_interval=50ms", NULL, 0);
+  cruster_workflow_def *d = wdef("Uniq", wf_uniq);
+  act(d, "uniq", act_uniq, NULL, NULL);
+  reg(rt, d);
+  char out[128];
+
+  /* 1. The first activity's COMMIT (with the second one's BEGIN) fails
+   * while "a1" is taken: "a1" runs again on every run, "b1" never runs. */
+  pgt_exec(s.admin, "INSERT INTO uniq VALUES ('a1')");
+  char *id = start_wf(rt, "Uniq", "1", "u1");
+  assert_true(wait_count(&g_uq_a, 2));
+  assert_int_equal(atomic_load(&g_uq_b), 0);
+  pgt_exec(s.admin, "DELETE FROM uniq WHERE k = 'a1'");
+  assert_int_equal(join_wf(rt, "Uniq", id, out, sizeof(out)), CRUSTER_OK);
+  assert_string_equal(out, "uniq done");
+  assert_int_equal(uniq_count(s.conninfo, "a1"), 1);
+  assert_int_equal(uniq_count(s.conninfo, "b1"), 1);
+  assert_int_equal(atomic_load(&g_uq_b), 1);
+  cruster_free(id);
+
+  /* 2. The last activity's COMMIT, which carries the answer, fails while
+   * "b2" is taken: no answer is stored, "a2" is not run again, "b2" is. */
+  atomic_store(&g_uq_a, 0);
+  atomic_store(&g_uq_b, 0);
+  pgt_exec(s.admin, "INSERT INTO uniq VALUES ('b2')");
+  id = start_wf(rt, "Uniq", "2", "u2");
+  assert_true(wait_count(&g_uq_b, 2));
+  int ready = 1;
+  void *rep = NULL;
+  size_t len = 0;
+  assert_int_equal(cruster_workflow_poll(rt, "Uniq", id, &ready, &rep, &len, NULL), CRUSTER_OK);
+  assert_int_equal(ready, 0);
+  pgt_exec(s.admin, "DELETE FROM uniq WHERE k = 'b2'");
+  assert_int_equal(join_wf(rt, "Uniq", id, out, sizeof(out)), CRUSTER_OK);
+  assert_string_equal(out, "uniq done");
+  assert_int_equal(atomic_load(&g_uq_a), 1);
+  assert_int_equal(uniq_count(s.conninfo, "a2"), 1);
+  assert_int_equal(uniq_count(s.conninfo, "b2"), 1);
+  cruster_free(id);
+  cruster_runtime_free(rt);
+  pgt_schema_drop(&s);
+}
+
+#define WF_PG_ONLY_TESTS                                                   \
+  cmocka_unit_test(activity_sql_commits_with_its_journal_row),             \
+  cmocka_unit_test(activity_sql_commits_with_its_journal_row_without_holding), \
+  cmocka_unit_test(a_failed_commit_after_the_activity_runs_it_again),
 
 /* ---- transactional entity handlers ---------------------------------------- */
 
@@ -199,5 +327,7 @@ static void transactional_handler_lost_before_its_reply_runs_again_once(void **s
 #undef WF_PG_ONLY_TESTS
 #define WF_PG_ONLY_TESTS                                                 \
   cmocka_unit_test(activity_sql_commits_with_its_journal_row),           \
+  cmocka_unit_test(activity_sql_commits_with_its_journal_row_without_holding), \
+  cmocka_unit_test(a_failed_commit_after_the_activity_runs_it_again),    \
   cmocka_unit_test(transactional_handler_commits_its_sql_with_its_reply), \
   cmocka_unit_test(transactional_handler_lost_before_its_reply_runs_again_once),
