@@ -20,5 +20,6 @@
 #include "entity.h"
 #include "client.h"
 #include "workflow.h"
+#include "singleton.h"
 
 #endif /* CRUSTER_CRUSTER_H */

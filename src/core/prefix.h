@@ -145,6 +145,7 @@
 #define rt_loop_shutdown cruster__rt_loop_shutdown
 #define rt_on_loop cruster__rt_on_loop
 #define rt_on_own_thread cruster__rt_on_own_thread
+#define rt_pool_add_max cruster__rt_pool_add_max
 #define rt_pool_block_enter cruster__rt_pool_block_enter
 #define rt_pool_block_leave cruster__rt_pool_block_leave
 #define rt_pool_free cruster__rt_pool_free
@@ -160,6 +161,11 @@
 #define rt_sync_done cruster__rt_sync_done
 #define rt_waiter_add cruster__rt_waiter_add
 #define rt_waiters_resolve cruster__rt_waiters_resolve
+#define sg_free cruster__sg_free
+#define sg_new cruster__sg_new
+#define sg_register cruster__sg_register
+#define sg_report_running cruster__sg_report_running
+#define sg_running cruster__sg_running
 #define sh_call_complete cruster__sh_call_complete
 #define sh_call_free cruster__sh_call_free
 #define sh_call_new cruster__sh_call_new

@@ -15,6 +15,15 @@ cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruste
   return em_register(EM(rt), d, err);
 }
 
+/* ---- singletons (cruster/singleton.h) ---- */
+
+cruster_status cruster_runtime_register_singleton(cruster_runtime *rt, const char *name,
+                                                  cruster_singleton_fn fn, void *user,
+                                                  const cruster_singleton_opts *opts,
+                                                  cruster_error **err) {
+  return sg_register(rt ? rt->sg : NULL, name, fn, user, opts, err);
+}
+
 /* ---- sharding (cruster/client.h) ---- */
 
 cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *id,
