@@ -21,5 +21,6 @@
 #include "client.h"
 #include "workflow.h"
 #include "singleton.h"
+#include "cron.h"
 
 #endif /* CRUSTER_CRUSTER_H */

@@ -8,6 +8,7 @@
 
 #define core_check_entity_id cruster__core_check_entity_id
 #define core_check_name cruster__core_check_name
+#define core_civil_from_days cruster__core_civil_from_days
 #define core_config_free_list cruster__core_config_free_list
 #define core_config_has_group cruster__core_config_has_group
 #define core_config_parse_bool cruster__core_config_parse_bool
@@ -15,6 +16,8 @@
 #define core_config_parse_int cruster__core_config_parse_int
 #define core_config_split_list cruster__core_config_split_list
 #define core_config_trimmed cruster__core_config_trimmed
+#define core_days_from_civil cruster__core_days_from_civil
+#define core_days_in_month cruster__core_days_in_month
 #define core_djb2_32 cruster__core_djb2_32
 #define core_djb2_64 cruster__core_djb2_64
 #define core_ekey_done cruster__core_ekey_done
@@ -60,8 +63,14 @@
 #define core_status_known cruster__core_status_known
 #define core_strdup cruster__core_strdup
 #define core_text_one_line cruster__core_text_one_line
+#define core_tz_free cruster__core_tz_free
+#define core_tz_from_posix cruster__core_tz_from_posix
+#define core_tz_load cruster__core_tz_load
+#define core_tz_parse_tzif cruster__core_tz_parse_tzif
+#define core_tz_span_at cruster__core_tz_span_at
 #define core_utf8_sanitize_dup cruster__core_utf8_sanitize_dup
 #define core_utf8_valid cruster__core_utf8_valid
+#define core_weekday cruster__core_weekday
 #define em_close cruster__em_close
 #define em_deliver cruster__em_deliver
 #define em_free cruster__em_free
