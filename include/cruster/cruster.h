@@ -22,5 +22,6 @@
 #include "workflow.h"
 #include "singleton.h"
 #include "cron.h"
+#include "cron_job.h"
 
 #endif /* CRUSTER_CRUSTER_H */

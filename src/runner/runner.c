@@ -259,7 +259,10 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
   }
   {
     sg_hooks sgh = {rt, stop_check};
-    rt->sg = sg_new(&rt->loop, &rt->sh, rt->cfg, rt->lg, rt->metrics, &sgh, rt);
+    const st_wf_ops *wops = NULL;
+    void *wimpl = rt->storage && rt->storage->ops->wf ? rt->storage->ops->wf(rt->storage, &wops) : NULL;
+    rt->sg = sg_new(&rt->loop, &rt->sh, rt->cfg, rt->lg, rt->metrics, &sgh, rt, wimpl ? wops : NULL,
+                    wimpl);
     if (!rt->sg) {
       st = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
       goto fail_loop;

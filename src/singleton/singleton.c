@@ -61,7 +61,17 @@ struct sg_registry {
   sg_one *list;
   size_t count, running;
   core_metric *m_running, *m_runs, *m_restarts, *m_failures;
+  const st_wf_ops *wops;
+  void *wimpl;
+  uv_mutex_t keep_mu; /* guards kept */
+  struct sg_kept *kept;
 };
+
+typedef struct sg_kept {
+  void *p;
+  void (*free_fn)(void *p);
+  struct sg_kept *next;
+} sg_kept;
 
 #define SG_COMPONENT "singleton"
 
@@ -106,18 +116,22 @@ static void spawn(sg_registry *r, sg_one *s) {
   c->job.fn = run_job;
   c->job.arg = c;
   s->run = c;
-  if (rt_submit(r->loop, &c->job) != CRUSTER_OK) {
-    s->run = NULL;
-    uv_cond_destroy(&c->cv);
-    uv_mutex_destroy(&c->mu);
-    free(c);
-    return; /* the pool is gone: the runtime stops */
-  }
+  /* Counted before the function can run (and return): a reader that saw it
+   * return sees it counted. */
   r->running++;
   core_metric_set(r->m_running, (double)r->running);
   core_metric_add(r->m_runs, 1);
   if (s->ran) core_metric_add(r->m_restarts, 1);
   s->ran = 1;
+  if (rt_submit(r->loop, &c->job) != CRUSTER_OK) {
+    s->run = NULL;
+    r->running--;
+    core_metric_set(r->m_running, (double)r->running);
+    uv_cond_destroy(&c->cv);
+    uv_mutex_destroy(&c->mu);
+    free(c);
+    return; /* the pool is gone: the runtime stops (never while it runs) */
+  }
   core_log(r->lg, CRUSTER_LOG_DEBUG, SG_COMPONENT, "singleton \"%s\" started (shard %s/%d)",
            s->name, s->group, (int)s->shard);
   return;
@@ -374,9 +388,15 @@ cruster_status sg_register(sg_registry *r, const char *name, cruster_singleton_f
 
 sg_registry *sg_new(rt_loop *loop, sh_sharding *sh, const cruster_config *cfg,
                     const core_logger *lg, cruster_metrics *metrics, const sg_hooks *hooks,
-                    void *rt_handle) {
+                    void *rt_handle, const st_wf_ops *wops, void *wimpl) {
   sg_registry *r = calloc(1, sizeof(*r));
   if (!r) return NULL;
+  if (uv_mutex_init(&r->keep_mu) != 0) {
+    free(r);
+    return NULL;
+  }
+  r->wops = wops;
+  r->wimpl = wimpl;
   r->loop = loop;
   r->sh = sh;
   r->cfg = cfg;
@@ -392,6 +412,7 @@ sg_registry *sg_new(rt_loop *loop, sh_sharding *sh, const cruster_config *cfg,
   r->m_failures = core_metrics_get(metrics, CORE_COUNTER, "cluster_singleton_failures_total",
                                    "Singleton functions that returned a failure", NULL);
   if (sh_own_listen(sh, on_own, r) != 0) {
+    uv_mutex_destroy(&r->keep_mu);
     free(r);
     return NULL;
   }
@@ -409,8 +430,35 @@ void sg_free(sg_registry *r) {
     one_free(s);
     s = next;
   }
+  sg_kept *k = r->kept;
+  while (k) {
+    sg_kept *next = k->next;
+    k->free_fn(k->p);
+    free(k);
+    k = next;
+  }
+  uv_mutex_destroy(&r->keep_mu);
   free(r);
 }
+
+int sg_keep(sg_registry *r, void *p, void (*free_fn)(void *p)) {
+  sg_kept *k = calloc(1, sizeof(*k));
+  if (!k) return -1;
+  k->p = p;
+  k->free_fn = free_fn;
+  uv_mutex_lock(&r->keep_mu);
+  k->next = r->kept;
+  r->kept = k;
+  uv_mutex_unlock(&r->keep_mu);
+  return 0;
+}
+
+const st_wf_ops *sg_wf(const sg_registry *r, void **impl) {
+  *impl = r->wimpl;
+  return r->wimpl ? r->wops : NULL;
+}
+const cruster_config *sg_cfg(const sg_registry *r) { return r->cfg; }
+const core_logger *sg_lg(const sg_registry *r) { return r->lg; }
 
 size_t sg_running(const sg_registry *r) { return r ? r->running : 0; }
 

@@ -9,6 +9,7 @@
 
 #include "core/prefix.h"
 
+#include <cruster/cron_job.h>
 #include <cruster/singleton.h>
 
 #include "core/config_internal.h"
@@ -16,6 +17,7 @@
 #include "core/metrics_internal.h"
 #include "loop/loop.h"
 #include "sharding/sharding_internal.h"
+#include "storage/wf_storage.h"
 
 typedef struct sg_registry sg_registry;
 
@@ -28,11 +30,12 @@ typedef struct sg_hooks {
 } sg_hooks;
 
 /* Makes the registry and listens to `sh`'s ownership. `rt_handle` is what
- * cruster_singleton_runtime returns. NULL on OOM. Call before the loop
- * thread runs (or on it). */
+ * cruster_singleton_runtime returns; `wops`/`wimpl` the storage's workflow
+ * side (cron slots; NULL without storage). NULL on OOM. Call before the
+ * loop thread runs (or on it). */
 sg_registry *sg_new(rt_loop *loop, sh_sharding *sh, const cruster_config *cfg,
                     const core_logger *lg, cruster_metrics *metrics, const sg_hooks *hooks,
-                    void *rt_handle);
+                    void *rt_handle, const st_wf_ops *wops, void *wimpl);
 /* After the loop is gone. NULL is a no-op. */
 void sg_free(sg_registry *r);
 
@@ -44,5 +47,22 @@ cruster_status sg_register(sg_registry *r, const char *name, cruster_singleton_f
 size_t sg_running(const sg_registry *r);
 /* Loop thread: logs each running singleton (a stop's grace ran out). */
 void sg_report_running(const sg_registry *r);
+
+/* ---- ClusterCron (cron_job.c) ---- */
+
+/* cruster_runtime_register_cron_job / cruster_cron_slots (r NULL refused). */
+cruster_status sg_cron_register(sg_registry *r, const char *name, const char *expr,
+                                cruster_cron_job_fn fn, void *user,
+                                const cruster_cron_job_opts *opts, cruster_error **err);
+cruster_status sg_cron_slots(sg_registry *r, const char *job, size_t limit,
+                             cruster_cron_slot **out, size_t *n, cruster_error **err);
+
+/* What cron_job.c reads of the registry. */
+const st_wf_ops *sg_wf(const sg_registry *r, void **impl);
+const cruster_config *sg_cfg(const sg_registry *r);
+const core_logger *sg_lg(const sg_registry *r);
+/* Keeps `p` until sg_free, which calls free_fn(p). 0, or -1 on OOM (then
+ * nothing is kept). Any thread. */
+int sg_keep(sg_registry *r, void *p, void (*free_fn)(void *p));
 
 #endif
