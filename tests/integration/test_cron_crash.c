@@ -89,10 +89,13 @@ static void crash_case(int32_t missed) {
   int64_t t0 = pgt_now_ms();
   assert_int_equal(cruster_runtime_start(rt, NULL), CRUSTER_OK);
   char sql[256];
-  snprintf(sql, sizeof(sql), "SELECT count(*) >= 2 FROM app_slots WHERE slot > %lld", (long long)t0);
+  snprintf(sql, sizeof(sql), "SELECT (count(*) >= 2)::int FROM app_slots WHERE slot > %lld", (long long)t0);
   int64_t end = pgt_mono_ms() + PGT_DEADLINE_MS;
   while (pgt_scalar(s.admin, sql, 0) != 1) {
-    if (pgt_mono_ms() > end) fail_msg("no live slots after the restart");
+    if (pgt_mono_ms() > end)
+      fail_msg("no live slots after the restart (singletons running %g, runs %g, failures %g)",
+               ts_metric(rt, "cluster_singletons", NULL), ts_metric(rt, "cluster_singleton_runs_total", NULL),
+               ts_metric(rt, "cluster_singleton_failures_total", NULL));
     ts_sleep_ms(20);
   }
   assert_int_equal(cruster_runtime_stop(rt, NULL), CRUSTER_OK);
