@@ -25,16 +25,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const ZONES[] = {NULL,           "Europe/Berlin",    "America/New_York",
-                                    "Asia/Kolkata", "Australia/Lord_Howe", "Australia/Sydney",
+static const char *const ZONES[] = {NULL,
+                                    "Europe/Berlin",
+                                    "America/New_York",
+                                    "Asia/Kolkata",
+                                    "Australia/Lord_Howe",
+                                    "Australia/Sydney",
                                     "Nowhere/Atlantis"};
 
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
+#define CHECK(cond)                                                                  \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
       fprintf(stderr, "fuzz_cron: broken promise: %s (line %d)\n", #cond, __LINE__); \
-      abort();                                                                   \
-    }                                                                            \
+      abort();                                                                       \
+    }                                                                                \
   } while (0)
 
 /* 2101-01-02T00:00:00Z in ms: no fire time is later (the search ends with
@@ -42,15 +46,18 @@ static const char *const ZONES[] = {NULL,           "Europe/Berlin",    "America
 #define END_MS INT64_C(4134067200000)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (size < 9) return 0;
+  if (size < 9)
+    return 0;
   const char *zone = ZONES[data[0] % (sizeof ZONES / sizeof *ZONES)];
   uint64_t u = 0;
-  for (int i = 1; i <= 8; i++) u = u << 8 | data[i];
+  for (int i = 1; i <= 8; i++)
+    u = u << 8 | data[i];
   int64_t after;
   memcpy(&after, &u, sizeof after);
   size_t len = size - 9;
   char *expr = malloc(len + 1);
-  if (!expr) return 0;
+  if (!expr)
+    return 0;
   memcpy(expr, data + 9, len);
   expr[len] = '\0';
   size_t slen = strlen(expr);

@@ -20,10 +20,10 @@
 int64_t core_days_from_civil(int64_t y, int m, int d) {
   y -= m <= 2;
   int64_t era = core_floor_div(y, 400);
-  int64_t yoe = y - era * 400;                                   /* 0..399 */
-  int64_t mp = m > 2 ? m - 3 : m + 9;                            /* March = 0 */
-  int64_t doy = (153 * mp + 2) / 5 + d - 1;                      /* 0..365 */
-  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;           /* 0..146096 */
+  int64_t yoe = y - era * 400;                         /* 0..399 */
+  int64_t mp = m > 2 ? m - 3 : m + 9;                  /* March = 0 */
+  int64_t doy = (153 * mp + 2) / 5 + d - 1;            /* 0..365 */
+  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; /* 0..146096 */
   return era * 146097 + doe - 719468; /* 719468: days from 0000-03-01 to 1970-01-01 */
 }
 
@@ -43,7 +43,8 @@ static int is_leap(int64_t y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 =
 
 int core_days_in_month(int64_t y, int m) {
   static const int dim[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  if (m == 2 && is_leap(y)) return 29;
+  if (m == 2 && is_leap(y))
+    return 29;
   return dim[(m - 1) % 12];
 }
 
@@ -55,7 +56,7 @@ int core_weekday(int64_t days) { /* 1970-01-01 was a Thursday */
 /* ---- POSIX TZ rules ------------------------------------------------------ */
 
 typedef struct rule_date {
-  char kind;    /* 'J': Jn (1..365, no Feb 29); 'D': n (0..365); 'M': Mm.w.d */
+  char kind; /* 'J': Jn (1..365, no Feb 29); 'D': n (0..365); 'M': Mm.w.d */
   int n, m, w, d;
   int32_t secs; /* local time of day of the change, -167h..167h */
 } rule_date;
@@ -63,7 +64,7 @@ typedef struct rule_date {
 typedef struct posix_rule {
   int32_t std_off, dst_off; /* seconds east of UTC */
   int has_dst;
-  rule_date start, end;     /* start: into DST (std time); end: out of DST (DST time) */
+  rule_date start, end; /* start: into DST (std time); end: out of DST (DST time) */
 } posix_rule;
 
 struct core_tz {
@@ -82,45 +83,55 @@ static const char *rule_name(const char *p) {
     while ((*q >= 'A' && *q <= 'Z') || (*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') ||
            *q == '+' || *q == '-')
       q++;
-    if (*q != '>' || q - p < 4) return NULL;
+    if (*q != '>' || q - p < 4)
+      return NULL;
     return q + 1;
   }
   const char *q = p;
-  while ((*q >= 'A' && *q <= 'Z') || (*q >= 'a' && *q <= 'z')) q++;
+  while ((*q >= 'A' && *q <= 'Z') || (*q >= 'a' && *q <= 'z'))
+    q++;
   return q - p >= 3 ? q : NULL;
 }
 
 /* [+-]hh[:mm[:ss]] with hh <= max_h; stores seconds (sign applied). */
 static const char *rule_hms(const char *p, int max_h, int32_t *out) {
   int sign = 1;
-  if (*p == '+' || *p == '-') sign = *p++ == '-' ? -1 : 1;
+  if (*p == '+' || *p == '-')
+    sign = *p++ == '-' ? -1 : 1;
   int part[3] = {0, 0, 0};
   for (int i = 0; i < 3; i++) {
     if (i > 0) {
-      if (*p != ':') break;
+      if (*p != ':')
+        break;
       p++;
     }
-    if (*p < '0' || *p > '9') return NULL;
+    if (*p < '0' || *p > '9')
+      return NULL;
     int v = 0, digits = 0;
     while (*p >= '0' && *p <= '9') {
-      if (++digits > 3) return NULL;
+      if (++digits > 3)
+        return NULL;
       v = v * 10 + (*p++ - '0');
     }
     part[i] = v;
   }
-  if (part[0] > max_h || part[1] > 59 || part[2] > 59) return NULL;
+  if (part[0] > max_h || part[1] > 59 || part[2] > 59)
+    return NULL;
   *out = sign * (part[0] * 3600 + part[1] * 60 + part[2]);
   return p;
 }
 
 static const char *rule_num(const char *p, int lo, int hi, int *out) {
-  if (*p < '0' || *p > '9') return NULL;
+  if (*p < '0' || *p > '9')
+    return NULL;
   int v = 0;
   while (*p >= '0' && *p <= '9') {
     v = v * 10 + (*p++ - '0');
-    if (v > hi) return NULL;
+    if (v > hi)
+      return NULL;
   }
-  if (v < lo) return NULL;
+  if (v < lo)
+    return NULL;
   *out = v;
   return p;
 }
@@ -133,17 +144,21 @@ static const char *rule_date_parse(const char *p, rule_date *rd) {
   } else if (*p == 'M') {
     rd->kind = 'M';
     p = rule_num(p + 1, 1, 12, &rd->m);
-    if (!p || *p++ != '.') return NULL;
+    if (!p || *p++ != '.')
+      return NULL;
     p = rule_num(p, 1, 5, &rd->w);
-    if (!p || *p++ != '.') return NULL;
+    if (!p || *p++ != '.')
+      return NULL;
     p = rule_num(p, 0, 6, &rd->d);
   } else {
     rd->kind = 'D';
     p = rule_num(p, 0, 365, &rd->n);
   }
-  if (!p) return NULL;
+  if (!p)
+    return NULL;
   rd->secs = 2 * 3600;
-  if (*p == '/') p = rule_hms(p + 1, 167, &rd->secs);
+  if (*p == '/')
+    p = rule_hms(p + 1, 167, &rd->secs);
   return p;
 }
 
@@ -151,22 +166,29 @@ static int posix_rule_parse(const char *s, posix_rule *r) {
   memset(r, 0, sizeof *r);
   const char *p = rule_name(s);
   int32_t v;
-  if (!p || !(p = rule_hms(p, 24, &v))) return -1;
+  if (!p || !(p = rule_hms(p, 24, &v)))
+    return -1;
   r->std_off = -v; /* POSIX offsets are west-positive */
   r->dst_off = r->std_off;
-  if (*p == '\0') return 0;
-  if (!(p = rule_name(p))) return -1;
+  if (*p == '\0')
+    return 0;
+  if (!(p = rule_name(p)))
+    return -1;
   r->has_dst = 1;
   r->dst_off = r->std_off + 3600;
   if (*p != ',' && *p != '\0') {
-    if (!(p = rule_hms(p, 24, &v))) return -1;
+    if (!(p = rule_hms(p, 24, &v)))
+      return -1;
     r->dst_off = -v;
   }
   /* A DST name without a rule leaves the dates to the implementation; TZif
    * footers always give them, so we do not guess. */
-  if (*p++ != ',') return -1;
-  if (!(p = rule_date_parse(p, &r->start)) || *p++ != ',') return -1;
-  if (!(p = rule_date_parse(p, &r->end)) || *p != '\0') return -1;
+  if (*p++ != ',')
+    return -1;
+  if (!(p = rule_date_parse(p, &r->start)) || *p++ != ',')
+    return -1;
+  if (!(p = rule_date_parse(p, &r->end)) || *p != '\0')
+    return -1;
   return 0;
 }
 
@@ -181,7 +203,8 @@ static int64_t rule_instant(const rule_date *rd, int64_t y, int32_t off) {
   } else {
     int64_t first = core_days_from_civil(y, rd->m, 1);
     int md = 1 + (rd->d - core_weekday(first) + 7) % 7 + (rd->w - 1) * 7;
-    while (md > core_days_in_month(y, rd->m)) md -= 7;
+    while (md > core_days_in_month(y, rd->m))
+      md -= 7;
     day = first + md - 1;
   }
   return day * 86400 + rd->secs - off;
@@ -191,7 +214,8 @@ static void rule_span(const posix_rule *r, int64_t t, core_tz_span *out) {
   out->off = out->prev_off = out->next_off = r->std_off;
   out->prev_t = INT64_MIN;
   out->next_t = INT64_MAX;
-  if (!r->has_dst) return;
+  if (!r->has_dst)
+    return;
   int64_t y;
   int m, d;
   core_civil_from_days(core_floor_div(t, 86400), &y, &m, &d);
@@ -220,11 +244,13 @@ static void rule_span(const posix_rule *r, int64_t t, core_tz_span *out) {
       ch[j - 1].off = o;
     }
   int last = -1;
-  for (int i = 0; i < n && ch[i].at <= t; i++) last = i;
+  for (int i = 0; i < n && ch[i].at <= t; i++)
+    last = i;
   if (last >= 0) {
     out->off = ch[last].off;
     out->prev_t = ch[last].at;
-    out->prev_off = last > 0 ? ch[last - 1].off : (ch[last].off == r->std_off ? r->dst_off : r->std_off);
+    out->prev_off =
+        last > 0 ? ch[last - 1].off : (ch[last].off == r->std_off ? r->dst_off : r->std_off);
   } else {
     out->off = ch[0].off == r->std_off ? r->dst_off : r->std_off;
     out->prev_off = out->off;
@@ -233,7 +259,8 @@ static void rule_span(const posix_rule *r, int64_t t, core_tz_span *out) {
   if (last + 1 < n) {
     int k = last + 1;
     out->next_t = ch[k].at;
-    while (k + 1 < n && ch[k + 1].at == ch[k].at) k++;
+    while (k + 1 < n && ch[k + 1].at == ch[k].at)
+      k++;
     out->next_off = ch[k].off;
   }
 }
@@ -285,7 +312,8 @@ void core_tz_span_at(const core_tz *tz, int64_t t, core_tz_span *out) {
   /* Past the table: the footer rule, if any (RFC 8536 3.3). */
   out->next_t = INT64_MAX;
   out->next_off = out->off;
-  if (!tz->has_rule) return;
+  if (!tz->has_rule)
+    return;
   core_tz_span fs;
   rule_span(&tz->rule, t, &fs);
   out->off = fs.off;
@@ -295,7 +323,8 @@ void core_tz_span_at(const core_tz *tz, int64_t t, core_tz_span *out) {
     out->prev_t = fs.prev_t;
     out->prev_off = fs.prev_off;
   }
-  if (out->next_t == INT64_MAX) out->next_off = out->off;
+  if (out->next_t == INT64_MAX)
+    out->next_off = out->off;
 }
 
 /* ---- TZif ---------------------------------------------------------------- */
@@ -314,7 +343,8 @@ typedef struct tzif_hdr {
 } tzif_hdr;
 
 static int tzif_header(const uint8_t *p, size_t len, tzif_hdr *h) {
-  if (len < 44 || memcmp(p, "TZif", 4) != 0) return -1;
+  if (len < 44 || memcmp(p, "TZif", 4) != 0)
+    return -1;
   h->version = (char)p[4];
   h->isutcnt = be32(p + 20);
   h->isstdcnt = be32(p + 24);
@@ -414,7 +444,8 @@ cruster_status core_tz_parse_tzif(const uint8_t *data, size_t len, const char *w
     offs[i] = off;
   }
   core_tz *tz = calloc(1, sizeof *tz);
-  if (!tz) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  if (!tz)
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   tz->off0 = offs[0];
   if (h.timecnt > 0) {
     tz->at = malloc((size_t)h.timecnt * sizeof *tz->at);
@@ -425,7 +456,8 @@ cruster_status core_tz_parse_tzif(const uint8_t *data, size_t len, const char *w
     }
   }
   for (uint32_t i = 0; i < h.timecnt; i++) {
-    int64_t t = tsize == 8 ? be64(times + 8 * (size_t)i) : (int64_t)(int32_t)be32(times + 4 * (size_t)i);
+    int64_t t =
+        tsize == 8 ? be64(times + 8 * (size_t)i) : (int64_t)(int32_t)be32(times + 4 * (size_t)i);
     if (idx[i] >= h.typecnt || (i > 0 && t <= tz->at[i - 1])) {
       core_tz_free(tz);
       why = idx[i] >= h.typecnt ? "bad time type index" : "transitions not ascending";
@@ -464,7 +496,8 @@ cruster_status core_tz_from_posix(const char *rule, core_tz **out, cruster_error
   if (!rule || strlen(rule) > 255)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "TZ rule missing or too long");
   core_tz *tz = calloc(1, sizeof *tz);
-  if (!tz) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  if (!tz)
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   if (posix_rule_parse(rule, &tz->rule) != 0) {
     free(tz);
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "TZ rule '%s' not understood", rule);
@@ -476,7 +509,8 @@ cruster_status core_tz_from_posix(const char *rule, core_tz **out, cruster_error
 }
 
 void core_tz_free(core_tz *tz) {
-  if (!tz) return;
+  if (!tz)
+    return;
   free(tz->at);
   free(tz->off_after);
   free(tz);
@@ -484,7 +518,8 @@ void core_tz_free(core_tz *tz) {
 
 static int name_ok(const char *name) {
   size_t len = strlen(name);
-  if (len == 0 || len > CORE_TZ_MAX_NAME || name[0] == '/') return 0;
+  if (len == 0 || len > CORE_TZ_MAX_NAME || name[0] == '/')
+    return 0;
   for (const char *p = name; *p; p++) {
     char c = *p;
     if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -496,8 +531,10 @@ static int name_ok(const char *name) {
   for (;;) {
     const char *e = strchr(c, '/');
     size_t cl = e ? (size_t)(e - c) : strlen(c);
-    if (cl == 0 || (cl == 1 && c[0] == '.') || (cl == 2 && c[0] == '.' && c[1] == '.')) return 0;
-    if (!e) break;
+    if (cl == 0 || (cl == 1 && c[0] == '.') || (cl == 2 && c[0] == '.' && c[1] == '.'))
+      return 0;
+    if (!e)
+      break;
     c = e + 1;
   }
   return 1;
@@ -513,18 +550,22 @@ cruster_status core_tz_load(const char *name, core_tz **out, cruster_error **err
                           "%d bytes)",
                           name ? name : "(null)", CORE_TZ_MAX_NAME);
   const char *dir = getenv("TZDIR");
-  if (!dir || !*dir) dir = "/usr/share/zoneinfo";
+  if (!dir || !*dir)
+    dir = "/usr/share/zoneinfo";
   size_t dl = strlen(dir), nl = strlen(name);
-  if (dl > 4096) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "TZDIR is too long");
+  if (dl > 4096)
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "TZDIR is too long");
   char *path = malloc(dl + nl + 2);
-  if (!path) return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  if (!path)
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   memcpy(path, dir, dl);
   path[dl] = '/';
   memcpy(path + dl + 1, name, nl + 1);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    if (fd >= 0) close(fd);
+    if (fd >= 0)
+      close(fd);
     cruster_status rc = core_error_set(err, CRUSTER_E_NOT_FOUND,
                                        "unknown time zone '%s' (no zone file %s)", name, path);
     free(path);
@@ -544,8 +585,10 @@ cruster_status core_tz_load(const char *name, core_tz **out, cruster_error **err
   }
   while (got < size) {
     ssize_t r = read(fd, buf + got, size - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
     got += (size_t)r;
   }
   close(fd);

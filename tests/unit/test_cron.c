@@ -23,12 +23,14 @@
 static int64_t ms(const char *iso) {
   int y, mo, d, h, mi, s, milli = 0;
   int n = sscanf(iso, "%d-%d-%dT%d:%d:%d.%d", &y, &mo, &d, &h, &mi, &s, &milli);
-  if (n < 6) fail_msg("bad time %s", iso);
+  if (n < 6)
+    fail_msg("bad time %s", iso);
   return (core_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s) * 1000 + milli;
 }
 
 static void fmt(int64_t t_ms, char *buf, size_t n) {
-  int64_t secs = core_floor_div(t_ms, 1000), days = core_floor_div(secs, 86400), sod = secs - days * 86400;
+  int64_t secs = core_floor_div(t_ms, 1000), days = core_floor_div(secs, 86400),
+          sod = secs - days * 86400;
   int64_t y;
   int m, d;
   core_civil_from_days(days, &y, &m, &d);
@@ -40,7 +42,8 @@ static cruster_cron *parse_ok(const char *expr, const char *tz) {
   cruster_cron *c = NULL;
   cruster_error *err = NULL;
   cruster_status rc = cruster_cron_parse(expr, tz, &c, &err);
-  if (rc != CRUSTER_OK) fail_msg("parse '%s' (%s): %s", expr, tz ? tz : "UTC", cruster_error_message(err));
+  if (rc != CRUSTER_OK)
+    fail_msg("parse '%s' (%s): %s", expr, tz ? tz : "UTC", cruster_error_message(err));
   assert_non_null(c);
   return c;
 }
@@ -62,7 +65,8 @@ static void expect_seq(const char *expr, const char *tz, const char *after, ...)
     if (strcmp(want, "none") == 0) {
       if (rc != CRUSTER_E_NOT_FOUND) {
         fmt(next, got, sizeof got);
-        fail_msg("'%s' [%s] after %s: want none, got %s (rc %d)", expr, tz ? tz : "UTC", from, got, rc);
+        fail_msg("'%s' [%s] after %s: want none, got %s (rc %d)", expr, tz ? tz : "UTC", from, got,
+                 rc);
       }
       assert_non_null(err);
       cruster_error_free(err);
@@ -87,8 +91,8 @@ static void expect_seq(const char *expr, const char *tz, const char *after, ...)
 
 typedef struct bad_case {
   const char *expr;
-  int pos;          /* 1-based position in the message */
-  const char *why;  /* a part of the reason */
+  int pos;         /* 1-based position in the message */
+  const char *why; /* a part of the reason */
 } bad_case;
 
 static void expect_bad(const char *expr, int pos, const char *why) {
@@ -147,7 +151,8 @@ static void parse_errors_give_position_and_reason(void **state) {
       {",1 * * * * *", 1, "empty list item"},
       {"* * * * FOO *", 9, "unknown month name 'FOO'"},
       {"* * * * * MONDAYS", 11, "unknown day-of-week name 'MONDAYS'"},
-      {"* * * ? * MON/2", 11, "a step needs '*', a number or a range before '/', not a single name"},
+      {"* * * ? * MON/2", 11,
+       "a step needs '*', a number or a range before '/', not a single name"},
       {"* * * ? * 2-FRI", 11, "a range needs two numbers or two names"},
       {"MON * * * * *", 1, "the second field takes numbers only, found 'MON'"},
       {"* * * * * * MMXX", 13, "the year field takes numbers only"},
@@ -210,7 +215,8 @@ static void parse_rejects_hostile_arguments(void **state) {
   cruster_error_free(err);
   assert_int_equal(cruster_cron_next(c, ms("2100-12-31T23:59:58"), &next, NULL), CRUSTER_OK);
   assert_true(next == ms("2100-12-31T23:59:59"));
-  assert_int_equal(cruster_cron_next(c, ms("2100-12-31T23:59:59"), &next, NULL), CRUSTER_E_NOT_FOUND);
+  assert_int_equal(cruster_cron_next(c, ms("2100-12-31T23:59:59"), &next, NULL),
+                   CRUSTER_E_NOT_FOUND);
   cruster_cron_free(c);
   cruster_cron_free(NULL);
   assert_null(cruster_cron_expr(NULL));
@@ -238,7 +244,8 @@ static void unknown_and_bad_zones(void **state) {
   (void)state;
   cruster_cron *c = NULL;
   cruster_error *err = NULL;
-  assert_int_equal(cruster_cron_parse("@daily", "Mars/Olympus_Mons", &c, &err), CRUSTER_E_NOT_FOUND);
+  assert_int_equal(cruster_cron_parse("@daily", "Mars/Olympus_Mons", &c, &err),
+                   CRUSTER_E_NOT_FOUND);
   assert_null(c);
   assert_non_null(strstr(cruster_error_message(err), "unknown time zone 'Mars/Olympus_Mons'"));
   cruster_error_free(err);
@@ -247,9 +254,9 @@ static void unknown_and_bad_zones(void **state) {
   assert_int_equal(cruster_cron_parse("@daily", "zone1970.tab", &c, &err), CRUSTER_E_NOT_FOUND);
   assert_non_null(strstr(cruster_error_message(err), "not a TZif file"));
   cruster_error_free(err);
-  static const char *const bad[] = {"../etc/passwd", "/etc/localtime", "Europe/../../etc/passwd",
+  static const char *const bad[] = {"../etc/passwd",  "/etc/localtime", "Europe/../../etc/passwd",
                                     "Europe//Berlin", "Europe/Berlin/", "Europe/Ber lin",
-                                    "./UTC", "Europe/Berlin\n"};
+                                    "./UTC",          "Europe/Berlin\n"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     assert_int_equal(cruster_cron_parse("@daily", bad[i], &c, &err), CRUSTER_E_INVALID_ARGUMENT);
     assert_null(c);
@@ -282,7 +289,8 @@ static void next_basic_fields(void **state) {
   SEQ("0 0 0 */10 * ?", NULL, "2026-01-01T00:00:00", "2026-01-11T00:00:00", "2026-01-21T00:00:00",
       "2026-01-31T00:00:00", "2026-02-01T00:00:00");
   /* Lists, ranges, lists of ranges and steps. */
-  SEQ("0 0 9,12,15 * * *", NULL, "2026-01-01T12:00:00", "2026-01-01T15:00:00", "2026-01-02T09:00:00");
+  SEQ("0 0 9,12,15 * * *", NULL, "2026-01-01T12:00:00", "2026-01-01T15:00:00",
+      "2026-01-02T09:00:00");
   SEQ("0 0,30 8-9,17 * * *", NULL, "2026-01-01T08:00:00", "2026-01-01T08:30:00",
       "2026-01-01T09:00:00", "2026-01-01T09:30:00", "2026-01-01T17:00:00", "2026-01-01T17:30:00",
       "2026-01-02T08:00:00");
@@ -355,7 +363,8 @@ static void berlin_spring_forward(void **state) {
   SEQ("0 30 2 * * *", z, "2026-03-27T12:00:00", "2026-03-28T01:30:00", "2026-03-29T01:00:00",
       "2026-03-30T00:30:00");
   /* Several skipped slots fire as one. */
-  SEQ("0 0,15,30,45 2 * * *", z, "2026-03-29T00:00:00", "2026-03-29T01:00:00", "2026-03-30T00:00:00");
+  SEQ("0 0,15,30,45 2 * * *", z, "2026-03-29T00:00:00", "2026-03-29T01:00:00",
+      "2026-03-30T00:00:00");
   /* Right before the change (the search starts on the change itself). */
   SEQ("0 30 2 * * *", z, "2026-03-29T00:59:59.999", "2026-03-29T01:00:00", "2026-03-30T00:30:00");
   /* After the change the skipped slot is gone. */
@@ -441,6 +450,20 @@ static void far_future_uses_the_footer_rule(void **state) {
       "2090-09-30T16:00:00", "2090-10-01T15:30:00");
 }
 
+static void lord_howe_half_hour_dst(void **state) {
+  (void)state;
+  const char *z = "Australia/Lord_Howe";
+  /* 2026-10-03 15:30Z: 02:00 (+10:30) -> 02:30 (+11:00). A specific hour's skipped slot fires at
+   * the change; an every-hour expression has no 02:00 that night (the documented limit of the
+   * interval rule: the change is not a whole hour). */
+  SEQ("0 0 2 * * *", z, "2026-10-03T12:00:00", "2026-10-03T15:30:00", "2026-10-04T15:00:00");
+  SEQ("0 0 * * * *", z, "2026-10-03T14:00:00", "2026-10-03T14:30:00", "2026-10-03T16:00:00");
+  /* 2026-04-04 15:00Z: 02:00 (+11:00) -> 01:30 (+10:30); 01:30-02:00 happens twice. */
+  SEQ("0 45 1 * * *", z, "2026-04-04T12:00:00", "2026-04-04T14:45:00", "2026-04-05T15:15:00");
+  SEQ("0 */15 * * * *", z, "2026-04-04T14:40:00", "2026-04-04T14:45:00", "2026-04-04T15:00:00",
+      "2026-04-04T15:15:00", "2026-04-04T15:30:00");
+}
+
 /* ---- the zone reader underneath ------------------------------------------- */
 
 static void posix_rules(void **state) {
@@ -494,12 +517,22 @@ static void posix_rules(void **state) {
     assert_int_equal(sp.off, -4 * 3600);
   }
   core_tz_free(tz);
-  static const char *const bad[] = {"", "C", "CET", "CET-1CEST", "CET-1CEST,M3.5.0",
-                                    "CET-1CEST,M13.5.0,M10.5.0", "CET-1CEST,M3.6.0,M10.5.0",
-                                    "CET-25", "<+05>", "CET-1CEST,J0,J365", "CET-1CEST,M3.5.0,M10.5.0/168",
-                                    "CET-1 ", "CET-1CEST,M3.5.0,M10.5.0x"};
+  static const char *const bad[] = {"",
+                                    "C",
+                                    "CET",
+                                    "CET-1CEST",
+                                    "CET-1CEST,M3.5.0",
+                                    "CET-1CEST,M13.5.0,M10.5.0",
+                                    "CET-1CEST,M3.6.0,M10.5.0",
+                                    "CET-25",
+                                    "<+05>",
+                                    "CET-1CEST,J0,J365",
+                                    "CET-1CEST,M3.5.0,M10.5.0/168",
+                                    "CET-1 ",
+                                    "CET-1CEST,M3.5.0,M10.5.0x"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-    if (core_tz_from_posix(bad[i], &tz, &err) == CRUSTER_OK) fail_msg("'%s' accepted", bad[i]);
+    if (core_tz_from_posix(bad[i], &tz, &err) == CRUSTER_OK)
+      fail_msg("'%s' accepted", bad[i]);
     assert_null(tz);
     cruster_error_free(err);
   }
@@ -511,7 +544,8 @@ static size_t put32(uint8_t *p, uint32_t v) {
   return 4;
 }
 
-static size_t tzif_header(uint8_t *p, char version, uint32_t timecnt, uint32_t typecnt, uint32_t charcnt) {
+static size_t tzif_header(uint8_t *p, char version, uint32_t timecnt, uint32_t typecnt,
+                          uint32_t charcnt) {
   memset(p, 0, 44);
   memcpy(p, "TZif", 4);
   p[4] = (uint8_t)version;
@@ -604,7 +638,7 @@ static void civil_calendar(void **state) {
     assert_true(core_days_from_civil(y, m, dd) == d);
     assert_true(dd >= 1 && dd <= core_days_in_month(y, m));
   }
-  assert_int_equal(core_weekday(0), 4);                                  /* 1970-01-01 Thursday */
+  assert_int_equal(core_weekday(0), 4);                                 /* 1970-01-01 Thursday */
   assert_int_equal(core_weekday(core_days_from_civil(2026, 3, 29)), 0); /* Sunday */
   assert_int_equal(core_weekday(core_days_from_civil(1969, 12, 28)), 0);
   assert_int_equal(core_days_in_month(2000, 2), 29);
@@ -627,6 +661,7 @@ int main(void) {
       cmocka_unit_test(berlin_fall_back),
       cmocka_unit_test(new_york_2026),
       cmocka_unit_test(kolkata_half_hour_offset),
+      cmocka_unit_test(lord_howe_half_hour_dst),
       cmocka_unit_test(far_future_uses_the_footer_rule),
       cmocka_unit_test(posix_rules),
       cmocka_unit_test(tzdir_and_tzif_files),
