@@ -372,8 +372,12 @@ cruster_status sg_register(sg_registry *r, const char *name, cruster_singleton_f
   sg_reg g;
   memset(&g, 0, sizeof(g));
   g.one = s;
-  if (rt_on_loop(r->loop)) {
+  if (rt_on_loop(r->loop)) { /* a registration from a callback on the loop thread */
+    uv_mutex_init(&g.s.mu);
+    uv_cond_init(&g.s.cv);
     register_on_loop(r, &g.s.cmd);
+    uv_cond_destroy(&g.s.cv);
+    uv_mutex_destroy(&g.s.mu);
     st = g.s.status;
     if (err && g.s.err) *err = g.s.err;
     else cruster_error_free(g.s.err);
