@@ -20,6 +20,8 @@
 #include "entity.h"
 #include "client.h"
 #include "workflow.h"
+#include "singleton.h"
 #include "cron.h"
+#include "cron_job.h"
 
 #endif /* CRUSTER_CRUSTER_H */

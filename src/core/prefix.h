@@ -177,6 +177,7 @@
 #define rt_loop_shutdown cruster__rt_loop_shutdown
 #define rt_on_loop cruster__rt_on_loop
 #define rt_on_own_thread cruster__rt_on_own_thread
+#define rt_pool_add_max cruster__rt_pool_add_max
 #define rt_pool_block_enter cruster__rt_pool_block_enter
 #define rt_pool_block_leave cruster__rt_pool_block_leave
 #define rt_pool_free cruster__rt_pool_free
@@ -192,6 +193,17 @@
 #define rt_sync_done cruster__rt_sync_done
 #define rt_waiter_add cruster__rt_waiter_add
 #define rt_waiters_resolve cruster__rt_waiters_resolve
+#define sg_cfg cruster__sg_cfg
+#define sg_cron_register cruster__sg_cron_register
+#define sg_cron_slots cruster__sg_cron_slots
+#define sg_free cruster__sg_free
+#define sg_keep cruster__sg_keep
+#define sg_lg cruster__sg_lg
+#define sg_new cruster__sg_new
+#define sg_register cruster__sg_register
+#define sg_report_running cruster__sg_report_running
+#define sg_running cruster__sg_running
+#define sg_wf cruster__sg_wf
 #define sh_call_complete cruster__sh_call_complete
 #define sh_call_free cruster__sh_call_free
 #define sh_call_new cruster__sh_call_new
@@ -221,6 +233,7 @@
 #define sh_stop cruster__sh_stop
 #define sh_waiter_add cruster__sh_waiter_add
 #define sh_waiters_resolve cruster__sh_waiters_resolve
+#define st_cron_slots_free cruster__st_cron_slots_free
 #define st_jentry_clear cruster__st_jentry_clear
 #define st_list_add cruster__st_list_add
 #define st_list_new cruster__st_list_new

@@ -338,6 +338,17 @@ void rt_pool_block_leave(rt_pool *p) {
   uv_mutex_unlock(&p->mu);
 }
 
+void rt_pool_add_max(rt_pool *p, int n) {
+  if (!p) return;
+  uv_mutex_lock(&p->mu);
+  int64_t m = (int64_t)p->max + n;
+  if (m < p->min) m = p->min;
+  if (m > INT32_MAX) m = INT32_MAX;
+  p->max = (int)m;
+  if (p->blocked > 0) compensate(p);
+  uv_mutex_unlock(&p->mu);
+}
+
 void rt_pool_shutdown(rt_pool *p) {
   if (!p) return;
   if (rt_pool_is_worker(p)) {

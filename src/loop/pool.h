@@ -55,6 +55,11 @@ int rt_pool_is_worker(rt_pool *p);
 void rt_pool_block_enter(rt_pool *p);
 void rt_pool_block_leave(rt_pool *p);
 
+/* Raises (n > 0) or lowers the maximum number of workers by n (never below
+ * the minimum): a caller that keeps a worker for a long time (a singleton)
+ * reserves room for it, so that compensation still serves other jobs. */
+void rt_pool_add_max(rt_pool *p, int n);
+
 /* Runs every queued job (including ones submitted meanwhile) to completion,
  * then joins all workers. Afterwards rt_pool_submit refuses. Must not be
  * called from a worker. Idempotent. */

@@ -15,6 +15,29 @@ cruster_status cruster_runtime_register_entity(cruster_runtime *rt, const cruste
   return em_register(EM(rt), d, err);
 }
 
+/* ---- singletons (cruster/singleton.h) ---- */
+
+cruster_status cruster_runtime_register_singleton(cruster_runtime *rt, const char *name,
+                                                  cruster_singleton_fn fn, void *user,
+                                                  const cruster_singleton_opts *opts,
+                                                  cruster_error **err) {
+  return sg_register(rt ? rt->sg : NULL, name, fn, user, opts, err);
+}
+
+/* ---- ClusterCron (cruster/cron_job.h) ---- */
+
+cruster_status cruster_runtime_register_cron_job(cruster_runtime *rt, const char *name,
+                                                 const char *expr, cruster_cron_job_fn fn,
+                                                 void *user, const cruster_cron_job_opts *opts,
+                                                 cruster_error **err) {
+  return sg_cron_register(rt ? rt->sg : NULL, name, expr, fn, user, opts, err);
+}
+
+cruster_status cruster_cron_slots(cruster_runtime *rt, const char *job, size_t limit,
+                                  cruster_cron_slot **out, size_t *n, cruster_error **err) {
+  return sg_cron_slots(rt ? rt->sg : NULL, job, limit, out, n, err);
+}
+
 /* ---- sharding (cruster/client.h) ---- */
 
 cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *id,

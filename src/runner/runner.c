@@ -272,6 +272,17 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
       goto fail_loop;
     }
   }
+  {
+    sg_hooks sgh = {rt, stop_check};
+    const st_wf_ops *wops = NULL;
+    void *wimpl = rt->storage && rt->storage->ops->wf ? rt->storage->ops->wf(rt->storage, &wops) : NULL;
+    rt->sg = sg_new(&rt->loop, &rt->sh, rt->cfg, rt->lg, rt->metrics, &sgh, rt, wimpl ? wops : NULL,
+                    wimpl);
+    if (!rt->sg) {
+      st = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+      goto fail_loop;
+    }
+  }
   st = rt_loop_run(&rt->loop, err);
   if (st != CRUSTER_OK) goto fail_loop;
   core_log(rt->lg, CRUSTER_LOG_DEBUG, "runtime", "single-node runtime created");
@@ -283,6 +294,7 @@ fail_loop:
   /* The registry closes its handles before the loop closes the rest. */
   if (rt->sh.cl) rt->registry->ops->stop(rt->registry);
   rt_loop_abandon(&rt->loop);
+  sg_free(rt->sg);
   wf_engine_free(rt->wf);
   sh_free(&rt->sh);
   em_free(&rt->em);
@@ -389,18 +401,22 @@ static void stop_finish(cruster_runtime *rt) {
   rt->storage->ops->flush(rt->storage, stop_flushed, rt);
 }
 
-/* No handler runs any more (em_hooks.idle): a stop waiting for them goes on. */
+/* No handler and no singleton function runs any more (em_hooks.idle,
+ * sg_hooks.idle): a stop waiting for them goes on. */
 static void stop_check(void *ud) {
   cruster_runtime *rt = ud;
-  if (rt->stopping && rt->em.running == 0) stop_finish(rt);
+  if (rt->stopping && rt->em.running == 0 && sg_running(rt->sg) == 0) stop_finish(rt);
 }
 
 static void on_stop_timeout(uv_timer_t *t) {
   cruster_runtime *rt = t->data;
-  if (rt->stopping)
+  if (rt->stopping && rt->em.running > 0)
     core_log(rt->lg, CRUSTER_LOG_WARN, "runtime",
              "%zu handler(s) still running after entity_termination_timeout; their answers will be dropped",
              rt->em.running);
+  /* Singleton functions still running are waited for when the pool drains
+   * (rt_loop_shutdown): a thread cannot be stopped. */
+  if (rt->stopping) sg_report_running(rt->sg);
   stop_finish(rt);
 }
 
@@ -410,9 +426,9 @@ static void stop_on_loop(void *ud, rt_cmd *cmd) {
   rn_stop_ctx *ctx = s->arg;
   ctx->sync = s;
   rt->stopping = ctx;
-  sh_stop(&rt->sh);
+  sh_stop(&rt->sh); /* every shard lost: singletons are cancelled */
   em_interrupt_all(&rt->em);
-  if (rt->em.running == 0) {
+  if (rt->em.running == 0 && sg_running(rt->sg) == 0) {
     stop_finish(rt);
     return;
   }
@@ -470,6 +486,7 @@ void cruster_runtime_free(cruster_runtime *rt) {
   sh_free(&rt->sh);
   wf_engine_free(rt->wf); /* after the entities: their handlers used its types */
   rt_loop_done(&rt->loop);
+  sg_free(rt->sg);
   destroy_partial(rt);
 }
 

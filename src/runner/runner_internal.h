@@ -17,6 +17,7 @@
 #include "entity/entity_internal.h"
 #include "loop/loop.h"
 #include "sharding/sharding_internal.h"
+#include "singleton/singleton_internal.h"
 #include "storage/storage_internal.h"
 #include "workflow/workflow_internal.h"
 
@@ -39,6 +40,7 @@ struct cruster_runtime {
   em_manager em;
   sh_sharding sh;
   wf_engine *wf; /* workflows (above sharding) */
+  sg_registry *sg; /* singletons (above sharding) */
 
   /* ---- loop-owned ---- */
   uv_timer_t stop_timer;

@@ -36,7 +36,16 @@ typedef struct mem_store {
   int64_t next_seq;
   st_host host; /* from attach: the workflow side runs its calls on the loop */
   int attached;
+  /* Cron slots: an array, under its own mutex (any thread). */
+  uv_mutex_t cron_mu;
+  struct mem_cron *cron;
+  size_t ncron, capcron;
 } mem_store;
+
+typedef struct mem_cron {
+  char *job;
+  st_cron_slot s;
+} mem_cron;
 
 /* Per-entity count of stored immediate messages nobody is delivering. */
 static intptr_t waiting_add(mem_store *m, const core_env *e, intptr_t delta) {
@@ -629,6 +638,142 @@ static int mwf_wake_op(void *impl, int64_t request_id, cruster_error **err) {
   return mwf_run(impl, mwf_wake_on_loop, &c, err);
 }
 
+/* ---- cron slots (any thread, under cron_mu) ---------------------------- */
+
+static mem_cron *mcron_find(mem_store *m, const char *job, int64_t slot_ms) {
+  for (size_t i = 0; i < m->ncron; i++)
+    if (m->cron[i].s.slot_ms == slot_ms && strcmp(m->cron[i].job, job) == 0) return &m->cron[i];
+  return NULL;
+}
+
+static int mcron_begin(void *impl, const char *job, int64_t slot_ms, int64_t now_ms, int *fresh,
+                       int32_t *state, cruster_error **err) {
+  mem_store *m = impl;
+  int rc = CRUSTER_OK;
+  *fresh = 0;
+  *state = ST_CRON_RUNNING;
+  uv_mutex_lock(&m->cron_mu);
+  mem_cron *c = mcron_find(m, job, slot_ms);
+  if (c) {
+    *state = c->s.state;
+  } else {
+    if (m->ncron == m->capcron) {
+      size_t cap = m->capcron ? m->capcron * 2 : 16;
+      mem_cron *v = cap <= SIZE_MAX / sizeof(*v) ? realloc(m->cron, cap * sizeof(*v)) : NULL;
+      if (!v) {
+        rc = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+        goto out;
+      }
+      m->cron = v;
+      m->capcron = cap;
+    }
+    c = &m->cron[m->ncron];
+    memset(c, 0, sizeof(*c));
+    c->job = core_strdup(job);
+    if (!c->job) {
+      rc = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+      goto out;
+    }
+    c->s.slot_ms = slot_ms;
+    c->s.state = ST_CRON_RUNNING;
+    c->s.started_ms = now_ms;
+    m->ncron++;
+    *fresh = 1;
+  }
+out:
+  uv_mutex_unlock(&m->cron_mu);
+  return rc;
+}
+
+static int mcron_finish(void *impl, const char *job, int64_t slot_ms, int32_t state,
+                        const char *error, int64_t now_ms, int64_t purge_before_ms,
+                        cruster_error **err) {
+  mem_store *m = impl;
+  int rc = CRUSTER_OK;
+  uv_mutex_lock(&m->cron_mu);
+  mem_cron *c = mcron_find(m, job, slot_ms);
+  if (!c) {
+    rc = core_error_set(err, CRUSTER_E_NOT_FOUND, "cron slot %lld of \"%s\" is not recorded",
+                        (long long)slot_ms, job);
+    goto out;
+  }
+  free(c->s.error);
+  c->s.error = error ? core_strdup(error) : NULL;
+  c->s.state = state;
+  c->s.finished_ms = now_ms;
+  if (purge_before_ms > 0) {
+    int64_t newest = INT64_MIN;
+    for (size_t i = 0; i < m->ncron; i++)
+      if (strcmp(m->cron[i].job, job) == 0 && m->cron[i].s.slot_ms > newest) newest = m->cron[i].s.slot_ms;
+    size_t w = 0;
+    for (size_t i = 0; i < m->ncron; i++) {
+      mem_cron *x = &m->cron[i];
+      if (strcmp(x->job, job) == 0 && x->s.state != ST_CRON_RUNNING && x->s.slot_ms != newest &&
+          x->s.finished_ms < purge_before_ms) {
+        free(x->job);
+        free(x->s.error);
+        continue;
+      }
+      m->cron[w++] = *x;
+    }
+    m->ncron = w;
+  }
+out:
+  uv_mutex_unlock(&m->cron_mu);
+  return rc;
+}
+
+static int cmp_slot_desc(const void *a, const void *b) {
+  int64_t x = ((const st_cron_slot *)a)->slot_ms, y = ((const st_cron_slot *)b)->slot_ms;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int mcron_list(void *impl, const char *job, size_t limit, int running_only,
+                      st_cron_slot **out, size_t *n, cruster_error **err) {
+  mem_store *m = impl;
+  *out = NULL;
+  *n = 0;
+  uv_mutex_lock(&m->cron_mu);
+  size_t cnt = 0;
+  for (size_t i = 0; i < m->ncron; i++)
+    if (strcmp(m->cron[i].job, job) == 0 && (!running_only || m->cron[i].s.state == ST_CRON_RUNNING))
+      cnt++;
+  st_cron_slot *v = calloc(cnt ? cnt : 1, sizeof(*v));
+  if (!v) {
+    uv_mutex_unlock(&m->cron_mu);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  size_t k = 0;
+  int oom = 0;
+  for (size_t i = 0; i < m->ncron; i++) {
+    const mem_cron *c = &m->cron[i];
+    if (strcmp(c->job, job) != 0 || (running_only && c->s.state != ST_CRON_RUNNING)) continue;
+    v[k] = c->s;
+    v[k].error = c->s.error ? core_strdup(c->s.error) : NULL;
+    if (c->s.error && !v[k].error) oom = 1;
+    k++;
+  }
+  uv_mutex_unlock(&m->cron_mu);
+  if (oom) {
+    st_cron_slots_free(v, k);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  qsort(v, k, sizeof(*v), cmp_slot_desc);
+  if (running_only) /* oldest first */
+    for (size_t i = 0; i < k / 2; i++) {
+      st_cron_slot t = v[i];
+      v[i] = v[k - 1 - i];
+      v[k - 1 - i] = t;
+    }
+  if (k > limit) {
+    for (size_t i = limit; i < k; i++) free(v[i].error);
+    k = limit;
+  }
+  *out = v;
+  *n = k;
+  return CRUSTER_OK;
+}
+
 static const st_wf_ops mem_wf_ops = {
     .load = mwf_load,
     .begin = mwf_begin,
@@ -639,6 +784,9 @@ static const st_wf_ops mem_wf_ops = {
     .resolve = mwf_resolve,
     .restart = mwf_restart,
     .wake = mwf_wake_op,
+    .cron_begin = mcron_begin,
+    .cron_finish = mcron_finish,
+    .cron_list = mcron_list,
 };
 
 static void *mem_wf(cruster_storage *s, const st_wf_ops **ops) {
@@ -766,6 +914,12 @@ static void mem_destroy(cruster_storage *s) {
   core_map_each(&m->msgs, free_entry, NULL);
   core_map_clear(&m->msgs);
   core_map_clear(&m->waiting);
+  for (size_t i = 0; i < m->ncron; i++) {
+    free(m->cron[i].job);
+    free(m->cron[i].s.error);
+  }
+  free(m->cron);
+  uv_mutex_destroy(&m->cron_mu);
   free(m);
   free(s);
 }
@@ -798,6 +952,11 @@ cruster_status cruster_storage_memory_new(cruster_storage **out, cruster_error *
   cruster_storage *s = calloc(1, sizeof(*s));
   mem_store *m = calloc(1, sizeof(*m));
   if (!s || !m) {
+    free(s);
+    free(m);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  if (uv_mutex_init(&m->cron_mu) != 0) {
     free(s);
     free(m);
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");

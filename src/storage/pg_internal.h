@@ -9,7 +9,7 @@
 
 #include "storage/storage_internal.h"
 
-#define PG_SCHEMA_VERSION 5
+#define PG_SCHEMA_VERSION 6
 
 /* Quotes "name" or "schema.name" as identifiers into out. 0 or -1. */
 int pg_quote_table(PGconn *c, const char *table, char *out, size_t outsz);

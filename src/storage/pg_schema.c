@@ -129,6 +129,22 @@ static const migration migrations[] = {
      "CREATE INDEX cruster_messages_claimable_now ON cruster_messages (seq)"
      "  WHERE NOT processed AND claimed_by IS NULL AND deliver_at IS NULL;"
      "DROP INDEX cruster_messages_claimable;"},
+    {6, "cron slots",
+     /* ClusterCron: one row per (job, slot time), written before the slot's
+      * handler runs, so each slot runs once across failover and restarts
+      * (state 0 running, 1 done, 2 failed). The newest row of a job is where
+      * the job got to (the missed-slot policy starts from it); finished rows
+      * older than storage_retention are removed as slots finish. */
+     "CREATE TABLE cruster_cron_slots ("
+     "  job TEXT NOT NULL,"
+     "  slot_ms BIGINT NOT NULL,"
+     "  state INT NOT NULL DEFAULT 0,"
+     "  started_ms BIGINT NOT NULL,"
+     "  finished_ms BIGINT NOT NULL DEFAULT 0,"
+     "  error TEXT,"
+     "  PRIMARY KEY (job, slot_ms)"
+     ");"
+     "CREATE INDEX cruster_cron_slots_running ON cruster_cron_slots (job, slot_ms) WHERE state = 0;"},
 };
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
 

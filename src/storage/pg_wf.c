@@ -665,6 +665,102 @@ static int wf_wake(void *impl, int64_t request_id, cruster_error **err) {
   return CRUSTER_OK;
 }
 
+/* ---- cron slots -------------------------------------------------------- */
+
+#define SQL_CRON_BEGIN                                                                         \
+  "WITH ins AS (INSERT INTO cruster_cron_slots (job, slot_ms, started_ms)"                    \
+  "  VALUES ($1, $2::BIGINT, $3::BIGINT) ON CONFLICT DO NOTHING RETURNING 1)"                 \
+  " SELECT (SELECT count(*) FROM ins), (SELECT state FROM cruster_cron_slots"                 \
+  "  WHERE job = $1 AND slot_ms = $2::BIGINT)"
+#define SQL_CRON_FINISH                                                                        \
+  "WITH up AS (UPDATE cruster_cron_slots SET state = $3::INT, error = $4,"                    \
+  "  finished_ms = $5::BIGINT WHERE job = $1 AND slot_ms = $2::BIGINT RETURNING 1),"          \
+  " del AS (DELETE FROM cruster_cron_slots WHERE job = $1 AND state <> 0"                     \
+  "  AND finished_ms < $6::BIGINT AND slot_ms < (SELECT max(slot_ms) FROM cruster_cron_slots" \
+  "  WHERE job = $1))"                                                                          \
+  " SELECT count(*) FROM up"
+#define SQL_CRON_LIST                                                                          \
+  "SELECT slot_ms, state, started_ms, finished_ms, error FROM cruster_cron_slots"             \
+  " WHERE job = $1 ORDER BY slot_ms DESC LIMIT $2::BIGINT"
+#define SQL_CRON_LIST_RUNNING                                                                  \
+  "SELECT slot_ms, state, started_ms, finished_ms, error FROM cruster_cron_slots"             \
+  " WHERE job = $1 AND state = 0 ORDER BY slot_ms LIMIT $2::BIGINT"
+
+static int cron_begin(void *impl, const char *job, int64_t slot_ms, int64_t now_ms, int *fresh,
+                      int32_t *state, cruster_error **err) {
+  pg_wf *w = impl;
+  char a[24], b[24];
+  snprintf(a, sizeof a, "%lld", (long long)slot_ms);
+  snprintf(b, sizeof b, "%lld", (long long)now_ms);
+  const char *v[3] = {job, a, b};
+  int prc;
+  PGresult *r = exec_pooled(w, SQL_CRON_BEGIN, 3, v, NULL, NULL, "recording a cron slot", &prc, err);
+  if (!r) return prc;
+  *fresh = get_i64(r, 0, 0) > 0;
+  *state = PQgetisnull(r, 0, 1) ? ST_CRON_RUNNING : (int32_t)get_i64(r, 0, 1);
+  PQclear(r);
+  return CRUSTER_OK;
+}
+
+static int cron_finish(void *impl, const char *job, int64_t slot_ms, int32_t state,
+                       const char *error, int64_t now_ms, int64_t purge_before_ms,
+                       cruster_error **err) {
+  pg_wf *w = impl;
+  char a[24], b[16], c[24], d[24];
+  snprintf(a, sizeof a, "%lld", (long long)slot_ms);
+  snprintf(b, sizeof b, "%d", (int)state);
+  snprintf(c, sizeof c, "%lld", (long long)now_ms);
+  snprintf(d, sizeof d, "%lld", (long long)purge_before_ms);
+  const char *v[6] = {job, a, b, error, c, d};
+  int prc;
+  PGresult *r = exec_pooled(w, SQL_CRON_FINISH, 6, v, NULL, NULL, "finishing a cron slot", &prc, err);
+  if (!r) return prc;
+  int64_t up = get_i64(r, 0, 0);
+  PQclear(r);
+  if (!up)
+    return core_error_set(err, CRUSTER_E_NOT_FOUND, "cron slot %lld of \"%s\" is not recorded",
+                          (long long)slot_ms, job);
+  return CRUSTER_OK;
+}
+
+static int cron_list(void *impl, const char *job, size_t limit, int running_only,
+                     st_cron_slot **out, size_t *n, cruster_error **err) {
+  pg_wf *w = impl;
+  *out = NULL;
+  *n = 0;
+  char a[24];
+  snprintf(a, sizeof a, "%llu", (unsigned long long)(limit > (size_t)INT64_MAX ? (size_t)INT64_MAX : limit));
+  const char *v[2] = {job, a};
+  int prc;
+  PGresult *r = exec_pooled(w, running_only ? SQL_CRON_LIST_RUNNING : SQL_CRON_LIST, 2, v, NULL,
+                            NULL, "listing cron slots", &prc, err);
+  if (!r) return prc;
+  int rows = PQntuples(r);
+  st_cron_slot *s = calloc(rows > 0 ? (size_t)rows : 1, sizeof(*s));
+  if (!s) {
+    PQclear(r);
+    return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+  }
+  for (int i = 0; i < rows; i++) {
+    s[i].slot_ms = get_i64(r, i, 0);
+    s[i].state = (int32_t)get_i64(r, i, 1);
+    s[i].started_ms = get_i64(r, i, 2);
+    s[i].finished_ms = get_i64(r, i, 3);
+    if (!PQgetisnull(r, i, 4)) {
+      s[i].error = core_strdup(PQgetvalue(r, i, 4));
+      if (!s[i].error) {
+        st_cron_slots_free(s, (size_t)i);
+        PQclear(r);
+        return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
+      }
+    }
+  }
+  PQclear(r);
+  *out = s;
+  *n = (size_t)rows;
+  return CRUSTER_OK;
+}
+
 const st_wf_ops pg_wf_ops = {
     .load = wf_load,
     .begin = wf_begin,
@@ -678,4 +774,7 @@ const st_wf_ops pg_wf_ops = {
     .resolve = wf_resolve,
     .restart = wf_restart,
     .wake = wf_wake,
+    .cron_begin = cron_begin,
+    .cron_finish = cron_finish,
+    .cron_list = cron_list,
 };

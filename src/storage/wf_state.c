@@ -24,3 +24,9 @@ void st_wf_state_free(st_wf_state *s) {
   free(s->deferreds);
   memset(s, 0, sizeof(*s));
 }
+
+void st_cron_slots_free(st_cron_slot *v, size_t n) {
+  if (!v) return;
+  for (size_t i = 0; i < n; i++) free(v[i].error);
+  free(v);
+}

@@ -87,6 +87,20 @@ typedef struct st_exec_ref {
   size_t key_len;
 } st_exec_ref;
 
+/* Cron slots (ClusterCron): one row per (job, slot time), written before
+ * the slot's handler runs. States are stored: never renumbered. */
+enum { ST_CRON_RUNNING = 0, ST_CRON_DONE = 1, ST_CRON_FAILED = 2 };
+
+typedef struct st_cron_slot {
+  int64_t slot_ms;     /* the scheduled time, Unix ms */
+  int32_t state;       /* ST_CRON_* */
+  int64_t started_ms;  /* when it was recorded */
+  int64_t finished_ms; /* 0 while running */
+  char *error;         /* FAILED: why (malloc'd), else NULL */
+} st_cron_slot;
+
+void st_cron_slots_free(st_cron_slot *v, size_t n);
+
 /* An activity's open transaction. */
 typedef struct st_tx st_tx;
 
@@ -146,6 +160,24 @@ typedef struct st_wf_ops {
    * wake counter moves and a parked message is due now. Gone or answered:
    * nothing happens (CRUSTER_OK). */
   int (*wake)(void *impl, int64_t request_id, cruster_error **err);
+  /* Cron slots (all optional: NULL in a backend without them). Records
+   * slot (job, slot_ms) as running at `now_ms` unless it is recorded:
+   * *fresh = 1 when this call recorded it, else 0 and *state its stored
+   * state. */
+  int (*cron_begin)(void *impl, const char *job, int64_t slot_ms, int64_t now_ms, int *fresh,
+                    int32_t *state, cruster_error **err);
+  /* Finishes slot (job, slot_ms): `state` (DONE or FAILED, with `error`,
+   * may be NULL) at `now_ms`; then removes the job's finished slots that
+   * finished before `purge_before_ms` (0 = none), the newest slot of the job
+   * excepted (it marks where the job got to). */
+  int (*cron_finish)(void *impl, const char *job, int64_t slot_ms, int32_t state,
+                     const char *error, int64_t now_ms, int64_t purge_before_ms,
+                     cruster_error **err);
+  /* Up to `limit` slots of `job` into *out (free with st_cron_slots_free),
+   * their number in *n: newest first; with running_only, only those still
+   * running, oldest first. */
+  int (*cron_list)(void *impl, const char *job, size_t limit, int running_only,
+                   st_cron_slot **out, size_t *n, cruster_error **err);
 } st_wf_ops;
 
 #endif

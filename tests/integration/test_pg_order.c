@@ -499,6 +499,8 @@ static void migrate_v1_to_v2(void **state) {
   assert_int_equal(index_count(&s, "cruster_messages_claimable_now"), 1);
   assert_int_equal(index_count(&s, "cruster_messages_due"), 1);
   assert_int_equal(index_count(&s, "cruster_messages_pending"), 0);
+  /* Undo migration 6: the cron slots. */
+  pgt_exec(s.admin, "DROP TABLE cruster_cron_slots");
   /* Undo migration 5: the workflow tables, its indexes and column. */
   pgt_exec(s.admin, "DROP TABLE cruster_journal, cruster_deferreds");
   pgt_exec(s.admin, "DROP INDEX cruster_messages_due, cruster_messages_claimable_now");

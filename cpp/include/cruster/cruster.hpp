@@ -1324,6 +1324,14 @@ template <class W> class workflow_client; // cruster/workflow.hpp
  * given to register_entity: they live exactly as long as the runtime, and
  * are destroyed after its threads are joined. Move-only.
  */
+class singleton_context;
+class singleton_options;
+class singleton_builder;
+struct cron_slot;
+struct cron_slot_record;
+class cron_options;
+class cron_job_builder;
+
 class runtime {
 public:
   /** A runner from `cfg` (copied); `store` is taken over (empty = no storage). */
@@ -1478,6 +1486,24 @@ public:
   workflow_client<W> register_workflow(W workflow, G... group_instances);
   template <class W> workflow_client<W> workflow() const;
 
+  /*
+   * Singletons and cron jobs (cruster/singleton.hpp, docs/cpp.md
+   * "Singletons and cron"): register_singleton(name, fn[, options]) or
+   * singleton(name)...run(fn); register_cron_job(name, expr, fn[, options])
+   * or cron_job(name).schedule(expr)...run(fn); cron_slots(job, limit) lists
+   * a job's recorded slots. Throw cruster::error as the C functions fail.
+   */
+  void register_singleton(const std::string &name, std::function<void(singleton_context &)> fn);
+  void register_singleton(const std::string &name, std::function<void(singleton_context &)> fn,
+                          const singleton_options &options);
+  singleton_builder singleton(std::string name);
+  void register_cron_job(const std::string &name, const std::string &expr,
+                         std::function<void(const cron_slot &)> fn);
+  void register_cron_job(const std::string &name, const std::string &expr,
+                         std::function<void(const cron_slot &)> fn, const cron_options &options);
+  cron_job_builder cron_job(std::string name);
+  std::vector<cron_slot_record> cron_slots(const std::string &job, std::size_t limit) const;
+
   cruster_runtime *handle() const noexcept { return h_; }
   explicit operator bool() const noexcept { return h_ != nullptr; }
 
@@ -1509,5 +1535,7 @@ private:
 
 // Durable workflows: register_workflow, workflow_context, workflow_client.
 #include <cruster/workflow.hpp>
+// Singletons and cron jobs.
+#include <cruster/singleton.hpp>
 
 #endif /* CRUSTER_CRUSTER_HPP */
