@@ -76,7 +76,6 @@ void sh_route_remote(sh_sharding *sh, sh_call *c);
 void sh_retry_later(sh_sharding *sh, sh_call *c);
 /* A call leaves: detach it from a forward in flight or the retry list. */
 void sh_remote_detach(sh_sharding *sh, sh_call *c);
-void sh_retry_fire(uv_timer_t *t);
 /* The transport's host: calls from other runners. */
 extern const tp_host sh_tp_host_template;
 

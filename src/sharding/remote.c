@@ -22,6 +22,8 @@ typedef struct sh_fwd {
 
 /* ---- the retry list --------------------------------------------------------- */
 
+static void sh_retry_fire(uv_timer_t *t);
+
 static void retry_remove(sh_cluster *cl, sh_call *c) {
   if (!c->retrying) return;
   c->retrying = 0;
@@ -43,7 +45,7 @@ void sh_retry_later(sh_sharding *sh, sh_call *c) {
     uv_timer_start(&cl->retry_timer, sh_retry_fire, (uint64_t)sh->cfg->send_retry_interval, 0);
 }
 
-void sh_retry_fire(uv_timer_t *t) {
+static void sh_retry_fire(uv_timer_t *t) {
   sh_sharding *sh = t->data;
   sh_cluster *cl = sh->cl;
   sh_call *list = cl->retry_head;
