@@ -88,6 +88,7 @@
 #define em_rpc_list_add cruster__em_rpc_list_add
 #define em_rpc_list_find cruster__em_rpc_list_find
 #define em_rpc_list_free cruster__em_rpc_list_free
+#define em_running_in_shard cruster__em_running_in_shard
 #define em_type_find cruster__em_type_find
 #define pg_acquire_close cruster__pg_acquire_close
 #define pg_acquire_done cruster__pg_acquire_done
@@ -203,6 +204,7 @@
 #define sg_register cruster__sg_register
 #define sg_report_running cruster__sg_report_running
 #define sg_running cruster__sg_running
+#define sg_running_in_shard cruster__sg_running_in_shard
 #define sg_wf cruster__sg_wf
 #define sh_call_complete cruster__sh_call_complete
 #define sh_call_free cruster__sh_call_free

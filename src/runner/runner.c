@@ -163,6 +163,13 @@ static void em_room(void *ud) {
 }
 static void stop_check(void *ud);
 
+/* Work of one shard still running here (cluster mode holds its lock until
+ * there is none). */
+static size_t shard_busy(void *ud, const char *group, int32_t shard) {
+  cruster_runtime *rt = ud;
+  return em_running_in_shard(&rt->em, group, shard) + sg_running_in_shard(rt->sg, group, shard);
+}
+
 /* The shards-owned gauge follows the ownership set. */
 static void on_ownership(void *ud, const char *group, int32_t shard, int owned) {
   cruster_runtime *rt = ud;
@@ -282,6 +289,8 @@ cruster_status cruster_runtime_new(const cruster_config *cfg, cruster_storage *s
       st = core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
       goto fail_loop;
     }
+    rt->sh.shard_busy = shard_busy;
+    rt->sh.shard_busy_ud = rt;
   }
   st = rt_loop_run(&rt->loop, err);
   if (st != CRUSTER_OK) goto fail_loop;

@@ -67,6 +67,7 @@ static void let_go(sh_sharding *sh, size_t flat) {
     em_interrupt_shard(sh->em, g, n);
     if (sh->storage && sh->storage->ops->shards_released)
       sh->storage->ops->shards_released(sh->storage, g, &n, 1);
+    cl->let_go_at[flat] = core_mono_ms();
   }
   locked_put(cl, flat, 1);
 }
@@ -80,6 +81,8 @@ static void let_go_all(sh_sharding *sh) {
 /* ---- rebalance ------------------------------------------------------------ */
 
 static void cycle(sh_sharding *sh);
+static int still_busy(sh_sharding *sh, size_t f);
+static void held_fire(uv_timer_t *t);
 
 typedef struct lock_req {
   sh_sharding *sh;
@@ -212,6 +215,7 @@ static void cycle(sh_sharding *sh) {
   int32_t me = -1;
   for (size_t i = 0; i < cl->n_runners; i++)
     if (strcmp(cl->runners[i], cl->me) == 0) me = (int32_t)i;
+  size_t held = 0;
   lock_req *rel = lock_req_new(sh, total), *acq = lock_req_new(sh, total);
   if (!rel || !acq) {
     lock_req_free(rel);
@@ -225,11 +229,17 @@ static void cycle(sh_sharding *sh) {
       let_go(sh, f);
     }
     if (!mine && locked_get(cl, f)) {
+      if (still_busy(sh, f)) {
+        held++;
+        continue;
+      }
       if (lock_req_add(rel, f) != 0) break;
     } else if (mine && !owned) {
       if (lock_req_add(acq, f) != 0) break;
     }
   }
+  if (held && !uv_is_active((uv_handle_t *)&cl->held_timer))
+    uv_timer_start(&cl->held_timer, held_fire, 20, 0);
   cruster_error *err = NULL;
   if (rel->n) {
     if (cl->reg->ops->release(cl->reg, (const char *const *)rel->keys, rel->n, on_released, rel,
@@ -255,6 +265,18 @@ static void cycle(sh_sharding *sh) {
     lock_req_free(acq);
   }
 }
+
+/* 1 while work of a let-go shard still runs here (within
+ * entity_termination_timeout of the let-go): its lock stays ours, so no
+ * other runner starts the shard meanwhile (fix 3). */
+static int still_busy(sh_sharding *sh, size_t f) {
+  if (!sh->shard_busy) return 0;
+  if (core_mono_ms() - sh->cl->let_go_at[f] >= sh->cfg->entity_termination_timeout) return 0;
+  size_t per = (size_t)sh->cfg->shards_per_group;
+  return sh->shard_busy(sh->shard_busy_ud, sh->cfg->shard_groups[f / per], (int32_t)(f % per)) > 0;
+}
+
+static void held_fire(uv_timer_t *t) { cycle(t->data); }
 
 static void rebalance_fire(uv_timer_t *t) {
   sh_sharding *sh = t->data;
@@ -516,8 +538,9 @@ cruster_status sh_cluster_init(sh_sharding *sh, cruster_registry *reg, cruster_m
   size_t total = n_shards(sh);
   cl->route = malloc(total * sizeof(int32_t));
   cl->locked = calloc((total + 63) / 64, sizeof(uint64_t));
+  cl->let_go_at = calloc(total ? total : 1, sizeof(int64_t));
   cl->me = core_strdup(sh->cfg->runner_address);
-  if (!cl->route || !cl->locked || !cl->me)
+  if (!cl->route || !cl->locked || !cl->let_go_at || !cl->me)
     return core_error_set(err, CRUSTER_E_NOMEM, "out of memory");
   for (size_t f = 0; f < total; f++) cl->route[f] = -1;
   if (split_hostport(cl->me, &cl->host, &cl->port) != 0)
@@ -568,6 +591,8 @@ cruster_status sh_cluster_init(sh_sharding *sh, cruster_registry *reg, cruster_m
   uv_timer_init(&sh->loop->uv, &cl->register_timer);
   uv_timer_init(&sh->loop->uv, &cl->retry_timer);
   uv_timer_init(&sh->loop->uv, &cl->waiters_timer);
+  uv_timer_init(&sh->loop->uv, &cl->held_timer);
+  cl->held_timer.data = sh;
   cl->waiters_timer.data = sh;
   cl->rebalance_timer.data = cl->refresh_timer.data = cl->register_timer.data = sh;
   cl->retry_timer.data = sh;
@@ -598,6 +623,7 @@ void sh_cluster_stop(sh_sharding *sh) {
   uv_timer_stop(&cl->refresh_timer);
   uv_timer_stop(&cl->register_timer);
   uv_timer_stop(&cl->waiters_timer);
+  uv_timer_stop(&cl->held_timer);
   let_go_all(sh);
 }
 
@@ -647,6 +673,7 @@ void sh_cluster_free(sh_sharding *sh) {
   free(cl->weights);
   free(cl->route);
   free(cl->locked);
+  free(cl->let_go_at);
   free(cl->me);
   free(cl->host);
   free(cl);

@@ -40,6 +40,8 @@ typedef struct sh_cluster {
   int again;     /* asked for while busy */
   int refreshing;
   uint64_t *locked; /* shards whose lock we may hold but no longer own (release pending) */
+  int64_t *let_go_at; /* monotonic ms a shard was let go (per flat shard) */
+  uv_timer_t held_timer; /* a cycle soon: releases held back by running work */
   uv_timer_t rebalance_timer, refresh_timer, register_timer, waiters_timer;
   int timers_init;
   void (*leave_cb)(void *ud);

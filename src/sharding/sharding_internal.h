@@ -104,6 +104,11 @@ struct sh_sharding {
   size_t n_own_listeners;
   int single_node; /* every shard is owned from start to stop */
   struct sh_cluster *cl; /* cluster mode (cluster.h); NULL: single-node */
+  /* Work of a shard still running here (handlers, singletons): its lock is
+   * released only once none is, or after entity_termination_timeout. Set
+   * by the owner; NULL = nothing. */
+  size_t (*shard_busy)(void *ud, const char *group, int32_t shard);
+  void *shard_busy_ud;
 };
 
 /* A storage write a call (or a poll) waits for. */

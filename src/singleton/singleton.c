@@ -466,6 +466,13 @@ const core_logger *sg_lg(const sg_registry *r) { return r->lg; }
 
 size_t sg_running(const sg_registry *r) { return r ? r->running : 0; }
 
+size_t sg_running_in_shard(const sg_registry *r, const char *group, int32_t shard) {
+  size_t n = 0;
+  for (const sg_one *s = r ? r->list : NULL; s; s = s->next)
+    if (s->run && s->shard == shard && strcmp(s->group, group) == 0) n++;
+  return n;
+}
+
 void sg_report_running(const sg_registry *r) {
   if (!r) return;
   for (const sg_one *s = r->list; s; s = s->next) {

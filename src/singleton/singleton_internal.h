@@ -45,6 +45,8 @@ cruster_status sg_register(sg_registry *r, const char *name, cruster_singleton_f
 
 /* Loop thread: singleton functions running now. */
 size_t sg_running(const sg_registry *r);
+/* Runs (functions not returned yet) of singletons of shard (group, shard). */
+size_t sg_running_in_shard(const sg_registry *r, const char *group, int32_t shard);
 /* Loop thread: logs each running singleton (a stop's grace ran out). */
 void sg_report_running(const sg_registry *r);
 

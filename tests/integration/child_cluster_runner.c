@@ -11,6 +11,8 @@
  *              cluster_sink of CONNINFO, then replies "ok"
  *   Fence.hold (persisted) records in table cluster_fence the interval
  *              [start, end] it ran on ADDRESS for its shard, holding it ~50 ms
+ *   singleton Fencer records the stretches it runs as cluster_fence rows
+ *              with shard -1 (with storage)
  * and answers commands on stdin, one per line, with one line on stdout:
  *   call TYPE ID METHOD PAYLOAD      -> "ok <reply>" | "err <status> <message>"
  *   pcall TYPE ID METHOD PAYLOAD KEY -> the same, a persisted call with a key
@@ -112,6 +114,31 @@ static void h_hold(void *user, cruster_request *req) {
   cruster_request_reply(req, "ok", 2);
 }
 
+/* Singleton "Fencer": with storage, records each ~100 ms stretch it runs
+ * as a row (shard -1) of cluster_fence; two runners' rows must never
+ * overlap (at most one instance at any time). */
+static int fencer(void *user, cruster_singleton_ctx *ctx) {
+  (void)user;
+  while (!cruster_singleton_cancelled(ctx)) {
+    int64_t start = now_us();
+    int cancelled = cruster_singleton_wait(ctx, 100);
+    int64_t end = now_us();
+    if (g_conninfo) {
+      char s[24], e[24];
+      snprintf(s, sizeof(s), "%lld", (long long)start);
+      snprintf(e, sizeof(e), "%lld", (long long)end);
+      const char *vals[3] = {g_addr, s, e};
+      PGresult *r = PQexecParams(conn(),
+                                 "INSERT INTO cluster_fence (shard, runner, started_us, ended_us) "
+                                 "VALUES (-1, $1, $2::int8, $3::int8)",
+                                 3, NULL, vals, NULL, NULL, 0);
+      PQclear(r);
+    }
+    if (cancelled) break;
+  }
+  return CRUSTER_OK;
+}
+
 static void quiet(void *user, cruster_log_level level, const char *component, const char *msg) {
   (void)user;
   if (level >= CRUSTER_LOG_WARN || getenv("CHILD_VERBOSE"))
@@ -173,6 +200,8 @@ int main(int argc, char **argv) {
   add_entity(rt, "Echo", "who", 0, h_who, "fail", h_fail);
   add_entity(rt, "Sink", "put", CRUSTER_RPC_PERSISTED, h_put, NULL, NULL);
   add_entity(rt, "Fence", "hold", CRUSTER_RPC_PERSISTED, h_hold, NULL, NULL);
+  if (cruster_runtime_register_singleton(rt, "Fencer", fencer, NULL, NULL, &err) != CRUSTER_OK)
+    die("singleton", err);
   if (cruster_runtime_start(rt, &err) != CRUSTER_OK) die("start", err);
   printf("ready\n");
   fflush(stdout);

@@ -254,6 +254,8 @@ static void test_sigkill_loses_nothing_acknowledged(void **state) {
   enum { N = 120 };
   child_cmd(&cs[0], NULL, 0, "load %d k", N);
   int acked[N] = {0}, nacked = 0, killed = 0;
+  long long kill_at_us = 0;
+  char victim_addr[64] = "";
   for (;;) {
     child_line(&cs[0], line, sizeof(line));
     if (strcmp(line, "loaded") == 0) break;
@@ -265,7 +267,18 @@ static void test_sigkill_loses_nothing_acknowledged(void **state) {
       print_message("runner 0: %s\n", line);
     }
     if (!killed && nacked >= N / 4) {
-      child_kill(&cs[2]);
+      /* The runner that runs the singleton, if it ran yet: its failover is
+       * checked too. */
+      int victim = 2;
+      PGresult *r = PQexec(s.admin, "SELECT runner FROM cluster_fence WHERE shard = -1 "
+                                    "ORDER BY ended_us DESC LIMIT 1");
+      if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+        for (int i = 0; i < 3; i++)
+          if (strcmp(PQgetvalue(r, 0, 0), cs[i].addr) == 0 && i != 0) victim = i;
+      PQclear(r);
+      kill_at_us = pgt_now_ms() * 1000;
+      snprintf(victim_addr, sizeof(victim_addr), "%s", cs[victim].addr);
+      child_kill(&cs[victim]);
       killed = 1;
     }
   }
@@ -286,6 +299,22 @@ static void test_sigkill_loses_nothing_acknowledged(void **state) {
   assert_int_equal(nacked, N);
   /* The dead runner's shards are owned again (after its lease). */
   wait_all_owned(cs, 3);
+  /* The singleton runs on a survivor after the kill... */
+  end = pgt_mono_ms() + TS_DEADLINE_MS;
+  while (pgt_scalarf(s.admin, 0,
+                     "SELECT count(*) FROM cluster_fence WHERE shard = -1 AND runner <> '%s' "
+                     "AND started_us > %lld",
+                     victim_addr, kill_at_us) == 0) {
+    if (pgt_mono_ms() > end) fail_msg("the singleton never ran on a survivor after the kill");
+    ts_sleep_ms(100);
+  }
+  /* ... and two runners' stretches of it never overlapped (fencing). */
+  assert_int_equal(pgt_scalar(s.admin,
+                              "SELECT count(*) FROM cluster_fence a JOIN cluster_fence b "
+                              "ON a.shard = b.shard AND a.runner < b.runner "
+                              "AND a.started_us < b.ended_us AND b.started_us < a.ended_us",
+                              -1),
+                   0);
   for (int i = 0; i < 3; i++) child_close(&cs[i]);
   pgt_schema_drop(&s);
 }
