@@ -77,6 +77,24 @@ static void loadavg(char *buf, size_t cap) {
   snprintf(buf, cap, "[%.2f,%.2f,%.2f]", a, b, c);
 }
 
+/* user+sys CPU of process `pid` (0 = this one) in microseconds, from /proc. */
+static double proc_cpu_us(pid_t pid) {
+  char path[64], buf[1024];
+  if (pid)
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+  else
+    snprintf(path, sizeof path, "/proc/self/stat");
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *p = strrchr(buf, ')'); /* the fields after the command name */
+  unsigned long ut = 0, st = 0;
+  if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return 0;
+  return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
 /* ---- a runner ------------------------------------------------------------------ */
 
 static void h_echo(void *user, cruster_request *req) {
@@ -459,13 +477,17 @@ static int ask_who(cruster_runtime *rt, const char *id, char *who, size_t cap) {
   return 0;
 }
 
-static double report(const char *mode, int callers, bench_stats *s) {
+/* cpu[0..1]: this process's and B's CPU (us) during the case. */
+static double report(const char *mode, int callers, bench_stats *s, const double *cpu, double *cpu_per_op) {
   double ops, p50, p99;
   double secs = (double)(s->t1 - s->t0) / 1e9;
   bench_summary(s, &ops, &p50, &p99);
+  double n = s->n ? (double)s->n : 1;
+  *cpu_per_op = (cpu[0] + cpu[1]) / n;
   printf("{\"bench\":\"cluster_rpc\",\"mode\":\"%s\",\"callers\":%d,\"calls\":%zu,\"seconds\":%.2f,"
-         "\"ops_per_s\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"payload\":%zu}\n",
-         mode, callers, s->n, secs, ops, p50, p99, g_payload);
+         "\"ops_per_s\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"payload\":%zu,"
+         "\"cpu_us_per_op\":%.1f,\"cpu_us_per_op_caller\":%.1f,\"cpu_us_per_op_callee\":%.1f}\n",
+         mode, callers, s->n, secs, ops, p50, p99, g_payload, *cpu_per_op, cpu[0] / n, cpu[1] / n);
   fflush(stdout);
   return ops;
 }
@@ -511,22 +533,27 @@ static void part_rpc(int run) {
   double bare64 = 0, rpc64 = 0;
   for (int i = 0; i < 2; i++) {
     int c = callers[i];
+    double cpu[2], bcpu, rcpu;
     bare_run(bare_addr, c, g_payload, 0.3, &st);
+    cpu[0] = -proc_cpu_us(0), cpu[1] = -proc_cpu_us(b.pid);
     bare_run(bare_addr, c, g_payload, g_seconds, &st);
-    double bo = report("bare_grpc_ping", c, &st);
+    cpu[0] += proc_cpu_us(0), cpu[1] += proc_cpu_us(b.pid);
+    double bo = report("bare_grpc_ping", c, &st, cpu, &bcpu);
     run_rpc(a, ids, nids, c, 0.3, &st);
+    cpu[0] = -proc_cpu_us(0), cpu[1] = -proc_cpu_us(b.pid);
     run_rpc(a, ids, nids, c, g_seconds, &st);
-    double ro = report("remote_rpc", c, &st);
-    double ratio = bo > 0 ? ro / bo : 0;
+    cpu[0] += proc_cpu_us(0), cpu[1] += proc_cpu_us(b.pid);
+    double ro = report("remote_rpc", c, &st, cpu, &rcpu);
+    double ratio = bo > 0 ? ro / bo : 0, cpu_ratio = rcpu > 0 ? bcpu / rcpu : 0;
     loadavg(la, sizeof la);
     if (c == 64) {
       bare64 = bo, rpc64 = ro;
-      printf("{\"bench\":\"cluster_rpc_vs_bare\",\"callers\":64,\"ratio\":%.3f,\"target\":0.8,"
-             "\"meets_target\":%s,\"loadavg\":%s}\n",
-             ratio, ratio >= 0.8 ? "true" : "false", la);
+      printf("{\"bench\":\"cluster_rpc_vs_bare\",\"callers\":64,\"ratio\":%.3f,\"cpu_bound_ratio\":%.3f,"
+             "\"target\":0.8,\"meets_target\":%s,\"loadavg\":%s}\n",
+             ratio, cpu_ratio, ratio >= 0.8 ? "true" : "false", la);
     } else {
-      printf("{\"bench\":\"cluster_rpc_vs_bare\",\"callers\":%d,\"ratio\":%.3f,\"loadavg\":%s}\n", c,
-             ratio, la);
+      printf("{\"bench\":\"cluster_rpc_vs_bare\",\"callers\":%d,\"ratio\":%.3f,\"cpu_bound_ratio\":%.3f,"
+             "\"loadavg\":%s}\n", c, ratio, cpu_ratio, la);
     }
     fflush(stdout);
   }
