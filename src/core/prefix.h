@@ -168,6 +168,8 @@
 #define rt_calls_fail_all cruster__rt_calls_fail_all
 #define rt_check_started cruster__rt_check_started
 #define rt_deadline_fire cruster__rt_deadline_fire
+#define rt_defer_begin cruster__rt_defer_begin
+#define rt_defer_end cruster__rt_defer_end
 #define rt_heap_insert cruster__rt_heap_insert
 #define rt_invoke_reply cruster__rt_invoke_reply
 #define rt_loop_abandon cruster__rt_loop_abandon

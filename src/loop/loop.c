@@ -36,6 +36,20 @@ cruster_status rt_submit(rt_loop *l, rt_job *job) {
   return st;
 }
 
+int rt_defer_begin(rt_loop *l) {
+  int outer = l->defer_wakes;
+  l->defer_wakes = 1;
+  return outer;
+}
+
+void rt_defer_end(rt_loop *l, int outer) {
+  if (!outer && l->wake_pending) {
+    l->wake_pending = 0;
+    rt_pool_wake(l->pool);
+  }
+  l->defer_wakes = outer;
+}
+
 static void drain_commands(rt_loop *l) {
   int outer = l->defer_wakes; /* close_on_loop drains from inside a drain */
   l->defer_wakes = 1;

@@ -81,6 +81,13 @@ int rt_post(rt_loop *l, rt_cmd *cmd);
  * worker wake-ups are deferred to the batch end (one pass, no wake-preempt
  * ping-pong between the loop and workers per job). */
 cruster_status rt_submit(rt_loop *l, rt_job *job);
+/* Loop thread only: a batch of work that does not come through the command
+ * queue (e.g. the transport's completions) defers its rt_submit wake-ups the
+ * same way. rt_defer_begin returns the state to hand to rt_defer_end, which
+ * wakes the pool once if jobs were queued (unless inside an outer batch,
+ * whose end wakes it). */
+int rt_defer_begin(rt_loop *l);
+void rt_defer_end(rt_loop *l, int outer);
 /* 1 if the calling thread is the loop thread. */
 int rt_on_loop(const rt_loop *l);
 /* 1 if the calling thread is the loop thread or one of the pool's workers. */

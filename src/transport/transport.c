@@ -272,9 +272,14 @@ static void cq_thread(void *arg) {
   }
 }
 
+/* Worker jobs the completions start (calls from other runners) wake the
+ * pool once per drained list, not once per call. */
 static void on_async(uv_async_t *h) {
   tp_transport *t = h->data;
-  if (t) process_events(t);
+  if (!t) return;
+  int outer = rt_defer_begin(t->loop);
+  process_events(t);
+  rt_defer_end(t->loop, outer);
 }
 
 static void free_async(uv_handle_t *h) { free(h); }
