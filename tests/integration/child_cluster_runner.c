@@ -15,6 +15,7 @@
  * and answers commands on stdin, one per line, with one line on stdout:
  *   call TYPE ID METHOD PAYLOAD      -> "ok <reply>" | "err <status> <message>"
  *   pcall TYPE ID METHOD PAYLOAD KEY -> the same, a persisted call with a key
+ *   tcall MS TYPE ID METHOD PAYLOAD  -> "call" with a timeout of MS ms
  *   load N PREFIX                    -> persisted keyed notifies Sink.put to ids
  *                                       PREFIX-0..N-1 (payload = id), one
  *                                       line "acked <i>" per accepted one,
@@ -236,7 +237,13 @@ int main(int argc, char **argv) {
     char *save = NULL;
     char *cmd = strtok_r(line, " ", &save);
     if (!cmd) continue;
-    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "pcall") == 0) {
+    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "pcall") == 0 || strcmp(cmd, "tcall") == 0) {
+      long timeout = 60000;
+      if (cmd[0] == 't') {
+        char *ms = strtok_r(NULL, " ", &save);
+        timeout = ms ? atol(ms) : 0;
+        if (timeout <= 0) timeout = 60000;
+      }
       char *type = strtok_r(NULL, " ", &save), *id = strtok_r(NULL, " ", &save);
       char *method = strtok_r(NULL, " ", &save), *payload = strtok_r(NULL, " ", &save);
       char *key = cmd[0] == 'p' ? strtok_r(NULL, " ", &save) : NULL;
@@ -246,7 +253,7 @@ int main(int argc, char **argv) {
         continue;
       }
       cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
-      o.timeout_ms = 60000;
+      o.timeout_ms = timeout;
       if (key) {
         o.flags = CRUSTER_CALL_PERSISTED;
         o.idempotency_key = key;

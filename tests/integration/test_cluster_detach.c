@@ -31,6 +31,11 @@
 static const char *CONFIG = "shards_per_group=12;shard_rebalance_retry_interval=300ms;"
                             "runner_lock_refresh_interval=1s;send_retry_interval=50ms";
 
+static int64_t g_t0;
+static clt_etcd *g_etcd;
+static clt_child *g_cs;
+static void note(const char *what) { print_message("[%6.1f s] %s\n", (pgt_mono_ms() - g_t0) / 1000.0, what); }
+
 static int all_detached(clt_child *cs) {
   for (int i = 0; i < RUNNERS; i++)
     if (clt_child_num(&cs[i], "detached") != 1 || clt_child_owned(&cs[i]) != 0) return 0;
@@ -66,6 +71,7 @@ static int64_t wait_progress(pgt_schema *s, int64_t since, int64_t more) {
  * detached and at least 2x the lease TTL went by. */
 static void away(clt_child *cs, int64_t since) {
   wait_for("every runner detached while etcd is away", all_detached, cs);
+  note("detached");
   int64_t until = since + 2 * LEASE_TTL_MS;
   while (pgt_mono_ms() < until) ts_sleep_ms(100);
   /* Still detached: nobody can prove a lease. */
@@ -73,14 +79,18 @@ static void away(clt_child *cs, int64_t since) {
 }
 
 static void back(clt_child *cs, pgt_schema *s) {
+  note("etcd back");
   wait_for("every runner re-attached after etcd returned", none_detached, cs);
+  note("re-attached");
   clt_wait_all_owned(cs, RUNNERS, SHARDS);
+  note("every shard owned");
   int64_t n = pgt_scalarf(s->admin, 0, "SELECT count(*) FROM cluster_fence");
   wait_progress(s, n, 30);
 }
 
 static void test_etcd_away_detach_fence_reattach(void **state) {
   (void)state;
+  g_t0 = pgt_mono_ms();
   pgt_schema s;
   pgt_schema_create(&s);
   pgt_migrate(&s);
@@ -88,6 +98,7 @@ static void test_etcd_away_detach_fence_reattach(void **state) {
            "CREATE TABLE cluster_fence (shard int4, runner text, started_us int8, ended_us int8, entity_id text)");
   clt_etcd etcd;
   memset(&etcd, 0, sizeof(etcd));
+  g_etcd = &etcd;
   clt_etcd_run(&etcd);
 
   char lease[32];
@@ -96,6 +107,8 @@ static void test_etcd_away_detach_fence_reattach(void **state) {
   char prefix[96];
   snprintf(prefix, sizeof(prefix), "/cruster-test-cldetach-%ld/", (long)getpid());
   clt_child cs[RUNNERS];
+  memset(cs, 0, sizeof(cs));
+  g_cs = cs;
   for (int i = 0; i < RUNNERS; i++) clt_child_start(&cs[i], etcd.endpoint, prefix, s.conninfo, CONFIG);
   for (int i = 0; i < RUNNERS; i++) clt_child_expect_ready(&cs[i]);
   clt_wait_all_owned(cs, RUNNERS, SHARDS);
@@ -124,10 +137,12 @@ static void test_etcd_away_detach_fence_reattach(void **state) {
   clt_etcd_run(&etcd);
   back(cs, &s);
 
+  note("progress again");
   /* (d): every call answered; its run recorded. */
   long total = 0;
   for (int i = 0; i < RUNNERS; i++) {
     clt_child_cmd(&cs[i], line, sizeof(line), "fstop");
+    note(line);
     long sent = -1, ok = -1, failed = -1;
     if (sscanf(line, "fstopped %ld %ld %ld", &sent, &ok, &failed) != 3)
       fail_msg("runner %s: %s", cs[i].addr, line);
@@ -161,13 +176,30 @@ static void test_etcd_away_detach_fence_reattach(void **state) {
 
   for (int i = 0; i < RUNNERS; i++) clt_child_close(&cs[i]);
   clt_etcd_destroy(&etcd);
+  g_etcd = NULL;
+  g_cs = NULL;
   pgt_schema_drop(&s);
+}
+
+/* After a failure: no runner or etcd left behind. */
+static int teardown(void **state) {
+  (void)state;
+  for (int i = 0; g_cs && i < RUNNERS; i++)
+    if (g_cs[i].alive) {
+      kill(g_cs[i].pid, SIGKILL);
+      waitpid(g_cs[i].pid, NULL, 0);
+      g_cs[i].alive = 0;
+    }
+  if (g_etcd) clt_etcd_destroy(g_etcd);
+  g_cs = NULL;
+  g_etcd = NULL;
+  return 0;
 }
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_etcd_away_detach_fence_reattach),
+      cmocka_unit_test_teardown(test_etcd_away_detach_fence_reattach, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
