@@ -57,7 +57,13 @@ static void tls_config(char *buf, size_t cap, const char *name) {
 static int call_who(clt_child *c, int e, long timeout, char *who, size_t cap, char *line, size_t lcap) {
   clt_child_cmd(c, line, lcap, "tcall %ld Echo t%d who x%d", timeout, e, e);
   char w[64], echo[64], want[64];
-  if (strncmp(line, "err ", 4) == 0) return 0;
+  if (strncmp(line, "err ", 4) == 0) {
+    /* A refusal: the peer unavailable, or no answer before the deadline. */
+    int st = 0;
+    if (sscanf(line, "err %d", &st) != 1 || (st != CRUSTER_E_RUNNER_UNAVAILABLE && st != CRUSTER_E_TIMEOUT))
+      fail_msg("runner %s: t%d: not a refusal: %s", c->addr, e, line);
+    return 0;
+  }
   if (sscanf(line, "ok %63s %63s", w, echo) != 2) fail_msg("runner %s: t%d: %s", c->addr, e, line);
   snprintf(want, sizeof(want), "x%d", e);
   assert_string_equal(echo, want);
