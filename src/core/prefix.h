@@ -79,6 +79,7 @@
 #define em_rpc_list_add cruster__em_rpc_list_add
 #define em_rpc_list_find cruster__em_rpc_list_find
 #define em_rpc_list_free cruster__em_rpc_list_free
+#define em_shard_running cruster__em_shard_running
 #define em_type_find cruster__em_type_find
 #define pg_acquire_close cruster__pg_acquire_close
 #define pg_acquire_done cruster__pg_acquire_done

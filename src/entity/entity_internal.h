@@ -258,6 +258,9 @@ void em_interrupt_all(em_manager *m);
  * deliveries are still taken (the caller routes them elsewhere first).
  * Returns how many were cancelled or dropped. */
 size_t em_interrupt_shard(em_manager *m, const char *group, int32_t shard);
+/* How many handlers of the shard (`group`, `shard`) are running now (loop
+ * thread): its lock is kept until they returned (fencing). */
+size_t em_shard_running(em_manager *m, const char *group, int32_t shard);
 /* Stop, once handlers had their time: later answers are dropped. */
 void em_close(em_manager *m);
 

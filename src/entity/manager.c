@@ -621,6 +621,13 @@ size_t em_interrupt_shard(em_manager *m, const char *group, int32_t shard) {
   return n;
 }
 
+size_t em_shard_running(em_manager *m, const char *group, int32_t shard) {
+  size_t n = 0;
+  for (cruster_request *r = m->live_head; r; r = r->live_next)
+    if (r->running && r->env && r->env->shard == shard && strcmp(r->env->group, group) == 0) n++;
+  return n;
+}
+
 void em_close(em_manager *m) { m->closed = 1; }
 
 static void free_instance_entry(void *ctx, core_map_entry *e) {

@@ -225,6 +225,11 @@ static void cycle(sh_sharding *sh) {
       let_go(sh, f);
     }
     if (!mine && locked_get(cl, f)) {
+      /* Its lock stays ours while a handler it interrupted still runs:
+       * the next owner must not start before it ends (fencing). The next
+       * cycle releases it. */
+      size_t per = (size_t)sh->cfg->shards_per_group;
+      if (em_shard_running(sh->em, sh->cfg->shard_groups[f / per], (int32_t)(f % per))) continue;
       if (lock_req_add(rel, f) != 0) break;
     } else if (mine && !owned) {
       if (lock_req_add(acq, f) != 0) break;
