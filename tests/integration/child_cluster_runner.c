@@ -10,23 +10,36 @@
  *   Sink.put   (persisted) inserts (entity id, payload, ADDRESS) into table
  *              cluster_sink of CONNINFO, then replies "ok"
  *   Fence.hold (persisted) records in table cluster_fence the interval
- *              [start, end] it ran on ADDRESS for its shard, holding it ~50 ms
+ *              [start, end] it ran on ADDRESS for its shard (and its entity
+ *              id), holding it ~50 ms
  *   singleton Fencer records the stretches it runs as cluster_fence rows
  *              with shard -1 (with storage)
  * and answers commands on stdin, one per line, with one line on stdout:
  *   call TYPE ID METHOD PAYLOAD      -> "ok <reply>" | "err <status> <message>"
  *   pcall TYPE ID METHOD PAYLOAD KEY -> the same, a persisted call with a key
+ *   tcall MS TYPE ID METHOD PAYLOAD  -> "call" with a timeout of MS ms
  *   load N PREFIX                    -> persisted keyed notifies Sink.put to ids
  *                                       PREFIX-0..N-1 (payload = id), one
  *                                       line "acked <i>" per accepted one,
  *                                       then "loaded"
  *   owned                            -> "owned <shards owned here>"
+ *   detached                         -> "detached <0|1>" (metric
+ *                                       cluster_sharding_detached)
+ *   fstream K PREFIX                 -> starts K threads sending persisted
+ *                                       keyed calls Fence.hold to ids
+ *                                       PREFIX-0, PREFIX-1, ... (key = id;
+ *                                       thread t takes t, t+K, ...) until
+ *                                       fstop; answers "streaming"
+ *   fstop                            -> stops them: "fstopped SENT OK FAILED
+ *                                       <first error>" (sent = ids 0..SENT-1)
  *   stop                             -> graceful stop, "stopped", exit 0
  * "ready" is printed once the runtime has started. Exits when stdin closes. */
 #include <cruster/cruster.h>
 #include <cruster/pg.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,11 +118,11 @@ static void h_hold(void *user, cruster_request *req) {
   snprintf(shard, sizeof(shard), "%d", (int)cruster_request_shard(req));
   snprintf(s, sizeof(s), "%lld", (long long)start);
   snprintf(e, sizeof(e), "%lld", (long long)end);
-  const char *vals[4] = {shard, g_addr, s, e};
+  const char *vals[5] = {shard, g_addr, s, e, cruster_request_entity_id(req)};
   PGresult *r = PQexecParams(conn(),
-                             "INSERT INTO cluster_fence (shard, runner, started_us, ended_us) VALUES "
-                             "($1::int4, $2, $3::int8, $4::int8)",
-                             4, NULL, vals, NULL, NULL, 0);
+                             "INSERT INTO cluster_fence (shard, runner, started_us, ended_us, entity_id) "
+                             "VALUES ($1::int4, $2, $3::int8, $4::int8, $5)",
+                             5, NULL, vals, NULL, NULL, 0);
   PQclear(r);
   cruster_request_reply(req, "ok", 2);
 }
@@ -137,6 +150,47 @@ static int fencer(void *user, cruster_singleton_ctx *ctx) {
     if (cancelled) break;
   }
   return CRUSTER_OK;
+}
+
+/* ---- the Fence.hold stream (fstream / fstop) ---- */
+#define MAX_STREAM_THREADS 16
+static cruster_runtime *g_rt;
+static pthread_t g_threads[MAX_STREAM_THREADS];
+static int g_nthreads;
+static atomic_int g_stop;
+static atomic_long g_next, g_ok, g_failed;
+static char g_prefix[64];
+static pthread_mutex_t g_err_mu = PTHREAD_MUTEX_INITIALIZER;
+static char g_first_err[300];
+
+static void *stream_main(void *arg) {
+  (void)arg;
+  while (!atomic_load(&g_stop)) {
+    long i = atomic_fetch_add(&g_next, 1);
+    char id[128];
+    snprintf(id, sizeof(id), "%s-%ld", g_prefix, i);
+    cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+    o.timeout_ms = 120000;
+    o.flags = CRUSTER_CALL_PERSISTED;
+    o.idempotency_key = id;
+    o.idempotency_key_len = strlen(id);
+    void *reply = NULL;
+    size_t rlen = 0;
+    cruster_error *err = NULL;
+    int rc = cruster_send_sync(g_rt, "Fence", id, "hold", "x", 1, &o, &reply, &rlen, &err);
+    if (rc == CRUSTER_OK) {
+      atomic_fetch_add(&g_ok, 1);
+    } else {
+      atomic_fetch_add(&g_failed, 1);
+      pthread_mutex_lock(&g_err_mu);
+      if (!g_first_err[0])
+        snprintf(g_first_err, sizeof(g_first_err), "%s: %d %s", id, rc, err ? cruster_error_message(err) : "");
+      pthread_mutex_unlock(&g_err_mu);
+    }
+    cruster_free(reply);
+    cruster_error_free(err);
+  }
+  return NULL;
 }
 
 static void quiet(void *user, cruster_log_level level, const char *component, const char *msg) {
@@ -212,7 +266,13 @@ int main(int argc, char **argv) {
     char *save = NULL;
     char *cmd = strtok_r(line, " ", &save);
     if (!cmd) continue;
-    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "pcall") == 0) {
+    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "pcall") == 0 || strcmp(cmd, "tcall") == 0) {
+      long timeout = 60000;
+      if (cmd[0] == 't') {
+        char *ms = strtok_r(NULL, " ", &save);
+        timeout = ms ? atol(ms) : 0;
+        if (timeout <= 0) timeout = 60000;
+      }
       char *type = strtok_r(NULL, " ", &save), *id = strtok_r(NULL, " ", &save);
       char *method = strtok_r(NULL, " ", &save), *payload = strtok_r(NULL, " ", &save);
       char *key = cmd[0] == 'p' ? strtok_r(NULL, " ", &save) : NULL;
@@ -222,7 +282,7 @@ int main(int argc, char **argv) {
         continue;
       }
       cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
-      o.timeout_ms = 60000;
+      o.timeout_ms = timeout;
       if (key) {
         o.flags = CRUSTER_CALL_PERSISTED;
         o.idempotency_key = key;
@@ -259,6 +319,32 @@ int main(int argc, char **argv) {
       double v = 0;
       cruster_metrics_value(cruster_runtime_metrics(rt), "cluster_shards", NULL, &v);
       printf("owned %.0f\n", v);
+      fflush(stdout);
+    } else if (strcmp(cmd, "detached") == 0) {
+      double v = 0;
+      cruster_metrics_value(cruster_runtime_metrics(rt), "cluster_sharding_detached", NULL, &v);
+      printf("detached %.0f\n", v);
+      fflush(stdout);
+    } else if (strcmp(cmd, "fstream") == 0) {
+      char *ks = strtok_r(NULL, " ", &save), *prefix = strtok_r(NULL, " ", &save);
+      int k = ks ? atoi(ks) : 0;
+      if (g_nthreads || k < 1 || k > MAX_STREAM_THREADS || !prefix) {
+        printf("err %d bad fstream\n", CRUSTER_E_INVALID_ARGUMENT);
+        fflush(stdout);
+        continue;
+      }
+      snprintf(g_prefix, sizeof(g_prefix), "%s", prefix);
+      g_rt = rt;
+      for (int t = 0; t < k; t++)
+        if (pthread_create(&g_threads[g_nthreads], NULL, stream_main, NULL) == 0) g_nthreads++;
+      printf("streaming\n");
+      fflush(stdout);
+    } else if (strcmp(cmd, "fstop") == 0) {
+      atomic_store(&g_stop, 1);
+      for (int t = 0; t < g_nthreads; t++) pthread_join(g_threads[t], NULL);
+      g_nthreads = 0;
+      printf("fstopped %ld %ld %ld %s\n", (long)atomic_load(&g_next), (long)atomic_load(&g_ok),
+             (long)atomic_load(&g_failed), g_first_err[0] ? g_first_err : "-");
       fflush(stdout);
     } else if (strcmp(cmd, "stop") == 0) {
       cruster_runtime_stop(rt, NULL);

@@ -261,7 +261,7 @@ static void test_sigkill_loses_nothing_acknowledged(void **state) {
   pgt_migrate(&s);
   pgt_exec(s.admin, "CREATE TABLE cluster_sink (entity_id text, payload text, runner text)");
   pgt_exec(s.admin,
-           "CREATE TABLE cluster_fence (shard int4, runner text, started_us int8, ended_us int8)");
+           "CREATE TABLE cluster_fence (shard int4, runner text, started_us int8, ended_us int8, entity_id text)");
   char prefix[96];
   prefix_new(prefix, sizeof(prefix));
   child cs[3];
