@@ -58,6 +58,10 @@ static void child_start(child *c, const char *prefix, const char *conninfo, cons
   int in[2], out[2];
   assert_int_equal(pipe(in), 0);
   assert_int_equal(pipe(out), 0);
+  /* Our ends must not leak into the runners forked later: a runner's stdin
+   * reaches EOF only when every copy of its write end is closed. */
+  fcntl(in[1], F_SETFD, FD_CLOEXEC);
+  fcntl(out[0], F_SETFD, FD_CLOEXEC);
   snprintf(c->addr, sizeof(c->addr), "127.0.0.1:%d", free_port());
   pid_t pid = fork();
   assert_true(pid >= 0);

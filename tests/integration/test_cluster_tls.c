@@ -129,7 +129,7 @@ static void test_mtls_refuses_a_peer_without_a_valid_certificate(void **state) {
   int is_rogue[ENTITIES];
   for (int e = 0; e < ENTITIES; e++) {
     is_rogue[e] = 0;
-    if (call_who(&cs[2], e, 5000, who, sizeof(who), line, sizeof(line))) {
+    if (call_who(&cs[2], e, 2000, who, sizeof(who), line, sizeof(line))) {
       assert_string_equal(who, cs[2].addr);
       is_rogue[e] = 1;
       rogue_own++;
@@ -145,7 +145,7 @@ static void test_mtls_refuses_a_peer_without_a_valid_certificate(void **state) {
   int refused = 0, served = 0;
   for (int i = 0; i < 2; i++) {
     for (int e = 0; e < ENTITIES; e++) {
-      if (call_who(&cs[i], e, is_rogue[e] ? 5000 : 60000, who, sizeof(who), line, sizeof(line))) {
+      if (call_who(&cs[i], e, is_rogue[e] ? 2000 : 60000, who, sizeof(who), line, sizeof(line))) {
         if (is_rogue[e]) fail_msg("runner %s reached t%d on the rogue: %s", cs[i].addr, e, line);
         assert_true(strcmp(who, cs[0].addr) == 0 || strcmp(who, cs[1].addr) == 0);
         if (strcmp(who, cs[i].addr) != 0) served++;
