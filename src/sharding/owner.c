@@ -14,7 +14,10 @@ static int group_index(const sh_sharding *sh, const char *group) {
   return -1;
 }
 
-int sh_owner_init(sh_sharding *sh) {
+/* The bits are made on first use (cluster mode): single-node mode owns
+ * everything through `all_owned`, in O(1) whatever shards_per_group is. */
+static int bits_make(sh_sharding *sh) {
+  if (sh->owned_bits) return 0;
   size_t groups = sh->cfg->n_shard_groups;
   size_t per = (size_t)sh->cfg->shards_per_group;
   size_t words = (per + 63) / 64;
@@ -22,7 +25,12 @@ int sh_owner_init(sh_sharding *sh) {
   sh->owned_bits = calloc(groups * words, sizeof(uint64_t));
   if (!sh->owned_bits) return -1;
   sh->owned_words = words;
+  return 0;
+}
+
+int sh_owner_init(sh_sharding *sh) {
   sh->owned_count = 0;
+  sh->all_owned = 0;
   return 0;
 }
 
@@ -36,7 +44,9 @@ void sh_owner_free(sh_sharding *sh) {
 
 int sh_owns(const sh_sharding *sh, const char *group, int32_t shard) {
   int g = group_index(sh, group);
-  if (g < 0 || !sh->owned_bits || shard < 0 || (int64_t)shard >= sh->cfg->shards_per_group) return 0;
+  if (g < 0 || shard < 0 || (int64_t)shard >= sh->cfg->shards_per_group) return 0;
+  if (sh->all_owned) return 1;
+  if (!sh->owned_bits) return 0;
   const uint64_t *w = sh->owned_bits + (size_t)g * sh->owned_words;
   return (int)((w[(size_t)shard / 64] >> ((size_t)shard % 64)) & 1u);
 }
@@ -54,7 +64,20 @@ int sh_own_listen(sh_sharding *sh, sh_own_fn fn, void *ud) {
 
 int sh_own_set(sh_sharding *sh, const char *group, int32_t shard, int owned) {
   int g = group_index(sh, group);
-  if (g < 0 || !sh->owned_bits || shard < 0 || (int64_t)shard >= sh->cfg->shards_per_group) return -1;
+  if (g < 0 || shard < 0 || (int64_t)shard >= sh->cfg->shards_per_group) return -1;
+  if (sh->all_owned) {
+    if (owned) return 0;
+    /* One shard of "all" let go (a test hook, or cluster mode some day):
+     * the bits take over, every shard set. */
+    if (bits_make(sh) != 0) return -1;
+    size_t per = (size_t)sh->cfg->shards_per_group;
+    for (size_t gi = 0; gi < sh->cfg->n_shard_groups; gi++)
+      for (size_t n = 0; n < per; n++)
+        sh->owned_bits[gi * sh->owned_words + n / 64] |= (uint64_t)1 << (n % 64);
+    sh->all_owned = 0;
+  } else if (bits_make(sh) != 0) {
+    return -1;
+  }
   uint64_t *w = sh->owned_bits + (size_t)g * sh->owned_words + (size_t)shard / 64;
   uint64_t bit = (uint64_t)1 << ((size_t)shard % 64);
   int was = (*w & bit) != 0;
@@ -73,9 +96,17 @@ int sh_own_set(sh_sharding *sh, const char *group, int32_t shard, int owned) {
 }
 
 void sh_own_all(sh_sharding *sh, int owned) {
+  if ((sh->all_owned != 0) == (owned != 0) && !(owned == 0 && sh->owned_count)) return;
+  sh->all_owned = owned != 0;
+  if (sh->owned_bits) {
+    size_t words = sh->owned_words * sh->cfg->n_shard_groups;
+    memset(sh->owned_bits, 0, words * sizeof(uint64_t));
+  }
+  sh->owned_count = owned ? sh->cfg->n_shard_groups * (size_t)sh->cfg->shards_per_group : 0;
+  /* One call per group, shard -1: every shard of the group. */
   for (size_t g = 0; g < sh->cfg->n_shard_groups; g++)
-    for (int64_t n = 0; n < sh->cfg->shards_per_group; n++)
-      sh_own_set(sh, sh->cfg->shard_groups[g], (int32_t)n, owned);
+    for (size_t i = 0; i < sh->n_own_listeners; i++)
+      sh->own_listeners[i].fn(sh->own_listeners[i].ud, sh->cfg->shard_groups[g], -1, owned != 0);
 }
 
 size_t sh_owned_count(const sh_sharding *sh) { return sh->owned_count; }

@@ -28,7 +28,8 @@ typedef struct sh_save sh_save;
 typedef struct sh_sharding sh_sharding;
 
 /* Told of every change of ownership (loop thread): `owned` 1 = gained,
- * 0 = lost. `group` is the configuration's string (lives as long as it). */
+ * 0 = lost. `group` is the configuration's string (lives as long as it).
+ * `shard` -1: every shard of the group at once (single-node start/stop). */
 typedef void (*sh_own_fn)(void *ud, const char *group, int32_t shard, int owned);
 typedef struct sh_own_listener {
   sh_own_fn fn;
@@ -100,6 +101,7 @@ struct sh_sharding {
   uint64_t *owned_bits;
   size_t owned_words; /* per group */
   size_t owned_count;
+  int all_owned; /* single-node: every shard of every group, no bits */
   sh_own_listener *own_listeners;
   size_t n_own_listeners;
   int single_node; /* every shard is owned from start to stop */
@@ -161,7 +163,8 @@ int sh_own_listen(sh_sharding *sh, sh_own_fn fn, void *ud);
 /* Marks the shard owned or not; tells the listeners when that changes.
  * Returns 1 if it changed, 0 if not, -1 for an unknown group or shard. */
 int sh_own_set(sh_sharding *sh, const char *group, int32_t shard, int owned);
-/* Every shard of every configured group owned (1) or not (0). */
+/* Single-node: every shard of every configured group owned (1) or not (0),
+ * in O(1); listeners get one call per group with shard -1. */
 void sh_own_all(sh_sharding *sh, int owned);
 size_t sh_owned_count(const sh_sharding *sh);
 

@@ -195,7 +195,7 @@ static void arm_timer(sg_registry *r) {
 static void on_own(void *ud, const char *group, int32_t shard, int owned) {
   sg_registry *r = ud;
   for (sg_one *s = r->list; s; s = s->next) {
-    if (s->shard != shard || strcmp(s->group, group) != 0) continue;
+    if ((shard != -1 && s->shard != shard) || strcmp(s->group, group) != 0) continue;
     if (owned) {
       try_start(r, s);
     } else {
