@@ -9,125 +9,18 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-
-#include "pg_support.h"
+#include "cluster_support.h"
 
 #define SHARDS 12
-#define CHILD_BIN CRUSTER_TEST_BIN_DIR "/child_cluster_runner"
-
-typedef struct child {
-  pid_t pid;
-  int in_fd, out_fd;
-  char buf[8192];
-  size_t len;
-  char addr[64];
-  int alive;
-} child;
-
-static const char *etcd_endpoint(void) {
-  const char *e = getenv("CRUSTER_TEST_ETCD");
-  if (!e || !*e)
-    fail_msg("CRUSTER_TEST_ETCD is not set: cluster tests need the etcd of `scripts/dev services start`");
-  return e;
-}
-
-/* A free loopback port (bound, then closed: the child binds it next). */
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  assert_true(fd >= 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-  socklen_t l = sizeof(a);
-  assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
+/* The runner processes: cluster_support.h's, under this file's names. */
+typedef clt_child child;
+#define child_line clt_child_line
+#define child_cmd clt_child_cmd
+#define child_owned clt_child_owned
+#define child_close clt_child_close
 
 static void child_start(child *c, const char *prefix, const char *conninfo, const char *config) {
-  int in[2], out[2];
-  assert_int_equal(pipe(in), 0);
-  assert_int_equal(pipe(out), 0);
-  /* Our ends must not leak into the runners forked later: a runner's stdin
-   * reaches EOF only when every copy of its write end is closed. */
-  fcntl(in[1], F_SETFD, FD_CLOEXEC);
-  fcntl(out[0], F_SETFD, FD_CLOEXEC);
-  snprintf(c->addr, sizeof(c->addr), "127.0.0.1:%d", free_port());
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    close(in[0]);
-    close(in[1]);
-    close(out[0]);
-    close(out[1]);
-    execl(CHILD_BIN, CHILD_BIN, etcd_endpoint(), prefix, c->addr, conninfo ? conninfo : "-",
-          config ? config : "", (char *)NULL);
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
-  c->pid = pid;
-  c->in_fd = in[1];
-  c->out_fd = out[0];
-  c->len = 0;
-  c->alive = 1;
-}
-
-/* The next line from the child, waiting at most TS_DEADLINE_MS (fails after). */
-static void child_line(child *c, char *line, size_t cap) {
-  int64_t end = pgt_mono_ms() + TS_DEADLINE_MS;
-  for (;;) {
-    char *nl = memchr(c->buf, '\n', c->len);
-    if (nl) {
-      size_t n = (size_t)(nl - c->buf);
-      snprintf(line, cap, "%.*s", (int)n, c->buf);
-      memmove(c->buf, nl + 1, c->len - n - 1);
-      c->len -= n + 1;
-      return;
-    }
-    int64_t left = end - pgt_mono_ms();
-    if (left <= 0) fail_msg("runner %s: no answer within %ld ms", c->addr, TS_DEADLINE_MS);
-    struct pollfd p = {c->out_fd, POLLIN, 0};
-    int r = poll(&p, 1, (int)left);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) continue;
-    ssize_t k = read(c->out_fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len);
-    if (k <= 0) fail_msg("runner %s exited (read %zd)", c->addr, k);
-    c->len += (size_t)k;
-  }
-}
-
-static void child_cmd(child *c, char *line, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void child_cmd(child *c, char *line, size_t cap, const char *fmt, ...) {
-  char cmd[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(cmd, sizeof(cmd) - 1, fmt, ap);
-  va_end(ap);
-  cmd[n++] = '\n';
-  assert_int_equal(write(c->in_fd, cmd, (size_t)n), n);
-  if (line) child_line(c, line, cap);
-}
-
-static int child_owned(child *c) {
-  char line[128];
-  child_cmd(c, line, sizeof(line), "owned");
-  int n = -1;
-  assert_int_equal(sscanf(line, "owned %d", &n), 1);
-  return n;
+  clt_child_start(c, clt_shared_etcd(), prefix, conninfo, config);
 }
 
 static void child_kill(child *c) {
@@ -135,23 +28,6 @@ static void child_kill(child *c) {
   kill(c->pid, SIGKILL);
   waitpid(c->pid, NULL, 0);
   close(c->in_fd);
-  close(c->out_fd);
-  c->alive = 0;
-}
-
-static void child_close(child *c) {
-  if (!c->alive) return;
-  close(c->in_fd); /* the child stops gracefully when stdin closes */
-  int64_t end = pgt_mono_ms() + TS_DEADLINE_MS;
-  int status;
-  while (waitpid(c->pid, &status, WNOHANG) == 0) {
-    if (pgt_mono_ms() > end) {
-      kill(c->pid, SIGKILL);
-      waitpid(c->pid, &status, 0);
-      break;
-    }
-    ts_sleep_ms(20);
-  }
   close(c->out_fd);
   c->alive = 0;
 }
