@@ -271,7 +271,9 @@ cruster_status cruster_wf_sleep(cruster_wf *wf, int64_t ms, cruster_error **err)
   if (e) {
     due = e->at;
   } else {
-    due = ms > INT64_MAX - now ? INT64_MAX - 1 : now + ms;
+    /* `now` is the clock truncated to the millisecond: one more so the
+     * sleep lasts at least `ms` of real time. */
+    due = ms > INT64_MAX - 1 - now ? INT64_MAX - 1 : now + ms + 1;
     rc = wf_add_pending(wf, ST_J_SLEEP, "", CRUSTER_OK, 0, due, NULL, 0, NULL, err);
     if (rc != CRUSTER_OK) return rc;
   }
