@@ -32,10 +32,11 @@
  *                                       fstop; answers "streaming"
  *   fstop                            -> stops them: "fstopped SENT OK FAILED
  *                                       <first error>" (sent = ids 0..SENT-1)
- *   cron JOB                         -> registers cron job JOB ("* * * * * *",
+ *   cron JOB [MS]                    -> registers cron job JOB ("* * * * * *",
  *                                       calculate_next_from_previous, missed
  *                                       = ALL) whose handler records each call
- *                                       in cluster_cron_attempts and the slot,
+ *                                       in cluster_cron_attempts, takes MS ms
+ *                                       (default 0), then records the slot,
  *                                       keyed by its slot id, in cluster_cron
  *                                       (see cron_tick); "cron ok" or "err ..."
  *   stop                             -> graceful stop, "stopped", exit 0
@@ -163,6 +164,8 @@ static int fencer(void *user, cruster_singleton_ctx *ctx) {
  * by its slot id (INSERT ... ON CONFLICT DO NOTHING on cluster_cron's
  * unique slot_id): an interrupted slot run again after a crash commits
  * nothing twice. A failure is returned (and recorded with the slot). */
+static long g_cron_ms;
+
 static int cron_tick(void *user, int64_t slot_ms, const char *slot_id) {
   (void)user;
   if (!g_conninfo) return -1000;
@@ -176,6 +179,7 @@ static int cron_tick(void *user, int64_t slot_ms, const char *slot_id) {
   int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
   PQclear(r);
   if (!ok) return -1001;
+  if (g_cron_ms > 0) sleep_ms(g_cron_ms); /* the work of the slot */
   r = PQexecParams(conn(),
                    "INSERT INTO cluster_cron (slot_id, slot_ms, runner) VALUES ($1, $2::int8, $3) "
                    "ON CONFLICT (slot_id) DO NOTHING",
@@ -380,7 +384,8 @@ int main(int argc, char **argv) {
              (long)atomic_load(&g_failed), g_first_err[0] ? g_first_err : "-");
       fflush(stdout);
     } else if (strcmp(cmd, "cron") == 0) {
-      char *job = strtok_r(NULL, " ", &save);
+      char *job = strtok_r(NULL, " ", &save), *ms = strtok_r(NULL, " ", &save);
+      g_cron_ms = ms ? atol(ms) : 0;
       cruster_cron_job_opts o = CRUSTER_CRON_JOB_OPTS_INIT;
       o.calculate_next_from_previous = 1;
       o.missed = CRUSTER_CRON_MISSED_ALL;

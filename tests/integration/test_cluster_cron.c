@@ -21,6 +21,10 @@
 
 #define SHARDS 12
 #define RUNNERS 3
+/* Each slot's handler takes this long between recording its call and
+ * committing the slot, so that the kill usually lands in the middle of a
+ * handler (the slot is then resumed by the next owner). */
+#define HANDLER_MS 300
 
 static const char *CONFIG = "shards_per_group=12;shard_rebalance_retry_interval=300ms;"
                             "runner_lock_refresh_interval=1s;send_retry_interval=50ms";
@@ -77,11 +81,12 @@ static void test_cron_survives_sigkill_and_stop(void **state) {
   clt_wait_rendezvous(cs, RUNNERS, SHARDS);
   char line[512];
   for (int i = 0; i < RUNNERS; i++) {
-    clt_child_cmd(&cs[i], line, sizeof(line), "cron Tick");
+    clt_child_cmd(&cs[i], line, sizeof(line), "cron Tick %d", HANDLER_MS);
     assert_string_equal(line, "cron ok");
   }
 
-  /* It runs on one of them: SIGKILL that one. */
+  /* It runs on one of them: SIGKILL that one, preferably while a handler
+   * of it runs (its call recorded, its slot not committed yet). */
   int64_t end = pgt_mono_ms() + TS_DEADLINE_MS;
   while (pgt_scalar(s.admin, "SELECT count(*) FROM cluster_cron", -1) < 3) {
     if (pgt_mono_ms() > end) fail_msg("the cron job never ran 3 slots");
@@ -89,6 +94,21 @@ static void test_cron_survives_sigkill_and_stop(void **state) {
   }
   long long killed_at;
   int victim = newest(&s, cs, &killed_at);
+  end = pgt_mono_ms() + TS_DEADLINE_MS;
+  for (;;) {
+    PGresult *r = PQexec(s.admin, "SELECT runner FROM cluster_cron_attempts a WHERE NOT EXISTS "
+                                  "(SELECT 1 FROM cluster_cron c WHERE c.slot_id = a.slot_id) "
+                                  "ORDER BY seq DESC LIMIT 1");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    int i = PQntuples(r) == 1 ? child_at(cs, PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    if (i >= 0) {
+      victim = i;
+      break;
+    }
+    if (pgt_mono_ms() > end) break; /* never seen mid-handler: kill the newest slot's runner */
+    ts_sleep_ms(10);
+  }
   char victim_addr[64];
   snprintf(victim_addr, sizeof(victim_addr), "%s", cs[victim].addr);
   clt_child_kill(&cs[victim]);
