@@ -74,11 +74,19 @@ static int64_t now_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* One connection per worker thread (handlers run on workers). */
+/* One connection per worker thread (handlers run on workers), closed when
+ * the thread exits (a key's destructor: no leak reports under ASan). */
+static pthread_key_t g_conn_key;
+static pthread_once_t g_conn_once = PTHREAD_ONCE_INIT;
+static void conn_close(void *c) { PQfinish(c); }
+static void conn_key_init(void) { pthread_key_create(&g_conn_key, conn_close); }
+
 static PGconn *conn(void) {
   if (t_conn && PQstatus(t_conn) == CONNECTION_OK) return t_conn;
+  pthread_once(&g_conn_once, conn_key_init);
   if (t_conn) PQfinish(t_conn);
   t_conn = PQconnectdb(g_conninfo);
+  pthread_setspecific(g_conn_key, t_conn);
   return t_conn;
 }
 
