@@ -105,13 +105,21 @@ typedef struct cruster_cron_job_opts {
  *   Registers job `name` (a name as for entity types, at most
  *   CRUSTER_MAX_NAME_LEN - 12 bytes) firing at `expr` (cruster/cron.h) and
  *   running fn(user, slot, slot id), before or after start. `user` must stay
- *   valid until cruster_runtime_free.
- * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (a NULL argument, a bad
- *   name, bad options, or an invalid expression -- the message gives the
- *   position and the reason); CRUSTER_E_NOT_FOUND (unknown time zone);
- *   CRUSTER_E_INVALID_CONFIG (the runtime has no storage, or a storage
- *   without cron slots); CRUSTER_E_ALREADY_EXISTS (a job, or a singleton
- *   "ClusterCron/<name>", of that name is registered);
+ *   valid until cruster_runtime_free (also after a replacement).
+ *   Same name: the registration REPLACES the job of that name (or a
+ *   singleton "ClusterCron/<name>"), as a singleton registration does
+ *   (cruster/singleton.h): the running scheduler is cancelled -- a handler
+ *   that runs finishes and its slot is recorded as finished -- and the new
+ *   expression, handler and options take over only after it has returned.
+ *   The slots recorded for the job (by name) stay: a slot the old job ran
+ *   is not run again, an interrupted one is resumed, and the slots between
+ *   the job's newest recorded slot and the new scheduler's start follow the
+ *   NEW options' `missed` policy, computed with the NEW expression.
+ * Returns: CRUSTER_OK (registered, or replacing); CRUSTER_E_INVALID_ARGUMENT
+ *   (a NULL argument, a bad name, bad options, or an invalid expression --
+ *   the message gives the position and the reason; nothing is replaced);
+ *   CRUSTER_E_NOT_FOUND (unknown time zone); CRUSTER_E_INVALID_CONFIG (the
+ *   runtime has no storage, or a storage without cron slots);
  *   CRUSTER_E_SHUTTING_DOWN; CRUSTER_E_NOMEM.
  * Threads: any.
  */

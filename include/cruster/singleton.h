@@ -43,7 +43,8 @@
  *    singleton_crash_backoff_base * 2^min(n-1, 10), n being the number of
  *    consecutive failures (1 s, 2 s, 4 s, ... 1024 s by default). A success
  *    resets n. On one runner, two runs of one singleton never overlap: a
- *    start waits until the previous run has returned.
+ *    start waits until the previous run has returned (also across a
+ *    replacement by a same-named registration).
  *  - Metrics: cluster_singletons (running here), cluster_singleton_runs_total
  *    (functions started) and cluster_singleton_restarts_total (started again
  *    after a return), cluster_singleton_failures_total (returned a failure).
@@ -93,17 +94,27 @@ typedef struct cruster_singleton_opts {
 
 /*
  * cruster_runtime_register_singleton
- *   Registers singleton `name` (a name as for entity types, unique per
- *   runtime) run by fn(user, ctx), before or after start. When this runner
- *   owns its shard and runs, it starts at once. `user` must stay valid
- *   until cruster_runtime_free. There is no unregistration: a singleton
- *   lives as long as the runtime.
- * Returns: CRUSTER_OK; CRUSTER_E_INVALID_ARGUMENT (rt, name or fn NULL, a
- *   bad name -- empty, over CRUSTER_MAX_NAME_LEN bytes, control characters
- *   -- bad options, or a group that is not in "shard_groups"; the message
- *   says which); CRUSTER_E_ALREADY_EXISTS (a singleton of that name is
- *   registered: a second registration is refused, it never replaces the
- *   first); CRUSTER_E_SHUTTING_DOWN (the runtime stops or stopped);
+ *   Registers singleton `name` (a name as for entity types) run by
+ *   fn(user, ctx), before or after start. When this runner owns its shard
+ *   and runs, it starts at once. `user` must stay valid until
+ *   cruster_runtime_free (also after a replacement, below). There is no
+ *   unregistration: a singleton lives as long as the runtime.
+ *   Same name: a registration REPLACES a singleton of the same name (its
+ *   function, user, options and so shard): the replaced one is cancelled as
+ *   on a shard loss -- a managed function is told and finishes its clean-up,
+ *   an unmanaged one is expected to return promptly (a thread cannot be
+ *   aborted) -- and the new function starts only once the replaced one has
+ *   returned, at once then if this runner owns the new shard (else when it
+ *   gains it). The two never run at the same time on this runner, and the
+ *   replaced function is never started again. The call does not wait for
+ *   the replaced function: it returns at once. A registration replaced in
+ *   turn before it ever started never runs. A cron job is the singleton
+ *   "ClusterCron/<job>" (cruster/cron_job.h): that name replaces it too.
+ * Returns: CRUSTER_OK (registered, or replacing); CRUSTER_E_INVALID_ARGUMENT
+ *   (rt, name or fn NULL, a bad name -- empty, over CRUSTER_MAX_NAME_LEN
+ *   bytes, control characters -- bad options, or a group that is not in
+ *   "shard_groups"; the message says which; nothing is replaced);
+ *   CRUSTER_E_SHUTTING_DOWN (the runtime stops or stopped);
  *   CRUSTER_E_NOMEM.
  * Threads: any (a worker counts as blocked meanwhile).
  */

@@ -265,7 +265,10 @@ cruster_status sg_cron_register(sg_registry *r, const char *name, const char *ex
   if (st == CRUSTER_OK)
     core_log(sg_lg(r), CRUSTER_LOG_DEBUG, CRON_COMPONENT, "cron job \"%s\" registered: %s%s%s",
              name, cruster_cron_expr(c), o.tz ? " in " : "", o.tz ? o.tz : "");
-  return st; /* refused: j stays kept (freed with the registry), never run */
+  /* Refused, or replaced later by a same-named registration: j stays kept
+   * (freed with the registry; a replaced scheduler may still be using it
+   * until it returns). */
+  return st;
 }
 
 cruster_status sg_cron_slots(sg_registry *r, const char *job, size_t limit,

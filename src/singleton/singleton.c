@@ -33,6 +33,9 @@ typedef struct sg_one {
   uint64_t ended_ms;  /* when the last run returned (loop clock) */
   int64_t failures;   /* consecutive */
   int ran;            /* has run once: the next start is a restart */
+  /* A same-named registration waiting for `run` (cancelled) to return:
+   * applied then (see replace()). Never runs before that. */
+  struct sg_one *repl;
   struct sg_one *next;
 } sg_one;
 
@@ -210,6 +213,24 @@ static void on_own(void *ud, const char *group, int32_t shard, int owned) {
   arm_timer(r);
 }
 
+static void one_free(sg_one *s);
+
+/* Loop: `s` takes the function, options and shard of the registration `n`
+ * (freed) and starts afresh (no failures, not a restart). Only while `s`
+ * has no run: its shard is the one a running function counts against. */
+static void replace(sg_one *s, sg_one *n) {
+  char *g = s->group;
+  s->group = n->group;
+  n->group = g;
+  s->shard = n->shard;
+  s->fn = n->fn;
+  s->user = n->user;
+  s->failures = 0;
+  s->ran = 0;
+  s->pending = 0;
+  one_free(n);
+}
+
 /* Loop: the function of run `c` returned. */
 static void run_done(void *ud, rt_cmd *cmd) {
   (void)ud;
@@ -221,6 +242,9 @@ static void run_done(void *ud, rt_cmd *cmd) {
   s->ended_ms = loop_now(r);
   if (c->result == CRUSTER_OK || cancelled) {
     s->failures = 0;
+  } else if (s->repl) {
+    s->failures++; /* counted; its replacement starts anyway */
+    core_metric_add(r->m_failures, 1);
   } else {
     s->failures++;
     core_metric_add(r->m_failures, 1);
@@ -233,7 +257,15 @@ static void run_done(void *ud, rt_cmd *cmd) {
   free(c);
   r->running--;
   core_metric_set(r->m_running, (double)r->running);
+  if (s->repl) { /* the replaced function has returned: its replacement goes on */
+    sg_one *n = s->repl;
+    s->repl = NULL;
+    replace(s, n);
+    core_log(r->lg, CRUSTER_LOG_DEBUG, SG_COMPONENT,
+             "singleton \"%s\": the replaced function returned; its replacement takes over", s->name);
+  }
   try_start(r, s);
+  arm_timer(r);
   if (r->running == 0 && r->hooks.idle) r->hooks.idle(r->hooks.ud);
 }
 
@@ -310,12 +342,31 @@ static void register_on_loop(void *ud, rt_cmd *cmd) {
     return;
   }
   for (sg_one *s = r->list; s; s = s->next) {
-    if (strcmp(s->name, g->one->name) == 0) {
-      g->s.err = core_error_new(CRUSTER_E_ALREADY_EXISTS, "a singleton named \"%s\" is already registered",
-                                s->name);
-      rt_sync_done(&g->s, CRUSTER_E_ALREADY_EXISTS);
-      return;
+    if (strcmp(s->name, g->one->name) != 0) continue;
+    /* Same name: the new registration replaces this one (singleton.h). */
+    sg_one *n = g->one;
+    g->one = NULL;
+    s->pending = 0; /* no restart of the replaced function */
+    if (s->run) {
+      /* Cancel the running function and start the new one only when it has
+       * returned (run_done): the two never run at once. A registration that
+       * was itself waiting is superseded without ever running. */
+      if (s->repl) one_free(s->repl);
+      s->repl = n;
+      core_log(r->lg, CRUSTER_LOG_INFO, SG_COMPONENT,
+               "singleton \"%s\" replaced by a new registration: cancelling the running function "
+               "(the new one starts when it has returned)",
+               s->name);
+      cancel_run(s->run);
+    } else {
+      replace(s, n);
+      core_log(r->lg, CRUSTER_LOG_INFO, SG_COMPONENT, "singleton \"%s\" replaced by a new registration",
+               s->name);
+      try_start(r, s);
     }
+    arm_timer(r);
+    rt_sync_done(&g->s, CRUSTER_OK);
+    return;
   }
   sg_one **tail = &r->list;
   while (*tail) tail = &(*tail)->next;
@@ -331,6 +382,7 @@ static void register_on_loop(void *ud, rt_cmd *cmd) {
 
 static void one_free(sg_one *s) {
   if (!s) return;
+  one_free(s->repl);
   free(s->name);
   free(s->group);
   free(s);

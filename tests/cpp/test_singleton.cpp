@@ -1,7 +1,8 @@
 /*
  * Singletons and cron jobs from C++: a managed singleton's clean-up runs
  * before stop returns; a throwing function is a failure (restarted); the
- * builder's shard group is checked; a cron job runs slots in order and
+ * builder's shard group is checked; a same-named registration replaces a
+ * running singleton after its clean-up; a cron job runs slots in order and
  * lists them; errors carry their status.
  */
 #include "support.hpp"
@@ -67,10 +68,35 @@ void test_singleton_errors(void **) {
                    CRUSTER_E_INVALID_ARGUMENT);
   assert_true(msg.find("nope") != std::string::npos);
   rt.register_singleton("x", noop);
-  assert_int_equal(test::status_of([&] { rt.register_singleton("x", noop); }),
-                   CRUSTER_E_ALREADY_EXISTS);
   assert_int_equal(test::status_of([&] { rt.register_singleton("", noop); }),
                    CRUSTER_E_INVALID_ARGUMENT);
+}
+
+/* A same-named registration replaces a running singleton: the old one's
+ * clean-up is done before the new one's first run; the old one runs once. */
+void test_singleton_replaced(void **) {
+  std::atomic<int> old_starts{0}, old_cleanups{0}, new_starts{0}, cleanups_seen{-1};
+  cruster::runtime rt = test::make_runtime();
+  rt.start();
+  rt.register_singleton("leader", [&](cruster::singleton_context &ctx) {
+    old_starts++;
+    while (!ctx.wait(10s)) {
+    }
+    std::this_thread::sleep_for(20ms);
+    old_cleanups++;
+  });
+  assert_true(eventually([&] { return old_starts.load() == 1; }));
+  rt.singleton("leader").run([&](cruster::singleton_context &ctx) {
+    if (new_starts++ == 0) cleanups_seen = old_cleanups.load();
+    while (!ctx.wait(10s)) {
+    }
+  });
+  assert_true(eventually([&] { return new_starts.load() == 1; }));
+  assert_int_equal(cleanups_seen.load(), 1);
+  rt.stop();
+  assert_int_equal(old_starts.load(), 1);
+  assert_int_equal(old_cleanups.load(), 1);
+  assert_int_equal(new_starts.load(), 1);
 }
 
 void test_cron_job(void **) {
@@ -110,6 +136,7 @@ int main() {
       cmocka_unit_test(test_managed_singleton),
       cmocka_unit_test(test_throwing_singleton_restarts),
       cmocka_unit_test(test_singleton_errors),
+      cmocka_unit_test(test_singleton_replaced),
       cmocka_unit_test(test_cron_job),
   };
   return cmocka_run_group_tests(tests, nullptr, nullptr);

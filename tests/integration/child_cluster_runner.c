@@ -32,6 +32,13 @@
  *                                       fstop; answers "streaming"
  *   fstop                            -> stops them: "fstopped SENT OK FAILED
  *                                       <first error>" (sent = ids 0..SENT-1)
+ *   cron JOB [MS]                    -> registers cron job JOB ("* * * * * *",
+ *                                       calculate_next_from_previous, missed
+ *                                       = ALL) whose handler records each call
+ *                                       in cluster_cron_attempts, takes MS ms
+ *                                       (default 0), then records the slot,
+ *                                       keyed by its slot id, in cluster_cron
+ *                                       (see cron_tick); "cron ok" or "err ..."
  *   stop                             -> graceful stop, "stopped", exit 0
  * "ready" is printed once the runtime has started. Exits when stdin closes. */
 #include <cruster/cruster.h>
@@ -67,11 +74,19 @@ static int64_t now_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* One connection per worker thread (handlers run on workers). */
+/* One connection per worker thread (handlers run on workers), closed when
+ * the thread exits (a key's destructor: no leak reports under ASan). */
+static pthread_key_t g_conn_key;
+static pthread_once_t g_conn_once = PTHREAD_ONCE_INIT;
+static void conn_close(void *c) { PQfinish(c); }
+static void conn_key_init(void) { pthread_key_create(&g_conn_key, conn_close); }
+
 static PGconn *conn(void) {
   if (t_conn && PQstatus(t_conn) == CONNECTION_OK) return t_conn;
+  pthread_once(&g_conn_once, conn_key_init);
   if (t_conn) PQfinish(t_conn);
   t_conn = PQconnectdb(g_conninfo);
+  pthread_setspecific(g_conn_key, t_conn);
   return t_conn;
 }
 
@@ -150,6 +165,36 @@ static int fencer(void *user, cruster_singleton_ctx *ctx) {
     if (cancelled) break;
   }
   return CRUSTER_OK;
+}
+
+/* Cron job handler (command "cron"): records the call (slot id, slot time,
+ * this runner) in cluster_cron_attempts, then commits the slot once, keyed
+ * by its slot id (INSERT ... ON CONFLICT DO NOTHING on cluster_cron's
+ * unique slot_id): an interrupted slot run again after a crash commits
+ * nothing twice. A failure is returned (and recorded with the slot). */
+static long g_cron_ms;
+
+static int cron_tick(void *user, int64_t slot_ms, const char *slot_id) {
+  (void)user;
+  if (!g_conninfo) return -1000;
+  char t[24];
+  snprintf(t, sizeof(t), "%lld", (long long)slot_ms);
+  const char *vals[3] = {slot_id, t, g_addr};
+  PGresult *r = PQexecParams(conn(),
+                             "INSERT INTO cluster_cron_attempts (slot_id, slot_ms, runner) "
+                             "VALUES ($1, $2::int8, $3)",
+                             3, NULL, vals, NULL, NULL, 0);
+  int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  PQclear(r);
+  if (!ok) return -1001;
+  if (g_cron_ms > 0) sleep_ms(g_cron_ms); /* the work of the slot */
+  r = PQexecParams(conn(),
+                   "INSERT INTO cluster_cron (slot_id, slot_ms, runner) VALUES ($1, $2::int8, $3) "
+                   "ON CONFLICT (slot_id) DO NOTHING",
+                   3, NULL, vals, NULL, NULL, 0);
+  ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  PQclear(r);
+  return ok ? CRUSTER_OK : -1002;
 }
 
 /* ---- the Fence.hold stream (fstream / fstop) ---- */
@@ -346,6 +391,19 @@ int main(int argc, char **argv) {
       printf("fstopped %ld %ld %ld %s\n", (long)atomic_load(&g_next), (long)atomic_load(&g_ok),
              (long)atomic_load(&g_failed), g_first_err[0] ? g_first_err : "-");
       fflush(stdout);
+    } else if (strcmp(cmd, "cron") == 0) {
+      char *job = strtok_r(NULL, " ", &save), *ms = strtok_r(NULL, " ", &save);
+      g_cron_ms = ms ? atol(ms) : 0;
+      cruster_cron_job_opts o = CRUSTER_CRON_JOB_OPTS_INIT;
+      o.calculate_next_from_previous = 1;
+      o.missed = CRUSTER_CRON_MISSED_ALL;
+      int rc = job ? cruster_runtime_register_cron_job(rt, job, "* * * * * *", cron_tick, NULL, &o, &err)
+                   : CRUSTER_E_INVALID_ARGUMENT;
+      if (rc == CRUSTER_OK) printf("cron ok\n");
+      else printf("err %d %s\n", rc, err ? cruster_error_message(err) : "bad cron");
+      fflush(stdout);
+      cruster_error_free(err);
+      err = NULL;
     } else if (strcmp(cmd, "stop") == 0) {
       cruster_runtime_stop(rt, NULL);
       printf("stopped\n");

@@ -165,6 +165,59 @@ static void clt_wait_all_owned(clt_child *cs, size_t n, int shards) {
   }
 }
 
+static int clt_cmp_str(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Waits until each live child owns exactly the shards rendezvous gives it
+ * among the live children (group "default", `shards` shards; runners as in
+ * etcd key order): the assignment has settled, every routing table agrees,
+ * every shard is owned once. Stronger than clt_wait_all_owned, whose sum
+ * also adds up while one runner holds a shard rendezvous gives another. */
+static void clt_wait_rendezvous(clt_child *cs, size_t n, int shards) {
+  const char *addrs[16];
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (cs[i].alive) {
+      assert_true(k < 16);
+      addrs[k++] = cs[i].addr;
+    }
+  qsort(addrs, k, sizeof(addrs[0]), clt_cmp_str);
+  int want[16] = {0};
+  for (int32_t sh = 0; sh < shards; sh++) {
+    int o = cruster_rendezvous_owner("default", sh, addrs, NULL, k);
+    assert_true(o >= 0);
+    want[o]++;
+  }
+  int64_t end = pgt_mono_ms() + TS_DEADLINE_MS;
+  for (;;) {
+    int ok = 1, sum = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (!cs[i].alive) continue;
+      size_t j = 0;
+      while (strcmp(addrs[j], cs[i].addr) != 0) j++;
+      int got = clt_child_owned(&cs[i]);
+      sum += got;
+      if (got != want[j]) ok = 0;
+    }
+    if (ok) return;
+    if (pgt_mono_ms() > end)
+      fail_msg("the runners own %d of %d shards, not as rendezvous assigns them, after %ld ms", sum,
+               shards, TS_DEADLINE_MS);
+    ts_sleep_ms(100);
+  }
+}
+
+/* SIGKILLs a child and reaps it. */
+static void clt_child_kill(clt_child *c) {
+  if (!c->alive) return;
+  kill(c->pid, SIGKILL);
+  waitpid(c->pid, NULL, 0);
+  close(c->in_fd);
+  close(c->out_fd);
+  c->alive = 0;
+}
+
 static const char *clt_shared_etcd(void) {
   const char *e = getenv("CRUSTER_TEST_ETCD");
   if (!e || !*e)

@@ -82,7 +82,7 @@ static void back(clt_child *cs, pgt_schema *s) {
   note("etcd back");
   wait_for("every runner re-attached after etcd returned", none_detached, cs);
   note("re-attached");
-  clt_wait_all_owned(cs, RUNNERS, SHARDS);
+  clt_wait_rendezvous(cs, RUNNERS, SHARDS);
   note("every shard owned");
   int64_t n = pgt_scalarf(s->admin, 0, "SELECT count(*) FROM cluster_fence");
   wait_progress(s, n, 30);
@@ -111,7 +111,7 @@ static void test_etcd_away_detach_fence_reattach(void **state) {
   g_cs = cs;
   for (int i = 0; i < RUNNERS; i++) clt_child_start(&cs[i], etcd.endpoint, prefix, s.conninfo, CONFIG);
   for (int i = 0; i < RUNNERS; i++) clt_child_expect_ready(&cs[i]);
-  clt_wait_all_owned(cs, RUNNERS, SHARDS);
+  clt_wait_rendezvous(cs, RUNNERS, SHARDS);
 
   char line[1024];
   for (int i = 0; i < RUNNERS; i++) {

@@ -91,13 +91,13 @@ static void test_mtls_refuses_a_peer_without_a_valid_certificate(void **state) {
   clt_child cs[3];
   for (int i = 0; i < 2; i++) clt_child_start(&cs[i], clt_shared_etcd(), prefix, NULL, cfg[i]);
   for (int i = 0; i < 2; i++) clt_child_expect_ready(&cs[i]);
-  clt_wait_all_owned(cs, 2, SHARDS);
+  clt_wait_rendezvous(cs, 2, SHARDS);
   int64_t until = pgt_mono_ms() + TS_DEADLINE_MS;
   while (clt_child_owned(&cs[0]) == 0 || clt_child_owned(&cs[1]) == 0) {
     if (pgt_mono_ms() > until) fail_msg("a good runner took no shard within %ld ms", TS_DEADLINE_MS);
     ts_sleep_ms(100);
   }
-  clt_wait_all_owned(cs, 2, SHARDS);
+  clt_wait_rendezvous(cs, 2, SHARDS);
 
   /* The good runners answer each other's calls. */
   char owner[ENTITIES][64], who[64];
@@ -121,7 +121,7 @@ static void test_mtls_refuses_a_peer_without_a_valid_certificate(void **state) {
     if (pgt_mono_ms() > end) fail_msg("the rogue runner took no shard within %ld ms", TS_DEADLINE_MS);
     ts_sleep_ms(100);
   }
-  clt_wait_all_owned(cs, 3, SHARDS);
+  clt_wait_rendezvous(cs, 3, SHARDS);
 
   /* From the rogue: only its own entities answer (locally); its calls to
    * the others are refused. */

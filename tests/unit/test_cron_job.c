@@ -250,6 +250,51 @@ static void test_interrupted_slot_resumed(void **state) {
   uv_mutex_destroy(&s.mu);
 }
 
+/* A job replaced by a same-named registration while it runs: the old
+ * handler's slots and the new one's are disjoint, in order, and (both with
+ * calculate_next_from_previous and missed = ALL) without a gap between
+ * them; every slot is recorded done once. */
+static void test_replaced_job(void **state) {
+  (void)state;
+  cruster_storage *st = NULL;
+  cruster_storage_memory_new(&st, NULL);
+  cruster_runtime *rt = new_rt(st);
+  slots a, b;
+  memset(&a, 0, sizeof(a));
+  memset(&b, 0, sizeof(b));
+  uv_mutex_init(&a.mu);
+  uv_mutex_init(&b.mu);
+  cruster_cron_job_opts o = CRUSTER_CRON_JOB_OPTS_INIT;
+  o.calculate_next_from_previous = 1;
+  o.missed = CRUSTER_CRON_MISSED_ALL;
+  assert_int_equal(cruster_runtime_register_cron_job(rt, "rj", "* * * * * *", on_slot, &a, &o, NULL),
+                   CRUSTER_OK);
+  assert_int_equal(cruster_runtime_start(rt, NULL), CRUSTER_OK);
+  assert_true(ts_wait_ge(&a.count, 2));
+  assert_int_equal(cruster_runtime_register_cron_job(rt, "rj", "* * * * * ?", on_slot, &b, &o, NULL),
+                   CRUSTER_OK);
+  assert_true(ts_wait_ge(&b.count, 2));
+  assert_int_equal(cruster_runtime_stop(rt, NULL), CRUSTER_OK);
+  int na = atomic_load(&a.count), nb = atomic_load(&b.count);
+  assert_true(na >= 2 && nb >= 2 && na + nb <= MAX_SLOTS);
+  int64_t all[MAX_SLOTS];
+  for (int i = 0; i < na; i++) all[i] = a.slot[i];
+  for (int i = 0; i < nb; i++) all[na + i] = b.slot[i];
+  for (int i = 1; i < na + nb; i++) assert_int_equal(all[i] - all[i - 1], 1000);
+  cruster_cron_slot *v = NULL;
+  size_t k = 0;
+  assert_int_equal(cruster_cron_slots(rt, "rj", 1000, &v, &k, NULL), CRUSTER_OK);
+  assert_int_equal(k, (size_t)(na + nb));
+  for (size_t i = 0; i < k; i++) {
+    assert_int_equal(v[i].slot_ms, all[na + nb - 1 - (int)i]);
+    assert_int_equal(v[i].state, CRUSTER_CRON_SLOT_DONE);
+  }
+  cruster_cron_slots_free(v, k);
+  cruster_runtime_free(rt);
+  uv_mutex_destroy(&a.mu);
+  uv_mutex_destroy(&b.mu);
+}
+
 static void test_errors(void **state) {
   (void)state;
   cruster_storage *st = NULL;
@@ -297,12 +342,11 @@ static void test_errors(void **state) {
   assert_int_equal(cruster_runtime_register_cron_job(rt, "j", "* * * * * *", on_slot, &s, &o, &e),
                    CRUSTER_E_NOT_FOUND);
   cruster_error_free(e);
-  /* A good one, then the same name again. */
+  /* A good one, then the same name again (a replacement, cruster_cron_job.h). */
   assert_int_equal(cruster_runtime_register_cron_job(rt, "j", "0 0 0 1 1 ? 2099", on_slot, &s, NULL, NULL),
                    CRUSTER_OK);
-  assert_int_equal(cruster_runtime_register_cron_job(rt, "j", "0 0 0 1 1 ? 2099", on_slot, &s, NULL, &e),
-                   CRUSTER_E_ALREADY_EXISTS);
-  cruster_error_free(e);
+  assert_int_equal(cruster_runtime_register_cron_job(rt, "j", "0 0 0 1 1 ? 2099", on_slot, &s, NULL, NULL),
+                   CRUSTER_OK);
   size_t k = 0;
   cruster_cron_slot *v = NULL;
   assert_int_equal(cruster_cron_slots(rt, "j", 0, &v, &k, &e), CRUSTER_E_INVALID_ARGUMENT);
@@ -330,6 +374,7 @@ int main(void) {
       cmocka_unit_test(test_missed_all_skip_if_older),
       cmocka_unit_test(test_missed_latest_long_gap),
       cmocka_unit_test(test_interrupted_slot_resumed),
+      cmocka_unit_test(test_replaced_job),
       cmocka_unit_test(test_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

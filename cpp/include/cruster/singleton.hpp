@@ -18,7 +18,10 @@
  * one that throws failed (cruster::error: its status; anything else:
  * CRUSTER_E_HANDLER), which restarts a singleton with backoff and records a
  * cron slot as failed. The runtime keeps the functions until it is
- * destroyed.
+ * destroyed. Registering a name again replaces the singleton (or cron job)
+ * of that name: the new function starts once the old one has returned
+ * (after its clean-up); the old function object stays alive until the
+ * runtime is destroyed.
  */
 #ifndef CRUSTER_SINGLETON_HPP
 #define CRUSTER_SINGLETON_HPP
