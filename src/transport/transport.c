@@ -1512,17 +1512,28 @@ void tp_call_cancel(tp_call *c) {
 
 /* ---- dispatch ------------------------------------------------------------- */
 
-/* Runs the completions queued so far, then looks again, until the list is
- * empty. Worker jobs the completions start (calls from other runners) wake
- * the pool once per list taken, not once per call. */
+/* Runs the completions queued so far, then looks again (a few rounds),
+ * while the completion thread, seeing `draining`, adds to the list without
+ * waking the loop. Worker jobs the completions start (calls from other
+ * runners) wake the pool once per list taken, not once per call. After
+ * DRAIN_ROUNDS the loop wakes itself and goes on with its other work first
+ * (timers, commands). A deferred call (defer) has woken it already. */
+#define DRAIN_ROUNDS 4
 static void process_events(tp_transport *t) {
-  for (;;) {
+  for (int round = 0;; round++) {
     uv_mutex_lock(&t->mu);
-    tp_tag *e = t->ev_head;
-    t->ev_head = t->ev_tail = NULL;
-    t->draining = e != NULL || t->deferred != NULL;
+    tp_tag *e = NULL;
+    int left = 0;
+    if (round < DRAIN_ROUNDS) {
+      e = t->ev_head;
+      t->ev_head = t->ev_tail = NULL;
+    } else {
+      left = t->ev_head != NULL;
+    }
+    t->draining = e != NULL;
     uv_mutex_unlock(&t->mu);
-    if (!e && !t->deferred) break;
+    if (left && t->async) uv_async_send(t->async);
+    if (!e && (round >= DRAIN_ROUNDS || !t->deferred)) break;
     int outer = rt_defer_begin(t->loop);
     process_list(t, e);
     rt_defer_end(t->loop, outer);
