@@ -48,7 +48,8 @@ void __tsan_release(void *addr);
 #endif
 
 #define COMPONENT "transport"
-#define N_SLOTS 64                    /* request_call slots posted at once */
+#define N_SLOTS 64                    /* request slots posted at once per method */
+#define N_SLOTS_OTHER 4               /* ... for Ping, Interrupt and unknown methods */
 #define MAX_TLS_FILE (1024 * 1024)    /* PEM files larger than this are refused */
 #define SVC "/cruster.v1.Runner/"
 
@@ -105,6 +106,9 @@ struct tp_reply {
   int has_status_slice;
   int method;
   tp_tag t_req, t_close, t_recv, t_send;
+  int slot;           /* the method whose slot it was (M_UNKNOWN: the generic one) */
+  gpr_timespec deadline; /* (registered calls; unused) */
+  int md_sent;    /* initial metadata sent (it goes with the first send) */
   int cancelled;  /* RECV_CLOSE_ON_SERVER's result */
   int close_done;
   int pending;    /* gRPC batches (and the request) outstanding */
@@ -175,6 +179,12 @@ struct tp_transport {
   uv_mutex_t mu;
   uv_cond_t cv;
   tp_tag *ev_head, *ev_tail;
+  int draining; /* under mu: the loop is in process_events and looks at the
+                 * list again before it returns (no uv_async_send needed) */
+
+  /* The server's registered methods (grpc_server_register_method, the
+   * request's message read with it); NULL = the generic slot. */
+  void *reg[M_COUNT];
 
   /* Loop-owned. */
   tp_channel *channels;
@@ -194,6 +204,8 @@ struct tp_transport {
 };
 
 static void process_events(tp_transport *t);
+static void process_list(tp_transport *t, tp_tag *e);
+static void srv_message(tp_reply *r, int ok);
 static void kick_send(tp_reply *r);
 static void reply_maybe_free(tp_reply *r);
 static void call_maybe_finish(tp_call *c);
@@ -260,6 +272,7 @@ static void cq_thread(void *arg) {
     e->next = NULL;
     uv_mutex_lock(&t->mu);
     int was_empty = t->ev_head == NULL;
+    int wake = was_empty && !t->draining;
     if (t->ev_tail)
       t->ev_tail->next = e;
     else
@@ -267,19 +280,16 @@ static void cq_thread(void *arg) {
     t->ev_tail = e;
     if (was_empty) uv_cond_signal(&t->cv);
     uv_mutex_unlock(&t->mu);
-    /* Sends coalesce; the loop drains the whole list. */
-    if (was_empty) uv_async_send(t->async);
+    /* The loop drains the whole list, and looks again before it stops: one
+     * wake-up per batch, none while it drains. */
+    if (wake) uv_async_send(t->async);
   }
 }
 
-/* Worker jobs the completions start (calls from other runners) wake the
- * pool once per drained list, not once per call. */
 static void on_async(uv_async_t *h) {
   tp_transport *t = h->data;
   if (!t) return;
-  int outer = rt_defer_begin(t->loop);
   process_events(t);
-  rt_defer_end(t->loop, outer);
 }
 
 static void free_async(uv_handle_t *h) { free(h); }
@@ -485,7 +495,7 @@ cruster_status tp_new(rt_loop *loop, const tp_opts *opts, const core_logger *lg,
   return CRUSTER_OK;
 }
 
-static void post_slot(tp_transport *t);
+static void post_slot(tp_transport *t, int method);
 
 cruster_status tp_start(tp_transport *t, int *bound_port, cruster_error **err) {
   CORE_ERR_CLEAR(err);
@@ -501,6 +511,13 @@ cruster_status tp_start(tp_transport *t, int *bound_port, cruster_error **err) {
     t->server = grpc_server_create(&args, NULL);
     if (!t->server) return core_error_set(err, CRUSTER_E_INTERNAL, "transport: no gRPC server");
     grpc_server_register_completion_queue(t->server, t->cq, NULL);
+    /* The service's methods are registered with their request message read
+     * before the call is reported: one completion (and one batch) less per
+     * call. Other paths reach the generic slots (answered UNIMPLEMENTED). */
+    for (int m = 0; m < M_COUNT; m++)
+      if (method_paths[m])
+        t->reg[m] = grpc_server_register_method(t->server, method_paths[m], NULL,
+                                                GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
     grpc_server_credentials *sc;
     if (t->tls_ca) {
       grpc_ssl_pem_key_cert_pair pair = {t->tls_key, t->tls_cert};
@@ -538,7 +555,11 @@ cruster_status tp_start(tp_transport *t, int *bound_port, cruster_error **err) {
   t->started = 1;
   if (t->server) {
     grpc_server_start(t->server);
-    for (int i = 0; i < N_SLOTS; i++) post_slot(t);
+    for (int m = 0; m < M_COUNT; m++) {
+      if (m != M_UNKNOWN && !t->reg[m]) continue;
+      int n = m == M_SEND || m == M_NOTIFY ? N_SLOTS : N_SLOTS_OTHER;
+      for (int i = 0; i < n; i++) post_slot(t, m);
+    }
     core_log(t->lg, CRUSTER_LOG_INFO, COMPONENT, "listening on %s (port %d%s)", t->listen, port,
              t->tls_ca ? (t->require_client_cert ? ", mTLS" : ", TLS") : "");
   }
@@ -632,7 +653,9 @@ size_t tp_calls_in_flight(const tp_transport *t) { return t ? t->n_inflight : 0;
 
 /* ---- server --------------------------------------------------------------- */
 
-static void post_slot(tp_transport *t) {
+/* A request slot for `method` (registered), or for any other path
+ * (M_UNKNOWN: gRPC's generic request_call). */
+static void post_slot(tp_transport *t, int method) {
   tp_reply *r = calloc(1, sizeof(*r));
   if (!r) {
     core_log(t->lg, CRUSTER_LOG_ERROR, COMPONENT, "out of memory: one request slot less");
@@ -640,6 +663,7 @@ static void post_slot(tp_transport *t) {
   }
   r->t = t;
   r->method = M_UNKNOWN;
+  r->slot = method;
   grpc_call_details_init(&r->details);
   grpc_metadata_array_init(&r->md);
   r->t_req = (tp_tag){T_REQUEST, r, 0, NULL};
@@ -649,8 +673,12 @@ static void post_slot(tp_transport *t) {
   r->pending = 1;
   t->n_srv++;
   TAG_RELEASE(&r->t_req);
-  grpc_call_error e = grpc_server_request_call(t->server, &r->call, &r->details, &r->md, t->cq,
-                                               t->cq, &r->t_req);
+  grpc_call_error e =
+      method == M_UNKNOWN || !t->reg[method]
+          ? grpc_server_request_call(t->server, &r->call, &r->details, &r->md, t->cq, t->cq,
+                                     &r->t_req)
+          : grpc_server_request_registered_call(t->server, t->reg[method], &r->call, &r->deadline,
+                                                &r->md, &r->recv, t->cq, t->cq, &r->t_req);
   if (e != GRPC_CALL_OK) {
     t->n_srv--;
     grpc_call_details_destroy(&r->details);
@@ -745,9 +773,16 @@ static void kick_send(tp_reply *r) {
   tp_out *o = r->out_head;
   r->out_head = o->next;
   if (!r->out_head) r->out_tail = NULL;
-  grpc_op ops[2];
+  grpc_op ops[3];
   memset(ops, 0, sizeof ops);
-  size_t n = 0;
+  size_t n = 0, md = 0;
+  if (!r->md_sent) {
+    /* With the first message (or the status): a unary answer reaches the
+     * peer as headers, message and trailers in one write. */
+    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[n].data.send_initial_metadata.count = 0;
+    n = md = 1;
+  }
   if (o->buf) {
     r->send_bb = bb_take(o->buf, o->len);
     o->buf = NULL;
@@ -767,10 +802,11 @@ static void kick_send(tp_reply *r) {
   }
   free(o->details);
   free(o);
-  if (!n) return;
+  if (n == md) return; /* nothing to send */
   r->sending = 1;
   int before = r->pending;
   start_batch_srv(r, ops, n, &r->t_send);
+  if (r->pending != before) r->md_sent = 1;
   if (r->pending == before) { /* refused: the call is broken, cancel it */
     r->sending = 0;
     if (r->send_bb) grpc_byte_buffer_destroy(r->send_bb);
@@ -815,24 +851,29 @@ static void on_request(tp_reply *r, int ok) {
       return;
     }
   }
-  if (!t->stopped) post_slot(t);
+  if (!t->stopped) post_slot(t, r->slot);
   r->next = t->replies;
   if (t->replies) t->replies->prev = r;
   t->replies = r;
   inflight_add(t, 1, 1);
-  r->method = t->stopped ? M_UNKNOWN : method_of(&r->details.method);
+  int registered = r->slot != M_UNKNOWN;
+  r->method = t->stopped ? M_UNKNOWN : registered ? r->slot : method_of(&r->details.method);
   grpc_op close_op;
   memset(&close_op, 0, sizeof close_op);
   close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
   close_op.data.recv_close_on_server.cancelled = &r->cancelled;
   start_batch_srv(r, &close_op, 1, &r->t_close);
-  grpc_op ops[2];
-  memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[0].data.send_initial_metadata.count = 0;
-  ops[1].op = GRPC_OP_RECV_MESSAGE;
-  ops[1].data.recv_message.recv_message = &r->recv;
-  start_batch_srv(r, ops, 2, &r->t_recv);
+  if (registered) {
+    /* The request's message came with the call (NULL: none). */
+    srv_message(r, 1);
+    return;
+  }
+  /* (The initial metadata goes with the first send: kick_send.) */
+  grpc_op op;
+  memset(&op, 0, sizeof op);
+  op.op = GRPC_OP_RECV_MESSAGE;
+  op.data.recv_message.recv_message = &r->recv;
+  start_batch_srv(r, &op, 1, &r->t_recv);
   reply_maybe_free(r);
 }
 
@@ -865,8 +906,14 @@ static void refuse_malformed(tp_reply *r, int rc, const char *why) {
 }
 
 static void on_srv_recv(tp_reply *r, int ok) {
-  tp_transport *t = r->t;
   r->pending--;
+  srv_message(r, ok);
+}
+
+/* The request's message has arrived (r->recv; NULL or !ok: none): decode it
+ * and hand it to the host, or refuse it. */
+static void srv_message(tp_reply *r, int ok) {
+  tp_transport *t = r->t;
   if (!ok || !r->recv || r->method == M_UNKNOWN) {
     if (ok && r->method == M_UNKNOWN)
       reply_status(r, GRPC_STATUS_UNIMPLEMENTED, t->stopped ? "stopping" : "unknown method");
@@ -1465,11 +1512,35 @@ void tp_call_cancel(tp_call *c) {
 
 /* ---- dispatch ------------------------------------------------------------- */
 
+/* Runs the completions queued so far, then looks again (a few rounds),
+ * while the completion thread, seeing `draining`, adds to the list without
+ * waking the loop. Worker jobs the completions start (calls from other
+ * runners) wake the pool once per list taken, not once per call. After
+ * DRAIN_ROUNDS the loop wakes itself and goes on with its other work first
+ * (timers, commands). A deferred call (defer) has woken it already. */
+#define DRAIN_ROUNDS 4
 static void process_events(tp_transport *t) {
-  uv_mutex_lock(&t->mu);
-  tp_tag *e = t->ev_head;
-  t->ev_head = t->ev_tail = NULL;
-  uv_mutex_unlock(&t->mu);
+  for (int round = 0;; round++) {
+    uv_mutex_lock(&t->mu);
+    tp_tag *e = NULL;
+    int left = 0;
+    if (round < DRAIN_ROUNDS) {
+      e = t->ev_head;
+      t->ev_head = t->ev_tail = NULL;
+    } else {
+      left = t->ev_head != NULL;
+    }
+    t->draining = e != NULL;
+    uv_mutex_unlock(&t->mu);
+    if (left && t->async) uv_async_send(t->async);
+    if (!e && (round >= DRAIN_ROUNDS || !t->deferred)) break;
+    int outer = rt_defer_begin(t->loop);
+    process_list(t, e);
+    rt_defer_end(t->loop, outer);
+  }
+}
+
+static void process_list(tp_transport *t, tp_tag *e) {
   while (e) {
     /* Read before the handler: it may reuse the tag for its next batch,
      * or free its object. */
