@@ -154,6 +154,14 @@ static void give_back(sh_sharding *sh, const core_env *env, int st) {
 }
 
 static void deliver_persisted(sh_sharding *sh, em_type *t, int rpc_index, core_env *env) {
+  /* Cluster mode: the shard may have been let go while the save or the poll
+   * that brought this message was in flight. Only the holder of its lock
+   * runs it: give the claim back for the next owner. */
+  if (sh->cl && !sh_owns(sh, env->group, env->shard)) {
+    sh->storage->ops->release(sh->storage, env, 0);
+    free(env);
+    return;
+  }
   int st = em_deliver(sh->em, t, env, rpc_index, &persisted_sink, sh, NULL, NULL);
   if (st == CRUSTER_OK) return;
   give_back(sh, env, st);
