@@ -69,6 +69,8 @@ static const struct {
     {"transport_tls_ca", ""},
     {"transport_tls_require_client_cert", "false"},
     {"transport_max_message_size", "0"},
+    {"runner_ping_timeout", "5000ms"},
+    {"runner_stall_threshold", "30000ms"},
 };
 #define N_DEFAULTS (sizeof defaults / sizeof defaults[0])
 
@@ -181,6 +183,8 @@ static const struct {
     {"transport_tls_ca", "/etc/cruster/ca.pem", "/etc/cruster/ca.pem"},
     {"transport_tls_require_client_cert", "on", "true"},
     {"transport_max_message_size", "1073807360", "1073807360"},
+    {"runner_ping_timeout", "2s", "2000ms"},
+    {"runner_stall_threshold", "0", "0ms"},
 };
 
 static void every_field_is_settable_by_text(void **state) {
