@@ -64,6 +64,7 @@ typedef struct sh_cluster {
   struct sh_health_pass *pass; /* the health pass in flight, NULL = none */
   int32_t health_shard;        /* "cluster/RunnerHealth"'s shard of group "default", -1 = none */
   int stalled;                 /* this runner's progress state */
+  size_t kept_last;            /* unfit runners kept healthy by the last pass */
   core_metric *m_stalled, *m_stalls, *m_pings_ok, *m_pings_failed, *m_marked_unhealthy,
       *m_marked_healthy, *m_passes, *m_kept;
 

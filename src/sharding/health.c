@@ -176,11 +176,11 @@ static void pass_decide(sh_health_pass *p) {
   size_t kept = 0;
   sh_health_decide(p->in, p->n, p->out, &kept);
   core_metric_add(cl->m_passes, 1);
-  if (kept) {
-    core_metric_add(cl->m_kept, (double)kept);
-    core_log(sh->lg, CRUSTER_LOG_WARN, "health",
+  if (kept) core_metric_add(cl->m_kept, (double)kept);
+  if (kept != cl->kept_last) /* logged when it changes, not every pass */
+    core_log(sh->lg, kept ? CRUSTER_LOG_WARN : CRUSTER_LOG_INFO, "health",
              "%zu unfit runner(s) kept healthy: marking them would leave no healthy runner", kept);
-  }
+  cl->kept_last = kept;
   for (size_t i = 0; i < p->n; i++) {
     if (p->out[i] < 0) continue;
     ping_ctx *x = malloc(sizeof(*x));
