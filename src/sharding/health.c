@@ -43,6 +43,7 @@ typedef struct sh_health_pass {
   size_t next_ping, pinging; /* pings started / in flight */
   size_t writing;            /* set_runner_health in flight */
   int listing;               /* get_runners in flight */
+  int pumping;               /* in pings_pump (a ping answered inline, out of memory) */
 } sh_health_pass;
 
 typedef struct ping_ctx {
@@ -223,6 +224,8 @@ static void on_pinged(void *ud, int status, const tp_health *h) {
 static void pings_pump(sh_health_pass *p) {
   sh_sharding *sh = p->sh;
   sh_cluster *cl = sh->cl;
+  if (p->pumping) return; /* the outer call goes on */
+  p->pumping = 1;
   if (p->cancelled || !health_mine(sh)) p->cancelled = 1;
   while (!p->cancelled && p->next_ping < p->n && p->pinging < SH_HEALTH_CONCURRENCY) {
     size_t i = p->next_ping++;
@@ -243,6 +246,7 @@ static void pings_pump(sh_health_pass *p) {
     p->pinging++;
     tp_ping_health(cl->tp, p->addrs[i], sh->cfg->runner_ping_timeout, on_pinged, x);
   }
+  p->pumping = 0;
   if (!p->cancelled && p->next_ping == p->n && p->pinging == 0 && !p->writing) pass_decide(p);
   pass_maybe_end(p);
 }
