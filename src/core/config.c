@@ -95,6 +95,8 @@ static const field fields[] = {
     STR(transport_tls_ca, NULL, check_optional_path),
     BOOL(transport_tls_require_client_cert, "false"),
     INT(transport_max_message_size, 0, 2147483647, "0"),
+    DUR(runner_ping_timeout, 1, "5s"),
+    DUR(runner_stall_threshold, 0, "30s"),
 };
 
 #define N_FIELDS (sizeof fields / sizeof fields[0])

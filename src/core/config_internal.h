@@ -71,6 +71,10 @@ struct cruster_config {
   char *transport_tls_ca;
   int64_t transport_tls_require_client_cert; /* 0 */
   int64_t transport_max_message_size;        /* 0 = max_payload_size + 65536 */
+  /* Runner health (cluster mode, docs/architecture.md "Runner health"). */
+  int64_t runner_ping_timeout;    /* 5000: a runner not answering a Ping within it is dead */
+  int64_t runner_stall_threshold; /* 30000; 0 = off: work waiting this long for a worker,
+                                   * none taken meanwhile, makes the runner "stalled" */
   core_logger logger;
 };
 

@@ -62,6 +62,8 @@ struct rt_pool {
   int depth;
   int total, starting, idle, wakeups, busy, blocked;
   int saturated; /* compensation hit max_threads; logged once per episode */
+  uint64_t progress_ns; /* uv_hrtime() of the last job taken, or of the queue becoming
+                         * non-empty, whichever is later (rt_pool_progress) */
   pool_state state;
   pool_worker *zombies; /* exited, not yet joined */
 
@@ -109,6 +111,7 @@ static void worker_main(void *arg) {
       if (!p->head) p->tail = NULL;
       p->depth--;
       p->busy++;
+      p->progress_ns = uv_hrtime();
       gauge(p->m_depth, p->depth);
       gauge(p->m_busy, p->busy);
       uv_mutex_unlock(&p->mu);
@@ -255,6 +258,7 @@ fail:
 /* Queues a job; mu held. CRUSTER_OK or CRUSTER_E_SHUTTING_DOWN. */
 static cruster_status enqueue(rt_pool *p, rt_job *job) {
   if (p->state >= POOL_STOPPING) return CRUSTER_E_SHUTTING_DOWN;
+  if (p->depth == 0) p->progress_ns = uv_hrtime();
   if (p->tail)
     p->tail->next = job;
   else
@@ -347,6 +351,21 @@ void rt_pool_add_max(rt_pool *p, int n) {
   p->max = (int)m;
   if (p->blocked > 0) compensate(p);
   uv_mutex_unlock(&p->mu);
+}
+
+void rt_pool_progress(rt_pool *p, int64_t *queued, int64_t *waiting_ms) {
+  int64_t q = 0, w = 0;
+  if (p) {
+    uv_mutex_lock(&p->mu);
+    q = p->depth;
+    if (q > 0) {
+      uint64_t now = uv_hrtime();
+      w = now > p->progress_ns ? (int64_t)((now - p->progress_ns) / 1000000u) : 0;
+    }
+    uv_mutex_unlock(&p->mu);
+  }
+  if (queued) *queued = q;
+  if (waiting_ms) *waiting_ms = w;
 }
 
 void rt_pool_shutdown(rt_pool *p) {

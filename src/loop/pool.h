@@ -60,6 +60,14 @@ void rt_pool_block_leave(rt_pool *p);
  * reserves room for it, so that compensation still serves other jobs. */
 void rt_pool_add_max(rt_pool *p, int n);
 
+/* Progress (the runner's progress-based health): *queued = jobs waiting for
+ * a worker; *waiting_ms = while some wait, ms since a worker last took a job
+ * or since the queue became non-empty, whichever is later (0 when none
+ * wait). A pool whose workers all hang with work queued shows a growing
+ * *waiting_ms; a busy pool that keeps taking jobs keeps it small, however
+ * deep its queue. Either pointer may be NULL; p NULL gives zeros. */
+void rt_pool_progress(rt_pool *p, int64_t *queued, int64_t *waiting_ms);
+
 /* Runs every queued job (including ones submitted meanwhile) to completion,
  * then joins all workers. Afterwards rt_pool_submit refuses. Must not be
  * called from a worker. Idempotent. */

@@ -270,6 +270,7 @@ static void cycle(sh_sharding *sh) {
  * entity_termination_timeout of the let-go): its lock stays ours, so no
  * other runner starts the shard meanwhile (fix 3). */
 static int still_busy(sh_sharding *sh, size_t f) {
+  if (sh_health_busy(sh, f)) return 1;
   if (!sh->shard_busy) return 0;
   if (core_mono_ms() - sh->cl->let_go_at[f] >= sh->cfg->entity_termination_timeout) return 0;
   size_t per = (size_t)sh->cfg->shards_per_group;
@@ -486,6 +487,7 @@ static void on_registered(void *ud, int status, const char *msg, int machine_id)
   uv_timer_start(&cl->refresh_timer, refresh_fire, refresh, refresh);
   uint64_t poll = (uint64_t)sh->cfg->storage_poll_interval;
   uv_timer_start(&cl->waiters_timer, waiters_fire, poll, poll);
+  sh_health_start(sh);
   /* The watch hands the runner list soon; ask now as well. */
   cycle(sh);
 }
@@ -576,6 +578,7 @@ cruster_status sh_cluster_init(sh_sharding *sh, cruster_registry *reg, cruster_m
   th.ud = sh;
   cruster_status st = tp_new(sh->loop, &to, sh->lg, metrics, &th, &cl->tp, err);
   if (st != CRUSTER_OK) return st;
+  tp_set_ping_handler(cl->tp, sh_health_on_ping, sh);
   rg_host rh;
   memset(&rh, 0, sizeof(rh));
   rh.loop = sh->loop;
@@ -596,6 +599,7 @@ cruster_status sh_cluster_init(sh_sharding *sh, cruster_registry *reg, cruster_m
   cl->waiters_timer.data = sh;
   cl->rebalance_timer.data = cl->refresh_timer.data = cl->register_timer.data = sh;
   cl->retry_timer.data = sh;
+  sh_health_init(sh, metrics);
   cl->timers_init = 1;
   return CRUSTER_OK;
 }
@@ -624,6 +628,7 @@ void sh_cluster_stop(sh_sharding *sh) {
   uv_timer_stop(&cl->register_timer);
   uv_timer_stop(&cl->waiters_timer);
   uv_timer_stop(&cl->held_timer);
+  sh_health_stop(sh);
   let_go_all(sh);
 }
 
@@ -668,6 +673,7 @@ void sh_cluster_free(sh_sharding *sh) {
   sh_cluster *cl = sh->cl;
   if (!cl) return;
   if (cl->tp) tp_free(cl->tp);
+  if (cl->timers_init) sh_health_free(sh);
   for (size_t i = 0; i < cl->n_runners; i++) free(cl->runners[i]);
   free(cl->runners);
   free(cl->weights);

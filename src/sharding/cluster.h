@@ -15,6 +15,14 @@
  * routing tables that disagree cannot bounce it for ever. */
 #define SH_MAX_HOPS 3
 
+/* One runner as the health loop judges it (health.c). */
+typedef struct sh_health_in {
+  int healthy; /* as etcd lists it now */
+  int alive;   /* answered the ping (this runner: always) */
+  int stalled; /* its answer said stalled */
+  int self;    /* this runner */
+} sh_health_in;
+
 typedef struct sh_cluster {
   sh_sharding *sh;
   cruster_registry *reg; /* owned by the runtime */
@@ -51,6 +59,15 @@ typedef struct sh_cluster {
   uv_timer_t retry_timer;
   sh_call *retry_head;
 
+  /* Runner health (health.c). */
+  uv_timer_t health_timer, progress_timer;
+  struct sh_health_pass *pass; /* the health pass in flight, NULL = none */
+  int32_t health_shard;        /* "cluster/RunnerHealth"'s shard of group "default", -1 = none */
+  int stalled;                 /* this runner's progress state */
+  size_t kept_last;            /* unfit runners kept healthy by the last pass */
+  core_metric *m_stalled, *m_stalls, *m_pings_ok, *m_pings_failed, *m_marked_unhealthy,
+      *m_marked_healthy, *m_passes, *m_kept;
+
   core_metric *m_runners, *m_runners_healthy, *m_detached, *m_moves_in, *m_moves_out,
       *m_forwarded, *m_remote_received, *m_retries, *m_lease_uncertain;
 } sh_cluster;
@@ -69,6 +86,28 @@ void sh_cluster_stop(sh_sharding *sh);
 void sh_cluster_leave(sh_sharding *sh, void (*cb)(void *ud), void *ud);
 /* Frees what sh_cluster_init made (after the loop closed). */
 void sh_cluster_free(sh_sharding *sh);
+
+/* health.c: runner health (the cluster/RunnerHealth loop, progress). */
+/* Timers and metrics; from sh_cluster_init. */
+void sh_health_init(sh_sharding *sh, cruster_metrics *m);
+/* Registered: the progress check and the health timer run. */
+void sh_health_start(sh_sharding *sh);
+/* Graceful stop: timers stopped, a pass in flight cancelled (its results dropped). */
+void sh_health_stop(sh_sharding *sh);
+/* From sh_cluster_free. */
+void sh_health_free(sh_sharding *sh);
+/* The transport's ping handler: this runner's progress now. */
+void sh_health_on_ping(void *ud, tp_health *out);
+/* 1 while health writes of this runner are out and `flat` is the health
+ * loop's shard (its lock is kept meanwhile). */
+int sh_health_busy(const sh_sharding *sh, size_t flat);
+/* The pass's decision (pure, for tests): out[i] = 1 mark runner i healthy,
+ * 0 mark it unhealthy, -1 leave it. A runner is fit when alive and not
+ * stalled. Fit unhealthy ones become healthy; unfit healthy ones become
+ * unhealthy unless that would leave no healthy runner (in[] order, after
+ * the healthy marks); with no fit runner, `self` stays or becomes healthy.
+ * *kept (optional) = unfit runners left healthy. Returns the writes. */
+size_t sh_health_decide(const sh_health_in *in, size_t n, int *out, size_t *kept);
 
 /* remote.c */
 /* Routes call `c` (already in the deadline heap, type and rpc checked, its

@@ -130,6 +130,7 @@ struct tp_call {
   tp_chunk_fn on_chunk;
   tp_exit_fn on_exit;
   void (*ping_cb)(void *ud, int status);
+  void (*health_cb)(void *ud, int status, const tp_health *h);
   void *ud;
   tp_tag t_main, t_status, t_recv;
   grpc_byte_buffer *send_bb, *recv_bb;
@@ -160,6 +161,8 @@ struct tp_transport {
   cruster_metrics *metrics;
   tp_host host;
   int has_host;
+  void (*on_ping)(void *ud, tp_health *out);
+  void *on_ping_ud;
   char *listen;
   int64_t max_msg;
   int64_t connect_timeout;
@@ -934,8 +937,15 @@ static void srv_message(tp_reply *r, int ok) {
   char why[300];
   switch (r->method) {
     case M_PING: {
-      uint8_t *none = malloc(1);
-      queue_out(r, none, 0, 1, GRPC_STATUS_OK, NULL);
+      tp_health h;
+      memset(&h, 0, sizeof(h));
+      if (t->on_ping) t->on_ping(t->on_ping_ud, &h);
+      size_t n = 0;
+      uint8_t *out = tp_wire_encode_ping_reply(&h, &n);
+      if (!out)
+        reply_status(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      else
+        queue_out(r, out, n, 1, GRPC_STATUS_OK, NULL);
       break;
     }
     case M_SEND:
@@ -1085,7 +1095,14 @@ static void fire_exit(tp_call *c, int status, const void *data, size_t len, cons
   count_call(t, 0, c->method, outcome_of(status));
   if (t->m_latency[c->method])
     core_metric_observe(t->m_latency[c->method], (double)(core_mono_ns() - c->start_ns) / 1e9);
-  if (c->ping_cb)
+  if (c->health_cb) {
+    tp_health h;
+    char why[120];
+    int rc = status == CRUSTER_OK ? tp_wire_decode_ping_reply(data, data ? len : 0, &h, why, sizeof why)
+                                  : status;
+    if (status == CRUSTER_OK && rc != CRUSTER_OK) count_malformed(t, c->method);
+    c->health_cb(c->ud, rc, rc == CRUSTER_OK ? &h : NULL);
+  } else if (c->ping_cb)
     c->ping_cb(c->ud, status);
   else if (c->on_exit)
     c->on_exit(c->ud, status, data, len, msg ? msg : "");
@@ -1358,6 +1375,18 @@ static void call_start(tp_call *c, const char *addr, const char *path, uint8_t *
   }
 }
 
+/* A refusal to a health ping, reported as a plain ping would be. */
+typedef struct tp_health_ud {
+  void (*cb)(void *ud, int status, const tp_health *h);
+  void *ud;
+} tp_health_ud;
+
+static void health_refused(void *ud, int status) {
+  tp_health_ud *x = ud;
+  x->cb(x->ud, status, NULL);
+  free(x);
+}
+
 /* A call refused once the transport has stopped (no call object, no
  * async handle any more): the exit still comes from the loop, through a
  * command of its own. */
@@ -1566,4 +1595,38 @@ static void process_list(tp_transport *t, tp_tag *e) {
     c->pending--;
     call_maybe_finish(c);
   }
+}
+
+void tp_ping_health(tp_transport *t, const char *addr, int64_t timeout_ms,
+                    void (*cb)(void *ud, int status, const tp_health *h), void *ud) {
+  if (!cb) return;
+  if (!t) {
+    cb(ud, CRUSTER_E_INVALID_ARGUMENT, NULL);
+    return;
+  }
+  if (t->stopped) {
+    tp_health_ud *x = malloc(sizeof(*x));
+    if (!x) {
+      cb(ud, CRUSTER_E_SHUTTING_DOWN, NULL);
+      return;
+    }
+    x->cb = cb;
+    x->ud = ud;
+    if (!refused_stopped(t, NULL, health_refused, x)) health_refused(x, CRUSTER_E_NOMEM);
+    return;
+  }
+  tp_call *c = call_new(t, M_PING, NULL, ud);
+  if (!c) {
+    cb(ud, CRUSTER_E_NOMEM, NULL);
+    return;
+  }
+  c->health_cb = cb;
+  uint8_t *buf = malloc(1);
+  call_start(c, addr, method_paths[M_PING], buf, 0, timeout_ms);
+}
+
+void tp_set_ping_handler(tp_transport *t, void (*fn)(void *ud, tp_health *out), void *ud) {
+  if (!t) return;
+  t->on_ping = fn;
+  t->on_ping_ud = ud;
 }

@@ -41,6 +41,14 @@ typedef struct tp_meta {
   const char *const *header_values;
 } tp_meta;
 
+/* A runner's progress-based health, carried by the answer to Ping
+ * (PingReply). */
+typedef struct tp_health {
+  int stalled;        /* 1: work waited for a worker, none taken, past the threshold */
+  int64_t waiting_ms; /* how long work has waited with no worker taking any (0: none) */
+  int64_t queued;     /* jobs waiting for a worker */
+} tp_health;
+
 /* The upper layer, reached only through these callbacks (loop thread).
  * Every received Send, Notify and Interrupt hands a tp_reply that the host
  * answers with exactly one tp_reply_exit (now or later). */
@@ -100,6 +108,10 @@ cruster_status tp_start(tp_transport *t, int *bound_port, cruster_error **err);
  * bound: a host streaming faster than the peer reads holds the chunks in
  * memory (the caller's deadline ends such a call). */
 void tp_stop(tp_transport *t);
+/* A received Ping calls fn(ud, out) (loop thread) to fill *out (zeroed
+ * before) with this runner's health, answered at once. Without it every
+ * Ping answers "not stalled". Before tp_start, or on the loop thread. */
+void tp_set_ping_handler(tp_transport *t, void (*fn)(void *ud, tp_health *out), void *ud);
 /* Frees the transport (tp_stop first if needed). Every tp_reply must have
  * had its exit. Loop thread, or any thread once the loop has closed. */
 void tp_free(tp_transport *t);
@@ -150,6 +162,12 @@ void tp_call_interrupt(tp_transport *t, const char *addr, const char *type, cons
 /* Ping: cb gets CRUSTER_OK when the peer answered within timeout_ms. */
 void tp_ping(tp_transport *t, const char *addr, int64_t timeout_ms,
              void (*cb)(void *ud, int status), void *ud);
+/* Ping that also reads the peer's health: cb gets CRUSTER_OK and `h` (valid
+ * during the call) when the peer answered within timeout_ms; otherwise the
+ * transport's status (as tp_exit_fn) and h NULL. An answer that does not
+ * decode is CRUSTER_E_MALFORMED. */
+void tp_ping_health(tp_transport *t, const char *addr, int64_t timeout_ms,
+                    void (*cb)(void *ud, int status, const tp_health *h), void *ud);
 /* Sends raw bytes as the request of gRPC method `path` (tests: malformed
  * input). The exit carries the mapped gRPC status. */
 void tp_call_raw(tp_transport *t, const char *addr, const char *path, const void *bytes,

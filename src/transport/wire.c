@@ -364,3 +364,32 @@ int tp_wire_decode_ack(const uint8_t *buf, size_t len, int *status, char **msg, 
   cruster__v1__ack__free_unpacked(m, NULL);
   return rc;
 }
+
+uint8_t *tp_wire_encode_ping_reply(const tp_health *h, size_t *len) {
+  Cruster__V1__PingReply m = CRUSTER__V1__PING_REPLY__INIT;
+  if (h) {
+    m.stalled = h->stalled ? 1 : 0;
+    m.waiting_ms = h->waiting_ms;
+    m.queued = h->queued;
+  }
+  return pack(&m.base, len);
+}
+
+int tp_wire_decode_ping_reply(const uint8_t *buf, size_t len, tp_health *out, char *why,
+                              size_t whysz) {
+  memset(out, 0, sizeof(*out));
+  if (why && whysz) why[0] = 0;
+  if (len == 0) return CRUSTER_OK; /* an empty reply: every field at its default */
+  Cruster__V1__PingReply *m = cruster__v1__ping_reply__unpack(NULL, len, buf);
+  if (!m) return fail(why, whysz, CRUSTER_E_MALFORMED, "undecodable ping reply");
+  int rc = CRUSTER_OK;
+  if (m->waiting_ms < 0 || m->queued < 0) {
+    rc = fail(why, whysz, CRUSTER_E_MALFORMED, "negative count in a ping reply");
+  } else {
+    out->stalled = m->stalled ? 1 : 0;
+    out->waiting_ms = m->waiting_ms;
+    out->queued = m->queued;
+  }
+  cruster__v1__ping_reply__free_unpacked(m, NULL);
+  return rc;
+}

@@ -75,6 +75,10 @@ void tp_wire_interrupt_done(tp_wire_interrupt *w);
 /* An Ack: *status and a malloc'd message (never NULL on OK). */
 int tp_wire_decode_ack(const uint8_t *buf, size_t len, int *status, char **msg, char *why,
                        size_t whysz);
+/* PingReply <-> tp_health. An empty message decodes as "not stalled". */
+uint8_t *tp_wire_encode_ping_reply(const tp_health *h, size_t *len);
+int tp_wire_decode_ping_reply(const uint8_t *buf, size_t len, tp_health *out, char *why,
+                              size_t whysz);
 /* A status as received: known codes and application codes pass; any other
  * value becomes CRUSTER_E_HANDLER (callers only see defined codes). */
 int tp_wire_status(int32_t status);

@@ -40,6 +40,15 @@
  *                                       keyed by its slot id, in cluster_cron
  *                                       (see cron_tick); "cron ok" or "err ..."
  *   stop                             -> graceful stop, "stopped", exit 0
+ * Runner health (test_cluster_health.c):
+ *   Stall.hold  blocks while this runner is "blocked", then replies "ok"
+ *   block / unblock                  -> "blocked" / "unblocked": Stall.hold
+ *                                       handlers here wait / all return
+ *   snotify N PREFIX                 -> notifies Stall.hold to ids
+ *                                       PREFIX-0..N-1 (no callback):
+ *                                       "snotified <accepted>"
+ *   metric NAME [LABELS]             -> "metric <value>" ("metric none"
+ *                                       when the series does not exist)
  * "ready" is printed once the runtime has started. Exits when stdin closes. */
 #include <cruster/cruster.h>
 #include <cruster/pg.h>
@@ -238,6 +247,56 @@ static void *stream_main(void *arg) {
   return NULL;
 }
 
+/* ---- runner health: handlers that hang on demand ---- */
+static pthread_mutex_t g_stall_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_stall_cv = PTHREAD_COND_INITIALIZER;
+static int g_blocked;
+
+static void h_stall(void *user, cruster_request *req) {
+  (void)user;
+  pthread_mutex_lock(&g_stall_mu);
+  while (g_blocked) pthread_cond_wait(&g_stall_cv, &g_stall_mu);
+  pthread_mutex_unlock(&g_stall_mu);
+  cruster_request_reply(req, "ok", 2);
+}
+
+static void stall_set(int blocked) {
+  pthread_mutex_lock(&g_stall_mu);
+  g_blocked = blocked;
+  pthread_cond_broadcast(&g_stall_cv);
+  pthread_mutex_unlock(&g_stall_mu);
+}
+
+/* The health commands; 1 if `cmd` was one. */
+static int health_command(cruster_runtime *rt, const char *cmd, char **save) {
+  if (strcmp(cmd, "block") == 0 || strcmp(cmd, "unblock") == 0) {
+    stall_set(cmd[0] == 'b');
+    printf("%s\n", cmd[0] == 'b' ? "blocked" : "unblocked");
+  } else if (strcmp(cmd, "snotify") == 0) {
+    char *ns = strtok_r(NULL, " ", save), *prefix = strtok_r(NULL, " ", save);
+    int n = ns ? atoi(ns) : 0, ok = 0;
+    for (int i = 0; i < n && prefix; i++) {
+      char id[128];
+      snprintf(id, sizeof(id), "%s-%d", prefix, i);
+      cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+      o.timeout_ms = 600000;
+      if (cruster_notify(rt, "Stall", id, "hold", "x", 1, &o, NULL, NULL, NULL) == CRUSTER_OK) ok++;
+    }
+    printf("snotified %d\n", ok);
+  } else if (strcmp(cmd, "metric") == 0) {
+    char *name = strtok_r(NULL, " ", save), *labels = strtok_r(NULL, " ", save);
+    double v = 0;
+    if (name && cruster_metrics_value(cruster_runtime_metrics(rt), name, labels, &v) == CRUSTER_OK)
+      printf("metric %.0f\n", v);
+    else
+      printf("metric none\n");
+  } else {
+    return 0;
+  }
+  fflush(stdout);
+  return 1;
+}
+
 static void quiet(void *user, cruster_log_level level, const char *component, const char *msg) {
   (void)user;
   if (level >= CRUSTER_LOG_WARN || getenv("CHILD_VERBOSE"))
@@ -299,6 +358,7 @@ int main(int argc, char **argv) {
   add_entity(rt, "Echo", "who", 0, h_who, "fail", h_fail);
   add_entity(rt, "Sink", "put", CRUSTER_RPC_PERSISTED, h_put, NULL, NULL);
   add_entity(rt, "Fence", "hold", CRUSTER_RPC_PERSISTED, h_hold, NULL, NULL);
+  add_entity(rt, "Stall", "hold", 0, h_stall, NULL, NULL);
   if (cruster_runtime_register_singleton(rt, "Fencer", fencer, NULL, NULL, &err) != CRUSTER_OK)
     die("singleton", err);
   if (cruster_runtime_start(rt, &err) != CRUSTER_OK) die("start", err);
@@ -404,7 +464,9 @@ int main(int argc, char **argv) {
       fflush(stdout);
       cruster_error_free(err);
       err = NULL;
+    } else if (health_command(rt, cmd, &save)) {
     } else if (strcmp(cmd, "stop") == 0) {
+      stall_set(0);
       cruster_runtime_stop(rt, NULL);
       printf("stopped\n");
       fflush(stdout);
@@ -415,6 +477,7 @@ int main(int argc, char **argv) {
       fflush(stdout);
     }
   }
+  stall_set(0);
   cruster_runtime_stop(rt, NULL);
   cruster_runtime_free(rt);
   return 0;

@@ -44,10 +44,14 @@ static int make_cert(const char *name, const char *ca) {
             tls_dir, name, name, name, name, name, ca, ca, name, name);
 }
 
+/* runner_poll_interval=1h: the health check (pings over this transport)
+ * would mark the unreachable rogue -- or, run by the rogue, the good
+ * runners -- unhealthy and move its shards; this test is about the
+ * transport refusing it while it owns shards. */
 static void tls_config(char *buf, size_t cap, const char *name) {
   snprintf(buf, cap,
            "shards_per_group=12;shard_rebalance_retry_interval=300ms;runner_lock_refresh_interval=1s;"
-           "send_retry_interval=50ms;transport_tls_cert=%s/%s.pem;transport_tls_key=%s/%s.key;"
+           "send_retry_interval=50ms;runner_poll_interval=1h;transport_tls_cert=%s/%s.pem;transport_tls_key=%s/%s.key;"
            "transport_tls_ca=%s/ca.pem;transport_tls_require_client_cert=true",
            tls_dir, name, tls_dir, name, tls_dir);
 }

@@ -69,6 +69,8 @@ static const struct {
     {"transport_tls_ca", ""},
     {"transport_tls_require_client_cert", "false"},
     {"transport_max_message_size", "0"},
+    {"runner_ping_timeout", "5000ms"},
+    {"runner_stall_threshold", "30000ms"},
 };
 #define N_DEFAULTS (sizeof defaults / sizeof defaults[0])
 
@@ -181,6 +183,8 @@ static const struct {
     {"transport_tls_ca", "/etc/cruster/ca.pem", "/etc/cruster/ca.pem"},
     {"transport_tls_require_client_cert", "on", "true"},
     {"transport_max_message_size", "1073807360", "1073807360"},
+    {"runner_ping_timeout", "2s", "2000ms"},
+    {"runner_stall_threshold", "0", "0ms"},
 };
 
 static void every_field_is_settable_by_text(void **state) {
@@ -432,13 +436,14 @@ static void validate_names_the_field_of_each_rule(void **state) {
 static int zero_allowed(const char *name) {
   static const char *const ok[] = {"last_read_guard_interval", "detachment_window",
                                    "detachment_recover_window", "acquire_retry_interval",
-                                   "acquire_retry_window", "storage_retention"};
+                                   "acquire_retry_window", "storage_retention",
+                                   "runner_stall_threshold"};
   for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
     if (strcmp(ok[i], name) == 0) return 1;
   return 0;
 }
 
-static void every_duration_must_be_positive_except_six(void **state) {
+static void every_duration_must_be_positive_except_seven(void **state) {
   (void)state;
   int durations = 0, zero_ok = 0;
   for (size_t i = 0; i < N_DEFAULTS; i++) {
@@ -471,8 +476,8 @@ static void every_duration_must_be_positive_except_six(void **state) {
     expect_error(cruster_config_set(cfg, name, "-1ms", &e), CRUSTER_E_INVALID_CONFIG, &e, name, NULL);
     cruster_config_free(cfg);
   }
-  assert_int_equal(durations, 22);
-  assert_int_equal(zero_ok, 6);
+  assert_int_equal(durations, 24);
+  assert_int_equal(zero_ok, 7);
 }
 
 static void log_sink(void *user, cruster_log_level l, const char *c, const char *m) {
@@ -535,7 +540,7 @@ int main(void) {
       T(int_access_and_kind_mismatches),
       T(unknown_field_is_invalid_argument),
       T(validate_names_the_field_of_each_rule),
-      T(every_duration_must_be_positive_except_six),
+      T(every_duration_must_be_positive_except_seven),
       T(copy_is_deep),
       T(logger_defaults_to_stderr_at_info),
   };
