@@ -69,6 +69,9 @@ struct sh_call {
   struct tp_call *fwd_call;   /* its transport call */
   int retrying;               /* in the retry list */
   sh_call *rnext, *rprev;
+  /* Why the last forward was refused ("runner ADDR: message"), for the
+   * deadline's message; NULL = none yet. */
+  char *fwd_err;
   char names[];
 };
 
@@ -216,6 +219,7 @@ typedef struct sh_call_opts {
   size_t key_len;
   int64_t deliver_at_ms;
   const cruster_request *caller;
+  const char *traceparent; /* unchecked: submit checks it */
 } sh_call_opts;
 int sh_call_opts_read(const cruster_call_opts *opts, sh_call_opts *out, cruster_error **err);
 
