@@ -25,6 +25,10 @@
  *                   answer "TAG:V:TAG/2"
  *                s<ms>: step 1, durable sleep of <ms> ms, step 2, answer
  *                   "TAG:slept:TAG/2"
+ *                g: step 1, activity gate (records (execution id, ADDRESS)
+ *                   in cluster_wf_gate_in, then waits until table
+ *                   cluster_wf_gate has a row for the execution id; not in
+ *                   its transaction), step 2, answer "TAG:gate:TAG/2"
  * and answers commands on stdin, one per line, with one line on stdout:
  *   call TYPE ID METHOD PAYLOAD      -> "ok <reply>" | "err <status> <message>"
  *   pcall TYPE ID METHOD PAYLOAD KEY -> the same, a persisted call with a key
@@ -294,6 +298,26 @@ static void a_step(void *user, cruster_activity *act) {
   cruster_activity_reply(act, buf, strlen(buf));
 }
 
+/* Activity gate (mode g): see the header. */
+static void a_gate(void *user, cruster_activity *act) {
+  (void)user;
+  const char *vals[2] = {cruster_activity_execution_id(act), g_addr};
+  PGresult *r = PQexecParams(conn(), "INSERT INTO cluster_wf_gate_in (exec, runner) VALUES ($1, $2)", 2, NULL,
+                             vals, NULL, NULL, 0);
+  PQclear(r);
+  for (int i = 0; i < 6000; i++) { /* at most ~2 min */
+    r = PQexecParams(conn(), "SELECT 1 FROM cluster_wf_gate WHERE exec = $1", 1, NULL, vals, NULL, NULL, 0);
+    int open = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+    PQclear(r);
+    if (open) {
+      cruster_activity_reply(act, "gate", 4);
+      return;
+    }
+    sleep_ms(20);
+  }
+  cruster_activity_fail(act, CRUSTER_E_HANDLER, "the gate never opened");
+}
+
 static int wf_step(cruster_wf *wf, const char *tag, int step, char *out, size_t cap) {
   char in[160];
   int n = snprintf(in, sizeof(in), "%s/%d", tag, step);
@@ -325,6 +349,12 @@ static void wf_cw(void *user, cruster_wf *wf) {
     rc = cruster_wf_await(wf, "go", &v, &vlen, NULL);
     if (rc == CRUSTER_OK) snprintf(mid, sizeof(mid), "%.*s", (int)(vlen > 150 ? 150 : vlen), v ? (char *)v : "");
     cruster_free(v);
+  } else if (rc == CRUSTER_OK && mode[0] == 'g') {
+    void *v = NULL;
+    size_t vlen = 0;
+    rc = cruster_wf_activity(wf, "gate", NULL, 0, &v, &vlen, NULL);
+    if (rc == CRUSTER_OK) snprintf(mid, sizeof(mid), "%.*s", (int)(vlen > 150 ? 150 : vlen), v ? (char *)v : "");
+    cruster_free(v);
   } else if (rc == CRUSTER_OK && mode[0] == 's') {
     rc = cruster_wf_sleep(wf, atol(mode + 1), NULL);
     snprintf(mid, sizeof(mid), "slept");
@@ -346,6 +376,7 @@ static void add_workflow(cruster_runtime *rt) {
   cruster_workflow_def *d = NULL;
   if (cruster_workflow_def_new("CW", wf_cw, NULL, &d, &err) != CRUSTER_OK) die("wf def", err);
   if (cruster_workflow_def_add_activity(d, "step", a_step, NULL, NULL, &err) != CRUSTER_OK) die("wf activity", err);
+  if (cruster_workflow_def_add_activity(d, "gate", a_gate, NULL, NULL, &err) != CRUSTER_OK) die("wf activity", err);
   if (cruster_runtime_register_workflow(rt, d, &err) != CRUSTER_OK) die("wf register", err);
   cruster_workflow_def_free(d);
 }

@@ -88,6 +88,8 @@ static void cluster_start(cluster *cl) {
   pgt_schema_create(&cl->s);
   pgt_migrate(&cl->s);
   pgt_exec(cl->s.admin, "CREATE TABLE cluster_wf_app (exec text NOT NULL, step int4 NOT NULL, runner text NOT NULL)");
+  pgt_exec(cl->s.admin, "CREATE TABLE cluster_wf_gate_in (exec text NOT NULL, runner text NOT NULL)");
+  pgt_exec(cl->s.admin, "CREATE TABLE cluster_wf_gate (exec text NOT NULL)");
   /* (the child's singleton writes here) */
   pgt_exec(cl->s.admin,
            "CREATE TABLE cluster_fence (shard int4, runner text, started_us int8, ended_us int8, entity_id text)");
@@ -163,6 +165,22 @@ static void start_one(clt_child *c, const char *key, const char *input, char *id
 
 #define LOAD_N 40
 
+/* The loads: runner 0's executions run straight through ("n"), runner 1's
+ * sleep durably between their steps, runner 2's wait for deferred "go",
+ * resolved after the kill (so the killed runner's own executions are
+ * certainly in the middle when it dies). */
+static const char *const LOAD_MODE[MAXR] = {"n", "s1500", "d"};
+
+static void load_answer(int i, int k, char *want, size_t cap) {
+  const char *m = LOAD_MODE[i];
+  char tag[32], mid[40];
+  snprintf(tag, sizeof(tag), "r%d-%d", i, k);
+  if (m[0] == 'n') snprintf(mid, sizeof(mid), "%s/1", tag);
+  else if (m[0] == 's') snprintf(mid, sizeof(mid), "slept");
+  else snprintf(mid, sizeof(mid), "v%d", k);
+  snprintf(want, cap, "%s:%s:%s/2", tag, mid, tag);
+}
+
 static void test_sigkill_under_workflow_load(void **state) {
   (void)state;
   cluster cl;
@@ -170,13 +188,14 @@ static void test_sigkill_under_workflow_load(void **state) {
   clt_child *cs = cl.cs;
   /* Every runner starts LOAD_N executions (keys r<i>-<n>); runner 2 is
    * killed while runner 0's starts flow (its own starts are all in by then,
-   * their executions still running). */
+   * their executions running or waiting). */
   char ids[MAXR][LOAD_N][64];
   int acked[MAXR][LOAD_N];
   memset(acked, 0, sizeof(acked));
-  for (int i = 0; i < MAXR; i++) clt_child_cmd(&cs[i], NULL, 0, "wfload %d r%d n", LOAD_N, i);
-  char line[1024];
+  for (int i = 0; i < MAXR; i++) clt_child_cmd(&cs[i], NULL, 0, "wfload %d r%d %s", LOAD_N, i, LOAD_MODE[i]);
+  char line[1024], sql[512];
   const int victim = 2;
+  long long waiting_on_victim = -1;
   for (int i = MAXR - 1; i >= 0; i--) {
     int n = 0;
     for (;;) {
@@ -191,15 +210,29 @@ static void test_sigkill_under_workflow_load(void **state) {
       } else {
         print_message("runner %d: %s\n", i, line);
       }
-      if (i == 0 && n == LOAD_N / 4 && cs[victim].alive) child_kill(&cs[victim]);
+      if (i == 0 && n == LOAD_N / 4 && cs[victim].alive) {
+        /* Executions the victim began and has not finished (they cannot
+         * finish there any more). */
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM cluster_wf_app a WHERE a.step = 1 AND a.runner = '%s' AND NOT EXISTS "
+                 "(SELECT 1 FROM cluster_wf_app b WHERE b.exec = a.exec AND b.step = 2)",
+                 cs[victim].addr);
+        child_kill(&cs[victim]);
+        waiting_on_victim = pgt_scalar(cl.s.admin, sql, -1);
+      }
     }
-    if (i == 0 && cs[victim].alive) child_kill(&cs[victim]);
+    if (i == 0) assert_false(cs[victim].alive);
   }
-  assert_false(cs[victim].alive);
   /* The survivors' starts were all accepted (they wait for the new owner). */
   for (int i = 0; i < MAXR; i++)
     for (int k = 0; k < LOAD_N; k++)
       if (i != victim && !acked[i][k]) fail_msg("runner %d: start r%d-%d was refused", i, i, k);
+  /* Runner 2's executions: resolved from the survivors. */
+  for (int k = 0; k < LOAD_N; k++) {
+    if (!acked[2][k]) continue;
+    clt_child_cmd(&cs[k % 2], line, sizeof(line), "wfresolve %s go v%d", ids[2][k], k);
+    if (strncmp(line, "ok", 2) != 0) fail_msg("resolve r2-%d (%s): %s", k, ids[2][k], line);
+  }
   /* Every acknowledged execution completes with the right answer. */
   long long started = 0;
   for (int i = 0; i < MAXR; i++)
@@ -207,11 +240,38 @@ static void test_sigkill_under_workflow_load(void **state) {
       if (!acked[i][k]) continue;
       started++;
       char want[256];
-      snprintf(want, sizeof(want), "r%d-%d:r%d-%d/1:r%d-%d/2", i, k, i, k, i, k);
+      load_answer(i, k, want, sizeof(want));
       expect_answer(&cs[(i + k) % 2], ids[i][k], want);
     }
   /* Each activity's SQL exactly once. */
   assert_exactly_once(&cl, 2 * started);
+  /* What the victim began and left was finished by the survivors. */
+  snprintf(sql, sizeof(sql),
+           "SELECT count(*) FROM cluster_wf_app a JOIN cluster_wf_app b ON a.exec = b.exec AND a.step = 1 "
+           "AND b.step = 2 WHERE a.runner = '%s' AND b.runner <> '%s'",
+           cs[victim].addr, cs[victim].addr);
+  long long split = pgt_scalar(cl.s.admin, sql, -1);
+  snprintf(sql, sizeof(sql), "SELECT count(*) FROM cluster_wf_app WHERE runner = '%s'", cs[victim].addr);
+  print_message("%lld executions; %lld activities ran on the killed runner; %lld executions it began were "
+                "finished by a survivor (about %lld were unfinished there at the kill)\n",
+                started, pgt_scalar(cl.s.admin, sql, -1), split, waiting_on_victim);
+  /* Runner 2's executions waited for their deferred until after the kill:
+   * those the victim began were certainly finished by a survivor. */
+  char in[LOAD_N * 70 + 64];
+  size_t off = 0;
+  for (int k = 0; k < LOAD_N; k++)
+    if (acked[2][k]) off += (size_t)snprintf(in + off, sizeof(in) - off, "%s'%s'", off ? "," : "", ids[2][k]);
+  assert_true(off > 0);
+  char big[sizeof(in) + 512];
+  snprintf(big, sizeof(big), "SELECT count(*) FROM cluster_wf_app WHERE step = 1 AND runner = '%s' AND exec IN (%s)",
+           cs[victim].addr, in);
+  long long began = pgt_scalar(cl.s.admin, big, -1);
+  snprintf(big, sizeof(big),
+           "SELECT count(*) FROM cluster_wf_app a JOIN cluster_wf_app b ON a.exec = b.exec AND a.step = 1 "
+           "AND b.step = 2 WHERE a.runner = '%s' AND b.runner <> '%s' AND a.exec IN (%s)",
+           cs[victim].addr, cs[victim].addr, in);
+  assert_true(began > 0);
+  assert_int_equal(pgt_scalar(cl.s.admin, big, -1), began);
   /* The killed runner's shards are owned again, by the survivors. */
   wait_settled(cs, MAXR);
   cluster_end(&cl);
@@ -267,6 +327,54 @@ static void test_deferred_and_cancel_from_another_runner(void **state) {
   assert_int_equal(remote_cancels, DN);
   /* Resolved ones ran both steps, cancelled ones only the first. */
   assert_exactly_once(&cl, 2 * DN + DN);
+  cluster_end(&cl);
+}
+
+#define GN 4
+
+/* An execution running on its owner (inside an activity) is cancelled
+ * from another runner: it must not answer with success afterwards -- its
+ * answer is CRUSTER_E_CANCELLED and the durable calls it made after the
+ * cancellation left nothing. */
+static void test_cancel_while_running_on_another_runner(void **state) {
+  (void)state;
+  cluster cl;
+  cluster_start(&cl);
+  clt_child *cs = cl.cs;
+  char line[1024], id[GN][64];
+  for (int k = 0; k < GN; k++) {
+    char key[32], input[64];
+    snprintf(key, sizeof(key), "gate-%d", k);
+    snprintf(input, sizeof(input), "g:%s", key);
+    start_one(&cs[0], key, input, id[k], sizeof(id[k]));
+  }
+  for (int k = 0; k < GN; k++) {
+    /* In its gate activity, on its owner. */
+    int64_t end = pgt_mono_ms() + TS_DEADLINE_MS;
+    int owner = -1;
+    while (owner < 0) {
+      char sql[512];
+      snprintf(sql, sizeof(sql), "SELECT runner FROM cluster_wf_gate_in WHERE exec = '%s'", id[k]);
+      PGresult *r = PQexec(cl.s.admin, sql);
+      if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0) owner = runner_index(&cl, PQgetvalue(r, 0, 0));
+      PQclear(r);
+      if (owner < 0 && pgt_mono_ms() > end) fail_msg("execution %s never entered its gate", id[k]);
+      if (owner < 0) ts_sleep_ms(50);
+    }
+    int other = (owner + 1 + k % 2) % MAXR;
+    clt_child_cmd(&cs[other], line, sizeof(line), "wfcancel %s", id[k]);
+    if (strncmp(line, "ok", 2) != 0) fail_msg("cancel %s on %s: %s", id[k], cs[other].addr, line);
+    pgt_execf(cl.s.admin, "INSERT INTO cluster_wf_gate (exec) VALUES ('%s')", id[k]);
+    clt_child_cmd(&cs[other], line, sizeof(line), "wfjoin 60000 %s", id[k]);
+    char want_err[32];
+    snprintf(want_err, sizeof(want_err), "err %d ", CRUSTER_E_CANCELLED);
+    if (strncmp(line, want_err, strlen(want_err)) != 0)
+      fail_msg("execution %s cancelled from %s while running on %s: '%s'", id[k], cs[other].addr,
+               cs[owner].addr, line);
+  }
+  /* Step 2 (after the cancellation) left nothing. */
+  assert_int_equal(pgt_scalar(cl.s.admin, "SELECT count(*) FROM cluster_wf_app WHERE step = 2", -1), 0);
+  assert_exactly_once(&cl, GN);
   cluster_end(&cl);
 }
 
@@ -354,6 +462,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sigkill_under_workflow_load),
       cmocka_unit_test(test_deferred_and_cancel_from_another_runner),
+      cmocka_unit_test(test_cancel_while_running_on_another_runner),
       cmocka_unit_test(test_durable_sleep_wakes_on_a_survivor),
       cmocka_unit_test(test_traceparent_across_runners),
   };
