@@ -236,6 +236,7 @@
 #define sh_owns cruster__sh_owns
 #define sh_poll_reply cruster__sh_poll_reply
 #define sh_poll_schedule cruster__sh_poll_schedule
+#define sh_remote_describe cruster__sh_remote_describe
 #define sh_remote_detach cruster__sh_remote_detach
 #define sh_retry_later cruster__sh_retry_later
 #define sh_route cruster__sh_route

@@ -169,10 +169,11 @@ static void deadline_fire(uv_timer_t *t) {
     core_metric_add(sh->m.calls_timeout, 1);
     /* A call refused by the runners it was forwarded to (unreachable, TLS
      * refused, ...) says why the last one was refused. */
-    char msg[2 * CRUSTER_MAX_NAME_LEN + CRUSTER_MAX_ENTITY_ID_LEN + 640];
-    snprintf(msg, sizeof(msg), "no answer from %s/%s (method '%s') before the call's deadline%s%.500s",
-             c->type, c->id, c->method, c->fwd_err ? "; the last forward failed: " : "",
-             c->fwd_err ? c->fwd_err : "");
+    char why[640];
+    sh_remote_describe(c, why, sizeof(why));
+    char msg[2 * CRUSTER_MAX_NAME_LEN + CRUSTER_MAX_ENTITY_ID_LEN + 704];
+    snprintf(msg, sizeof(msg), "no answer from %s/%s (method '%s') before the call's deadline%s", c->type,
+             c->id, c->method, why);
     sh_call_complete(sh, c, CRUSTER_E_TIMEOUT, NULL, 0, msg);
   }
   deadline_rearm(sh);

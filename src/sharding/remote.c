@@ -80,6 +80,13 @@ void sh_remote_detach(sh_sharding *sh, sh_call *c) {
   }
 }
 
+void sh_remote_describe(const sh_call *c, char *buf, size_t cap) {
+  if (!cap) return;
+  buf[0] = 0;
+  if (c->fwd_err) snprintf(buf, cap, "; the last forward failed: %s", c->fwd_err);
+  else if (c->fwd) snprintf(buf, cap, "; the forward to runner %.100s had not answered", c->fwd->to);
+}
+
 /* ---- forwarding ------------------------------------------------------------- */
 
 static int retryable(int status) {
