@@ -83,7 +83,7 @@ void sh_remote_detach(sh_sharding *sh, sh_call *c) {
 void sh_remote_describe(const sh_call *c, char *buf, size_t cap) {
   if (!cap) return;
   buf[0] = 0;
-  if (c->fwd_err) snprintf(buf, cap, "; the last forward failed: %s", c->fwd_err);
+  if (c->fwd_err) snprintf(buf, cap, "%s", c->fwd_err);
   else if (c->fwd) snprintf(buf, cap, "; the forward to runner %.100s had not answered", c->fwd->to);
 }
 
@@ -107,8 +107,8 @@ static void fwd_exit(void *ud, int status, const void *data, size_t len, const c
   if (retryable(status) && !sh->stopping) {
     /* Kept for the deadline's message (the call fails with
      * CRUSTER_E_TIMEOUT if no forward succeeds before it). */
-    char buf[600];
-    snprintf(buf, sizeof(buf), "runner %.100s: %.400s (%s)", f->to,
+    char buf[640];
+    snprintf(buf, sizeof(buf), "; the last forward failed: runner %.100s: %.400s (%s)", f->to,
              msg && *msg ? msg : cruster_status_message(status), cruster_status_name(status));
     char *why = core_strdup(buf);
     if (why) {
@@ -144,6 +144,14 @@ void sh_route_remote(sh_sharding *sh, sh_call *c) {
       return;
     }
     /* Nobody, or this runner before its lock is held: later. */
+    char buf[CRUSTER_MAX_NAME_LEN + 160];
+    snprintf(buf, sizeof(buf), "; shard %s:%d had no owner to forward to (a move in progress%s)", env->group,
+             (int)env->shard, cl->detached ? ", this runner detached from the registry" : "");
+    char *why = core_strdup(buf);
+    if (why) {
+      free(c->fwd_err);
+      c->fwd_err = why;
+    }
     sh_retry_later(sh, c);
     return;
   }

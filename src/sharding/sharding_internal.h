@@ -69,8 +69,9 @@ struct sh_call {
   struct tp_call *fwd_call;   /* its transport call */
   int retrying;               /* in the retry list */
   sh_call *rnext, *rprev;
-  /* Why the last forward was refused ("runner ADDR: message"), for the
-   * deadline's message; NULL = none yet. */
+  /* What the last routing attempt met ("; the last forward failed: runner
+   * ADDR: message", "; shard G:S had no owner ..."), for the deadline's
+   * message; NULL = nothing yet. */
   char *fwd_err;
   char names[];
 };
