@@ -104,9 +104,23 @@ typedef struct cruster_call_opts {
    * mistakes and public clients, it is not a security boundary in-process.
    */
   const cruster_request *caller;
+  /**
+   * (Version 2.) W3C trace context of the call: a NUL-terminated
+   * traceparent, "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>"
+   * (lowercase; 55 characters; version ff and all-zero ids are invalid),
+   * or NULL for none. It reaches the handler (cruster_request_traceparent),
+   * on this runner or across runners. A handler that calls another entity
+   * passes it on by setting this field to cruster_request_traceparent(req)
+   * (with its own span id as parent id if it traces). A persisted call
+   * carries it to a delivery that follows its storage write directly; with
+   * PostgreSQL storage a delivery read back from storage later (a retry, a
+   * restart, a move to another runner, a deliver_at time) has none (it is
+   * not stored).
+   */
+  const char *traceparent;
 } cruster_call_opts;
 
-#define CRUSTER_CALL_OPTS_INIT {sizeof(cruster_call_opts), 0u, 0, NULL, 0u, 0, NULL}
+#define CRUSTER_CALL_OPTS_INIT {sizeof(cruster_call_opts), 0u, 0, NULL, 0u, 0, NULL, NULL}
 /** The size of the first version of cruster_call_opts (through `caller`). */
 #define CRUSTER_CALL_OPTS_SIZE_V1 \
   (offsetof(cruster_call_opts, caller) + sizeof(const cruster_request *))
@@ -141,7 +155,8 @@ typedef void (*cruster_reply_fn)(void *user, int status, const void *data, size_
  *   CRUSTER_E_INVALID_ARGUMENT (NULL, empty or invalid name or id -- see
  *   common.h --, or bad options: opts.size too small, unknown flags (the
  *   message names them and the flags as passed), negative timeout_ms,
- *   deliver_at_ms out of range, a NULL key with a length or an empty one),
+ *   deliver_at_ms out of range, a NULL key with a length or an empty one,
+ *   a traceparent that is not W3C trace context -- the message says why),
  *   CRUSTER_E_PAYLOAD_TOO_LARGE (`len` over "max_payload_size" -- any
  *   size_t value, SIZE_MAX included --, a key over 65536 bytes, or an id
  *   over CRUSTER_MAX_ENTITY_ID_LEN), CRUSTER_E_STATE (not started),

@@ -209,6 +209,12 @@ CRUSTER_API const char *cruster_request_entity_id(const cruster_request *req);
 CRUSTER_API const char *cruster_request_method(const cruster_request *req);
 CRUSTER_API const char *cruster_request_shard_group(const cruster_request *req);
 CRUSTER_API int32_t cruster_request_shard(const cruster_request *req);
+/**
+ * The caller's W3C traceparent (cruster_call_opts.traceparent: 55
+ * characters, checked), or NULL when the call carried none. Pass it on in
+ * the options of the calls the handler makes to continue the trace.
+ */
+CRUSTER_API const char *cruster_request_traceparent(const cruster_request *req);
 /** The request id: a snowflake; for a call with an idempotency key,
  *  cruster_persisted_request_id(type, id, method, key) -- or, when that id
  *  already holds a call of another identity (the hash collided), another id

@@ -10,6 +10,15 @@
 #include <stdint.h>
 
 /* An addressed message: one allocation holding strings and payload. */
+/* The length of a W3C traceparent ("vv-<32 hex>-<16 hex>-ff"). */
+#define CORE_TRACEPARENT_LEN 55
+
+/* Checks a W3C trace context traceparent (version-traceid-parentid-flags,
+ * lowercase hex: 2-32-16-2 digits; version ff, an all-zero trace id or
+ * parent id are invalid). 1 when valid; otherwise 0 and *why (when not
+ * NULL) says what is wrong. */
+int core_traceparent_check(const char *s, const char **why);
+
 typedef struct core_env {
   int64_t request_id;
   const char *type, *id, *method;
@@ -24,6 +33,9 @@ typedef struct core_env {
   unsigned char fresh;      /* delivered straight after its own insert stored
                              * it (a first delivery; not copied) */
   char group[CRUSTER_MAX_NAME_LEN + 1];
+  /* W3C traceparent of the call ("" = none; checked by
+   * core_traceparent_check). */
+  char traceparent[CORE_TRACEPARENT_LEN + 1];
   char data[];
 } core_env;
 

@@ -63,6 +63,7 @@
 #define core_status_known cruster__core_status_known
 #define core_strdup cruster__core_strdup
 #define core_text_one_line cruster__core_text_one_line
+#define core_traceparent_check cruster__core_traceparent_check
 #define core_tz_free cruster__core_tz_free
 #define core_tz_from_posix cruster__core_tz_from_posix
 #define core_tz_load cruster__core_tz_load
@@ -243,6 +244,7 @@
 #define sh_owns cruster__sh_owns
 #define sh_poll_reply cruster__sh_poll_reply
 #define sh_poll_schedule cruster__sh_poll_schedule
+#define sh_remote_describe cruster__sh_remote_describe
 #define sh_remote_detach cruster__sh_remote_detach
 #define sh_retry_later cruster__sh_retry_later
 #define sh_route cruster__sh_route

@@ -21,6 +21,9 @@ const char *cruster_request_entity_id(const cruster_request *r) { return r ? r->
 const char *cruster_request_method(const cruster_request *r) { return r ? r->env->method : NULL; }
 const char *cruster_request_shard_group(const cruster_request *r) { return r ? r->env->group : NULL; }
 int32_t cruster_request_shard(const cruster_request *r) { return r ? r->env->shard : -1; }
+const char *cruster_request_traceparent(const cruster_request *r) {
+  return r && r->env->traceparent[0] ? r->env->traceparent : NULL;
+}
 int64_t cruster_request_id(const cruster_request *r) { return r ? r->env->request_id : 0; }
 int cruster_request_is_persisted(const cruster_request *r) { return r ? r->env->persisted : 0; }
 int cruster_request_from_entity(const cruster_request *r) { return r ? r->env->internal : 0; }

@@ -140,7 +140,7 @@ static int tx_commit_reply(void *ud, void *tx, const core_env *env, const void *
   const st_wf_ops *ops = NULL;
   void *impl = rt->storage->ops->wf(rt->storage, &ops);
   cruster_error *err = NULL;
-  int st = ops->commit_reply(impl, tx, env->request_id, env->keyed, data, len, NULL, 0, &err);
+  int st = ops->commit_reply(impl, tx, env->request_id, env->keyed, -1, data, len, NULL, 0, &err);
   if (st != CRUSTER_OK)
     core_log(rt->lg, st == CRUSTER_E_ALREADY_EXISTS ? CRUSTER_LOG_INFO : CRUSTER_LOG_WARN, "storage",
              "the transaction of request %lld did not commit: %s", (long long)env->request_id,

@@ -138,6 +138,7 @@ void sh_call_free(sh_call *c) {
   if (!c) return;
   free(c->env);
   free(c->key);
+  free(c->fwd_err);
   free(c);
 }
 
@@ -166,9 +167,13 @@ static void deadline_fire(uv_timer_t *t) {
     sh_call *c = sh->heap[0];
     if (c->req) em_request_cancel(c->req);
     core_metric_add(sh->m.calls_timeout, 1);
-    char msg[2 * CRUSTER_MAX_NAME_LEN + CRUSTER_MAX_ENTITY_ID_LEN + 64];
-    snprintf(msg, sizeof(msg), "no answer from %s/%s (method '%s') before the call's deadline",
-             c->type, c->id, c->method);
+    /* A call refused by the runners it was forwarded to (unreachable, TLS
+     * refused, ...) says why the last one was refused. */
+    char why[640];
+    sh_remote_describe(c, why, sizeof(why));
+    char msg[2 * CRUSTER_MAX_NAME_LEN + CRUSTER_MAX_ENTITY_ID_LEN + 704];
+    snprintf(msg, sizeof(msg), "no answer from %s/%s (method '%s') before the call's deadline%s", c->type,
+             c->id, c->method, why);
     sh_call_complete(sh, c, CRUSTER_E_TIMEOUT, NULL, 0, msg);
   }
   deadline_rearm(sh);

@@ -29,6 +29,7 @@ int sh_call_opts_read(const cruster_call_opts *opts, sh_call_opts *out, cruster_
   if (OPT_HAS(opts, idempotency_key_len)) out->key_len = opts->idempotency_key_len;
   if (OPT_HAS(opts, deliver_at_ms)) out->deliver_at_ms = opts->deliver_at_ms;
   if (OPT_HAS(opts, caller)) out->caller = opts->caller;
+  if (OPT_HAS(opts, traceparent)) out->traceparent = opts->traceparent;
   return CRUSTER_OK;
 }
 
@@ -78,6 +79,10 @@ static int submit(sh_sharding *sh, int kind, const char *type, const char *id,
   if (key_len > CRUSTER_MAX_KEY_LEN)
     return core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE,
                           "idempotency key of %zu bytes exceeds %d bytes", key_len, CRUSTER_MAX_KEY_LEN);
+  const char *why = NULL;
+  if (o.traceparent && !core_traceparent_check(o.traceparent, &why))
+    return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "opts.traceparent is not W3C trace context: %s",
+                          why);
   if ((st = rt_check_started(sh->loop, err)) != CRUSTER_OK) return st;
 
   sh_call *c = sh_call_new(type, id, method);
@@ -98,6 +103,7 @@ static int submit(sh_sharding *sh, int kind, const char *type, const char *id,
   c->caller = caller;
   c->internal = caller != NULL;
   c->env->deliver_at = deliver_at;
+  if (o.traceparent) memcpy(c->env->traceparent, o.traceparent, CORE_TRACEPARENT_LEN + 1);
   c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout > 0 ? timeout : sh->cfg->default_call_timeout);
   if (deliver_at > 0 && timeout == 0) {
     /* A delayed call's default deadline counts from its delivery time. */

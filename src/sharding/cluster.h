@@ -117,6 +117,11 @@ void sh_route_remote(sh_sharding *sh, sh_call *c);
 void sh_retry_later(sh_sharding *sh, sh_call *c);
 /* A call leaves: detach it from a forward in flight or the retry list. */
 void sh_remote_detach(sh_sharding *sh, sh_call *c);
+/* What routing call `c` met last, for its deadline's message: "; the
+ * last forward failed: runner ADDR: why" (one was refused), "; shard G:S
+ * had no owner to forward to (...)", else "; the forward to runner ADDR
+ * had not answered" (one in flight), else "". */
+void sh_remote_describe(const sh_call *c, char *buf, size_t cap);
 /* The transport's host: calls from other runners. */
 extern const tp_host sh_tp_host_template;
 

@@ -18,6 +18,7 @@
 typedef struct sh_fwd {
   sh_sharding *sh;
   sh_call *c;
+  char to[]; /* the runner's address */
 } sh_fwd;
 
 /* ---- the retry list --------------------------------------------------------- */
@@ -79,6 +80,13 @@ void sh_remote_detach(sh_sharding *sh, sh_call *c) {
   }
 }
 
+void sh_remote_describe(const sh_call *c, char *buf, size_t cap) {
+  if (!cap) return;
+  buf[0] = 0;
+  if (c->fwd_err) snprintf(buf, cap, "%s", c->fwd_err);
+  else if (c->fwd) snprintf(buf, cap, "; the forward to runner %.100s had not answered", c->fwd->to);
+}
+
 /* ---- forwarding ------------------------------------------------------------- */
 
 static int retryable(int status) {
@@ -90,14 +98,28 @@ static void fwd_exit(void *ud, int status, const void *data, size_t len, const c
   sh_fwd *f = ud;
   sh_sharding *sh = f->sh;
   sh_call *c = f->c;
-  free(f);
-  if (!c) return; /* the call completed first (deadline) */
+  if (!c) {
+    free(f);
+    return; /* the call completed first (deadline) */
+  }
   c->fwd = NULL;
   c->fwd_call = NULL;
   if (retryable(status) && !sh->stopping) {
+    /* Kept for the deadline's message (the call fails with
+     * CRUSTER_E_TIMEOUT if no forward succeeds before it). */
+    char buf[640];
+    snprintf(buf, sizeof(buf), "; the last forward failed: runner %.100s: %.400s (%s)", f->to,
+             msg && *msg ? msg : cruster_status_message(status), cruster_status_name(status));
+    char *why = core_strdup(buf);
+    if (why) {
+      free(c->fwd_err);
+      c->fwd_err = why;
+    }
+    free(f);
     sh_retry_later(sh, c);
     return;
   }
+  free(f);
   sh_call_complete(sh, c, status, data, len, msg && *msg ? msg : NULL);
 }
 
@@ -122,6 +144,14 @@ void sh_route_remote(sh_sharding *sh, sh_call *c) {
       return;
     }
     /* Nobody, or this runner before its lock is held: later. */
+    char buf[CRUSTER_MAX_NAME_LEN + 160];
+    snprintf(buf, sizeof(buf), "; shard %s:%d had no owner to forward to (a move in progress%s)", env->group,
+             (int)env->shard, cl->detached ? ", this runner detached from the registry" : "");
+    char *why = core_strdup(buf);
+    if (why) {
+      free(c->fwd_err);
+      c->fwd_err = why;
+    }
     sh_retry_later(sh, c);
     return;
   }
@@ -132,13 +162,15 @@ void sh_route_remote(sh_sharding *sh, sh_call *c) {
     sh_call_complete(sh, c, CRUSTER_E_NOT_ASSIGNED, NULL, 0, msg);
     return;
   }
-  sh_fwd *f = calloc(1, sizeof(*f));
+  size_t to_len = strlen(cl->runners[owner]);
+  sh_fwd *f = calloc(1, sizeof(*f) + to_len + 1);
   if (!f) {
     sh_call_complete(sh, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory");
     return;
   }
   f->sh = sh;
   f->c = c;
+  memcpy(f->to, cl->runners[owner], to_len + 1);
   c->fwd = f;
   int64_t remaining = c->deadline_ms - core_mono_ms();
   if (remaining < 1) remaining = 1;
@@ -148,6 +180,7 @@ void sh_route_remote(sh_sharding *sh, sh_call *c) {
   meta.timeout_ms = remaining;
   meta.key = c->key;
   meta.key_len = c->key_len;
+  meta.traceparent = env->traceparent[0] ? env->traceparent : NULL;
   env->persisted = (c->flags & CRUSTER_CALL_PERSISTED) != 0;
   core_metric_add(cl->m_forwarded, 1);
   tp_call *tc = NULL;
@@ -212,6 +245,11 @@ static void received(sh_sharding *sh, int kind, core_env *env, const tp_meta *me
   c->user = x;
   c->remote = 1;
   c->env = env;
+  /* The caller's trace context, when it is one (the wire checks only its
+   * alphabet and length). */
+  env->traceparent[0] = 0;
+  if (meta && meta->traceparent && core_traceparent_check(meta->traceparent, NULL))
+    memcpy(env->traceparent, meta->traceparent, CORE_TRACEPARENT_LEN + 1);
   env->request_id = 0;
   env->keyed = 0;
   env->fresh = 0;

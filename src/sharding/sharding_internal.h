@@ -69,6 +69,10 @@ struct sh_call {
   struct tp_call *fwd_call;   /* its transport call */
   int retrying;               /* in the retry list */
   sh_call *rnext, *rprev;
+  /* What the last routing attempt met ("; the last forward failed: runner
+   * ADDR: message", "; shard G:S had no owner ..."), for the deadline's
+   * message; NULL = nothing yet. */
+  char *fwd_err;
   char names[];
 };
 
@@ -216,6 +220,7 @@ typedef struct sh_call_opts {
   size_t key_len;
   int64_t deliver_at_ms;
   const cruster_request *caller;
+  const char *traceparent; /* unchecked: submit checks it */
 } sh_call_opts;
 int sh_call_opts_read(const cruster_call_opts *opts, sh_call_opts *out, cruster_error **err);
 

@@ -86,14 +86,19 @@ struct pg_wf {
 /* The reply in the handler's transaction. No row (answered already, or
  * not stored) divides by zero: the error aborts the transaction, so the
  * COMMIT after it cannot commit the handler's SQL. */
+/* $3 >= 0 (a workflow execution's answer): only if the message's wake
+ * counter is still $3, the value its run read -- no cancellation (nor
+ * resolution, nor child's answer) was stored since; the row is locked and
+ * re-read by the UPDATE, so one that commits meanwhile is seen. */
 #define SQL_REPLY_KEYED                                                                        \
   "WITH u AS (UPDATE cruster_messages SET processed = TRUE, processed_at = now(),"             \
   " reply_status = 0, reply_payload = $2, reply_message = NULL, claimed_by = NULL,"            \
-  " claimed_at = NULL WHERE request_id = $1 AND processed_at IS NULL RETURNING 1)"            \
+  " claimed_at = NULL WHERE request_id = $1 AND processed_at IS NULL"                         \
+  " AND ($3::int8 < 0 OR wake_seq = $3::int8) RETURNING 1)"                                    \
   " SELECT 1 / (SELECT count(*)::int FROM u)"
 #define SQL_REPLY_UNKEYED                                                                      \
   "WITH u AS (DELETE FROM cruster_messages WHERE request_id = $1 AND processed_at IS NULL"     \
-  " RETURNING 1) SELECT 1 / (SELECT count(*)::int FROM u)"
+  " AND ($2::int8 < 0 OR wake_seq = $2::int8) RETURNING 1) SELECT 1 / (SELECT count(*)::int FROM u)"
 #define SQLSTATE_DIVISION_BY_ZERO "22012"
 
 /* Prepared once per connection (prepare): parsing and planning them on
@@ -209,8 +214,8 @@ static int prepare(st_tx *t) {
   static const struct {
     const char *name, *sql;
     int n;
-  } ps[] = {{PS_UPSERT, SQL_UPSERT, 9}, {PS_REPLY_KEYED, SQL_REPLY_KEYED, 2},
-            {PS_REPLY_UNKEYED, SQL_REPLY_UNKEYED, 1}};
+  } ps[] = {{PS_UPSERT, SQL_UPSERT, 9}, {PS_REPLY_KEYED, SQL_REPLY_KEYED, 3},
+            {PS_REPLY_UNKEYED, SQL_REPLY_UNKEYED, 2}};
   int ok = PQenterPipelineMode(c);
   if (ok) ok = PQsendQueryParams(c, "DEALLOCATE ALL", 0, NULL, NULL, NULL, NULL, 0);
   for (size_t i = 0; ok && i < sizeof(ps) / sizeof(ps[0]); i++)
@@ -496,6 +501,7 @@ typedef struct wr_tail {
   int keyed;       /* (reply) the message is keyed: kept with its reply */
   const void *data; /* (reply) */
   size_t len;
+  int64_t wake_seq; /* (reply) >= 0: only while the wake counter is this */
 } wr_tail;
 
 /* Writes `entries` on t's connection and ends as `tail` says, all in one
@@ -509,8 +515,9 @@ static int write_tx(pg_wf *w, st_tx *t, int64_t request_id, const st_jentry *ent
   int rc = CRUSTER_OK;
   unsigned char id[8];
   put_i64(id, request_id);
-  char msg[96];
-  snprintf(msg, sizeof(msg), "message %lld was answered already", (long long)request_id);
+  char msg[128];
+  snprintf(msg, sizeof(msg), "message %lld was answered already%s", (long long)request_id,
+           tail->wake_seq >= 0 ? ", or woken while it ran" : "");
   if (tail->reply && tail->len > INT32_MAX) {
     rc = core_error_set(err, CRUSTER_E_PAYLOAD_TOO_LARGE, "reply too large");
   } else if (!PQenterPipelineMode(c)) {
@@ -521,10 +528,16 @@ static int write_tx(pg_wf *w, st_tx *t, int64_t request_id, const st_jentry *ent
     int sent = 1;
     for (size_t i = 0; sent && i < n; i++) sent = send_upsert(c, request_id, &entries[i]) == 0;
     if (sent && tail->reply) {
-      const char *v[2] = {(const char *)id, tail->len ? (const char *)tail->data : ""};
-      int l[2] = {8, (int)tail->len}, f[2] = {1, 1};
+      unsigned char ws[8];
+      put_i64(ws, tail->wake_seq);
+      const char *v[3] = {(const char *)id, tail->len ? (const char *)tail->data : "", (const char *)ws};
+      int l[3] = {8, (int)tail->len, 8}, f[3] = {1, 1, 1};
+      if (!tail->keyed) { /* ($1, $2 = the wake counter) */
+        v[1] = v[2];
+        l[1] = 8;
+      }
       sent = PQsendQueryPrepared(c, tail->keyed ? PS_REPLY_KEYED : PS_REPLY_UNKEYED,
-                                 tail->keyed ? 2 : 1, v, l, f, 1);
+                                 tail->keyed ? 3 : 2, v, l, f, 1);
     }
     if (sent && tail->commit) sent = PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
     if (sent && tail->reopen) sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
@@ -569,10 +582,12 @@ static int wf_commit_reopen(void *impl, st_tx *t, int64_t request_id, const st_j
   return write_tx(impl, t, request_id, entries, n, &tail, "writing a workflow journal", err);
 }
 
-static int wf_commit_reply(void *impl, st_tx *t, int64_t request_id, int keyed, const void *data,
-                           size_t len, const st_jentry *entries, size_t n, cruster_error **err) {
+static int wf_commit_reply(void *impl, st_tx *t, int64_t request_id, int keyed, int64_t wake_seq,
+                           const void *data, size_t len, const st_jentry *entries, size_t n,
+                           cruster_error **err) {
   wr_tail tail = {0};
   tail.commit = tail.reply = 1;
+  tail.wake_seq = wake_seq;
   tail.keyed = keyed;
   tail.data = data;
   tail.len = len;

@@ -137,10 +137,15 @@ typedef struct st_wf_ops {
    * must be stored unanswered: else nothing commits and the result is
    * CRUSTER_E_ALREADY_EXISTS. `entries` (n may be 0) are journaled for
    * request_id in the same transaction (a workflow execution's answer in
-   * its last activity's transaction). Either way `tx` is finished. NULL in
-   * backends without transactions. */
-  int (*commit_reply)(void *impl, st_tx *tx, int64_t request_id, int keyed, const void *data,
-                      size_t len, const st_jentry *entries, size_t n, cruster_error **err);
+   * its last activity's transaction). `wake_seq` >= 0 (a workflow
+   * execution's answer): stored only if the message's wake counter is
+   * still `wake_seq` (st_wf_state.wake_seq as its run read it), so an
+   * answer never overtakes a cancellation stored meanwhile (by any runner);
+   * else nothing commits, CRUSTER_E_ALREADY_EXISTS. -1: no such condition.
+   * Either way `tx` is finished. NULL in backends without transactions. */
+  int (*commit_reply)(void *impl, st_tx *tx, int64_t request_id, int keyed, int64_t wake_seq,
+                      const void *data, size_t len, const st_jentry *entries, size_t n,
+                      cruster_error **err);
   /* Executions of (type, id, method "execute"): up to `cap` into `out`
    * (each key the caller's to free), their count in *n (may exceed cap). */
   int (*find)(void *impl, const char *type, const char *id, st_exec_ref *out, size_t cap,

@@ -217,18 +217,40 @@ static void on_execute(void *user, cruster_request *req) {
     tl_run = NULL;
   }
   running_del(e, &wf);
-  if (wf.answered && !wf.stop && wf.status == CRUSTER_OK && wf.held && e->host.ops->commit_reply) {
-    /* The answer commits in the last activity's transaction, with what is
-     * pending: one round trip, and stored before anyone is told. */
-    st_tx *tx = wf.held;
+  st_tx *answer_tx = NULL;
+  if (wf.answered && !wf.stop && wf.status == CRUSTER_OK && e->host.ops->commit_reply) {
+    /* The answer is stored in a transaction -- the last activity's when it
+     * is held (one round trip, with what is pending), else one of its own
+     * -- and only if the execution's wake counter has not moved since this
+     * run read it: a cancellation stored meanwhile, by any runner (which
+     * cannot reach this run's flag), wins over the answer. */
+    answer_tx = wf.held;
     wf.held = NULL;
+    if (!answer_tx) {
+      block_enter(e);
+      rc = e->host.ops->begin(e->host.impl, &answer_tx, &err);
+      block_leave(e);
+      if (rc != CRUSTER_OK) {
+        cruster_error_free(err);
+        err = NULL;
+        answer_tx = NULL; /* answered as before, without the condition */
+      }
+    }
+  }
+  if (answer_tx) {
     block_enter(e);
-    rc = e->host.ops->commit_reply(e->host.impl, tx, rid, req->env->keyed, wf.reply, wf.reply_len,
-                                   wf.pending, wf.npending, &err);
+    rc = e->host.ops->commit_reply(e->host.impl, answer_tx, rid, req->env->keyed, wake_seq, wf.reply,
+                                   wf.reply_len, wf.pending, wf.npending, &err);
     block_leave(e);
     if (rc == CRUSTER_OK) {
       req->tx_committed = 1; /* the entity layer stores nothing more */
       cruster_request_reply(req, wf.reply, wf.reply_len);
+    } else if (rc == CRUSTER_E_ALREADY_EXISTS) {
+      /* Woken while it ran (a cancellation, a deferred's outcome, a child's
+       * answer): nothing committed; the next run reads what changed. */
+      core_log(e->lg, CRUSTER_LOG_DEBUG, "workflow",
+               "execution %s of %s was woken while it ran: runs again to answer", exec_id, t->def->name);
+      park(e, req, core_now_ms(), -1, 1);
     } else {
       core_log(e->lg, CRUSTER_LOG_WARN, "workflow",
                "execution %s of %s: cannot store its answer: %s; runs again later", exec_id,

@@ -14,6 +14,21 @@
  *              id), holding it ~50 ms
  *   singleton Fencer records the stretches it runs as cluster_fence rows
  *              with shard -1 (with storage)
+ *   Trace.get  replies "<ADDRESS> <the request's traceparent or ->"
+ *   Trace.relay calls Trace.get on entity PAYLOAD passing its own request's
+ *              traceparent on; replies "<ADDRESS> <that reply>"
+ *   workflow CW (with storage; test_cluster_workflow.c): input "MODE:TAG",
+ *              activity step (transactional: inserts (execution id, step,
+ *              ADDRESS) into table cluster_wf_app, replies "TAG/<step>"):
+ *                n: step 1, step 2, answer "TAG:TAG/1:TAG/2"
+ *                d: step 1, await deferred "go" (value V), step 2,
+ *                   answer "TAG:V:TAG/2"
+ *                s<ms>: step 1, durable sleep of <ms> ms, step 2, answer
+ *                   "TAG:slept:TAG/2"
+ *                g: step 1, activity gate (records (execution id, ADDRESS)
+ *                   in cluster_wf_gate_in, then waits until table
+ *                   cluster_wf_gate has a row for the execution id; not in
+ *                   its transaction), step 2, answer "TAG:gate:TAG/2"
  * and answers commands on stdin, one per line, with one line on stdout:
  *   call TYPE ID METHOD PAYLOAD      -> "ok <reply>" | "err <status> <message>"
  *   pcall TYPE ID METHOD PAYLOAD KEY -> the same, a persisted call with a key
@@ -39,6 +54,17 @@
  *                                       (default 0), then records the slot,
  *                                       keyed by its slot id, in cluster_cron
  *                                       (see cron_tick); "cron ok" or "err ..."
+ *   trcall TP TYPE ID METHOD PAYLOAD -> "call" with traceparent TP
+ *   wfload N PREFIX MODE             -> starts executions of CW with keys
+ *                                       PREFIX-0..N-1 (input "MODE:<key>"),
+ *                                       one line "wfacked <i> <execution id>"
+ *                                       (or "wfnack <i> <status> <message>")
+ *                                       per start, then "wfloaded"
+ *   wfstart KEY INPUT                -> "ok <execution id>" | "err ..."
+ *   wfpoll ID                        -> "ok <answer>" | "pending" | "err ..."
+ *   wfjoin MS ID                     -> "ok <answer>" | "err ..." (waits MS ms)
+ *   wfresolve ID NAME VALUE          -> "ok" | "err ..."
+ *   wfcancel ID                      -> "ok" | "err ..."
  *   stop                             -> graceful stop, "stopped", exit 0
  * Runner health (test_cluster_health.c):
  *   Stall.hold  blocks while this runner is "blocked", then replies "ok"
@@ -311,6 +337,239 @@ static void reply_line(int st, const void *data, size_t len, cruster_error *err)
   fflush(stdout);
 }
 
+/* ---- entity Trace (traceparent across calls and runners) ---- */
+
+static void h_trace_get(void *user, cruster_request *req) {
+  (void)user;
+  const char *tp = cruster_request_traceparent(req);
+  char out[200];
+  int n = snprintf(out, sizeof(out), "%s %s", g_addr, tp ? tp : "-");
+  cruster_request_reply(req, out, (size_t)n);
+}
+
+static void h_trace_relay(void *user, cruster_request *req) {
+  (void)user;
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  char target[128];
+  snprintf(target, sizeof(target), "%.*s", (int)(len > 100 ? 100 : len), p ? p : "");
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.caller = req;
+  o.traceparent = cruster_request_traceparent(req); /* passed on */
+  void *rep = NULL;
+  size_t rlen = 0;
+  cruster_error *err = NULL;
+  int rc = cruster_send_sync(cruster_request_runtime(req), "Trace", target, "get", "", 0, &o, &rep, &rlen, &err);
+  if (rc != CRUSTER_OK) {
+    cruster_request_fail(req, rc, err ? cruster_error_message(err) : "relay failed");
+  } else {
+    char out[400];
+    int n = snprintf(out, sizeof(out), "%s %.*s", g_addr, (int)(rlen > 300 ? 300 : rlen), rep ? (char *)rep : "");
+    cruster_request_reply(req, out, (size_t)n);
+  }
+  cruster_free(rep);
+  cruster_error_free(err);
+}
+
+/* ---- workflow CW (with storage) ---- */
+
+/* Activity step: input "TAG/<step>"; inserts (execution id, step, runner)
+ * in the journal's transaction (so exactly once), replies its input. */
+static void a_step(void *user, cruster_activity *act) {
+  (void)user;
+  size_t len;
+  const char *in = cruster_activity_input(act, &len);
+  char buf[256];
+  snprintf(buf, sizeof(buf), "%.*s", (int)(len > 200 ? 200 : len), in ? in : "");
+  const char *slash = strrchr(buf, '/');
+  const char *vals[3] = {cruster_activity_execution_id(act), slash ? slash + 1 : "0", g_addr};
+  PGconn *pc = (PGconn *)cruster_activity_pg(act);
+  if (!pc) {
+    cruster_activity_fail(act, CRUSTER_E_HANDLER, "no transaction");
+    return;
+  }
+  sleep_ms(5); /* a little work: kills land mid-activity too */
+  PGresult *r = PQexecParams(pc, "INSERT INTO cluster_wf_app (exec, step, runner) VALUES ($1, $2::int4, $3)",
+                             3, NULL, vals, NULL, NULL, 0);
+  int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  char why[300];
+  snprintf(why, sizeof(why), "insert failed: %s", PQresultErrorMessage(r));
+  PQclear(r);
+  if (!ok) {
+    cruster_activity_fail(act, CRUSTER_E_HANDLER, why);
+    return;
+  }
+  cruster_activity_reply(act, buf, strlen(buf));
+}
+
+/* Activity gate (mode g): see the header. */
+static void a_gate(void *user, cruster_activity *act) {
+  (void)user;
+  const char *vals[2] = {cruster_activity_execution_id(act), g_addr};
+  PGresult *r = PQexecParams(conn(), "INSERT INTO cluster_wf_gate_in (exec, runner) VALUES ($1, $2)", 2, NULL,
+                             vals, NULL, NULL, 0);
+  PQclear(r);
+  for (int i = 0; i < 6000; i++) { /* at most ~2 min */
+    r = PQexecParams(conn(), "SELECT 1 FROM cluster_wf_gate WHERE exec = $1", 1, NULL, vals, NULL, NULL, 0);
+    int open = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+    PQclear(r);
+    if (open) {
+      cruster_activity_reply(act, "gate", 4);
+      return;
+    }
+    sleep_ms(20);
+  }
+  cruster_activity_fail(act, CRUSTER_E_HANDLER, "the gate never opened");
+}
+
+static int wf_step(cruster_wf *wf, const char *tag, int step, char *out, size_t cap) {
+  char in[160];
+  int n = snprintf(in, sizeof(in), "%s/%d", tag, step);
+  void *rep = NULL;
+  size_t rlen = 0;
+  int rc = cruster_wf_activity(wf, "step", in, (size_t)n, &rep, &rlen, NULL);
+  if (rc == CRUSTER_OK) snprintf(out, cap, "%.*s", (int)(rlen > 150 ? 150 : rlen), rep ? (char *)rep : "");
+  cruster_free(rep);
+  return rc;
+}
+
+static void wf_cw(void *user, cruster_wf *wf) {
+  (void)user;
+  size_t len;
+  const char *in = cruster_wf_input(wf, &len);
+  char input[160], s1[160] = "", mid[160] = "", s2[160] = "";
+  snprintf(input, sizeof(input), "%.*s", (int)(len > 150 ? 150 : len), in ? in : "");
+  char *colon = strchr(input, ':');
+  if (!colon) {
+    cruster_wf_fail(wf, CRUSTER_E_APPLICATION - 1, "bad input");
+    return;
+  }
+  *colon = 0;
+  const char *mode = input, *tag = colon + 1;
+  int rc = wf_step(wf, tag, 1, s1, sizeof(s1));
+  if (rc == CRUSTER_OK && mode[0] == 'd') {
+    void *v = NULL;
+    size_t vlen = 0;
+    rc = cruster_wf_await(wf, "go", &v, &vlen, NULL);
+    if (rc == CRUSTER_OK) snprintf(mid, sizeof(mid), "%.*s", (int)(vlen > 150 ? 150 : vlen), v ? (char *)v : "");
+    cruster_free(v);
+  } else if (rc == CRUSTER_OK && mode[0] == 'g') {
+    void *v = NULL;
+    size_t vlen = 0;
+    rc = cruster_wf_activity(wf, "gate", NULL, 0, &v, &vlen, NULL);
+    if (rc == CRUSTER_OK) snprintf(mid, sizeof(mid), "%.*s", (int)(vlen > 150 ? 150 : vlen), v ? (char *)v : "");
+    cruster_free(v);
+  } else if (rc == CRUSTER_OK && mode[0] == 's') {
+    rc = cruster_wf_sleep(wf, atol(mode + 1), NULL);
+    snprintf(mid, sizeof(mid), "slept");
+  } else {
+    snprintf(mid, sizeof(mid), "%s", s1);
+  }
+  if (rc == CRUSTER_OK) rc = wf_step(wf, tag, 2, s2, sizeof(s2));
+  if (rc == CRUSTER_OK) {
+    char ans[500];
+    int n = snprintf(ans, sizeof(ans), "%s:%s:%s", tag, mid, s2);
+    cruster_wf_complete(wf, ans, (size_t)n);
+  } else if (!cruster_wf_stopped(wf)) {
+    cruster_wf_fail(wf, rc, "step failed");
+  }
+}
+
+static void add_workflow(cruster_runtime *rt) {
+  cruster_error *err = NULL;
+  cruster_workflow_def *d = NULL;
+  if (cruster_workflow_def_new("CW", wf_cw, NULL, &d, &err) != CRUSTER_OK) die("wf def", err);
+  if (cruster_workflow_def_add_activity(d, "step", a_step, NULL, NULL, &err) != CRUSTER_OK) die("wf activity", err);
+  if (cruster_workflow_def_add_activity(d, "gate", a_gate, NULL, NULL, &err) != CRUSTER_OK) die("wf activity", err);
+  if (cruster_runtime_register_workflow(rt, d, &err) != CRUSTER_OK) die("wf register", err);
+  cruster_workflow_def_free(d);
+}
+
+/* The workflow commands (see the header); 0 when `cmd` is not one. */
+static int wf_command(cruster_runtime *rt, const char *cmd, char **save) {
+  cruster_error *err = NULL;
+  int rc;
+  if (strcmp(cmd, "wfload") == 0) {
+    char *ns = strtok_r(NULL, " ", save), *prefix = strtok_r(NULL, " ", save);
+    char *mode = strtok_r(NULL, " ", save);
+    int n = ns ? atoi(ns) : 0;
+    for (int i = 0; i < n && prefix && mode; i++) {
+      char key[128], input[200];
+      snprintf(key, sizeof(key), "%s-%d", prefix, i);
+      int ilen = snprintf(input, sizeof(input), "%s:%s", mode, key);
+      cruster_workflow_opts o = CRUSTER_WORKFLOW_OPTS_INIT;
+      o.key = key;
+      o.key_len = strlen(key);
+      o.timeout_ms = 60000;
+      char *id = NULL;
+      rc = cruster_workflow_start(rt, "CW", input, (size_t)ilen, &o, &id, &err);
+      if (rc == CRUSTER_OK) printf("wfacked %d %s\n", i, id);
+      else printf("wfnack %d %d %s\n", i, rc, err ? cruster_error_message(err) : "");
+      fflush(stdout);
+      cruster_free(id);
+      cruster_error_free(err);
+      err = NULL;
+    }
+    printf("wfloaded\n");
+  } else if (strcmp(cmd, "wfstart") == 0) {
+    char *key = strtok_r(NULL, " ", save), *input = strtok_r(NULL, " ", save);
+    if (!key || !input) {
+      printf("err %d bad command\n", CRUSTER_E_INVALID_ARGUMENT);
+    } else {
+      cruster_workflow_opts o = CRUSTER_WORKFLOW_OPTS_INIT;
+      o.key = key;
+      o.key_len = strlen(key);
+      o.timeout_ms = 60000;
+      char *id = NULL;
+      rc = cruster_workflow_start(rt, "CW", input, strlen(input), &o, &id, &err);
+      if (rc == CRUSTER_OK) printf("ok %s\n", id);
+      else reply_line(rc, NULL, 0, err);
+      cruster_free(id);
+    }
+  } else if (strcmp(cmd, "wfpoll") == 0 || strcmp(cmd, "wfjoin") == 0) {
+    long ms = 0;
+    if (cmd[2] == 'j') {
+      char *m = strtok_r(NULL, " ", save);
+      ms = m ? atol(m) : 0;
+    }
+    char *id = strtok_r(NULL, " ", save);
+    void *out = NULL;
+    size_t olen = 0;
+    int ready = 1;
+    if (!id) {
+      printf("err %d bad command\n", CRUSTER_E_INVALID_ARGUMENT);
+    } else {
+      if (cmd[2] == 'j') rc = cruster_workflow_join_sync(rt, "CW", id, ms, &out, &olen, &err);
+      else rc = cruster_workflow_poll(rt, "CW", id, &ready, &out, &olen, &err);
+      if (!ready) printf("pending\n");
+      else reply_line(rc, out, olen, err);
+    }
+    cruster_free(out);
+  } else if (strcmp(cmd, "wfresolve") == 0) {
+    char *id = strtok_r(NULL, " ", save), *name = strtok_r(NULL, " ", save);
+    char *value = strtok_r(NULL, " ", save);
+    if (!id || !name || !value) {
+      printf("err %d bad command\n", CRUSTER_E_INVALID_ARGUMENT);
+    } else {
+      rc = cruster_workflow_resolve(rt, "CW", id, name, value, strlen(value), &err);
+      reply_line(rc, NULL, 0, err);
+    }
+  } else if (strcmp(cmd, "wfcancel") == 0) {
+    char *id = strtok_r(NULL, " ", save);
+    if (!id) {
+      printf("err %d bad command\n", CRUSTER_E_INVALID_ARGUMENT);
+    } else {
+      rc = cruster_workflow_cancel(rt, "CW", id, &err);
+      reply_line(rc, NULL, 0, err);
+    }
+  } else {
+    return 0;
+  }
+  fflush(stdout);
+  cruster_error_free(err);
+  return 1;
+}
+
 static void add_entity(cruster_runtime *rt, const char *name, const char *m1, unsigned f1,
                        cruster_rpc_fn fn1, const char *m2, cruster_rpc_fn fn2) {
   cruster_error *err = NULL;
@@ -359,8 +618,10 @@ int main(int argc, char **argv) {
   add_entity(rt, "Sink", "put", CRUSTER_RPC_PERSISTED, h_put, NULL, NULL);
   add_entity(rt, "Fence", "hold", CRUSTER_RPC_PERSISTED, h_hold, NULL, NULL);
   add_entity(rt, "Stall", "hold", 0, h_stall, NULL, NULL);
+  add_entity(rt, "Trace", "get", 0, h_trace_get, "relay", h_trace_relay);
   if (cruster_runtime_register_singleton(rt, "Fencer", fencer, NULL, NULL, &err) != CRUSTER_OK)
     die("singleton", err);
+  if (g_conninfo) add_workflow(rt);
   if (cruster_runtime_start(rt, &err) != CRUSTER_OK) die("start", err);
   printf("ready\n");
   fflush(stdout);
@@ -371,9 +632,11 @@ int main(int argc, char **argv) {
     char *save = NULL;
     char *cmd = strtok_r(line, " ", &save);
     if (!cmd) continue;
-    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "pcall") == 0 || strcmp(cmd, "tcall") == 0) {
+    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "pcall") == 0 || strcmp(cmd, "tcall") == 0 ||
+        strcmp(cmd, "trcall") == 0) {
       long timeout = 60000;
-      if (cmd[0] == 't') {
+      char *traceparent = cmd[1] == 'r' ? strtok_r(NULL, " ", &save) : NULL;
+      if (cmd[0] == 't' && cmd[1] == 'c') {
         char *ms = strtok_r(NULL, " ", &save);
         timeout = ms ? atol(ms) : 0;
         if (timeout <= 0) timeout = 60000;
@@ -388,6 +651,7 @@ int main(int argc, char **argv) {
       }
       cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
       o.timeout_ms = timeout;
+      o.traceparent = traceparent;
       if (key) {
         o.flags = CRUSTER_CALL_PERSISTED;
         o.idempotency_key = key;
@@ -465,6 +729,8 @@ int main(int argc, char **argv) {
       cruster_error_free(err);
       err = NULL;
     } else if (health_command(rt, cmd, &save)) {
+    } else if (wf_command(rt, cmd, &save)) {
+      /* (answered) */
     } else if (strcmp(cmd, "stop") == 0) {
       stall_set(0);
       cruster_runtime_stop(rt, NULL);

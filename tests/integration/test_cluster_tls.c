@@ -56,8 +56,14 @@ static void tls_config(char *buf, size_t cap, const char *name) {
            tls_dir, name, tls_dir, name, tls_dir);
 }
 
+/* Refusals whose deadline message carries the refused forward's
+ * transport error ("; the last forward failed: runner ADDR: ..."). */
+static int with_transport_error;
+
 /* Calls Echo.who of entity e from c (timeout ms): 1 and *who set when
- * answered, 0 when refused (line holds the error). */
+ * answered, 0 when refused (line holds the error). A refusal that reaches
+ * the caller as CRUSTER_E_TIMEOUT says why the forwards failed, naming a
+ * runner other than the caller. */
 static int call_who(clt_child *c, int e, long timeout, char *who, size_t cap, char *line, size_t lcap) {
   clt_child_cmd(c, line, lcap, "tcall %ld Echo t%d who x%d", timeout, e, e);
   char w[64], echo[64], want[64];
@@ -66,6 +72,21 @@ static int call_who(clt_child *c, int e, long timeout, char *who, size_t cap, ch
     int st = 0;
     if (sscanf(line, "err %d", &st) != 1 || (st != CRUSTER_E_RUNNER_UNAVAILABLE && st != CRUSTER_E_TIMEOUT))
       fail_msg("runner %s: t%d: not a refusal: %s", c->addr, e, line);
+    if (st == CRUSTER_E_TIMEOUT) {
+      const char *failed = strstr(line, "; the last forward failed: runner 127.0.0.1:");
+      const char *inflight = strstr(line, "; the forward to runner 127.0.0.1:");
+      /* (the loaded machine can make a runner detach: its shards unowned) */
+      const char *none = strstr(line, " had no owner to forward to (");
+      if (!failed && !inflight && !none)
+        fail_msg("runner %s: t%d: the timeout does not say why: %s", c->addr, e, line);
+      const char *addr = failed || inflight ? strstr(failed ? failed : inflight, "127.0.0.1:") : NULL;
+      if (addr && strncmp(addr, c->addr, strlen(c->addr)) == 0)
+        fail_msg("runner %s: t%d: names the caller itself: %s", c->addr, e, line);
+      if (failed) {
+        if (!strstr(failed, "UNAVAILABLE")) fail_msg("runner %s: t%d: no transport error: %s", c->addr, e, line);
+        with_transport_error++;
+      }
+    }
     return 0;
   }
   if (sscanf(line, "ok %63s %63s", w, echo) != 2) fail_msg("runner %s: t%d: %s", c->addr, e, line);
@@ -164,6 +185,9 @@ static void test_mtls_refuses_a_peer_without_a_valid_certificate(void **state) {
                 rogue_own, ENTITIES, rogue_refused, refused, served);
   if (rogue_own > 0) assert_true(refused > 0);
   assert_true(served > 0);
+  /* The refusals said what the transport met (TLS refused the connection). */
+  print_message("%d refusals carried the transport's error\n", with_transport_error);
+  assert_true(with_transport_error > 0);
 
   for (int i = 0; i < 3; i++) clt_child_close(&cs[i]);
   sh("rm -rf '%s'", tls_dir);

@@ -424,6 +424,16 @@ public:
     persisted_ = on;
     return *this;
   }
+  /**
+   * W3C traceparent of the call (cruster_call_opts.traceparent; checked by
+   * the call: a bad one makes it throw / fail with invalid_argument). An
+   * empty string = none. A handler passes its own on with
+   * `.traceparent(ctx.traceparent())`.
+   */
+  call_options &traceparent(std::string_view tp) {
+    traceparent_ = std::string(tp);
+    return *this;
+  }
 
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
   const std::optional<std::string> idempotency_key() const {
@@ -431,6 +441,7 @@ public:
   }
   std::optional<clock::time_point> deliver_at() const noexcept { return deliver_at_; }
   bool persisted() const noexcept { return persisted_; }
+  const std::string &traceparent() const noexcept { return traceparent_; }
 
   /** The C options; they point into *this, so keep *this alive while they are used. */
   cruster_call_opts to_c(const cruster_request *caller = nullptr) const noexcept {
@@ -447,11 +458,13 @@ public:
                             .count();
     }
     o.caller = caller;
+    if (!traceparent_.empty()) o.traceparent = traceparent_.c_str();
     return o;
   }
 
 private:
   std::chrono::milliseconds timeout_{0};
+  std::string traceparent_;
   std::string key_;
   bool has_key_ = false;
   std::optional<clock::time_point> deliver_at_;
@@ -540,6 +553,11 @@ public:
   std::string_view method() const noexcept { return cruster_request_method(req_); }
   std::string_view shard_group() const noexcept { return cruster_request_shard_group(req_); }
   int32_t shard() const noexcept { return cruster_request_shard(req_); }
+  /** The caller's W3C traceparent, empty when the call carried none. */
+  std::string_view traceparent() const noexcept {
+    const char *tp = cruster_request_traceparent(req_);
+    return tp ? std::string_view(tp) : std::string_view();
+  }
   int64_t request_id() const noexcept { return cruster_request_id(req_); }
   /** True once nobody needs the answer (deadline passed, shard moving, stopping). */
   bool cancelled() const noexcept { return cruster_request_cancelled(req_) != 0; }
