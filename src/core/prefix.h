@@ -82,9 +82,11 @@
 #define em_lookup_rpc cruster__em_lookup_rpc
 #define em_register cruster__em_register
 #define em_request_answer cruster__em_request_answer
+#define em_request_cancel cruster__em_request_cancel
 #define em_request_free cruster__em_request_free
 #define em_request_is_running cruster__em_request_is_running
 #define em_request_park cruster__em_request_park
+#define em_request_stream_credit cruster__em_request_stream_credit
 #define em_rpc_list_add cruster__em_rpc_list_add
 #define em_rpc_list_find cruster__em_rpc_list_find
 #define em_rpc_list_free cruster__em_rpc_list_free
@@ -241,9 +243,16 @@
 #define sh_route_owned cruster__sh_route_owned
 #define sh_route_remote cruster__sh_route_remote
 #define sh_send cruster__sh_send
+#define sh_send_stream cruster__sh_send_stream
 #define sh_send_sync cruster__sh_send_sync
 #define sh_start cruster__sh_start
 #define sh_stop cruster__sh_stop
+#define sh_stream_finish cruster__sh_stream_finish
+#define sh_stream_open cruster__sh_stream_open
+#define sh_stream_push cruster__sh_stream_push
+#define sh_stream_queued cruster__sh_stream_queued
+#define sh_stream_received cruster__sh_stream_received
+#define sh_submit_stream cruster__sh_submit_stream
 #define sh_tp_host_template cruster__sh_tp_host_template
 #define sh_waiter_add cruster__sh_waiter_add
 #define sh_waiters_resolve cruster__sh_waiters_resolve
@@ -255,7 +264,9 @@
 #define tp_call_cancel cruster__tp_call_cancel
 #define tp_call_interrupt cruster__tp_call_interrupt
 #define tp_call_notify cruster__tp_call_notify
+#define tp_call_pause cruster__tp_call_pause
 #define tp_call_raw cruster__tp_call_raw
+#define tp_call_resume cruster__tp_call_resume
 #define tp_call_send cruster__tp_call_send
 #define tp_calls_in_flight cruster__tp_calls_in_flight
 #define tp_free cruster__tp_free
@@ -263,6 +274,8 @@
 #define tp_ping cruster__tp_ping
 #define tp_reply_chunk cruster__tp_reply_chunk
 #define tp_reply_exit cruster__tp_reply_exit
+#define tp_reply_host_ud cruster__tp_reply_host_ud
+#define tp_reply_set_host_ud cruster__tp_reply_set_host_ud
 #define tp_start cruster__tp_start
 #define tp_stop cruster__tp_stop
 #define tp_wire_decode_ack cruster__tp_wire_decode_ack
