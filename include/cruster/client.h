@@ -235,7 +235,7 @@ typedef int (*cruster_stream_item_fn)(void *user, int32_t seq, const void *data,
  * cruster_send_stream
  *   Calls `method` on entity (`type`, `id`) with `len` bytes at `payload`
  *   (copied) and reports each item to `item_fn`, then the end to `end_fn`
- *   (status CRUSTER_OK with no data, or the error and its message), both
+ *   (status CRUSTER_OK with len 0, or the error and its message), both
  *   with `user`.
  * Returns: CRUSTER_OK: the call was accepted; `end_fn` will be called
  *   exactly once, after every item (the outcomes are those of cruster_send,

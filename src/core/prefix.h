@@ -247,6 +247,7 @@
 #define sh_send_sync cruster__sh_send_sync
 #define sh_start cruster__sh_start
 #define sh_stop cruster__sh_stop
+#define sh_stream_bind cruster__sh_stream_bind
 #define sh_stream_finish cruster__sh_stream_finish
 #define sh_stream_open cruster__sh_stream_open
 #define sh_stream_push cruster__sh_stream_push

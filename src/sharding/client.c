@@ -103,6 +103,7 @@ static int submit_ex(sh_sharding *sh, int kind, const char *type, const char *id
   /* A streamed call (stream.c): the stream stays the caller's until the
    * call is posted. */
   c->st = stream;
+  if (stream) sh_stream_bind(stream, c);
   c->on_item = on_item;
   c->env->stream = stream != NULL;
   c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout > 0 ? timeout : sh->cfg->default_call_timeout);

@@ -247,6 +247,8 @@ int sh_submit_stream(sh_sharding *sh, const char *type, const char *id, const ch
                      unsigned extra_flags, sh_stream *st,
                      void (*on_item)(sh_sharding *, sh_call *, cruster_request *, em_item *),
                      cruster_error **err);
+/* Ties the stream to its call (at submission). */
+void sh_stream_bind(sh_stream *st, sh_call *c);
 /* The caller-side item of a streamed call `c` (c->st): `it` is taken. */
 void sh_stream_push(sh_sharding *sh, sh_call *c, em_item *it);
 /* The call completed (sh_call_complete): the end, after the items queued;

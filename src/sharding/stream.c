@@ -293,6 +293,8 @@ void sh_stream_push(sh_sharding *sh, sh_call *c, em_item *it) {
   pump(st);
 }
 
+void sh_stream_bind(sh_stream *st, sh_call *c) { st->c = c; }
+
 size_t sh_stream_queued(const sh_call *c) { return c->st ? c->st->n : 0; }
 
 int32_t sh_stream_received(const sh_call *c) { return c->st ? c->st->next_seq : 0; }
