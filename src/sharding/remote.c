@@ -99,7 +99,7 @@ static void fwd_exit(void *ud, int status, const void *data, size_t len, const c
     sh_retry_later(sh, c);
     return;
   }
-  if (status != CRUSTER_OK && items > 0) {
+  if (retryable(status) && items > 0) {
     /* A stream that broke after it delivered items is never sent again
      * (its handler would run twice): the caller gets the break. */
     char text[700];
