@@ -1226,6 +1226,14 @@ public:
                           std::forward<E>(on_end), opts);
   }
 
+  template <auto M, class Item = detail::result_of<M>, class F, class E>
+  void send_stream_async(const std::string &id, F &&on_item, E &&on_end,
+                         const call_options &opts = {}) const {
+    check_callable<M>();
+    check_no_request<M>();
+    async_stream<M, Item>(id, "null", std::forward<F>(on_item), std::forward<E>(on_end), opts);
+  }
+
   /** Fire and forget: returns once the message is accepted (queued or stored). */
   template <auto M>
   void notify(const std::string &id, const Req<M> &req, const call_options &opts = {}) const {
