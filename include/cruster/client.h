@@ -297,7 +297,8 @@ CRUSTER_API cruster_status cruster_stream_next(cruster_stream *s, int64_t timeou
  * cruster_stream_close
  *   Releases the stream. One not ended yet is stopped: the handler sees
  *   cruster_request_cancelled() == 1. NULL is a no-op. Close every opened
- *   stream, also before cruster_runtime_free.
+ *   stream; closing after cruster_runtime_stop or cruster_runtime_free is
+ *   fine (the stop ended every stream; only the reader's memory is left).
  * Threads: any but the loop thread; not while another thread is in
  *   cruster_stream_next on it.
  */
