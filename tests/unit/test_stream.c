@@ -162,7 +162,7 @@ static cruster_runtime *make_rt(void) {
   add(d, "oversized", 0, h_oversized, NULL);
   add(d, "seq_limit", 0, h_seq_limit, NULL);
   add(d, "persisted", CRUSTER_RPC_PERSISTED, h_plain, NULL);
-  cruster_runtime *rt = ts_runtime("max_payload_size=1024;worker_threads=2;default_call_timeout=3s", &d, 1);
+  cruster_runtime *rt = ts_runtime("max_payload_size=1024;worker_threads=2", &d, 1);
   cruster_entity_def_free(d);
   return rt;
 }
