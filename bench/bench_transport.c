@@ -101,7 +101,7 @@ static void start_on_loop(void *p) {
   o.listen_address = n->server ? "127.0.0.1:0" : NULL;
   o.max_message_size = 4 << 20;
   o.connect_timeout_ms = 5000;
-  static tp_host h = {NULL, echo_send, echo_notify, echo_interrupt, NULL};
+  static tp_host h = {NULL, echo_send, echo_notify, echo_interrupt, NULL, NULL};
   cruster_error *err = NULL;
   static const core_logger quiet = {NULL, NULL, CRUSTER_LOG_WARN};
   if (tp_new(&n->loop, &o, &quiet, n->metrics, n->server ? &h : NULL, &n->t, &err) != 0 ||

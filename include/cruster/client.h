@@ -210,6 +210,116 @@ CRUSTER_API cruster_status cruster_notify_sync(cruster_runtime *rt, const char *
                                                cruster_error **err);
 
 /*
+ * Streamed calls (behaviour.md 4.2, 4.7). cruster_send_stream calls a
+ * method whose handler may yield items before it answers (entity.h,
+ * "Streamed answers"): the caller gets every item in order, then exactly one
+ * end -- CRUSTER_OK, or the error with its code and message. A handler that
+ * only replies gives its (non-empty) reply as the stream's single item.
+ *
+ * A streamed call is at-most-once and never persisted: it gets a snowflake
+ * request id; options that would persist it (CRUSTER_CALL_PERSISTED, an
+ * idempotency key, deliver_at_ms) are refused up front, and a method
+ * declared persisted refuses it (CRUSTER_E_INVALID_ARGUMENT at the end
+ * callback). Its deadline (timeout_ms, else "default_call_timeout") bounds
+ * the whole stream: when it passes, the end is CRUSTER_E_TIMEOUT and the
+ * handler's next yield returns CRUSTER_E_CANCELLED. Across runners the
+ * items travel as chunks of the transport's streamed Send; if the owner dies
+ * mid-stream the end is CRUSTER_E_RUNNER_UNAVAILABLE (a stream that already
+ * delivered items is never sent again).
+ *
+ * Memory is bounded: at most 16 items wait for the caller's callback (the
+ * handler's yield blocks beyond that), across runners as well (this runner
+ * stops reading the owner's chunks while 16 wait).
+ */
+
+/*
+ * cruster_stream_item_fn
+ *   One item of a streamed answer: `seq` is 0, 1, 2, ... in order; `data`
+ *   and `len` are valid only during the callback. Return 0 to go on; any
+ *   other value stops the stream: no further item comes, the handler sees
+ *   cruster_request_cancelled() == 1 (its next yield fails), and the end
+ *   callback gets CRUSTER_E_CANCELLED.
+ * Threads: as cruster_reply_fn (a worker thread, or the loop thread with
+ *   CRUSTER_CALL_INLINE_CALLBACK). The callbacks of one stream -- its items
+ *   and then its end -- never overlap and run in order (each returns before
+ *   the next starts, possibly on another worker).
+ */
+typedef int (*cruster_stream_item_fn)(void *user, int32_t seq, const void *data, size_t len);
+
+/*
+ * cruster_send_stream
+ *   Calls `method` on entity (`type`, `id`) with `len` bytes at `payload`
+ *   (copied) and reports each item to `item_fn`, then the end to `end_fn`
+ *   (status CRUSTER_OK with len 0, or the error and its message), both
+ *   with `user`.
+ * Returns: CRUSTER_OK: the call was accepted; `end_fn` will be called
+ *   exactly once, after every item (the outcomes are those of cruster_send,
+ *   plus CRUSTER_E_CANCELLED when `item_fn` stopped the stream and
+ *   CRUSTER_E_INVALID_ARGUMENT for a persisted method).
+ *   Any other value: nothing happened, no callback is ever called, and
+ *   `*err` says why: as cruster_send, and CRUSTER_E_INVALID_ARGUMENT for a
+ *   NULL item_fn or end_fn, or options that would persist the call.
+ * Threads: any.
+ */
+CRUSTER_API cruster_status cruster_send_stream(cruster_runtime *rt, const char *type,
+                                               const char *id, const char *method,
+                                               const void *payload, size_t len,
+                                               const cruster_call_opts *opts,
+                                               cruster_stream_item_fn item_fn,
+                                               cruster_reply_fn end_fn, void *user,
+                                               cruster_error **err);
+
+/** A streamed call read by a blocking iterator. Opaque; close with cruster_stream_close. */
+typedef struct cruster_stream cruster_stream;
+
+/*
+ * cruster_stream_open
+ *   Starts a streamed call as cruster_send_stream does, to be read with
+ *   cruster_stream_next. Up to 16 items are buffered for the reader; the
+ *   handler waits while they are not read.
+ * Returns: CRUSTER_OK with *out set; otherwise as cruster_send_stream
+ *   (out NULL: CRUSTER_E_INVALID_ARGUMENT).
+ * Threads: any.
+ */
+CRUSTER_API cruster_status cruster_stream_open(cruster_runtime *rt, const char *type,
+                                               const char *id, const char *method,
+                                               const void *payload, size_t len,
+                                               const cruster_call_opts *opts,
+                                               cruster_stream **out, cruster_error **err);
+
+/*
+ * cruster_stream_next
+ *   Waits for the stream's next item or its end, at most `timeout_ms`
+ *   milliseconds (0 = until the call's own deadline, which always ends the
+ *   stream).
+ *   - an item: CRUSTER_OK, *done = 0, *item (release with cruster_free;
+ *     a NUL byte follows its last byte; may be NULL when `item` is NULL) and
+ *     *len;
+ *   - the end: CRUSTER_OK, *done = 1, *item NULL;
+ *   - the stream's error: its status, *done = 1, *err says why (the same
+ *     answer for every later call);
+ *   - `timeout_ms` passed first: CRUSTER_E_TIMEOUT with *done = 0 -- the
+ *     stream goes on; call again.
+ *   CRUSTER_E_INVALID_ARGUMENT (s or done NULL, timeout_ms < 0; *done = 0);
+ *   CRUSTER_E_STATE on the runtime's loop thread.
+ * Threads: any but the loop thread; one thread at a time per stream.
+ */
+CRUSTER_API cruster_status cruster_stream_next(cruster_stream *s, int64_t timeout_ms,
+                                               void **item, size_t *len, int *done,
+                                               cruster_error **err);
+
+/*
+ * cruster_stream_close
+ *   Releases the stream. One not ended yet is stopped: the handler sees
+ *   cruster_request_cancelled() == 1. NULL is a no-op. Close every opened
+ *   stream; closing after cruster_runtime_stop or cruster_runtime_free is
+ *   fine (the stop ended every stream; only the reader's memory is left).
+ * Threads: any but the loop thread; not while another thread is in
+ *   cruster_stream_next on it.
+ */
+CRUSTER_API void cruster_stream_close(cruster_stream *s);
+
+/*
  * cruster_poll_reply
  *   Reads, without waiting, the stored reply of the persisted call made to
  *   (`type`, `id`, `method`) with idempotency key `key` (`key_len` bytes).

@@ -271,6 +271,64 @@ CRUSTER_API cruster_status cruster_request_reply(cruster_request *req, const voi
 CRUSTER_API cruster_status cruster_request_fail(cruster_request *req, int status,
                                                 const char *message);
 
+/*
+ * Streamed answers (cruster_send_stream in client.h).
+ *
+ * A call made with cruster_send_stream reaches the same handler as any call;
+ * the handler may then send items before its answer:
+ *
+ *   for (...) if (cruster_request_yield(req, item, n) != CRUSTER_OK) break;
+ *   cruster_request_reply(req, NULL, 0);                // the end
+ *
+ * The caller receives the items in order (sequence 0, 1, 2, ...), then the
+ * end. The answer ends the stream: cruster_request_reply with no bytes is a
+ * plain end; with bytes, those bytes are one more, final item (so a handler
+ * that knows nothing of streams -- it only replies -- gives its reply as the
+ * stream's single item); cruster_request_fail ends the stream with that
+ * error (code and message reach the caller unchanged, also across runners),
+ * after the items yielded before it.
+ *
+ * Backpressure: at most 16 items may wait between a handler and its caller
+ * (yielded, not yet taken by the caller's item callback or iterator). A
+ * yield beyond that blocks the handler's thread until the caller takes one,
+ * the caller goes away (deadline, cancellation, a remote caller
+ * disconnecting) or the runtime stops -- so memory stays bounded whatever the
+ * speeds. While it blocks, the worker pool may start another worker.
+ *
+ * A streamed call is never persisted: a method declared CRUSTER_RPC_PERSISTED
+ * (or TRANSACTIONAL) refuses cruster_send_stream with
+ * CRUSTER_E_INVALID_ARGUMENT.
+ */
+
+/** 1 if the request is a streamed call (cruster_send_stream): it may yield items. Any thread. */
+CRUSTER_API int cruster_request_is_stream(const cruster_request *req);
+
+/*
+ * cruster_request_yield
+ *   Sends one item of `len` bytes at `data` (copied; NULL allowed for len 0;
+ *   an empty item is an item) to the caller of a streamed call. Items keep
+ *   the order of the yields (yields from several threads at once are
+ *   ordered as they take the request's lock). May block while 16 items wait
+ *   for the caller (see above).
+ * Returns: CRUSTER_OK (the item will reach the caller unless it goes away);
+ *   CRUSTER_E_CANCELLED (the caller went away -- deadline passed, the caller
+ *   stopped the stream, a remote caller disconnected -- or the request was
+ *   interrupted: stop producing and answer; the answer is then dropped);
+ *   CRUSTER_E_STATE (not a streamed call -- cruster_send made it; see
+ *   cruster_request_is_stream --, the request was answered already, or
+ *   called on the runtime's loop thread); CRUSTER_E_PAYLOAD_TOO_LARGE (`len`
+ *   over "max_payload_size" -- the item is not sent, the stream goes on --;
+ *   or the stream already has 2147483647 items); CRUSTER_E_INVALID_ARGUMENT
+ *   (req NULL, data NULL with len > 0); CRUSTER_E_SHUTTING_DOWN (the runtime
+ *   stopped); CRUSTER_E_NOMEM. Across runners an item larger than
+ *   "transport_max_message_size" ends the stream with
+ *   CRUSTER_E_PAYLOAD_TOO_LARGE at the caller (the yield itself returned OK,
+ *   its next one CRUSTER_E_CANCELLED).
+ * Threads: any but the runtime's loop thread, while the handle is valid.
+ */
+CRUSTER_API cruster_status cruster_request_yield(cruster_request *req, const void *data,
+                                                 size_t len);
+
 #ifdef __cplusplus
 }
 #endif

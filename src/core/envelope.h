@@ -32,6 +32,8 @@ typedef struct core_env {
   unsigned char keyed;      /* request id derived from an idempotency key */
   unsigned char fresh;      /* delivered straight after its own insert stored
                              * it (a first delivery; not copied) */
+  unsigned char stream;     /* the caller takes a stream of items
+                             * (cruster_send_stream); never persisted */
   char group[CRUSTER_MAX_NAME_LEN + 1];
   /* W3C traceparent of the call ("" = none; checked by
    * core_traceparent_check). */

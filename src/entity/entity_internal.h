@@ -74,7 +74,36 @@ struct em_instance {
   int backlog; /* persisted messages for it wait in storage for room */
 };
 
-#define EM_REPLY_SMALL 64 /* bytes; a multiple of sizeof(max_align_t) */
+#define EM_REPLY_SMALL 64
+
+/* Streamed calls (cruster_send_stream): at most this many items a handler
+ * yielded wait for their caller; the next yield blocks until one is taken
+ * (docs/architecture.md, "Streamed calls"). */
+#define EM_STREAM_WINDOW 16
+
+/* One yielded item (one allocation); whoever holds it frees it with free(). */
+typedef struct em_item {
+  struct em_item *next;
+  int32_t seq;
+  size_t len;
+  unsigned char data[];
+} em_item;
+
+/* The producing side of a streamed call, in its request. `mu` guards
+ * everything here, and -- for a streamed request -- the request's answer
+ * (em_request_answer takes it), so an item is always posted before the
+ * answer. */
+typedef struct em_stream {
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  em_item *head, *tail; /* yielded, not yet taken by the loop */
+  int32_t next_seq;     /* the next item's sequence number */
+  int outstanding;      /* yielded and not yet taken by the caller (credits) */
+  int closed;           /* nobody takes items any more */
+  int posted;           /* `cmd` is queued on the loop */
+  rt_cmd cmd;           /* moves the items to the deliverer (loop) */
+  struct cruster_request *req;
+} em_stream; /* bytes; a multiple of sizeof(max_align_t) */
 
 /* How a deliverer hears of its delivery (em_deliver). `ud` is the
  * deliverer's, given with the delivery. */
@@ -88,6 +117,12 @@ typedef struct em_sink {
    * for a withdrawn or held delivery, nor one whose hold failed. The
    * manager frees `r` afterwards. */
   void (*dropped)(void *ud, cruster_request *r);
+  /* Streamed calls: an item the handler yielded, in order (seq 0, 1, ...),
+   * always before the answer. `it` is the deliverer's (free it). The item
+   * counts against the handler's window until the deliverer gives it back
+   * with em_request_stream_credit. NULL: items are dropped (and the
+   * handler's next yield fails). */
+  void (*item)(void *ud, cruster_request *r, em_item *it);
   /* Optional: the manager freed `r` while it was still the deliverer's
    * (not withdrawn): drop any pointer to it. */
   void (*unbound)(void *ud, cruster_request *r);
@@ -177,6 +212,8 @@ struct cruster_request {
   int hold_failed;
   _Atomic int cancelled;
   _Atomic int answered;
+  /* A streamed call's items (env->stream), NULL otherwise. */
+  em_stream *stream;
   /* A transactional handler's open transaction (NULL when none or ended);
    * its reply was committed in it; the transaction failed (begin or commit:
    * the message must be delivered again, nothing was stored). */
@@ -242,8 +279,12 @@ void em_hold_end(em_manager *m, cruster_request *r, int ok);
 /* The deliverer no longer waits for the answer: a delivery not started yet
  * is dropped unstarted, a running one's answer is discarded. */
 static inline void em_request_withdraw(cruster_request *r) { r->ud = NULL; }
-/* The handler sees cruster_request_cancelled() = 1 (any thread). */
-static inline void em_request_cancel(cruster_request *r) { atomic_store(&r->cancelled, 1); }
+/* The handler sees cruster_request_cancelled() = 1, and a yield waiting for
+ * room returns (any thread while `r` is valid). */
+void em_request_cancel(cruster_request *r);
+/* A streamed call's caller took `n` items: the handler may yield as many
+ * more (loop thread). */
+void em_request_stream_credit(cruster_request *r, int n);
 /* The loop lets go of a delivery (loop thread); it is freed once its
  * handler (if running) has returned too. */
 void em_request_free(em_manager *m, cruster_request *r);

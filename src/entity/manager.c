@@ -299,8 +299,76 @@ static void request_unref(cruster_request *r) {
     r->em->hooks.tx_rollback(r->em->hooks.ud, r->tx);
     r->tx = NULL;
   }
+  if (r->stream) {
+    em_stream *st = r->stream;
+    while (st->head) {
+      em_item *it = st->head;
+      st->head = it->next;
+      free(it);
+    }
+    uv_cond_destroy(&st->cv);
+    uv_mutex_destroy(&st->mu);
+    free(st);
+  }
   free(r->env);
   free(r);
+}
+
+/* ---- streamed calls ---------------------------------------------------------- */
+
+/* Wakes a yield waiting for room (and makes it re-check its state). */
+static void stream_wake(em_stream *st, int close) {
+  uv_mutex_lock(&st->mu);
+  if (close) st->closed = 1;
+  uv_cond_broadcast(&st->cv);
+  uv_mutex_unlock(&st->mu);
+}
+
+void em_request_cancel(cruster_request *r) {
+  atomic_store(&r->cancelled, 1);
+  if (r->stream) stream_wake(r->stream, 0);
+}
+
+void em_request_stream_credit(cruster_request *r, int n) {
+  em_stream *st = r->stream;
+  if (!st || n <= 0) return;
+  uv_mutex_lock(&st->mu);
+  st->outstanding = st->outstanding > n ? st->outstanding - n : 0;
+  uv_cond_broadcast(&st->cv);
+  uv_mutex_unlock(&st->mu);
+}
+
+/* Hands the items yielded so far to the deliverer, in order (loop thread).
+ * `from_cmd`: called by the stream's own command, which is no longer
+ * queued. */
+static void stream_drain(em_manager *m, cruster_request *r, int from_cmd) {
+  em_stream *st = r->stream;
+  uv_mutex_lock(&st->mu);
+  if (from_cmd) st->posted = 0;
+  em_item *list = st->head;
+  st->head = st->tail = NULL;
+  uv_mutex_unlock(&st->mu);
+  while (list) {
+    em_item *it = list;
+    list = it->next;
+    it->next = NULL;
+    if (!m->closed && r->sink && r->ud && r->sink->item) {
+      r->sink->item(r->ud, r, it);
+    } else {
+      /* Nobody takes items: the handler's next yield fails. */
+      free(it);
+      stream_wake(st, 1);
+    }
+  }
+}
+
+/* The command a yield posts (it holds a reference on r). */
+static void stream_cmd(void *ud, rt_cmd *cmd) {
+  em_manager *m = ud;
+  em_stream *st = (em_stream *)((char *)cmd - offsetof(em_stream, cmd));
+  cruster_request *r = st->req;
+  stream_drain(m, r, 1);
+  request_unref(r);
 }
 
 void em_request_free(em_manager *m, cruster_request *r) {
@@ -314,6 +382,8 @@ void em_request_free(em_manager *m, cruster_request *r) {
   if (r->ud && r->sink && r->sink->unbound) r->sink->unbound(r->ud, r);
   r->sink = NULL;
   r->ud = NULL;
+  /* Nobody takes this stream's items any more. */
+  if (r->stream) stream_wake(r->stream, 1);
   /* The answer is consumed: a later (refused) answer never writes it. */
   if (r->reply != (void *)r->reply_small) free(r->reply);
   r->reply = NULL;
@@ -393,6 +463,18 @@ int em_deliver(em_manager *m, em_type *t, core_env *env, int rpc_index, const em
   }
   cruster_request *r = calloc(1, sizeof(*r));
   if (!r) return CRUSTER_E_NOMEM;
+  if (env->stream) {
+    r->stream = calloc(1, sizeof(*r->stream));
+    if (!r->stream) {
+      free(r);
+      return CRUSTER_E_NOMEM;
+    }
+    uv_mutex_init(&r->stream->mu);
+    uv_cond_init(&r->stream->cv);
+    r->stream->cmd.fn = stream_cmd;
+    r->stream->cmd.ud = m;
+    r->stream->req = r;
+  }
   atomic_init(&r->refs, 1); /* the loop's */
   r->em = m;
   r->inst = in;
@@ -471,6 +553,9 @@ static void request_done(void *ud, rt_cmd *cmd) {
     em_request_free(m, r);
     return;
   }
+  /* Every item the handler yielded reaches its deliverer before the answer
+   * (they were posted first; this takes any not taken yet). */
+  if (r->stream) stream_drain(m, r, 0);
   em_instance *in = r->inst;
   em_type *t = in->type;
   run_set_remove(m, r);
@@ -492,6 +577,9 @@ static void request_done(void *ud, rt_cmd *cmd) {
 /* A transactional handler answers: its reply commits with its SQL; a
  * failure rolls the SQL back (and is stored as any failure). Runs on the
  * answering thread, which owns the transaction until here. */
+static int answer_locked(cruster_request *r, int status, const void *data, size_t len,
+                         const char *msg);
+
 static void tx_end(cruster_request *r, int status, const void *data, size_t len) {
   em_manager *m = r->em;
   void *tx = r->tx;
@@ -510,6 +598,19 @@ static void tx_end(cruster_request *r, int status, const void *data, size_t len)
 
 int em_request_answer(cruster_request *r, int status, const void *data, size_t len,
                       const char *msg) {
+  em_stream *st = r->stream;
+  if (!st) return answer_locked(r, status, data, len, msg);
+  /* A streamed request answers under its stream's lock: a yield either
+   * posted its item before the answer or sees it answered. */
+  uv_mutex_lock(&st->mu);
+  int rc = answer_locked(r, status, data, len, msg);
+  uv_cond_broadcast(&st->cv);
+  uv_mutex_unlock(&st->mu);
+  return rc;
+}
+
+static int answer_locked(cruster_request *r, int status, const void *data, size_t len,
+                         const char *msg) {
   if (atomic_exchange(&r->answered, 1)) return CRUSTER_E_STATE;
   if (r->tx) tx_end(r, status, data, len);
   r->answered_ns = core_mono_ns();
@@ -574,7 +675,7 @@ void em_interrupt_all(em_manager *m) {
   m->stopping = 1;
   uv_timer_stop(&m->reaper_timer);
   for (cruster_request *r = m->live_head; r; r = r->live_next)
-    if (r->running) atomic_store(&r->cancelled, 1);
+    if (r->running) em_request_cancel(r);
   for (size_t b = 0; b < m->instances.nbuckets; b++) {
     for (core_map_entry *e = m->instances.buckets[b]; e; e = e->next) {
       em_instance *in = e->value;
@@ -597,7 +698,7 @@ size_t em_interrupt_shard(em_manager *m, const char *group, int32_t shard) {
   size_t n = 0;
   for (cruster_request *r = m->live_head; r; r = r->live_next)
     if (r->running && r->env && r->env->shard == shard && strcmp(r->env->group, group) == 0) {
-      atomic_store(&r->cancelled, 1);
+      em_request_cancel(r);
       n++;
     }
   for (size_t b = 0; b < m->instances.nbuckets; b++) {

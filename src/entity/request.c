@@ -104,3 +104,72 @@ struct pg_conn *cruster_request_pg(cruster_request *req) {
   if (!req || !req->tx || !req->em->hooks.tx_handle) return NULL;
   return (struct pg_conn *)req->em->hooks.tx_handle(req->em->hooks.ud, req->tx);
 }
+
+/* ---- streamed calls ---------------------------------------------------------- */
+
+int cruster_request_is_stream(const cruster_request *r) { return r && r->stream ? 1 : 0; }
+
+cruster_status cruster_request_yield(cruster_request *r, const void *data, size_t len) {
+  if (!r || (!data && len > 0)) return CRUSTER_E_INVALID_ARGUMENT;
+  em_stream *st = r->stream;
+  if (!st) return CRUSTER_E_STATE; /* not a streamed call */
+  em_manager *m = r->em;
+  if (rt_on_loop(m->loop)) return CRUSTER_E_STATE; /* it may have to wait */
+  if (core_size_exceeds(len, m->cfg->max_payload_size)) return CRUSTER_E_PAYLOAD_TOO_LARGE;
+  /* len <= max_payload_size, far below SIZE_MAX - sizeof(em_item). */
+  em_item *it = malloc(sizeof(*it) + (len ? len : 1));
+  if (!it) return CRUSTER_E_NOMEM;
+  it->next = NULL;
+  it->len = len;
+  if (len) memcpy(it->data, data, len);
+  int st_code = CRUSTER_OK, blocked = 0;
+  uv_mutex_lock(&st->mu);
+  for (;;) {
+    if (atomic_load(&r->answered)) {
+      st_code = CRUSTER_E_STATE;
+      break;
+    }
+    if (atomic_load(&r->cancelled) || st->closed) {
+      st_code = CRUSTER_E_CANCELLED;
+      break;
+    }
+    if (st->next_seq == INT32_MAX) {
+      st_code = CRUSTER_E_PAYLOAD_TOO_LARGE; /* sequence numbers end at 2^31 - 2 */
+      break;
+    }
+    if (st->outstanding < EM_STREAM_WINDOW) break;
+    if (!blocked) {
+      /* The worker waits for its caller: the pool may add one meanwhile. */
+      blocked = 1;
+      uv_mutex_unlock(&st->mu);
+      rt_pool_block_enter(m->loop->pool);
+      uv_mutex_lock(&st->mu);
+      continue;
+    }
+    /* Woken by a credit, the answer, a cancellation or the caller going
+     * away; the timeout only re-checks (no wake-up is ever needed from it). */
+    uv_cond_timedwait(&st->cv, &st->mu, UINT64_C(1000000000));
+  }
+  if (st_code == CRUSTER_OK) {
+    it->seq = st->next_seq++;
+    st->outstanding++;
+    if (st->tail) st->tail->next = it;
+    else st->head = it;
+    st->tail = it;
+    it = NULL;
+    if (!st->posted) {
+      /* The command holds a reference: the request outlives it. */
+      atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+      st->posted = 1;
+      if (rt_post(m->loop, &st->cmd) != 0) {
+        st->posted = 0;
+        atomic_fetch_sub_explicit(&r->refs, 1, memory_order_relaxed);
+        st_code = CRUSTER_E_SHUTTING_DOWN;
+      }
+    }
+  }
+  uv_mutex_unlock(&st->mu);
+  if (blocked) rt_pool_block_leave(m->loop->pool);
+  free(it);
+  return st_code;
+}

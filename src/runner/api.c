@@ -47,6 +47,20 @@ cruster_status cruster_send(cruster_runtime *rt, const char *type, const char *i
   return sh_send(SH(rt), type, id, method, payload, len, opts, fn, user, err);
 }
 
+cruster_status cruster_send_stream(cruster_runtime *rt, const char *type, const char *id,
+                                   const char *method, const void *payload, size_t len,
+                                   const cruster_call_opts *opts, cruster_stream_item_fn item_fn,
+                                   cruster_reply_fn end_fn, void *user, cruster_error **err) {
+  return sh_send_stream(SH(rt), type, id, method, payload, len, opts, item_fn, end_fn, user, err);
+}
+
+cruster_status cruster_stream_open(cruster_runtime *rt, const char *type, const char *id,
+                                   const char *method, const void *payload, size_t len,
+                                   const cruster_call_opts *opts, cruster_stream **out,
+                                   cruster_error **err) {
+  return sh_stream_open(SH(rt), type, id, method, payload, len, opts, out, err);
+}
+
 cruster_status cruster_notify(cruster_runtime *rt, const char *type, const char *id,
                               const char *method, const void *payload, size_t len,
                               const cruster_call_opts *opts, cruster_reply_fn fn, void *user,

@@ -148,12 +148,21 @@ void sh_call_complete(sh_sharding *sh, sh_call *c, int status, const void *data,
   waiter_remove(sh, c);
   sh_remote_detach(sh, c);
   if (c->req) {
+    /* A streamed call's handler stops producing when its caller is gone
+     * (its yields fail); after its own answer this changes nothing. */
+    if (c->on_item) em_request_cancel(c->req);
     em_request_withdraw(c->req);
     c->req = NULL;
   }
   if (c->save) {
     c->save->call = NULL;
     c->save = NULL;
+  }
+  if (c->st) {
+    /* The stream delivers its items, then this end. */
+    sh_stream_finish(sh, c, status, data, len, msg);
+    sh_call_free(c);
+    return;
   }
   rt_invoke_reply(sh->loop, c->fn, c->user, (c->flags & CRUSTER_CALL_INLINE_CALLBACK) != 0, status, data,
                   len, msg);

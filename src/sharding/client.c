@@ -35,12 +35,14 @@ int sh_call_opts_read(const cruster_call_opts *opts, sh_call_opts *out, cruster_
 
 /* `extra_flags`: flags the library adds itself (the blocking forms' inline
  * callback); they are not the caller's, so they are never reported as such. */
-static int submit(sh_sharding *sh, int kind, const char *type, const char *id,
-                  const char *method, const void *payload, size_t len,
-                  const cruster_call_opts *opts, unsigned extra_flags, cruster_reply_fn fn,
-                  void *user, cruster_error **err) {
+static int submit_ex(sh_sharding *sh, int kind, const char *type, const char *id,
+                     const char *method, const void *payload, size_t len,
+                     const cruster_call_opts *opts, unsigned extra_flags, cruster_reply_fn fn,
+                     void *user, sh_stream *stream,
+                     void (*on_item)(sh_sharding *, sh_call *, cruster_request *, em_item *),
+                     cruster_error **err) {
   if (!sh) return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "rt must not be NULL");
-  if (kind == SH_CALL_SEND && !fn)
+  if (kind == SH_CALL_SEND && !fn && !stream)
     return core_error_set(err, CRUSTER_E_INVALID_ARGUMENT, "a send needs a reply callback");
   int st;
   if ((st = core_check_name("entity type", type, err)) != CRUSTER_OK) return st;
@@ -104,6 +106,12 @@ static int submit(sh_sharding *sh, int kind, const char *type, const char *id,
   c->internal = caller != NULL;
   c->env->deliver_at = deliver_at;
   if (o.traceparent) memcpy(c->env->traceparent, o.traceparent, CORE_TRACEPARENT_LEN + 1);
+  /* A streamed call (stream.c): the stream stays the caller's until the
+   * call is posted. */
+  c->st = stream;
+  if (stream) sh_stream_bind(stream, c);
+  c->on_item = on_item;
+  c->env->stream = stream != NULL;
   c->deadline_ms = rt_deadline_after(core_mono_ms(), timeout > 0 ? timeout : sh->cfg->default_call_timeout);
   if (deliver_at > 0 && timeout == 0) {
     /* A delayed call's default deadline counts from its delivery time. */
@@ -117,6 +125,23 @@ static int submit(sh_sharding *sh, int kind, const char *type, const char *id,
     return core_error_set(err, CRUSTER_E_SHUTTING_DOWN, "the runtime has stopped");
   }
   return CRUSTER_OK;
+}
+
+static int submit(sh_sharding *sh, int kind, const char *type, const char *id,
+                  const char *method, const void *payload, size_t len,
+                  const cruster_call_opts *opts, unsigned extra_flags, cruster_reply_fn fn,
+                  void *user, cruster_error **err) {
+  return submit_ex(sh, kind, type, id, method, payload, len, opts, extra_flags, fn, user, NULL,
+                   NULL, err);
+}
+
+int sh_submit_stream(sh_sharding *sh, const char *type, const char *id, const char *method,
+                     const void *payload, size_t len, const cruster_call_opts *opts,
+                     unsigned extra_flags, sh_stream *st,
+                     void (*on_item)(sh_sharding *, sh_call *, cruster_request *, em_item *),
+                     cruster_error **err) {
+  return submit_ex(sh, SH_CALL_SEND, type, id, method, payload, len, opts, extra_flags, NULL,
+                   NULL, st, on_item, err);
 }
 
 cruster_status sh_send(sh_sharding *sh, const char *type, const char *id,

@@ -104,7 +104,8 @@ static void fwd_exit(void *ud, int status, const void *data, size_t len, const c
   }
   c->fwd = NULL;
   c->fwd_call = NULL;
-  if (retryable(status) && !sh->stopping) {
+  int32_t items = c->st ? sh_stream_received(c) : 0;
+  if (retryable(status) && !sh->stopping && items == 0) {
     /* Kept for the deadline's message (the call fails with
      * CRUSTER_E_TIMEOUT if no forward succeeds before it). */
     char buf[640];
@@ -120,7 +121,33 @@ static void fwd_exit(void *ud, int status, const void *data, size_t len, const c
     return;
   }
   free(f);
+  if (retryable(status) && items > 0) {
+    /* A stream that broke after it delivered items is never sent again
+     * (its handler would run twice): the caller gets the break. */
+    char text[700];
+    snprintf(text, sizeof(text), "the stream broke after %ld items: %s", (long)items,
+             msg && *msg ? msg : cruster_status_message(status));
+    sh_call_complete(sh, c, status, NULL, 0, text);
+    return;
+  }
   sh_call_complete(sh, c, status, data, len, msg && *msg ? msg : NULL);
+}
+
+/* A chunk of a streamed call's answer, from the owner (in order). */
+static void fwd_chunk(void *ud, int32_t seq, const void *data, size_t len) {
+  sh_fwd *f = ud;
+  sh_call *c = f->c;
+  (void)seq; /* the transport checked the order */
+  if (!c || !c->st) return;
+  em_item *it = malloc(sizeof(*it) + (len ? len : 1));
+  if (!it) {
+    sh_call_complete(f->sh, c, CRUSTER_E_NOMEM, NULL, 0, "out of memory receiving an item");
+    return;
+  }
+  it->next = NULL;
+  it->len = len;
+  if (len) memcpy(it->data, data, len);
+  sh_stream_push(f->sh, c, it);
 }
 
 void sh_route_remote(sh_sharding *sh, sh_call *c) {
@@ -181,11 +208,13 @@ void sh_route_remote(sh_sharding *sh, sh_call *c) {
   meta.key = c->key;
   meta.key_len = c->key_len;
   meta.traceparent = env->traceparent[0] ? env->traceparent : NULL;
+  meta.stream = c->st != NULL;
   env->persisted = (c->flags & CRUSTER_CALL_PERSISTED) != 0;
   core_metric_add(cl->m_forwarded, 1);
   tp_call *tc = NULL;
   if (c->kind == SH_CALL_SEND)
-    tp_call_send(cl->tp, cl->runners[owner], env, &meta, remaining, NULL, fwd_exit, f, &tc);
+    tp_call_send(cl->tp, cl->runners[owner], env, &meta, remaining, c->st ? fwd_chunk : NULL,
+                 fwd_exit, f, &tc);
   else
     tp_call_notify(cl->tp, cl->runners[owner], env, &meta, remaining, fwd_exit, f, &tc);
   /* (The exit never fires inside the call.) */
@@ -204,6 +233,26 @@ static void rmt_answer(void *user, int status, const void *data, size_t len, con
   sh_rmt *x = user;
   tp_reply_exit(x->r, status, data, len, msg);
   free(x);
+}
+
+/* An item of a streamed call received from another runner: a chunk back.
+ * Its handler gets room for another once the chunk is sent (on_sent). */
+static void rmt_item(sh_sharding *sh, sh_call *c, cruster_request *r, em_item *it) {
+  (void)r;
+  sh_rmt *x = c->rmt;
+  size_t len = it->len;
+  int st = tp_reply_chunk(x->r, it->data, len);
+  free(it);
+  if (st == CRUSTER_OK) return;
+  char text[200];
+  if (st == CRUSTER_E_PAYLOAD_TOO_LARGE)
+    snprintf(text, sizeof(text),
+             "an item of %zu bytes is over the transport's limit (transport_max_message_size %lld)",
+             len, (long long)sh->cfg->transport_max_message_size);
+  else
+    snprintf(text, sizeof(text), "the stream's item could not be sent: %s",
+             cruster_status_message(st));
+  sh_call_complete(sh, c, st, NULL, 0, text);
 }
 
 static void received(sh_sharding *sh, int kind, core_env *env, const tp_meta *meta, tp_reply *r) {
@@ -250,6 +299,14 @@ static void received(sh_sharding *sh, int kind, core_env *env, const tp_meta *me
   env->traceparent[0] = 0;
   if (meta && meta->traceparent && core_traceparent_check(meta->traceparent, NULL))
     memcpy(env->traceparent, meta->traceparent, CORE_TRACEPARENT_LEN + 1);
+  c->rmt = x;
+  tp_reply_set_host_ud(r, x);
+  if (kind == SH_CALL_SEND && meta && meta->stream) {
+    env->stream = 1;
+    c->on_item = rmt_item;
+  } else {
+    env->stream = 0;
+  }
   env->request_id = 0;
   env->keyed = 0;
   env->fresh = 0;
@@ -275,4 +332,20 @@ static void on_interrupt(void *ud, const char *type, const char *id, const char 
                 "interrupting a single entity from another runner is not supported");
 }
 
-const tp_host sh_tp_host_template = {NULL, on_send, on_notify, on_interrupt, NULL};
+/* The caller of a received call went away: its handler is cancelled (a
+ * streamed one's yields fail); the exit is still given (rmt_answer). */
+static void on_cancelled(void *ud, tp_reply *r) {
+  sh_rmt *x = tp_reply_host_ud(r);
+  if (!x || !x->c) return;
+  sh_call_complete(ud, x->c, CRUSTER_E_CANCELLED, NULL, 0, "the remote caller went away");
+}
+
+/* A chunk went out: the handler may yield one more. */
+static void on_sent(void *ud, tp_reply *r) {
+  (void)ud;
+  sh_rmt *x = tp_reply_host_ud(r);
+  if (x && x->c && x->c->req) em_request_stream_credit(x->c->req, 1);
+}
+
+const tp_host sh_tp_host_template = {NULL,         on_send, on_notify, on_interrupt,
+                                     on_cancelled, on_sent};

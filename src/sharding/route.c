@@ -57,7 +57,14 @@ static void call_unbound(void *ud, cruster_request *r) {
   c->req = NULL;
 }
 
-static const em_sink call_sink = {call_answered, call_dropped, call_unbound, NULL};
+/* A streamed call's item: to the caller's stream or the remote caller. */
+static void call_item(void *ud, cruster_request *r, em_item *it) {
+  sh_call *c = ud;
+  if (c->on_item) c->on_item(c->cmd.ud, c, r, it);
+  else free(it);
+}
+
+static const em_sink call_sink = {call_answered, call_dropped, call_item, call_unbound, NULL};
 
 static void persist_done(void *ud, int status, const char *errmsg) {
   cruster_request *r = ud;
@@ -143,7 +150,8 @@ static void save_unbound(void *hold) {
   s->req = NULL;
 }
 
-static const em_sink persisted_sink = {persisted_answered, persisted_dropped, NULL, save_unbound};
+static const em_sink persisted_sink = {persisted_answered, persisted_dropped, NULL, NULL,
+                                       save_unbound};
 
 /* A claimed message em_deliver refused (status `st`) stays in storage for
  * the poll loop. A full mailbox asks for a poll itself when it has room. */
@@ -357,6 +365,16 @@ void sh_route(void *ud, rt_cmd *cmd) {
   int idx = em_lookup_rpc(t, env->method, c->internal, msg, sizeof(msg));
   if (idx < 0) {
     reject(sh, c, idx, msg);
+    return;
+  }
+  if (env->stream &&
+      ((t->rpcs.v[idx].flags & (CRUSTER_RPC_PERSISTED | CRUSTER_RPC_TRANSACTIONAL)) ||
+       (c->flags & CRUSTER_CALL_PERSISTED) || env->persisted || env->deliver_at > 0 || c->key)) {
+    snprintf(msg, sizeof(msg),
+             "method '%s' of entity type '%s' is persisted: a streamed call is never persisted "
+             "(call it with cruster_send)",
+             env->method, t->name);
+    reject(sh, c, CRUSTER_E_INVALID_ARGUMENT, msg);
     return;
   }
   snprintf(env->group, sizeof(env->group), "%s", t->shard_group);

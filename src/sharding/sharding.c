@@ -37,6 +37,11 @@ int sh_init(sh_sharding *sh, rt_loop *loop, em_manager *em, cruster_storage *sto
                                         "Persisted messages moved to the dead letters", NULL);
   x->st_errors = core_metrics_get(m, CORE_COUNTER, "cluster_storage_errors_total",
                                   "Failed message-storage operations", NULL);
+  x->streams = core_metrics_get(m, CORE_COUNTER, "cluster_stream_calls_total",
+                                "Streamed calls (cruster_send_stream) made on this runner", NULL);
+  x->stream_items = core_metrics_get(m, CORE_COUNTER, "cluster_stream_items_total",
+                                     "Items of streamed calls handed to callers on this runner",
+                                     NULL);
   core_map_init(&sh->waiters);
   uv_timer_init(&loop->uv, &sh->deadline_timer);
   uv_timer_init(&loop->uv, &sh->poll_timer);

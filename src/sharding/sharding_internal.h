@@ -25,6 +25,7 @@
 
 typedef struct sh_call sh_call;
 typedef struct sh_save sh_save;
+typedef struct sh_stream sh_stream;
 typedef struct sh_sharding sh_sharding;
 
 /* Told of every change of ownership (loop thread): `owned` 1 = gained,
@@ -73,6 +74,13 @@ struct sh_call {
    * ADDR: message", "; shard G:S had no owner ..."), for the deadline's
    * message; NULL = nothing yet. */
   char *fwd_err;
+  /* Streamed calls (stream.c). `st`: this runner's caller takes the items
+   * (cruster_send_stream); freed by the stream once its end is delivered.
+   * `on_item`: where the items of a streamed call go (the caller's stream,
+   * or the transport for a call received from another runner); takes `it`. */
+  sh_stream *st;
+  void (*on_item)(sh_sharding *sh, sh_call *c, cruster_request *r, em_item *it);
+  void *rmt;                  /* a received call: its sh_rmt (remote.c) */
   char names[];
 };
 
@@ -80,6 +88,7 @@ struct sh_call {
 typedef struct sh_metrics {
   core_metric *calls_timeout, *calls_rejected, *calls_inflight;
   core_metric *st_polls, *st_queued, *st_saved, *st_duplicates, *st_replies, *st_dead_letters, *st_errors;
+  core_metric *streams, *stream_items;
 } sh_metrics;
 
 /* Everything under "loop-owned" is touched only on the loop thread. */
@@ -194,6 +203,14 @@ cruster_status sh_join_reply(sh_sharding *sh, const char *type, const char *id,
                              const char *method, const void *key, size_t key_len,
                              const cruster_call_opts *opts, cruster_reply_fn fn, void *user,
                              cruster_error **err);
+cruster_status sh_send_stream(sh_sharding *sh, const char *type, const char *id,
+                              const char *method, const void *payload, size_t len,
+                              const cruster_call_opts *opts, cruster_stream_item_fn item_fn,
+                              cruster_reply_fn end_fn, void *user, cruster_error **err);
+cruster_status sh_stream_open(sh_sharding *sh, const char *type, const char *id,
+                              const char *method, const void *payload, size_t len,
+                              const cruster_call_opts *opts, cruster_stream **out,
+                              cruster_error **err);
 cruster_status sh_dead_letters(sh_sharding *sh, size_t limit, cruster_message_list **out,
                                cruster_error **err);
 cruster_status sh_dead_letter_redeliver(sh_sharding *sh, int64_t request_id,
@@ -226,6 +243,28 @@ int sh_call_opts_read(const cruster_call_opts *opts, sh_call_opts *out, cruster_
 
 int sh_heap_insert(sh_sharding *sh, sh_call *c);
 int sh_waiter_add(sh_sharding *sh, sh_call *c);
+/* ---- streamed calls (stream.c; loop thread) ---- */
+
+/* sh_send's submission for a streamed call (client.c): the call gets `st`
+ * and `on_item`. */
+int sh_submit_stream(sh_sharding *sh, const char *type, const char *id, const char *method,
+                     const void *payload, size_t len, const cruster_call_opts *opts,
+                     unsigned extra_flags, sh_stream *st,
+                     void (*on_item)(sh_sharding *, sh_call *, cruster_request *, em_item *),
+                     cruster_error **err);
+/* Ties the stream to its call (at submission). */
+void sh_stream_bind(sh_stream *st, sh_call *c);
+/* The caller-side item of a streamed call `c` (c->st): `it` is taken. */
+void sh_stream_push(sh_sharding *sh, sh_call *c, em_item *it);
+/* The call completed (sh_call_complete): the end, after the items queued;
+ * non-empty success data is one more, final item. Detaches c->st. */
+void sh_stream_finish(sh_sharding *sh, sh_call *c, int status, const void *data, size_t len,
+                      const char *msg);
+/* Items waiting in the caller's stream of `c` (0 without one). */
+size_t sh_stream_queued(const sh_call *c);
+/* Items the caller's stream of `c` received so far (0 without one). */
+int32_t sh_stream_received(const sh_call *c);
+
 /* Routes a call posted by sh_send/sh_notify (loop thread). */
 void sh_route(void *ud, rt_cmd *cmd);
 /* Routes a call (in the deadline heap, addressed) to this runner's entity. */

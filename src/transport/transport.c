@@ -119,6 +119,8 @@ struct tp_reply {
   int finished; /* the final message is queued or sent */
   int32_t seq;
   int64_t request_id;
+  void *host_ud;    /* tp_reply_set_host_ud */
+  int sending_chunk; /* the batch in flight carries a chunk (not the exit) */
   tp_out *out_head, *out_tail;
   struct tp_reply *prev, *next; /* t->replies while gRPC holds it */
 };
@@ -142,6 +144,8 @@ struct tp_call {
   int status_done; /* RECV_STATUS_ON_CLIENT completed */
   int recv_done;   /* no more messages will be read */
   int single;      /* one batch with the status: at most one message comes */
+  int paused;      /* tp_call_pause: no receive is started */
+  int recv_posted; /* a RECV_MESSAGE batch is outstanding */
   int32_t next_seq;
   int have_exit;
   int exit_status;
@@ -793,6 +797,7 @@ static void kick_send(tp_reply *r) {
     ops[n].data.send_message.send_message = r->send_bb;
     n++;
   }
+  int was_final = o->final;
   if (o->final) {
     r->status_slice = grpc_slice_from_copied_string(o->details ? o->details : "");
     r->has_status_slice = 1;
@@ -807,6 +812,7 @@ static void kick_send(tp_reply *r) {
   free(o);
   if (n == md) return; /* nothing to send */
   r->sending = 1;
+  r->sending_chunk = !was_final;
   int before = r->pending;
   start_batch_srv(r, ops, n, &r->t_send);
   if (r->pending != before) r->md_sent = 1;
@@ -821,14 +827,22 @@ static void kick_send(tp_reply *r) {
 }
 
 static void on_srv_send(tp_reply *r, int ok) {
-  (void)ok;
   r->pending--;
   r->sending = 0;
+  int chunk = r->sending_chunk;
+  r->sending_chunk = 0;
   if (r->send_bb) grpc_byte_buffer_destroy(r->send_bb);
   r->send_bb = NULL;
   if (r->has_status_slice) grpc_slice_unref(r->status_slice);
   r->has_status_slice = 0;
   if (ok) kick_send(r);
+  if (ok && chunk && r->t && r->host_holds && !r->exit_given && r->t->has_host &&
+      r->t->host.on_sent) {
+    /* The host may give its exit inside: r must outlive the callback. */
+    r->pending++;
+    r->t->host.on_sent(r->t->host.ud, r);
+    r->pending--;
+  }
   reply_maybe_free(r);
 }
 
@@ -1011,9 +1025,16 @@ cruster_status tp_reply_chunk(tp_reply *r, const void *data, size_t len) {
   return CRUSTER_OK;
 }
 
+void tp_reply_set_host_ud(tp_reply *r, void *ud) {
+  if (r) r->host_ud = ud;
+}
+
+void *tp_reply_host_ud(const tp_reply *r) { return r ? r->host_ud : NULL; }
+
 void tp_reply_exit(tp_reply *r, int status, const void *data, size_t len, const char *msg) {
   if (!r || r->exit_given) return;
   r->exit_given = 1;
+  r->host_ud = NULL;
   r->host_holds = 0;
   tp_transport *t = r->t;
   if (!t || r->close_done || r->finished) {
@@ -1157,14 +1178,17 @@ static void call_fail(tp_call *c, int status, const char *fmt, const char *arg) 
 }
 
 static void start_recv(tp_call *c) {
+  if (c->paused) return; /* tp_call_resume starts it */
   grpc_op op;
   memset(&op, 0, sizeof op);
   op.op = GRPC_OP_RECV_MESSAGE;
   op.data.recv_message.recv_message = &c->recv_bb;
   c->pending++;
+  c->recv_posted = 1;
   TAG_RELEASE(&c->t_recv);
   if (grpc_call_start_batch(c->call, &op, 1, &c->t_recv, NULL) != GRPC_CALL_OK) {
     c->pending--;
+    c->recv_posted = 0;
     c->recv_done = 1;
   }
 }
@@ -1221,6 +1245,7 @@ static void call_message(tp_call *c) {
 
 static void on_cl_main(tp_call *c, int ok) {
   c->pending--;
+  c->recv_posted = 0;
   if (c->single) c->status_done = 1; /* the status came in this batch */
   if (ok && c->recv_bb) {
     call_message(c);
@@ -1237,6 +1262,7 @@ static void on_cl_main(tp_call *c, int ok) {
 
 static void on_cl_recv(tp_call *c, int ok) {
   c->pending--;
+  c->recv_posted = 0;
   if (ok && c->recv_bb) {
     call_message(c);
     if (!c->have_exit && !c->fail_status && !c->done)
@@ -1253,6 +1279,9 @@ static void on_cl_status(tp_call *c, int ok) {
   (void)ok;
   c->pending--;
   c->status_done = 1;
+  /* Paused, and the call failed (deadline, cancelled, peer gone): nothing
+   * more will be read. */
+  if (c->paused && !c->recv_posted && c->status != GRPC_STATUS_OK) c->recv_done = 1;
   call_maybe_finish(c);
 }
 
@@ -1351,9 +1380,11 @@ static void call_start(tp_call *c, const char *addr, const char *path, uint8_t *
     nops = 6;
   }
   c->pending++;
+  c->recv_posted = 1; /* (its RECV_MESSAGE) */
   TAG_RELEASE(&c->t_main);
   if (grpc_call_start_batch(c->call, ops, nops, &c->t_main, NULL) != GRPC_CALL_OK) {
     c->pending--;
+    c->recv_posted = 0;
     call_fail(c, CRUSTER_E_INTERNAL, "gRPC refused the call%s", NULL);
     defer(c);
     return;
@@ -1530,6 +1561,28 @@ void tp_call_raw(tp_transport *t, const char *addr, const char *path, const void
     return;
   }
   call_start(c, addr, path, buf, len, timeout_ms);
+}
+
+void tp_call_pause(tp_call *c) {
+  if (c && !c->single) c->paused = 1;
+}
+
+void tp_call_resume(tp_call *c) {
+  if (!c || !c->paused) return;
+  c->paused = 0;
+  if (c->recv_posted || c->recv_done) return;
+  if (c->done || c->have_exit || c->fail_status) {
+    c->recv_done = 1;
+    call_maybe_finish(c);
+    return;
+  }
+  if (c->status_done && c->status != GRPC_STATUS_OK) {
+    c->recv_done = 1;
+    call_maybe_finish(c);
+    return;
+  }
+  start_recv(c);
+  if (!c->recv_posted) call_maybe_finish(c);
 }
 
 void tp_call_cancel(tp_call *c) {

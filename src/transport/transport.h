@@ -66,6 +66,11 @@ typedef struct tp_host {
    * stop streaming. `r` stays valid until the host gives its exit, which is
    * still required (its data is dropped). Optional (NULL). */
   void (*on_cancelled)(void *ud, tp_reply *r);
+  /* A chunk given with tp_reply_chunk was handed to gRPC's flow-controlled
+   * stream (its send completed), before the exit. A host streaming items
+   * lets its producer make the next one on this (backpressure: gRPC
+   * completes sends only while the peer reads). Optional (NULL). */
+  void (*on_sent)(void *ud, tp_reply *r);
 } tp_host;
 
 typedef struct tp_opts {
@@ -105,8 +110,8 @@ cruster_status tp_start(tp_transport *t, int *bound_port, cruster_error **err);
  * still give its exits (they are then only freed). Idempotent. Must run
  * before the loop closes (e.g. from its close hook, rt_loop_set_close_hook):
  * it closes its uv_async handle. Server-side replies are queued without a
- * bound: a host streaming faster than the peer reads holds the chunks in
- * memory (the caller's deadline ends such a call). */
+ * bound: a host must pace its chunks itself (tp_host.on_sent; the sharding
+ * layer keeps at most a window of chunks queued per call). */
 void tp_stop(tp_transport *t);
 /* A received Ping calls fn(ud, out) (loop thread) to fill *out (zeroed
  * before) with this runner's health, answered at once. Without it every
@@ -128,6 +133,11 @@ cruster_status tp_reply_chunk(tp_reply *r, const void *data, size_t len);
  * value; ignored by Notify and Interrupt). Frees `r` when gRPC is done with
  * it: `r` must not be used after. */
 void tp_reply_exit(tp_reply *r, int status, const void *data, size_t len, const char *msg);
+
+/* The host's own pointer for a received call (NULL until set), for its
+ * callbacks (on_cancelled, on_sent). Valid until the exit. */
+void tp_reply_set_host_ud(tp_reply *r, void *ud);
+void *tp_reply_host_ud(const tp_reply *r);
 
 /* ---- making calls ------------------------------------------------------- */
 
@@ -172,6 +182,12 @@ void tp_ping_health(tp_transport *t, const char *addr, int64_t timeout_ms,
  * input). The exit carries the mapped gRPC status. */
 void tp_call_raw(tp_transport *t, const char *addr, const char *path, const void *bytes,
                  size_t len, int64_t timeout_ms, tp_exit_fn on_exit, void *ud);
+/* Streamed sends: stops reading the peer's chunks after the current one
+ * (call from on_chunk or any time on the loop) until tp_call_resume. The
+ * peer's sends then stall in gRPC's flow control. The call's deadline and
+ * tp_call_cancel still end it. */
+void tp_call_pause(tp_call *c);
+void tp_call_resume(tp_call *c);
 /* Cancels a call whose exit has not fired: the exit fires at once with
  * CRUSTER_E_CANCELLED; the peer sees the cancellation. */
 void tp_call_cancel(tp_call *c);

@@ -65,6 +65,26 @@
  *   wfjoin MS ID                     -> "ok <answer>" | "err ..." (waits MS ms)
  *   wfresolve ID NAME VALUE          -> "ok" | "err ..."
  *   wfcancel ID                      -> "ok" | "err ..."
+ *   Stream.count   (streamed) yields "<i>" for i in 0..PAYLOAD-1, then
+ *                  replies "<ADDRESS>" (the final item)
+ *   Stream.fail    (streamed) yields "0", "1", then fails with -1002,
+ *                  "stream failed on <ADDRESS>"
+ *   Stream.endless (streamed) yields "<ADDRESS>:<i>" items of PAYLOAD bytes
+ *                  (padded) until a yield fails; counted for syields
+ *   scall MS TYPE ID METHOD PAYLOAD  -> a streamed call read to its end:
+ *                                       "end N STATUS ORDERED LAST MSG"
+ *                                       (ORDERED: items 0..N-2 were "<i>"
+ *                                       or "<addr>:<i>"; LAST: the last
+ *                                       item or "-"; MSG: the error or "-")
+ *   swatch MS TYPE ID METHOD PAYLOAD -> the same, with a line "first <item>"
+ *                                       once the first item arrived
+ *   sopen TYPE ID METHOD PAYLOAD     -> opens a streamed call and does not
+ *                                       read it: "opened"
+ *   sread N                          -> reads N items of it: "read N ORDERED"
+ *                                       (or "err STATUS MSG")
+ *   sclose                           -> closes it: "closed"
+ *   syields                          -> "syields OK DONE LAST_RC" of the
+ *                                       Stream.endless handlers here
  *   stop                             -> graceful stop, "stopped", exit 0
  * Runner health (test_cluster_health.c):
  *   Stall.hold  blocks while this runner is "blocked", then replies "ok"
@@ -321,6 +341,138 @@ static int health_command(cruster_runtime *rt, const char *cmd, char **save) {
   }
   fflush(stdout);
   return 1;
+/* ---- streamed calls (Stream.*, scall / swatch / sopen / sread / sclose) ---- */
+static atomic_int g_syields, g_sdone, g_slast_rc;
+
+static void h_scount(void *user, cruster_request *req) {
+  (void)user;
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  char buf[32];
+  snprintf(buf, sizeof(buf), "%.*s", (int)(len > 20 ? 20 : len), p ? p : "");
+  long n = atol(buf);
+  for (long i = 0; i < n; i++) {
+    int k = snprintf(buf, sizeof(buf), "%ld", i);
+    if (cruster_request_yield(req, buf, (size_t)k) != CRUSTER_OK) {
+      cruster_request_fail(req, CRUSTER_E_CANCELLED, "yield failed");
+      return;
+    }
+  }
+  cruster_request_reply(req, g_addr, strlen(g_addr));
+}
+
+static void h_sfail(void *user, cruster_request *req) {
+  (void)user;
+  cruster_request_yield(req, "0", 1);
+  cruster_request_yield(req, "1", 1);
+  char msg[200];
+  snprintf(msg, sizeof(msg), "stream failed on %s", g_addr);
+  cruster_request_fail(req, -1002, msg);
+}
+
+static void h_sendless(void *user, cruster_request *req) {
+  (void)user;
+  size_t len;
+  const char *p = cruster_request_payload(req, &len);
+  char buf[32];
+  snprintf(buf, sizeof(buf), "%.*s", (int)(len > 20 ? 20 : len), p ? p : "");
+  size_t size = (size_t)atol(buf);
+  if (size < 64) size = 64;
+  if (size > 1 << 20) size = 1 << 20;
+  char *item = malloc(size);
+  int rc = CRUSTER_E_NOMEM;
+  for (long i = 0; item; i++) {
+    memset(item, '.', size);
+    int k = snprintf(item, size, "%s:%ld", g_addr, i);
+    item[k] = ' ';
+    rc = cruster_request_yield(req, item, size);
+    if (rc != CRUSTER_OK) break;
+    atomic_fetch_add(&g_syields, 1);
+  }
+  free(item);
+  atomic_store(&g_slast_rc, rc);
+  atomic_store(&g_sdone, 1);
+  cruster_request_reply(req, NULL, 0);
+}
+
+/* Item i is "<i>" or "<addr>:<i>..." */
+static int item_is(const void *data, size_t len, long i) {
+  char buf[128];
+  snprintf(buf, sizeof(buf), "%.*s", (int)(len > 100 ? 100 : len), (const char *)data);
+  char *sp = strchr(buf, ' ');
+  if (sp) *sp = 0;
+  char *colon = strrchr(buf, ':');
+  const char *num = colon ? colon + 1 : buf;
+  char *end = NULL;
+  long v = strtol(num, &end, 10);
+  return end != num && v == i;
+}
+
+static cruster_stream *g_open;
+static long g_open_read;
+
+static void cmd_scall(cruster_runtime *rt, long timeout, const char *type, const char *id,
+                      const char *method, const char *payload, int watch) {
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.timeout_ms = timeout;
+  cruster_error *err = NULL;
+  cruster_stream *s = NULL;
+  int rc = cruster_stream_open(rt, type, id, method, payload, strlen(payload), &o, &s, &err);
+  long n = 0;
+  int ordered = 1, done = 0, last_matched = 1;
+  char last[128] = "-";
+  while (rc == CRUSTER_OK) {
+    void *item = NULL;
+    size_t len = 0;
+    rc = cruster_stream_next(s, 0, &item, &len, &done, &err);
+    if (rc != CRUSTER_OK || done) break;
+    if (n == 0 && watch) {
+      printf("first %.*s\n", (int)(len > 100 ? 100 : len), (char *)item);
+      fflush(stdout);
+    }
+    if (!last_matched) ordered = 0; /* (all but the last item) */
+    last_matched = item_is(item, len, n);
+    snprintf(last, sizeof(last), "%.*s", (int)(len > 100 ? 100 : len), (char *)item);
+    char *sp = strchr(last, ' ');
+    if (sp) *sp = 0;
+    n++;
+    cruster_free(item);
+  }
+  printf("end %ld %d %d %s %s\n", n, rc, ordered, last, rc == CRUSTER_OK ? "-" : cruster_error_message(err));
+  fflush(stdout);
+  cruster_error_free(err);
+  cruster_stream_close(s);
+}
+
+static void cmd_sopen(cruster_runtime *rt, const char *type, const char *id, const char *method,
+                      const char *payload) {
+  cruster_call_opts o = CRUSTER_CALL_OPTS_INIT;
+  o.timeout_ms = 120000;
+  cruster_error *err = NULL;
+  g_open_read = 0;
+  int rc = cruster_stream_open(rt, type, id, method, payload, strlen(payload), &o, &g_open, &err);
+  if (rc == CRUSTER_OK) printf("opened\n");
+  else printf("err %d %s\n", rc, cruster_error_message(err));
+  fflush(stdout);
+  cruster_error_free(err);
+}
+
+static void cmd_sread(long n) {
+  int ordered = 1, rc = CRUSTER_OK, done = 0;
+  cruster_error *err = NULL;
+  for (long i = 0; i < n && g_open; i++) {
+    void *item = NULL;
+    size_t len = 0;
+    rc = cruster_stream_next(g_open, 0, &item, &len, &done, &err);
+    if (rc != CRUSTER_OK || done) break;
+    if (!item_is(item, len, g_open_read)) ordered = 0;
+    g_open_read++;
+    cruster_free(item);
+  }
+  if (rc == CRUSTER_OK && !done) printf("read %ld %d\n", n, ordered);
+  else printf("err %d %s\n", rc, err ? cruster_error_message(err) : "ended");
+  fflush(stdout);
+  cruster_error_free(err);
 }
 
 static void quiet(void *user, cruster_log_level level, const char *component, const char *msg) {
@@ -619,6 +771,15 @@ int main(int argc, char **argv) {
   add_entity(rt, "Fence", "hold", CRUSTER_RPC_PERSISTED, h_hold, NULL, NULL);
   add_entity(rt, "Stall", "hold", 0, h_stall, NULL, NULL);
   add_entity(rt, "Trace", "get", 0, h_trace_get, "relay", h_trace_relay);
+  add_entity(rt, "Stream", "count", 0, h_scount, "fail", h_sfail);
+  {
+    cruster_entity_def *d = NULL;
+    if (cruster_entity_def_new("StreamX", &d, &err) != CRUSTER_OK) die("def", err);
+    if (cruster_entity_def_add_rpc(d, "endless", 0, h_sendless, NULL, &err) != CRUSTER_OK)
+      die("add_rpc", err);
+    if (cruster_runtime_register_entity(rt, d, &err) != CRUSTER_OK) die("register", err);
+    cruster_entity_def_free(d);
+  }
   if (cruster_runtime_register_singleton(rt, "Fencer", fencer, NULL, NULL, &err) != CRUSTER_OK)
     die("singleton", err);
   if (g_conninfo) add_workflow(rt);
@@ -733,6 +894,40 @@ int main(int argc, char **argv) {
       /* (answered) */
     } else if (strcmp(cmd, "stop") == 0) {
       stall_set(0);
+    } else if (strcmp(cmd, "scall") == 0 || strcmp(cmd, "swatch") == 0) {
+      char *ms = strtok_r(NULL, " ", &save), *type = strtok_r(NULL, " ", &save);
+      char *id = strtok_r(NULL, " ", &save), *method = strtok_r(NULL, " ", &save);
+      char *payload = strtok_r(NULL, " ", &save);
+      if (!ms || !type || !id || !method || !payload) {
+        printf("err %d bad command\n", CRUSTER_E_INVALID_ARGUMENT);
+        fflush(stdout);
+        continue;
+      }
+      cmd_scall(rt, atol(ms), type, id, method, payload, cmd[1] == 'w');
+    } else if (strcmp(cmd, "sopen") == 0) {
+      char *type = strtok_r(NULL, " ", &save), *id = strtok_r(NULL, " ", &save);
+      char *method = strtok_r(NULL, " ", &save), *payload = strtok_r(NULL, " ", &save);
+      if (!type || !id || !method || !payload || g_open) {
+        printf("err %d bad command\n", CRUSTER_E_INVALID_ARGUMENT);
+        fflush(stdout);
+        continue;
+      }
+      cmd_sopen(rt, type, id, method, payload);
+    } else if (strcmp(cmd, "sread") == 0) {
+      char *ns = strtok_r(NULL, " ", &save);
+      cmd_sread(ns ? atol(ns) : 0);
+    } else if (strcmp(cmd, "sclose") == 0) {
+      cruster_stream_close(g_open);
+      g_open = NULL;
+      printf("closed\n");
+      fflush(stdout);
+    } else if (strcmp(cmd, "syields") == 0) {
+      printf("syields %d %d %d\n", atomic_load(&g_syields), atomic_load(&g_sdone),
+             atomic_load(&g_slast_rc));
+      fflush(stdout);
+    } else if (strcmp(cmd, "stop") == 0) {
+      cruster_stream_close(g_open);
+      g_open = NULL;
       cruster_runtime_stop(rt, NULL);
       printf("stopped\n");
       fflush(stdout);
@@ -744,6 +939,7 @@ int main(int argc, char **argv) {
     }
   }
   stall_set(0);
+  cruster_stream_close(g_open);
   cruster_runtime_stop(rt, NULL);
   cruster_runtime_free(rt);
   return 0;

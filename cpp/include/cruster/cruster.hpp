@@ -575,6 +575,22 @@ public:
   cruster_request *handle() const noexcept { return req_; }
   cruster_runtime *runtime_handle() const noexcept { return cruster_request_runtime(req_); }
 
+  /** True if the call is a streamed one (client::send_stream): the handler may yield items. */
+  bool streamed() const noexcept { return cruster_request_is_stream(req_) != 0; }
+
+  /*
+   * Streamed calls: sends one item, encoded with cruster::codec<Item>, to the
+   * caller (entity.h, "Streamed answers"). Blocks while 16 items wait for the
+   * caller. Throws cruster::error: CRUSTER_E_CANCELLED once the caller went
+   * away (stop producing; let the exception end the handler, or return);
+   * CRUSTER_E_STATE when the call is not a streamed one (see streamed());
+   * CRUSTER_E_PAYLOAD_TOO_LARGE for an item over "max_payload_size" (not
+   * sent; the stream goes on); CRUSTER_E_HANDLER when the item cannot be
+   * encoded. The handler's return value, if it returns one, is the stream's
+   * final item; a void handler just ends the stream.
+   */
+  template <class Item> void yield(const Item &item) const;
+
 private:
   cruster_request *req_;
 };
@@ -872,7 +888,8 @@ template <class Owner, auto M> void handle_request(void *user, cruster_request *
   try {
     if constexpr (std::is_void_v<R>) {
       invoke();
-      out = "null";
+      // A streamed call's plain end has no final item.
+      if (cruster_request_is_stream(req) == 0) out = "null";
     } else {
       R value = invoke();
       try {
@@ -949,6 +966,49 @@ void complete_callback(void *user, int status, const void *data, std::size_t len
   box->fn(std::move(*r));
 }
 
+/** Streamed calls with callbacks (send_stream_async): lives until the end. */
+template <class Item> struct stream_box {
+  std::function<bool(Item)> on_item;
+  std::function<void(result<void>)> on_end;
+  int decode_status = CRUSTER_OK;
+  std::string decode_message;
+};
+
+template <class Item>
+int stream_item(void *user, int32_t seq, const void *data, std::size_t len) noexcept {
+  (void)seq;
+  auto *box = static_cast<stream_box<Item> *>(user);
+  std::optional<Item> item;
+  try {
+    item.emplace(decode_result<Item>(data, len));
+  } catch (const error &e) {
+    box->decode_status = e.status();
+    box->decode_message = e.what();
+    return 1; // stops the stream; the end reports the decode failure
+  } catch (const std::exception &e) {
+    box->decode_status = CRUSTER_E_MALFORMED;
+    box->decode_message = e.what();
+    return 1;
+  }
+  // A callback that throws terminates the program (as a thread function would).
+  return box->on_item(std::move(*item)) ? 0 : 1;
+}
+
+template <class Item>
+void stream_end(void *user, int status, const void *data, std::size_t len,
+                const char *message) noexcept {
+  (void)data;
+  (void)len;
+  std::unique_ptr<stream_box<Item>> box(static_cast<stream_box<Item> *>(user));
+  if (box->decode_status != CRUSTER_OK) {
+    box->on_end(result<void>::failure(box->decode_status, box->decode_message));
+  } else if (status != CRUSTER_OK) {
+    box->on_end(result<void>::failure(status, message != nullptr ? message : ""));
+  } else {
+    box->on_end(result<void>::success());
+  }
+}
+
 /** What the runtime keeps for a registered entity: its instance and group instances. */
 struct instance_base {
   virtual ~instance_base() = default;
@@ -1004,6 +1064,81 @@ template <class G> void add_group(cruster_entity_def *def, G *instance) {
 }
 
 } // namespace detail
+
+template <class Item> void context::yield(const Item &item) const {
+  std::string out;
+  try {
+    out = codec<Item>::encode(item);
+  } catch (const std::exception &e) {
+    throw error(CRUSTER_E_HANDLER, std::string("cruster: cannot encode the item: ") + e.what());
+  }
+  int st = cruster_request_yield(req_, out.data(), out.size());
+  if (st != CRUSTER_OK) {
+    const char *why = st == CRUSTER_E_CANCELLED ? "cruster: the caller of the stream went away"
+                      : st == CRUSTER_E_STATE
+                          ? "cruster: yield: not a streamed call (or answered already)"
+                          : cruster_status_message(st);
+    throw error(st, why);
+  }
+}
+
+// ===========================================================================
+// Streams
+// ===========================================================================
+
+/*
+ * stream<Item>: the items of a streamed call (client::send_stream), read in
+ * order with next(). Move-only; owns its C stream (closed by the
+ * destructor: a stream not read to its end is stopped, its handler sees the
+ * cancellation). Read it from one thread at a time, never from the loop
+ * thread (a future's completion).
+ */
+template <class Item> class stream {
+public:
+  explicit stream(cruster_stream *s) noexcept : s_(s) {}
+  stream(stream &&o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  stream &operator=(stream &&o) noexcept {
+    if (this != &o) {
+      cruster_stream_close(s_);
+      s_ = std::exchange(o.s_, nullptr);
+    }
+    return *this;
+  }
+  stream(const stream &) = delete;
+  stream &operator=(const stream &) = delete;
+  ~stream() { cruster_stream_close(s_); }
+
+  /*
+   * The next item, or std::nullopt at the end. Waits for it (up to the
+   * call's deadline). Throws the stream's cruster::error (the handler's code
+   * and message, CRUSTER_E_TIMEOUT, CRUSTER_E_RUNNER_UNAVAILABLE, ...) -- again
+   * on every later call -- or CRUSTER_E_MALFORMED when an item does not
+   * decode.
+   */
+  std::optional<Item> next() {
+    void *data = nullptr;
+    std::size_t len = 0;
+    int done = 0;
+    cruster_error *err = nullptr;
+    int st = cruster_stream_next(s_, 0, &data, &len, &done, &err);
+    std::unique_ptr<void, detail::c_free> owned(data);
+    check(st, &err);
+    if (done != 0) return std::nullopt;
+    return detail::decode_result<Item>(data, len);
+  }
+
+  /** Reads to the end: every item in order (throws as next()). */
+  std::vector<Item> collect() {
+    std::vector<Item> v;
+    while (auto x = next()) v.push_back(std::move(*x));
+    return v;
+  }
+
+  cruster_stream *handle() const noexcept { return s_; }
+
+private:
+  cruster_stream *s_;
+};
 
 // ===========================================================================
 // Clients
@@ -1069,6 +1204,52 @@ public:
     check_callable<M>();
     check_no_request<M>();
     callback_call<M>(id, "null", std::forward<F>(fn), opts);
+  }
+
+  /*
+   * Streamed call (client.h, cruster_send_stream): the handler's items, read
+   * in order from the returned cruster::stream<Item>. Item defaults to the
+   * method's result type (a handler that only returns gives its result as the
+   * single item); name it for a void method. Never persisted: a persisted
+   * method, persisted(), an idempotency key or deliver_at throw / end with
+   * CRUSTER_E_INVALID_ARGUMENT. Throws at once when refused up front.
+   */
+  template <auto M, class Item = detail::result_of<M>>
+  stream<Item> send_stream(const std::string &id, const Req<M> &req,
+                           const call_options &opts = {}) const {
+    check_callable<M>();
+    return open_stream<M, Item>(id, detail::encode_request<M>(req), opts);
+  }
+  template <auto M, class Item = detail::result_of<M>>
+  stream<Item> send_stream(const std::string &id, const call_options &opts = {}) const {
+    check_callable<M>();
+    check_no_request<M>();
+    return open_stream<M, Item>(id, "null", opts);
+  }
+
+  /*
+   * Streamed call with callbacks: `on_item(Item)` gets each item in order --
+   * return false (or nothing, for a void callback: go on) to stop the
+   * stream -- then `on_end(cruster::result<void>)` runs once: success, or the
+   * error (CRUSTER_E_CANCELLED after a stop; CRUSTER_E_MALFORMED when an
+   * item did not decode). Both run on worker threads, one at a time, in
+   * order, and must not throw. Throws at once when refused up front (then
+   * neither is called).
+   */
+  template <auto M, class Item = detail::result_of<M>, class F, class E>
+  void send_stream_async(const std::string &id, const Req<M> &req, F &&on_item, E &&on_end,
+                         const call_options &opts = {}) const {
+    check_callable<M>();
+    async_stream<M, Item>(id, detail::encode_request<M>(req), std::forward<F>(on_item),
+                          std::forward<E>(on_end), opts);
+  }
+
+  template <auto M, class Item = detail::result_of<M>, class F, class E>
+  void send_stream_async(const std::string &id, F &&on_item, E &&on_end,
+                         const call_options &opts = {}) const {
+    check_callable<M>();
+    check_no_request<M>();
+    async_stream<M, Item>(id, "null", std::forward<F>(on_item), std::forward<E>(on_end), opts);
   }
 
   /** Fire and forget: returns once the message is accepted (queued or stored). */
@@ -1278,6 +1459,48 @@ private:
                        payload.size(), &o, &detail::complete_callback<R<M>>, box.get(), &err),
           &err);
     box.release(); // complete_callback owns it now
+  }
+
+  template <auto M, class Item>
+  stream<Item> open_stream(const std::string &id, const std::string &payload,
+                           const call_options &opts) const {
+    static_assert(!std::is_void_v<Item>,
+                  "cruster: send_stream<&T::method, Item>: name the item type (the method returns "
+                  "void)");
+    cruster_call_opts o = opts.to_c(caller_);
+    cruster_stream *s = nullptr;
+    cruster_error *err = nullptr;
+    check(cruster_stream_open(rt_, type_.c_str(), id.c_str(), method_name<M>(), payload.data(),
+                              payload.size(), &o, &s, &err),
+          &err);
+    return stream<Item>(s);
+  }
+
+  template <auto M, class Item, class F, class E>
+  void async_stream(const std::string &id, const std::string &payload, F &&on_item, E &&on_end,
+                    const call_options &opts) const {
+    static_assert(!std::is_void_v<Item>,
+                  "cruster: send_stream_async<&T::method, Item>: name the item type (the method "
+                  "returns void)");
+    auto box = std::make_unique<detail::stream_box<Item>>();
+    if constexpr (std::is_same_v<std::invoke_result_t<F &, Item>, void>) {
+      box->on_item = [f = std::forward<F>(on_item)](Item x) mutable {
+        f(std::move(x));
+        return true;
+      };
+    } else {
+      box->on_item = [f = std::forward<F>(on_item)](Item x) mutable {
+        return static_cast<bool>(f(std::move(x)));
+      };
+    }
+    box->on_end = std::forward<E>(on_end);
+    cruster_call_opts o = opts.to_c(caller_);
+    cruster_error *err = nullptr;
+    check(cruster_send_stream(rt_, type_.c_str(), id.c_str(), method_name<M>(), payload.data(),
+                              payload.size(), &o, &detail::stream_item<Item>,
+                              &detail::stream_end<Item>, box.get(), &err),
+          &err);
+    box.release(); // stream_end owns it now
   }
 
   template <auto M>
