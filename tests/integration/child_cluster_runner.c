@@ -341,6 +341,8 @@ static int health_command(cruster_runtime *rt, const char *cmd, char **save) {
   }
   fflush(stdout);
   return 1;
+}
+
 /* ---- streamed calls (Stream.*, scall / swatch / sopen / sread / sclose) ---- */
 static atomic_int g_syields, g_sdone, g_slast_rc;
 
