@@ -894,8 +894,6 @@ int main(int argc, char **argv) {
     } else if (health_command(rt, cmd, &save)) {
     } else if (wf_command(rt, cmd, &save)) {
       /* (answered) */
-    } else if (strcmp(cmd, "stop") == 0) {
-      stall_set(0);
     } else if (strcmp(cmd, "scall") == 0 || strcmp(cmd, "swatch") == 0) {
       char *ms = strtok_r(NULL, " ", &save), *type = strtok_r(NULL, " ", &save);
       char *id = strtok_r(NULL, " ", &save), *method = strtok_r(NULL, " ", &save);
@@ -928,6 +926,7 @@ int main(int argc, char **argv) {
              atomic_load(&g_slast_rc));
       fflush(stdout);
     } else if (strcmp(cmd, "stop") == 0) {
+      stall_set(0);
       cruster_stream_close(g_open);
       g_open = NULL;
       cruster_runtime_stop(rt, NULL);
