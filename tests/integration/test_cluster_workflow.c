@@ -32,51 +32,10 @@ static void prefix_new(char *buf, size_t cap) {
   snprintf(buf, cap, "/cruster-test-clwf-%ld-%d/", (long)getpid(), seq++);
 }
 
-static void child_kill(clt_child *c) {
-  if (!c->alive) return;
-  kill(c->pid, SIGKILL);
-  waitpid(c->pid, NULL, 0);
-  close(c->in_fd);
-  close(c->out_fd);
-  c->alive = 0;
-}
+#define child_kill clt_child_kill
 
-static int cmp_str(const void *a, const void *b) {
-  return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* Waits until each live child owns exactly the shards rendezvous gives it
- * among the live children: every shard is owned once, by the right one. */
-static void wait_settled(clt_child *cs, size_t n) {
-  const char *addrs[MAXR];
-  size_t k = 0;
-  for (size_t i = 0; i < n; i++)
-    if (cs[i].alive) addrs[k++] = cs[i].addr;
-  qsort(addrs, k, sizeof(addrs[0]), cmp_str);
-  int want[MAXR] = {0};
-  for (int32_t sh = 0; sh < SHARDS; sh++) {
-    int o = cruster_rendezvous_owner("default", sh, addrs, NULL, k);
-    assert_true(o >= 0);
-    want[o]++;
-  }
-  int64_t end = pgt_mono_ms() + TS_DEADLINE_MS;
-  for (;;) {
-    int ok = 1, sum = 0;
-    for (size_t i = 0; i < n; i++) {
-      if (!cs[i].alive) continue;
-      size_t j = 0;
-      while (strcmp(addrs[j], cs[i].addr) != 0) j++;
-      int got = clt_child_owned(&cs[i]);
-      sum += got;
-      if (got != want[j]) ok = 0;
-    }
-    if (ok) return;
-    if (pgt_mono_ms() > end)
-      fail_msg("the runners own %d of %d shards, not as rendezvous assigns them, after %ld ms", sum,
-               SHARDS, TS_DEADLINE_MS);
-    ts_sleep_ms(100);
-  }
-}
+/* Every shard owned once, by the runner rendezvous gives it. */
+static void wait_settled(clt_child *cs, size_t n) { clt_wait_rendezvous(cs, n, SHARDS); }
 
 typedef struct cluster {
   pgt_schema s;
