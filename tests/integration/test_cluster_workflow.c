@@ -170,6 +170,22 @@ static void test_sigkill_under_workflow_load(void **state) {
         print_message("runner %d: %s\n", i, line);
       }
       if (i == 0 && n == LOAD_N / 4 && cs[victim].alive) {
+        /* The kill must find the victim in the middle of runner 2's
+         * executions: wait until it ran the first step of one of them (they
+         * then wait for their deferred, resolved only after the kill). */
+        char in2[LOAD_N * 70 + 64];
+        size_t o2 = 0;
+        for (int k = 0; k < LOAD_N; k++)
+          if (acked[2][k]) o2 += (size_t)snprintf(in2 + o2, sizeof(in2) - o2, "%s'%s'", o2 ? "," : "", ids[2][k]);
+        assert_true(o2 > 0);
+        char q[sizeof(in2) + 256];
+        snprintf(q, sizeof(q), "SELECT count(*) FROM cluster_wf_app WHERE step = 1 AND runner = '%s' AND exec IN (%s)",
+                 cs[victim].addr, in2);
+        int64_t until = pgt_mono_ms() + TS_DEADLINE_MS;
+        while (pgt_scalar(cl.s.admin, q, -1) <= 0) {
+          if (pgt_mono_ms() > until) fail_msg("runner %s ran none of runner 2's executions", cs[victim].addr);
+          ts_sleep_ms(50);
+        }
         /* Executions the victim began and has not finished (they cannot
          * finish there any more). */
         snprintf(sql, sizeof(sql),
