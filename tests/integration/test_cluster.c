@@ -37,18 +37,24 @@ static void prefix_new(char *buf, size_t cap) {
 static const char *CONFIG = "shards_per_group=12;shard_rebalance_retry_interval=300ms;"
                             "runner_lock_refresh_interval=1s;send_retry_interval=50ms";
 
-static void test_calls_across_runners_and_graceful_stop(void **state) {
-  (void)state;
-  char prefix[96];
-  prefix_new(prefix, sizeof(prefix));
-  child cs[3];
-  for (int i = 0; i < 3; i++) child_start(&cs[i], prefix, NULL, CONFIG);
-  char line[1024];
+/* Starts three runners, waits for their "ready" and for the shards to settle. */
+static void start_three(child *cs, const char *prefix, const char *conninfo) {
+  char line[64];
+  for (int i = 0; i < 3; i++) child_start(&cs[i], prefix, conninfo, CONFIG);
   for (int i = 0; i < 3; i++) {
     child_line(&cs[i], line, sizeof(line));
     assert_string_equal(line, "ready");
   }
   wait_all_owned(cs, 3);
+}
+
+static void test_calls_across_runners_and_graceful_stop(void **state) {
+  (void)state;
+  char prefix[96];
+  prefix_new(prefix, sizeof(prefix));
+  child cs[3];
+  start_three(cs, prefix, NULL);
+  char line[1024];
 
   /* Every runner reaches every entity; one entity is always answered by the
    * same runner, whoever calls; each caller reaches the others. */
@@ -124,13 +130,8 @@ static void test_streaming_across_runners(void **state) {
   char prefix[96];
   prefix_new(prefix, sizeof(prefix));
   child cs[3];
-  for (int i = 0; i < 3; i++) child_start(&cs[i], prefix, NULL, CONFIG);
+  start_three(cs, prefix, NULL);
   char line[1024];
-  for (int i = 0; i < 3; i++) {
-    child_line(&cs[i], line, sizeof(line));
-    assert_string_equal(line, "ready");
-  }
-  wait_all_owned(cs, 3);
 
   /* Every runner streams from entities all over the cluster: every item in
    * order, then the owner's final item, then the end. */
@@ -229,13 +230,8 @@ static void test_sigkill_loses_nothing_acknowledged(void **state) {
   char prefix[96];
   prefix_new(prefix, sizeof(prefix));
   child cs[3];
-  for (int i = 0; i < 3; i++) child_start(&cs[i], prefix, s.conninfo, CONFIG);
+  start_three(cs, prefix, s.conninfo);
   char line[1024];
-  for (int i = 0; i < 3; i++) {
-    child_line(&cs[i], line, sizeof(line));
-    assert_string_equal(line, "ready");
-  }
-  wait_all_owned(cs, 3);
 
   /* Runner 0 sends persisted messages to entities all over the cluster;
    * runner 2 is killed while they flow. */
